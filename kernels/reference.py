@@ -1,0 +1,248 @@
+"""NumPy reference for every fused op: the specification the fast twins are tested against.
+
+Legend: B batch, D width of the layer (pixels for the loss), N flat length.
+Conventions (shared with kernels/cpu.py and kernels/cuda.py, same signatures):
+  * outputs first, then inputs, then scalars; outputs are written in place;
+  * reductions (loss sums) accumulate in float64 and are returned as Python floats;
+  * arrays are C-contiguous (the model only ever passes contiguous buffers).
+"""
+import numpy as np
+
+from kernels.philox import philox_words_np
+
+# ----------------------------------------------------------------------------------------
+# Random numbers: uint32 words -> floats
+# ----------------------------------------------------------------------------------------
+
+TWO_M24 = np.float32(2.0**-24)
+
+
+def uniform_from_words(words):
+    """uint32 -> float32 in [0, 1): the top 24 bits times 2^-24 (exact in float32)."""
+    return (words >> np.uint32(8)).astype(np.float32) * TWO_M24
+
+
+def uniform_open_from_words(words):
+    """uint32 -> float32 in (0, 1): (2 * top23 + 1) * 2^-24, so log() never sees 0."""
+    return ((words >> np.uint32(9)).astype(np.float32) * np.float32(2) + np.float32(1)) * TWO_M24
+
+
+def philox_uniform(n, seed, step, stream, offset=0):
+    """Elements offset..offset+n-1 of a uniform [0, 1) stream. -> (n,) float32"""
+    return uniform_from_words(philox_words_np(n, seed, step, stream, offset))
+
+
+def philox_normal(n, seed, step, stream, offset=0):
+    """Elements offset..offset+n-1 of a standard normal stream. -> (n,) float32
+
+    Box-Muller on the open-interval uniforms of words (2i, 2i+1): element 2i is
+    r*cos(2 pi u2), element 2i+1 is r*sin(2 pi u2), r = sqrt(-2 log u1).  Computed
+    in float32, as the kernels do, so the backends agree to a few ulp.
+    """
+    if n == 0:
+        return np.zeros(0, np.float32)
+    start = offset - (offset & 1)
+    stop = offset + n + ((offset + n) & 1)
+    u = uniform_open_from_words(philox_words_np(stop - start, seed, step, stream, start))
+    u1, u2 = u[0::2], u[1::2]
+    r = np.sqrt(np.float32(-2.0) * np.log(u1))
+    theta = np.float32(2.0 * np.pi) * u2
+    z = np.empty(stop - start, np.float32)
+    z[0::2] = r * np.cos(theta)
+    z[1::2] = r * np.sin(theta)
+    return z[offset - start: offset - start + n]
+
+
+# ----------------------------------------------------------------------------------------
+# Corruption: x~ = c(x), one op for every mode
+# ----------------------------------------------------------------------------------------
+
+CORRUPTION_NONE, CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_SALT_PEPPER = 0, 1, 2, 3
+
+
+def corrupt(out, x, mode, level, seed, step, stream, offset=0):
+    """out = c(x), element j (flat index + offset) drawing word j of the Philox stream.
+
+    out, x: (B, D) float; mode: CORRUPTION_*; level: sigma (gaussian) or p (others)
+      gaussian     out = x + sigma * n,            n ~ N(0, 1)   (not clipped: Tweedie)
+      masking      out = 0 if u < p else x          (zero a fraction p)
+      salt_pepper  out = 0 if u < p/2, 1 if u < p, else x
+    """
+    n = x.size
+    flat_x = x.reshape(-1)
+    if mode == CORRUPTION_NONE:
+        res = flat_x
+    elif mode == CORRUPTION_GAUSSIAN:
+        noise = philox_normal(n, seed, step, stream, offset).astype(x.dtype)
+        res = flat_x + x.dtype.type(level) * noise
+    else:
+        u = philox_uniform(n, seed, step, stream, offset)
+        p = np.float32(level)
+        if mode == CORRUPTION_MASKING:
+            res = np.where(u < p, x.dtype.type(0), flat_x)
+        elif mode == CORRUPTION_SALT_PEPPER:
+            res = np.where(u < p * np.float32(0.5), x.dtype.type(0),
+                           np.where(u < p, x.dtype.type(1), flat_x))
+        else:
+            raise ValueError(f"unknown corruption mode {mode}")
+    out.reshape(-1)[...] = res
+
+
+# ----------------------------------------------------------------------------------------
+# Activations: forward y = f(z); backward dz = dy * f'(z), with f' written from y alone,
+# so a layer caches only its output.
+# ----------------------------------------------------------------------------------------
+
+LEAKY_SLOPE = 0.01
+
+
+def identity_forward(z):
+    return z
+
+
+def identity_backward(dy, y):
+    return dy
+
+
+def relu_forward(z):
+    return np.maximum(z, 0)
+
+
+def relu_backward(dy, y):
+    return dy * (y > 0)  # y > 0 exactly where z > 0
+
+
+def leaky_relu_forward(z):
+    return np.where(z > 0, z, z * z.dtype.type(LEAKY_SLOPE))
+
+
+def leaky_relu_backward(dy, y):
+    return dy * np.where(y > 0, y.dtype.type(1), y.dtype.type(LEAKY_SLOPE))
+
+
+def tanh_forward(z):
+    return np.tanh(z)
+
+
+def tanh_backward(dy, y):
+    return dy * (1 - y * y)
+
+
+def sigmoid(z):
+    """1 / (1 + exp(-z)) without overflow: exp only ever sees -|z|."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype, copy=False)
+
+
+def sigmoid_forward(z):
+    return sigmoid(z)
+
+
+def sigmoid_backward(dy, y):
+    return dy * y * (1 - y)
+
+
+def softplus_forward(z):
+    # log(1 + e^z) = max(z, 0) + log1p(e^-|z|): finite for any z.
+    return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
+
+
+def softplus_backward(dy, y):
+    # softplus'(z) = sigmoid(z) = 1 - e^-y, and -expm1(-y) keeps it exact for tiny y.
+    return dy * -np.expm1(-y)
+
+
+ACTIVATIONS = {
+    "identity": (identity_forward, identity_backward),
+    "relu": (relu_forward, relu_backward),
+    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
+    "tanh": (tanh_forward, tanh_backward),
+    "sigmoid": (sigmoid_forward, sigmoid_backward),
+    "softplus": (softplus_forward, softplus_backward),
+}
+
+
+def bias_act_forward(y, z, b, act):
+    """y = act(z + b), broadcasting b over rows.  y may be z (in place).
+
+    y, z: (B, H); b: (H,); act: a key of ACTIVATIONS
+    """
+    y[...] = ACTIVATIONS[act][0](z + b)
+
+
+def bias_act_backward(dz, db, dy, y, act):
+    """dz = dy * act'(.) computed from the output y; db += sum over rows of dz.
+
+    dz, dy, y: (B, H); db: (H,)
+    """
+    dz[...] = ACTIVATIONS[act][1](dy, y)
+    db += dz.sum(axis=0, dtype=np.float64).astype(db.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Losses on logits: one pass gives the loss sum and the gradient
+# ----------------------------------------------------------------------------------------
+
+
+def sigmoid_bce_forward_backward(dlogits, logits, targets, scale):
+    """Binary cross-entropy of sigmoid(logits) against targets, and its gradient.
+
+    dlogits, logits, targets: (B, D); scale: float (1/B for a batch mean)
+    loss_ij  = max(z, 0) - z t + log1p(exp(-|z|))   (= -t log s - (1-t) log(1-s), s = sigmoid z)
+    dlogits  = (sigmoid(z) - t) * scale
+    -> sum of loss_ij over all elements, accumulated in float64
+    """
+    z, t = logits, targets
+    # log1p(exp(-|z|)) never overflows: finite for |z| up to the float32 limit.
+    loss = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+    dlogits[...] = (sigmoid(z) - t) * z.dtype.type(scale)
+    return float(np.sum(loss, dtype=np.float64))
+
+
+def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
+    """Squared error of sigmoid(logits) against targets (the paper's contrast), and gradient.
+
+    dlogits, logits, targets: (B, D); scale: float
+    loss_ij = (s - t)^2, s = sigmoid(z);  dlogits = 2 (s - t) s (1 - s) * scale
+    -> sum of loss_ij, accumulated in float64
+    """
+    s = sigmoid(logits)
+    r = s - targets
+    dlogits[...] = 2 * r * s * (1 - s) * logits.dtype.type(scale)
+    return float(np.sum(r * r, dtype=np.float64))
+
+
+# ----------------------------------------------------------------------------------------
+# Optimizer updates: one call over the flat parameter / gradient / moment buffers
+# ----------------------------------------------------------------------------------------
+
+
+def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay):
+    """SGD with (Nesterov) momentum and L2 weight decay, in place.
+
+    params, grads, velocity: (N,)
+      g = grad + wd * p;  v = momentum * v + g;  p -= lr * (g + momentum * v if nesterov else v)
+    With momentum 0 this is plain SGD (v = g).
+    """
+    g = grads + weight_decay * params
+    velocity[...] = momentum * velocity + g
+    step = g + momentum * velocity if nesterov else velocity
+    params -= (lr * step).astype(params.dtype)
+
+
+def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
+    """Adam (decoupled=False: L2 added to the gradient) or AdamW (decoupled=True), in place.
+
+    params, grads, m, v: (N,); t: the step number, counted from 1
+      AdamW: p -= lr * wd * p           Adam: g = grad + wd * p
+      m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+      p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    """
+    g = grads if decoupled else grads + weight_decay * params
+    if decoupled:
+        params -= (lr * weight_decay * params).astype(params.dtype)
+    m[...] = beta1 * m + (1 - beta1) * g
+    v[...] = beta2 * v + (1 - beta2) * g * g
+    mhat = m / (1 - beta1**t)
+    vhat = v / (1 - beta2**t)
+    params -= (lr * mhat / (np.sqrt(vhat) + eps)).astype(params.dtype)

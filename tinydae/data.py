@@ -1,0 +1,273 @@
+"""Datasets: rows of pixels in [0, 1], float32.
+
+Legend: N examples, D pixels per example, H x W the image shape (for PNG grids).
+
+Sources:
+  "glyphs"           built-in, procedural: 28x28 digit-like strokes of ten classes with
+                     seeded affine jitter and stroke width (synthetic, not MNIST)
+  *.gz / *-ubyte / *.idx   MNIST-style IDX files (magic and dims checked)
+  *.npz              one array (or name it with key=)
+  *.h5 / *.hdf5      one dataset (or give its path with key=)
+uint8 is scaled by 1/255; float data must already lie in [0, 1] (or pass rescale=True).
+"""
+import gzip
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinydae.errors import DataError
+
+GLYPH_SIZE = 28
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray                      # (N, D) float32 in [0, 1]
+    image_shape: tuple | None          # (H, W) with H * W == D, or None
+    name: str
+    labels: np.ndarray | None = None   # (N,) int, when the source has them
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    @property
+    def dim(self):
+        return self.x.shape[1]
+
+    def subset(self, index, name=None):
+        labels = None if self.labels is None else self.labels[index]
+        return Dataset(self.x[index], self.image_shape, name or self.name, labels)
+
+    def split(self, val_fraction, seed=0):
+        """Seeded shuffle, then (train, val) with round(N * val_fraction) validation rows."""
+        if not 0 <= val_fraction < 1:
+            raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}")
+        n = len(self)
+        n_val = int(round(n * val_fraction))
+        if val_fraction > 0:
+            n_val = max(n_val, 1)
+        if n - n_val < 1:
+            raise DataError(f"{n} examples leave none for training with validation fraction "
+                            f"{val_fraction}; use more data or a smaller fraction")
+        order = np.random.default_rng([seed, 0x5B117]).permutation(n)
+        return (self.subset(order[n_val:], f"{self.name} (train)"),
+                self.subset(order[:n_val], f"{self.name} (val)"))
+
+
+# ----------------------------------------------------------------------------------------
+# Built-in procedural glyphs
+# ----------------------------------------------------------------------------------------
+
+
+def _arc(cx, cy, rx, ry, deg0, deg1, n):
+    a = np.radians(np.linspace(deg0, deg1, n))
+    return list(zip(cx + rx * np.cos(a), cy + ry * np.sin(a)))  # y points down
+
+
+# Each class: polylines in a unit box (x right, y down).
+_GLYPH_STROKES = [
+    [_arc(0.5, 0.5, 0.19, 0.29, 0, 360, 17)],
+    [[(0.40, 0.30), (0.53, 0.20), (0.53, 0.80)]],
+    [_arc(0.5, 0.36, 0.18, 0.16, 190, 390, 9) + [(0.30, 0.80), (0.72, 0.80)]],
+    [_arc(0.5, 0.35, 0.17, 0.15, 200, 450, 9), _arc(0.5, 0.65, 0.19, 0.15, 270, 520, 9)],
+    [[(0.60, 0.20), (0.28, 0.62), (0.74, 0.62)], [(0.61, 0.34), (0.61, 0.80)]],
+    [[(0.68, 0.20), (0.37, 0.20), (0.34, 0.47)], _arc(0.5, 0.63, 0.18, 0.17, 220, 500, 11)],
+    [[(0.64, 0.20), (0.45, 0.32), (0.34, 0.50), (0.32, 0.66)], _arc(0.5, 0.65, 0.18, 0.15, 0, 360, 13)],
+    [[(0.30, 0.20), (0.70, 0.20), (0.42, 0.80)]],
+    [_arc(0.5, 0.35, 0.15, 0.14, 0, 360, 13), _arc(0.5, 0.65, 0.18, 0.16, 0, 360, 13)],
+    [_arc(0.5, 0.36, 0.17, 0.15, 0, 360, 13), [(0.67, 0.36), (0.62, 0.80)]],
+]
+
+
+def _segments(polylines):
+    """-> (S, 2, 2): start and end point of every segment"""
+    return np.array([(p, q) for line in polylines for p, q in zip(line[:-1], line[1:])], np.float32)
+
+
+def _render(segs, width, size):
+    """Anti-aliased strokes: intensity = clip(width/2 + 1/2 - distance, 0, 1).
+
+    segs: (n, S, 2, 2) float32 in pixel coordinates; width: (n,) -> (n, size*size) float32
+    """
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + np.float32(0.5)
+    px, py = xs.ravel(), ys.ravel()                                 # (D,) pixel centres
+    ax, ay = segs[:, :, 0, 0, None], segs[:, :, 0, 1, None]         # (n, S, 1)
+    dx, dy = segs[:, :, 1, 0, None] - ax, segs[:, :, 1, 1, None] - ay
+    rx, ry = px - ax, py - ay                                       # (n, S, D)
+    # Position of the closest point along each segment, clipped to the segment.
+    t = np.clip((rx * dx + ry * dy) / np.maximum(dx * dx + dy * dy, np.float32(1e-12)), 0, 1)
+    rx -= t * dx
+    ry -= t * dy
+    d = np.sqrt((rx * rx + ry * ry).min(axis=1))                    # (n, D) distance to stroke
+    return np.clip(width[:, None] / 2 + np.float32(0.5) - d, 0, 1)
+
+
+def glyphs(n=10000, seed=0, size=GLYPH_SIZE):
+    """The built-in synthetic dataset: n digit-like glyphs, classes 0-9 in turn.
+
+    Each glyph gets a seeded random rotation (+-14 deg), scale (0.85-1.15), aspect,
+    shear, shift (+-2 px) and stroke width (1.4-3.2 px).  -> Dataset (n, size*size)
+    """
+    if n < 1:
+        raise DataError(f"glyphs needs n >= 1, got {n}")
+    rng = np.random.default_rng([seed, 0x61F])
+    labels = np.arange(n) % 10
+    rot = rng.uniform(-0.25, 0.25, n)
+    scale = rng.uniform(0.85, 1.15, n)
+    aspect = rng.uniform(0.85, 1.15, n)
+    shear = rng.uniform(-0.25, 0.25, n)
+    shift = rng.uniform(-2.0, 2.0, (n, 2))
+    width = rng.uniform(1.4, 3.2, n).astype(np.float32)
+    # Per-image affine map of the unit box into pixel coordinates, about the centre.
+    c, s = np.cos(rot), np.sin(rot)
+    M = np.empty((n, 2, 2))
+    M[:, 0, 0] = scale * aspect * c
+    M[:, 0, 1] = scale * (shear * c - s)
+    M[:, 1, 0] = scale * aspect * s
+    M[:, 1, 1] = scale * (shear * s + c)
+    M *= size
+    x = np.empty((n, size * size), np.float32)
+    for k in range(10):
+        base = _segments(_GLYPH_STROKES[k]) - 0.5                   # (S, 2, 2) about centre
+        for chunk in np.array_split(np.flatnonzero(labels == k), max(1, (labels == k).sum() // 256)):
+            if chunk.size == 0:
+                continue
+            pts = np.einsum("nij,sej->nsei", M[chunk], base) + size / 2 + shift[chunk, None, None, :]
+            x[chunk] = _render(pts.astype(np.float32), width[chunk], size)
+    return Dataset(x, (size, size), "glyphs", labels)
+
+
+# ----------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path):
+    """An MNIST-style IDX file (raw or .gz) -> ndarray of its dims.
+
+    Layout: 2 zero bytes, a type byte, a dims byte, one big-endian int32 per dim, data.
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file ({e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
+        raise DataError(f"{path}: not an IDX file (bad magic {raw[:4].hex() or 'empty'}; "
+                        "expected 0000 08 03 for MNIST images)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: IDX header truncated")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    expected = math.prod(dims) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: IDX dims {dims} need {expected} data bytes, file has "
+                        f"{len(raw) - header} (truncated or corrupt)")
+    return np.frombuffer(raw, dtype, offset=header).reshape(dims)
+
+
+def _pick(names, key, path, what):
+    if key is not None:
+        if key not in names:
+            raise DataError(f"{path}: no {what} {key!r}; it has: {', '.join(names) or 'none'}")
+        return key
+    if len(names) != 1:
+        raise DataError(f"{path}: holds {len(names)} {what}s ({', '.join(names) or 'none'}); "
+                        f"name one with --key")
+    return names[0]
+
+
+def _read_npz(path, key):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return np.asarray(z[_pick(list(z.files), key, path, "array")])
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read .npz ({e})") from None
+
+
+def _read_h5(path, key):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            names = []
+            f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+            return np.asarray(f[_pick(names, key, path, "dataset")][()])
+    except OSError as e:
+        raise DataError(f"{path}: cannot read HDF5 file ({e})") from None
+
+
+def to_rows(arr, source, rescale=False):
+    """Any supported array -> ((N, D) float32 in [0, 1], image shape or None)."""
+    if arr.ndim == 4 and 1 in (arr.shape[1], arr.shape[3]):
+        arr = arr.reshape(arr.shape[0], *[s for s in arr.shape[1:] if s != 1][:2]) \
+            if arr.shape[1] == 1 or arr.shape[3] == 1 else arr
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{source}: expected examples as rows (N, D) or images (N, H, W), "
+                        f"got shape {arr.shape}")
+    if arr.shape[0] == 0 or math.prod(arr.shape[1:]) == 0:
+        raise DataError(f"{source}: no data (shape {arr.shape})")
+    if arr.ndim == 3:
+        shape = arr.shape[1:]
+    else:
+        side = math.isqrt(arr.shape[1])
+        shape = (side, side) if side * side == arr.shape[1] else None
+    arr = arr.reshape(arr.shape[0], -1)
+    if arr.dtype == np.uint8 and not rescale:
+        return (arr.astype(np.float32) / np.float32(255)), shape
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32), shape
+    if arr.dtype.kind not in "uif":
+        raise DataError(f"{source}: unsupported dtype {arr.dtype}; need uint8, bool or floats")
+    x = arr.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise DataError(f"{source}: data holds NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if rescale:
+        if hi == lo:
+            raise DataError(f"{source}: every value is {lo}; --rescale needs a range")
+        x = (x - lo) / (hi - lo)
+    elif arr.dtype.kind in "ui":
+        raise DataError(f"{source}: integer data of dtype {arr.dtype} (values {lo:g}..{hi:g}); "
+                        "pass --rescale to scale it linearly to [0, 1]")
+    elif lo < 0 or hi > 1:
+        raise DataError(f"{source}: values lie in [{lo:g}, {hi:g}], outside [0, 1]; pass --rescale "
+                        "to scale them linearly to [0, 1]")
+    return x.astype(np.float32), shape
+
+
+def load_dataset(source="glyphs", *, limit=None, rescale=False, key=None, seed=0):
+    """'glyphs' or a file path -> Dataset of float32 rows in [0, 1].
+
+    limit: keep the first `limit` examples; key: array name (.npz) or dataset path (.h5)
+    """
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be >= 1, got {limit}")
+    if source == "glyphs":
+        return glyphs(limit or 10000, seed=seed)
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file (use 'glyphs' for the built-in data)")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory; give a data file (IDX, .npz or .h5)")
+    lower = path.lower()
+    labels = None
+    if lower.endswith(".npz"):
+        arr = _read_npz(path, key)
+    elif lower.endswith((".h5", ".hdf5")):
+        arr = _read_h5(path, key)
+    elif lower.endswith((".gz", ".idx")) or "ubyte" in lower or "idx" in os.path.basename(lower):
+        arr = read_idx(path)
+    else:
+        raise DataError(f"{path}: unknown data format; use IDX (.gz or raw), .npz or .h5")
+    if limit is not None:
+        arr = arr[:limit]
+    x, shape = to_rows(arr, path, rescale)
+    return Dataset(np.ascontiguousarray(x), shape, os.path.basename(path), labels)

@@ -1,0 +1,47 @@
+"""The few errors tinydae raises on purpose.  Each message says what is wrong and how to fix it.
+
+The CLI prints ``str(error)`` as one line on stderr and exits with ``error.exit_code``.
+"""
+
+
+class TinyDAEError(Exception):
+    """Base class: a problem the user can fix (bad input, missing backend, bad file)."""
+
+    exit_code = 2
+
+
+class ConfigError(TinyDAEError, ValueError):
+    """A bad option or argument: unknown activation, negative learning rate, ..."""
+
+
+class DataError(TinyDAEError, ValueError):
+    """Data that cannot be used: wrong format, wrong shape, values outside [0, 1]."""
+
+
+class CheckpointError(TinyDAEError):
+    """A checkpoint that cannot be read or does not fit: truncated, foreign, wrong version."""
+
+
+class BackendUnavailable(TinyDAEError, RuntimeError):
+    """The requested backend cannot run here; the message names what is missing."""
+
+
+class TrainingDiverged(TinyDAEError, FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+    exit_code = 3
+
+    def __init__(self, message, step):
+        super().__init__(message)
+        self.step = step
+
+
+class TrainingInterrupted(TinyDAEError, KeyboardInterrupt):
+    """SIGINT arrived during training; a checkpoint was saved first."""
+
+    exit_code = 130
+
+    def __init__(self, message, step, checkpoint):
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint

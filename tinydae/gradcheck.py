@@ -1,0 +1,69 @@
+"""Central finite differences in float64: the check that backprop is right.
+
+For each parameter tensor: max relative error
+    max_i |g_i - n_i| / max(max_i |g_i|, max_i |n_i|, tiny)
+between the analytic gradient g (loss_and_grad) and the numerical one
+n_i = (L(p_i + h) - L(p_i - h)) / 2h.  h = 3e-5 balances float64 roundoff (~1e-16 L / h)
+against truncation (~h^2 L'''): measured worst case 4e-8 on small random models.
+"""
+import numpy as np
+
+from tinydae.errors import ConfigError
+
+
+def relative_error(analytic, numeric):
+    scale = max(np.abs(analytic).max(initial=0.0), np.abs(numeric).max(initial=0.0), 1e-300)
+    return float(np.abs(analytic - numeric).max(initial=0.0) / scale)
+
+
+def numeric_grad(f, p, h=3e-5):
+    """f: () -> float evaluated with p perturbed in place; p: (N,) float64 -> (N,) float64"""
+    g = np.empty(p.size)
+    flat = p.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        fp = f()
+        flat[i] = old - h
+        fm = f()
+        flat[i] = old
+        g[i] = (fp - fm) / (2 * h)
+    return g.reshape(p.shape)
+
+
+def random_model(input_dim=7, hidden=(5, 3), activation="relu", tied=False, loss="bce", seed=0):
+    """A small float64 DAE with random, nonzero biases.
+
+    Zero biases (the training init) put a pre-activation exactly on ReLU's kink whenever
+    every unit of the layer below is off; finite differences are meaningless there.
+    """
+    from tinydae.model import DAE
+
+    model = DAE(input_dim, hidden, activation, tied, loss, "float64", seed)
+    rng = np.random.default_rng([seed, 0xB1A5])
+    for name, view in model.named_params.items():
+        if name.endswith(".b"):
+            view[...] = rng.normal(0.0, 0.5, view.shape)
+    return model
+
+
+def check_model(model, x_in, target, h=3e-5):
+    """-> {param name: max relative error} for a float64 model on one batch."""
+    if model.dtype != np.float64:
+        raise ConfigError("gradcheck needs a float64 model (DAE(..., dtype='float64'))")
+    model.loss_and_grad(x_in, target)
+    analytic = model.backend.to_host(model.grads).copy()
+    params = model.params
+
+    def loss():
+        return model.loss_and_grad(x_in, target)
+
+    numeric = numeric_grad(loss, params, h)
+    model.loss_and_grad(x_in, target)  # leave grads consistent with params
+    errors = {}
+    offset = 0
+    for name, shape in model.layout:
+        size = int(np.prod(shape))
+        errors[name] = relative_error(analytic[offset:offset + size], numeric[offset:offset + size])
+        offset += size
+    return errors

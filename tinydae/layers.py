@@ -1,0 +1,46 @@
+"""Layers: each a forward/backward pair.  Backprop is the local derivative times the
+upstream gradient, *added* into the gradient buffers (zeroed once per step).
+
+Legend: B batch, I input width, O output width.
+
+The activations themselves (relu, leaky_relu, tanh, sigmoid, softplus, identity) are
+forward/backward pairs in kernels/reference.py, re-exported here as ACTIVATIONS; their
+backward is written from the output y alone, so a layer caches only what it produced.
+"""
+from kernels.reference import ACTIVATIONS  # noqa: F401  (the activation pairs)
+
+HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
+
+
+class Linear:
+    """y = act(x @ W + b), with the bias add and activation fused into one kernel.
+
+    W: (I, O), b: (O,), and dW, db of the same shapes: views into the model's flat
+    parameter and gradient buffers.  For tied weights W is the transpose view of
+    another layer's W (and dW of its dW), so gradients from both uses simply add up.
+    """
+
+    def __init__(self, W, b, dW, db, activation, backend):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}")
+        self.W, self.b, self.dW, self.db = W, b, dW, db
+        self.activation = activation
+        self.kernels = backend.kernels
+        self.xp = backend.xp
+
+    def forward(self, x):
+        """x: (B, I) -> y: (B, O), cache = (x, y)"""
+        y = self.xp.matmul(x, self.W)
+        self.kernels.bias_act_forward(y, y, self.b, self.activation)  # in place
+        return y, (x, y)
+
+    def backward(self, dy, cache, need_dx=True):
+        """dy: (B, O) -> dx: (B, I) (None if not needed); adds into dW, db."""
+        x, y = cache
+        dz = self.xp.empty_like(dy)
+        self.kernels.bias_act_backward(dz, self.db, dy, y, self.activation)  # dz, db += sum dz
+        self.dW += self.xp.matmul(x.T, dz)  # dL/dW = x^T dz
+        return self.xp.matmul(dz, self.W.T) if need_dx else None  # dL/dx = dz W^T
+
+    def __repr__(self):
+        return f"Linear({self.W.shape[0]}->{self.W.shape[1]}, {self.activation})"

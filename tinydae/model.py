@@ -1,0 +1,190 @@
+"""The denoising autoencoder: a stack of Linear layers, all parameters in one flat buffer.
+
+Legend: B batch, D input width (pixels), H_k hidden widths.
+
+    encoder  D -> H_1 -> ... -> H_k          (each Linear + activation)
+    decoder  H_k -> ... -> H_1 -> D          (mirrored; the last layer gives logits)
+    reconstruct(x) = sigmoid(logits(x))
+
+Every parameter is a view into ``model.params`` and every gradient a view into
+``model.grads`` (same offsets), so zeroing, the optimizer update and checkpointing are
+each one operation over one buffer.  Tied weights: decoder layer j uses the transpose
+view of encoder layer k-1-j's W, so there is literally one copy of the weights.
+"""
+import math
+
+import numpy as np
+
+from tinydae.backend import get_backend
+from tinydae.errors import ConfigError, DataError
+from tinydae.layers import HIDDEN_ACTIVATIONS, Linear
+from tinydae.losses import LOSSES, loss_forward_backward
+from tinydae.rng import STREAM_INIT, host_normal
+
+DTYPES = ("float32", "float64")
+
+
+def check_config(input_dim, hidden, activation, tied, loss, dtype, seed):
+    """Validate a model configuration; returns it normalised as a dict (JSON-safe)."""
+    if not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
+        raise ConfigError(f"input_dim must be a positive integer, got {input_dim!r}")
+    if isinstance(hidden, (int, np.integer)):
+        hidden = (hidden,)
+    hidden = tuple(hidden)
+    if not hidden or not all(isinstance(h, (int, np.integer)) and h >= 1 for h in hidden):
+        raise ConfigError(f"hidden must be one or more positive integers (e.g. 1000,500), got {hidden!r}")
+    if activation not in HIDDEN_ACTIVATIONS:
+        raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(HIDDEN_ACTIVATIONS)}")
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    dtype = np.dtype(dtype).name if str(dtype) in DTYPES or dtype in (np.float32, np.float64) else str(dtype)
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return dict(input_dim=int(input_dim), hidden=[int(h) for h in hidden], activation=activation,
+                tied=bool(tied), loss=loss, dtype=dtype, seed=int(seed))
+
+
+def param_layout(config):
+    """[(name, shape), ...] in flat-buffer order; tied decoders own only their biases."""
+    dims = [config["input_dim"], *config["hidden"]]
+    k = len(config["hidden"])
+    layout = []
+    for i in range(k):
+        layout += [(f"enc{i}.W", (dims[i], dims[i + 1])), (f"enc{i}.b", (dims[i + 1],))]
+    for j in range(k):
+        fan_in, fan_out = dims[k - j], dims[k - 1 - j]
+        if not config["tied"]:
+            layout.append((f"dec{j}.W", (fan_in, fan_out)))
+        layout.append((f"dec{j}.b", (fan_out,)))
+    return layout
+
+
+class DAE:
+    """Denoising autoencoder trained with sigmoid-BCE (or MSE on the sigmoid output).
+
+    >>> m = DAE(784, hidden=(100,), seed=1)
+    >>> m
+    DAE(784-100-784, relu, tied=False, bce, float32, cpu)
+    >>> m.reconstruct(np.full((2, 784), 0.5, np.float32)).shape
+    (2, 784)
+    """
+
+    def __init__(self, input_dim, hidden=(1000,), activation="relu", tied=False, loss="bce",
+                 dtype="float32", seed=0, backend="cpu"):
+        self.config = check_config(input_dim, hidden, activation, tied, loss, dtype, seed)
+        self.backend = get_backend(backend)
+        self.dtype = np.dtype(self.config["dtype"])
+        xp = self.backend.xp
+        self.layout = param_layout(self.config)
+        sizes = [math.prod(shape) for _, shape in self.layout]
+        self.params = xp.zeros(sum(sizes), self.dtype)
+        self.grads = xp.zeros(sum(sizes), self.dtype)
+        self.named_params, self.named_grads = {}, {}
+        offset = 0
+        for (name, shape), size in zip(self.layout, sizes):
+            self.named_params[name] = self.params[offset:offset + size].reshape(shape)
+            self.named_grads[name] = self.grads[offset:offset + size].reshape(shape)
+            offset += size
+        self.layers = self._build_layers()
+        self.init_params()
+
+    # -- structure ---------------------------------------------------------------------
+
+    def _build_layers(self):
+        k = len(self.config["hidden"])
+        P, G = self.named_params, self.named_grads
+        act = self.config["activation"]
+        layers = [Linear(P[f"enc{i}.W"], P[f"enc{i}.b"], G[f"enc{i}.W"], G[f"enc{i}.b"], act, self.backend)
+                  for i in range(k)]
+        for j in range(k):
+            if self.config["tied"]:
+                W, dW = P[f"enc{k - 1 - j}.W"].T, G[f"enc{k - 1 - j}.W"].T
+            else:
+                W, dW = P[f"dec{j}.W"], G[f"dec{j}.W"]
+            layers.append(Linear(W, P[f"dec{j}.b"], dW, G[f"dec{j}.b"],
+                                 "identity" if j == k - 1 else act, self.backend))
+        return layers
+
+    def init_params(self):
+        """He-normal weights for (leaky) relu, Glorot-normal otherwise (and for the logits
+        layer); zero biases.  Drawn from Philox stream STREAM_INIT, step = layer index."""
+        for index, (name, shape) in enumerate(self.layout):
+            view = self.named_params[name]
+            if name.endswith(".b"):
+                view[...] = 0
+                continue
+            fan_in, fan_out = shape
+            logits_layer = name == f"dec{len(self.config['hidden']) - 1}.W"
+            if self.config["activation"] in ("relu", "leaky_relu") and not logits_layer:
+                std = math.sqrt(2.0 / fan_in)
+            else:
+                std = math.sqrt(2.0 / (fan_in + fan_out))
+            w = host_normal(shape, self.config["seed"], index, STREAM_INIT) * std
+            view[...] = self.backend.to_device(w.astype(self.dtype))
+
+    @property
+    def input_dim(self):
+        return self.config["input_dim"]
+
+    @property
+    def num_params(self):
+        return int(self.params.size)
+
+    def __repr__(self):
+        c = self.config
+        h = c["hidden"]
+        widths = "-".join(str(w) for w in [c["input_dim"], *h, *h[-2::-1], c["input_dim"]])
+        return (f"DAE({widths}, {c['activation']}, tied={c['tied']}, {c['loss']}, "
+                f"{c['dtype']}, {self.backend.name})")
+
+    # -- forward -----------------------------------------------------------------------
+
+    def as_input(self, x):
+        """Check and convert a batch: (B, D) in the model's dtype on the model's device."""
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) != 2 or shape[1] != self.input_dim:
+            raise DataError(f"expected a batch of shape (B, {self.input_dim}), got {shape}")
+        return self.backend.to_device(x, dtype=self.dtype)
+
+    def _forward(self, x, layers):
+        caches = []
+        for layer in layers:
+            x, cache = layer.forward(x)
+            caches.append(cache)
+        return x, caches
+
+    def encode(self, x):
+        """x: (B, D) -> code: (B, H_k)"""
+        k = len(self.config["hidden"])
+        return self._forward(self.as_input(x), self.layers[:k])[0]
+
+    def logits(self, x):
+        """x: (B, D) -> logits: (B, D)"""
+        return self._forward(self.as_input(x), self.layers)[0]
+
+    def reconstruct(self, x):
+        """x: (B, D) -> r(x) = sigmoid(logits(x)): (B, D), values in [0, 1]"""
+        return self.backend.kernels.sigmoid(self.logits(x))
+
+    # -- backward ----------------------------------------------------------------------
+
+    def zero_grad(self):
+        self.grads[...] = 0
+
+    def loss_and_grad(self, x_in, target):
+        """Loss of reconstructing `target` from `x_in`, and its gradient in ``self.grads``.
+
+        x_in: (B, D) the (corrupted) input; target: (B, D) the clean data
+        -> loss in nats per example (bce) or squared error per example (mse);
+           ``self.grads`` holds d(loss)/d(params) on return.
+        """
+        x_in, target = self.as_input(x_in), self.as_input(target)
+        self.zero_grad()
+        logits, caches = self._forward(x_in, self.layers)
+        dy = self.backend.xp.empty_like(logits)
+        loss = loss_forward_backward(self.backend, self.config["loss"], dy, logits, target)
+        for i in reversed(range(len(self.layers))):
+            dy = self.layers[i].backward(dy, caches[i], need_dx=i > 0)  # no dx for the data
+        return loss

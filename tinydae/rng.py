@@ -1,0 +1,26 @@
+"""Stream ids and host-side draws of the Philox generator (kernels/philox.py).
+
+Every random draw is a pure function of (seed, stream, step, element index), so a
+resumed run continues the same streams and backends agree bit for bit.
+"""
+import numpy as np
+
+from kernels.reference import philox_normal, philox_uniform
+
+STREAM_TRAIN_CORRUPTION = 0  # step = training step
+STREAM_VALID_CORRUPTION = 1  # step = 0: the same corrupted validation set every epoch
+STREAM_INIT = 2              # step = layer index
+STREAM_CHAIN = 3             # step = chain step
+STREAM_START = 4             # noise starting points for chains
+
+
+def host_normal(shape, seed, step, stream):
+    """Standard normals of the given shape, float64 (from float32 Box-Muller)."""
+    n = int(np.prod(shape))
+    return philox_normal(n, seed, step, stream).reshape(shape).astype(np.float64)
+
+
+def host_uniform(shape, seed, step, stream):
+    """Uniforms in [0, 1) of the given shape, float32."""
+    n = int(np.prod(shape))
+    return philox_uniform(n, seed, step, stream).reshape(shape)

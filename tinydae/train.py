@@ -1,0 +1,184 @@
+"""fit(): the training loop.
+
+One step: take a batch (seeded shuffle per epoch), corrupt it (Philox counter = step),
+loss_and_grad on (corrupted -> clean), one optimizer update.  Every random choice is a
+function of (seed, epoch, step), so a run resumed from a checkpoint continues exactly as
+if it had never stopped (bit-identical parameters on the CPU).
+
+Safety: a non-finite loss stops training before the bad update, keeping the last good
+checkpoint; SIGINT finishes the current step, saves a checkpoint and raises
+TrainingInterrupted (the CLI exits 130).
+"""
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tinydae.checkpoint import save_checkpoint
+from tinydae.corruption import Corruption
+from tinydae.data import Dataset
+from tinydae.errors import ConfigError, DataError, TrainingDiverged, TrainingInterrupted
+from tinydae.losses import bce
+from tinydae.optim import Adam
+from tinydae.rng import STREAM_VALID_CORRUPTION
+
+
+@dataclass
+class TrainState:
+    step: int = 0                # completed updates = the next corruption counter
+    epoch: int = 0               # completed epochs
+    epoch_loss_sum: float = 0.0  # running sums over the epoch in progress
+    epoch_examples: int = 0
+    epoch_seconds: float = 0.0
+    wall_seconds: float = 0.0    # training + validation time over all sessions of the run
+    history: list = field(default_factory=list)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt):
+        keys = ("step", "epoch", "epoch_loss_sum", "epoch_examples", "epoch_seconds", "wall_seconds")
+        return cls(**{k: ckpt.state[k] for k in keys if k in ckpt.state}, history=list(ckpt.history))
+
+
+def _rows(data, name):
+    x = data.x if isinstance(data, Dataset) else data
+    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[0] == 0:
+        raise DataError(f"{name} data must be a non-empty (N, D) array or Dataset, got "
+                        f"{getattr(x, 'shape', type(x).__name__)}")
+    return x
+
+
+def evaluate_reconstruction(model, data, corruption, seed, batch_size=1000):
+    """Validation BCE in nats per example: denoising (corrupted -> clean) and clean.
+
+    The validation corruption uses stream STREAM_VALID_CORRUPTION at step 0 with the
+    element offset of each batch, so it is the same every epoch and for any batch size.
+    data: (N, D) -> {'val_bce_denoise': float, 'val_bce_clean': float}
+    """
+    x_all = _rows(data, "validation")
+    backend, D = model.backend, x_all.shape[1]
+    total_denoise = total_clean = 0.0
+    for start in range(0, len(x_all), batch_size):
+        x = model.as_input(x_all[start:start + batch_size])
+        x_in = corruption.apply(backend, x, seed, 0, STREAM_VALID_CORRUPTION, offset=start * D)
+        total_denoise += bce(backend, model.logits(x_in), x) * len(x)
+        total_clean += bce(backend, model.logits(x), x) * len(x)
+    return dict(val_bce_denoise=total_denoise / len(x_all), val_bce_clean=total_clean / len(x_all))
+
+
+class _SigintFlag:
+    """Turns SIGINT into a flag checked between steps (main thread only)."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.raised = False
+
+    def __enter__(self):
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", epochs=1,
+        batch_size=64, seed=0, state=None, checkpoint_path=None, checkpoint_every=0,
+        train_config=None, progress=None, handle_sigint=True):
+    """Train `model` to reconstruct clean rows of `train` from corrupted ones.
+
+    train, val: Dataset or (N, D) float arrays in [0, 1]
+    optimizer: an Optimizer bound to `model` (default Adam(lr=1e-3))
+    corruption: Corruption or spec string ('gaussian:0.3', 'masking:0.25', ...)
+    epochs: train until this many epochs are complete (counting resumed ones)
+    state: TrainState to resume from (with model and optimizer restored by the caller)
+    checkpoint_path / checkpoint_every: save every N steps, at each epoch end and at the end
+    progress: callable(event, info) with event 'step' or 'epoch'
+    -> TrainState, whose .history holds one dict per epoch:
+       epoch, step, train_loss, val_bce_denoise, val_bce_clean (nats per example),
+       examples_per_s, wall_s
+    """
+    x_train = _rows(train, "training")
+    x_val = _rows(val, "validation") if val is not None else None
+    for name, x in (("training", x_train), ("validation", x_val)):
+        if x is not None and x.shape[1] != model.input_dim:
+            raise DataError(f"{name} rows have {x.shape[1]} values; the model expects {model.input_dim}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    if checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+    corruption = Corruption.parse(corruption)
+    optimizer = optimizer if optimizer is not None else Adam(model)
+    state = state if state is not None else TrainState()
+    backend = model.backend
+    X = backend.to_device(x_train, dtype=model.dtype)  # the whole set lives on the device
+    n = len(x_train)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = epochs * steps_per_epoch
+
+    def save():
+        if checkpoint_path is None:
+            return
+        if not bool(backend.xp.isfinite(model.params).all()):
+            raise TrainingDiverged(f"parameters became non-finite by step {state.step}; kept the "
+                                   f"previous checkpoint {checkpoint_path}", state.step)
+        saved = dict(asdict(state), rng_seed=seed, rng_train_corruption_counter=state.step)
+        save_checkpoint(checkpoint_path, model, optimizer, saved, train_config)
+
+    order, order_epoch = None, -1
+    with _SigintFlag(handle_sigint) as sigint:
+        while state.step < total_steps:
+            epoch, i = divmod(state.step, steps_per_epoch)
+            if order_epoch != epoch:  # the epoch's permutation depends on (seed, epoch) only
+                order = np.random.default_rng([seed, epoch, 0xBA7C4]).permutation(n)
+                order_epoch = epoch
+            t0 = time.perf_counter()
+            x = X[order[i * batch_size:(i + 1) * batch_size]]
+            x_in = corruption.apply(backend, x, seed, state.step)
+            loss = model.loss_and_grad(x_in, x)
+            if not math.isfinite(loss):
+                where = f"; the last good checkpoint is {checkpoint_path}" if checkpoint_path else ""
+                raise TrainingDiverged(
+                    f"training diverged: step {state.step + 1} (epoch {epoch + 1}) gave a non-finite "
+                    f"loss ({loss}); lower the learning rate{where}", state.step + 1)
+            optimizer.step()
+            state.step += 1
+            state.epoch_loss_sum += loss * len(x)
+            state.epoch_examples += len(x)
+            dt = time.perf_counter() - t0
+            state.epoch_seconds += dt
+            state.wall_seconds += dt
+            if progress:
+                progress("step", dict(step=state.step, total_steps=total_steps, epoch=epoch + 1,
+                                      loss=loss, examples_per_s=state.epoch_examples / state.epoch_seconds))
+            if i == steps_per_epoch - 1:
+                t1 = time.perf_counter()
+                row = dict(epoch=epoch + 1, step=state.step,
+                           train_loss=state.epoch_loss_sum / state.epoch_examples)
+                if x_val is not None:
+                    row.update(evaluate_reconstruction(model, x_val, corruption, seed))
+                state.wall_seconds += time.perf_counter() - t1
+                row.update(examples_per_s=state.epoch_examples / state.epoch_seconds,
+                           wall_s=state.wall_seconds)
+                state.history.append(row)
+                state.epoch += 1
+                state.epoch_loss_sum, state.epoch_examples, state.epoch_seconds = 0.0, 0, 0.0
+                if progress:
+                    progress("epoch", row)
+                save()
+            elif checkpoint_every and state.step % checkpoint_every == 0:
+                save()
+            if sigint.raised:
+                save()
+                where = f"; checkpoint saved to {checkpoint_path}" if checkpoint_path else ""
+                raise TrainingInterrupted(f"interrupted at step {state.step}{where}", state.step,
+                                          checkpoint_path)
+    return state
