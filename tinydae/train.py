@@ -134,7 +134,8 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
         save_checkpoint(checkpoint_path, model, optimizer, saved, train_config)
 
     order, order_epoch = None, -1
-    with _SigintFlag(handle_sigint) as sigint:
+    # Overflow on the way to a NaN is reported by the guard below, not by NumPy warnings.
+    with _SigintFlag(handle_sigint) as sigint, np.errstate(over="ignore", invalid="ignore"):
         while state.step < total_steps:
             epoch, i = divmod(state.step, steps_per_epoch)
             if order_epoch != epoch:  # the epoch's permutation depends on (seed, epoch) only

@@ -1,0 +1,92 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tinydae import load_checkpoint
+from tinydae.cli import cli
+
+TINY = ["--limit", "300", "--hidden", "16", "--epochs", "2", "--backend", "cpu"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_train_writes_checkpoint_history_and_png(tmp_path):
+    r = invoke("train", *TINY, "--out", tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["step"] == 2 * 5 and summary["epochs"] == 2  # 270 train rows / 64 -> 5 steps
+    assert summary["final"]["val_bce_denoise"] > 0
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    ck = load_checkpoint(tmp_path / "checkpoint.h5")
+    assert ck.model_config["hidden"] == [16] and ck.state["step"] == 10
+    assert ck.history == history
+    img = Image.open(tmp_path / "samples.png")
+    assert img.size == (2 * (10 * 30 + 2), 2 * (3 * 30 + 2))  # 3 rows x 10 images, padded, x2
+
+
+def test_train_shows_progress_and_final_bce(tmp_path):
+    r = invoke("train", *TINY, "--out", tmp_path)
+    assert r.exit_code == 0
+    assert "epoch 2/2" in r.stderr and "ex/s" in r.stderr
+    assert "final validation BCE" in r.stdout and "nats/example" in r.stdout
+
+
+def test_resume_continues_the_run(tmp_path):
+    assert invoke("train", *TINY, "--out", tmp_path).exit_code == 0
+    r = invoke("train", "--resume", tmp_path / "checkpoint.h5", "--epochs", "3", "--out", tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["step"] == 15
+    assert len(load_checkpoint(tmp_path / "checkpoint.h5").history) == 3
+
+
+def assert_user_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") or "Error:" in result.stderr, result.stderr
+    assert fragment in result.stderr
+
+
+def test_user_errors_are_one_clear_line(tmp_path):
+    np.savez(tmp_path / "wide.npz", x=np.linspace(-1, 3, 90).reshape(10, 9))
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    assert_user_error(invoke("train", "--data", tmp_path / "nope.gz", "--out", tmp_path), "no such file")
+    assert_user_error(invoke("train", "--data", tmp_path / "wide.npz", "--out", tmp_path), "--rescale")
+    assert_user_error(invoke("train", *TINY, "--corruption", "blur:1", "--out", tmp_path), "corruption")
+    assert_user_error(invoke("train", *TINY, "--hidden", "10,x", "--out", tmp_path), "--hidden")
+    assert_user_error(invoke("train", *TINY, "--lr", "-1", "--out", tmp_path), "lr")
+    assert_user_error(invoke("train", *TINY, "--batch-size", "0", "--out", tmp_path), "batch")
+    assert_user_error(invoke("train", "--backend", "cuda", "--out", tmp_path), "cuda")
+    assert_user_error(invoke("train", "--resume", tmp_path / "junk.h5", "--out", tmp_path), "junk.h5")
+    assert_user_error(invoke("train", "--activation", "gelu"), "gelu")  # click's own usage error
+
+
+def test_resume_with_a_different_architecture_says_what_differs(tmp_path):
+    assert invoke("train", *TINY, "--out", tmp_path).exit_code == 0
+    r = invoke("train", "--resume", tmp_path / "checkpoint.h5", "--hidden", "32", "--out", tmp_path)
+    assert_user_error(r, "hidden: checkpoint [16] vs requested [32]")
+
+
+def test_info_and_gradcheck():
+    r = invoke("info", "--json")
+    report = json.loads(r.stdout)
+    assert report["backends"]["cpu"]["available"] and report["backends"]["auto"]["selects"] == "cpu"
+    assert report["versions"]["numpy"] == np.__version__
+    g = invoke("gradcheck", "--activation", "tanh", "--loss", "bce", "--json")
+    assert g.exit_code == 0
+    out = json.loads(g.stdout)
+    assert out["worst"] < 1e-6 and len(out["results"]) == 2  # untied and tied
+
+
+def test_console_script_runs_the_same_group():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", "import sys; from tinydae.cli import main; sys.argv=['tinydae','--version']; main()"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "tinydae, version" in r.stdout

@@ -1,0 +1,103 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tinydae import (DAE, SGD, Adam, TrainingDiverged, TrainingInterrupted, TrainState,
+                     evaluate_reconstruction, fit, glyphs, load_checkpoint, load_dataset,
+                     restore_model)
+from tinydae.corruption import Corruption
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_training_lowers_validation_bce_on_glyphs():
+    train, val = glyphs(2500, seed=0).split(0.2)
+    model = DAE(784, hidden=(128,), seed=0)
+    c = Corruption.parse("gaussian:0.3")
+    before = evaluate_reconstruction(model, val.x, c, seed=0)
+    state = fit(model, train, val, optimizer=Adam(model, lr=2e-3), corruption=c, epochs=3, batch_size=64)
+    after = state.history[-1]
+    assert len(state.history) == 3 and state.step == 3 * 32
+    assert after["val_bce_denoise"] < 0.5 * before["val_bce_denoise"]
+    assert after["val_bce_clean"] <= after["val_bce_denoise"]  # clean input is easier
+    assert state.history[2]["train_loss"] < state.history[0]["train_loss"]
+
+
+def test_training_lowers_validation_bce_on_mnist(mnist_path):
+    train, val = load_dataset(mnist_path, limit=3000).split(0.2)
+    model = DAE(784, hidden=(128,), seed=0)
+    c = Corruption.parse("masking:0.25")
+    before = evaluate_reconstruction(model, val.x, c, seed=0)["val_bce_denoise"]
+    state = fit(model, train, val, optimizer=Adam(model, lr=2e-3), corruption=c, epochs=3)
+    assert state.history[-1]["val_bce_denoise"] < 0.5 * before
+    assert state.history[-1]["val_bce_denoise"] < 150  # nats/example; untrained is ~540
+
+
+def _run(checkpoint, interrupt_at=None, state=None, model=None, opt=None, epochs=3):
+    data = glyphs(700, seed=3)
+    train, val = data.split(0.15, seed=1)
+    if model is None:
+        model = DAE(784, hidden=(32,), seed=1)
+        opt = Adam(model, lr=1e-3)
+
+    def progress(event, info):
+        if event == "step" and info["step"] == interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return fit(model, train, val, optimizer=opt, corruption="salt_pepper:0.2", epochs=epochs,
+               batch_size=50, seed=7, state=state, checkpoint_path=checkpoint,
+               checkpoint_every=5, progress=progress), model
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+    straight, m1 = _run(str(tmp_path / "a.h5"))
+    with pytest.raises(TrainingInterrupted) as info:
+        _run(str(tmp_path / "b.h5"), interrupt_at=17)  # mid-epoch 2 (12 steps per epoch)
+    assert info.value.step == 17
+    ck = load_checkpoint(tmp_path / "b.h5")
+    assert ck.state["step"] == 17 and len(ck.history) == 1
+    model = restore_model(ck)
+    opt = Adam(model, lr=1e-3)
+    opt.load_state_dict(ck.optimizer)
+    resumed, m2 = _run(str(tmp_path / "b.h5"), state=TrainState.from_checkpoint(ck), model=model, opt=opt)
+    assert resumed.step == straight.step == 36
+    np.testing.assert_array_equal(m2.params, m1.params)  # bit-identical
+    for a, b in zip(straight.history, resumed.history):
+        for k in ("train_loss", "val_bce_denoise", "val_bce_clean", "step"):
+            assert a[k] == b[k]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+    train = glyphs(400, seed=0)
+    model = DAE(784, hidden=(32,), seed=0)
+    opt = SGD(model, lr=1e4, momentum=0.9)
+    path = tmp_path / "c.h5"
+    with pytest.raises(TrainingDiverged, match=r"step \d+") as info:
+        fit(model, train, None, optimizer=opt, epochs=50, batch_size=40, checkpoint_path=str(path),
+            checkpoint_every=1)
+    assert info.value.step > 1
+    ck = load_checkpoint(path)  # saved every step until the blow-up, and finite
+    assert np.isfinite(ck.params).all() and ck.state["step"] == info.value.step - 1
+
+
+def test_sigint_in_cli_saves_and_exits_130(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "cli.py"), "train", "--limit", "3000",
+                             "--hidden", "64", "--epochs", "200", "--out", str(out),
+                             "--checkpoint-every", "0", "--backend", "cpu"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.h5").exists() and time.time() < deadline:
+        time.sleep(0.1)  # wait for the first epoch-end checkpoint
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    assert load_checkpoint(out / "checkpoint.h5").state["step"] > 0
