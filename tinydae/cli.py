@@ -193,8 +193,9 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, hidden, activat
         rows = [shown, model.backend.to_host(noisy), model.backend.to_host(model.reconstruct(noisy))]
         tinydae.images.save_grid(png, rows, dataset.image_shape)
     last = state.history[-1] if state.history else {}
+    per_pixel = {k + "_per_pixel": v / dataset.dim for k, v in last.items() if k.startswith("val_bce")}
     summary = dict(checkpoint=ckpt_path, history=history_path, samples=png, step=state.step,
-                   epochs=state.epoch, seconds=time.perf_counter() - t0, final=last)
+                   epochs=state.epoch, seconds=time.perf_counter() - t0, final=dict(last, **per_pixel))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -202,7 +203,7 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, hidden, activat
             d = dataset.dim
             click.echo(f"final validation BCE: denoising {last['val_bce_denoise']:.3f} nats/example "
                        f"({last['val_bce_denoise'] / d:.5f} nats/pixel), clean reconstruction "
-                       f"{last['val_bce_clean']:.3f} nats/example")
+                       f"{last['val_bce_clean']:.3f} nats/example ({last['val_bce_clean'] / d:.5f} nats/pixel)")
         click.echo(f"checkpoint: {ckpt_path}")
         if png:
             click.echo(f"samples (rows: clean / corrupted / reconstructed): {png}")
