@@ -46,7 +46,8 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
         lo0 = np.uint32(p0 & mask)
         hi1 = np.uint32(p1 >> shift)
         lo1 = np.uint32(p1 & mask)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        # numba widens uint32 ^ uint32 to uint64: cast back so every word stays uint32.
+        c0, c1, c2, c3 = np.uint32(hi1 ^ c1 ^ k0), lo1, np.uint32(hi0 ^ c3 ^ k1), lo0
         # Bump the key with 64-bit arithmetic and mask: uint32 wrap-around, no warnings.
         k0 = np.uint32((np.uint64(k0) + np.uint64(PHILOX_W0)) & mask)
         k1 = np.uint32((np.uint64(k1) + np.uint64(PHILOX_W1)) & mask)

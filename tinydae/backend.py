@@ -12,6 +12,7 @@ import numpy as np
 from tinydae.errors import BackendUnavailable, ConfigError
 
 BACKEND_NAMES = ("cpu", "cuda", "auto")
+KERNEL_CHOICES = ("fused", "reference")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Backend:
     xp: ModuleType
     kernels: ModuleType
     device: str
+    kernel_set: str = "fused"  # "fused" twins, or the NumPy "reference"
 
     def to_device(self, a, dtype=None):
         """Host array -> backend array (contiguous, of `dtype` if given)."""
@@ -33,15 +35,19 @@ class Backend:
         """Wait for queued device work (a no-op on the CPU)."""
 
     def __repr__(self):
-        return f"Backend({self.name}, {self.device})"
+        return f"Backend({self.name}, {self.kernel_set} kernels, {self.device})"
 
 
-def _cpu():
+def _cpu(kernel_set):
+    import os
     import platform
 
-    import kernels.reference as reference
-
-    return Backend("cpu", np, reference, f"{platform.processor() or platform.machine()} (NumPy)")
+    if kernel_set == "reference":
+        import kernels.reference as table
+    else:
+        import kernels.cpu as table
+    cpu = platform.processor() or platform.machine()
+    return Backend("cpu", np, table, f"{cpu}, {os.cpu_count()} cores", kernel_set)
 
 
 def cuda_unavailable_reason():
@@ -50,12 +56,18 @@ def cuda_unavailable_reason():
             "(it arrives with the fused-kernel work); use --backend cpu")
 
 
-def get_backend(name="auto"):
-    """'cpu' -> NumPy; 'cuda' -> CuPy + numba-cuda kernels; 'auto' -> cuda if usable, else cpu."""
+def get_backend(name="auto", kernels="fused"):
+    """'cpu' -> NumPy; 'cuda' -> CuPy + numba-cuda kernels; 'auto' -> cuda if usable, else cpu.
+
+    kernels: 'fused' (numba twins, the default) or 'reference' (plain NumPy, CPU only:
+    slower, for teaching and debugging).
+    """
     if isinstance(name, Backend):
         return name
     if name not in BACKEND_NAMES:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    if kernels not in KERNEL_CHOICES:
+        raise ConfigError(f"unknown kernel set {kernels!r}; choose one of {', '.join(KERNEL_CHOICES)}")
     if name == "cuda":
         raise BackendUnavailable(f"--backend cuda is unavailable: {cuda_unavailable_reason()}")
-    return _cpu()
+    return _cpu(kernels)

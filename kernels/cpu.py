@@ -1,0 +1,314 @@
+"""CPU twins of kernels/reference.py: numba @njit(cache=True), parallel over rows or blocks.
+
+Same signatures as the reference.  Each public function checks its arrays (C-contiguous,
+matching shapes), turns string options into integer codes and scalars into the arrays'
+dtype, then calls a jitted kernel.  Casting scalars to the array dtype first keeps the
+arithmetic in float32 for float32 arrays, as NumPy does in the reference (a Python float
+would make numba compute in float64 and round differently).
+
+No fastmath anywhere: results must match the reference and the CUDA twins.
+"""
+import math
+import os
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from kernels.philox import MASK32, philox4x32_10, seed_key
+from kernels.reference import (ACTIVATIONS, CORRUPTION_GAUSSIAN, CORRUPTION_MASKING,
+                               CORRUPTION_NONE, CORRUPTION_SALT_PEPPER, LEAKY_SLOPE)
+
+ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}  # identity 0, relu 1, leaky 2, ...
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (ACT_CODES[a] for a in (
+    "identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus"))
+COLUMN_CHUNK = 64  # columns per parallel task in reductions over rows
+
+# GNU OpenMP's workers spin after each parallel region and starve OpenBLAS's GEMM threads
+# on small machines (measured on 2 cores: 1.5k vs 12.7k training examples/s), so prefer
+# numba's non-spinning workqueue layer unless the user chose one.  It does not allow two
+# Python threads to run these kernels at once; set NUMBA_THREADING_LAYER=omp for that.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+philox = njit(inline="always", cache=True)(philox4x32_10)
+
+
+def check_arrays(**arrays):
+    """Kernels index flat memory: every array must be C-contiguous (and not None)."""
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name}: kernels need C-contiguous arrays; pass np.ascontiguousarray({name})")
+
+
+def check_same_shape(*arrays):
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"arrays must have one shape, got {sorted(shapes)}")
+
+
+# ----------------------------------------------------------------------------------------
+# Corruption
+# ----------------------------------------------------------------------------------------
+
+
+@njit(inline="always", cache=True)
+def _uniform(w):
+    return np.float32(w >> np.uint32(8)) * np.float32(2.0**-24)
+
+
+@njit(inline="always", cache=True)
+def _uniform_open(w):
+    return (np.float32(w >> np.uint32(9)) * np.float32(2.0) + np.float32(1.0)) * np.float32(2.0**-24)
+
+
+@njit(cache=True, parallel=True)
+def _corrupt(out, x, mode, level, zero, one, k0, k1, step, stream, offset):
+    n = x.size
+    if n == 0:
+        return
+    first = offset >> 2
+    nblocks = ((offset + n - 1) >> 2) - first + 1
+    half = level * np.float32(0.5)
+    for bi in prange(nblocks):
+        block = first + bi
+        words = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
+                       np.uint32(stream), k0, k1)
+        for q in range(4):
+            i = block * 4 + q - offset  # flat index into x of stream element block*4 + q
+            if i < 0 or i >= n:
+                continue
+            if mode == CORRUPTION_GAUSSIAN:
+                u1 = _uniform_open(words[q & 2])        # pair (0, 1) or (2, 3)
+                u2 = _uniform_open(words[(q & 2) + 1])
+                r = math.sqrt(np.float32(-2.0) * math.log(u1))
+                theta = np.float32(2.0 * np.pi) * u2
+                noise = r * math.cos(theta) if (q & 1) == 0 else r * math.sin(theta)
+                out.flat[i] = x.flat[i] + level * x.dtype.type(np.float32(noise))
+            elif mode == CORRUPTION_MASKING:
+                out.flat[i] = zero if _uniform(words[q]) < level else x.flat[i]
+            elif mode == CORRUPTION_SALT_PEPPER:
+                u = _uniform(words[q])
+                out.flat[i] = zero if u < half else (one if u < level else x.flat[i])
+            else:
+                out.flat[i] = x.flat[i]
+
+
+def corrupt(out, x, mode, level, seed, step, stream, offset=0):
+    """Twin of reference.corrupt."""
+    check_arrays(out=out, x=x)
+    check_same_shape(out, x)
+    k0, k1 = seed_key(seed)
+    dt = x.dtype.type
+    # gaussian scales float32 noise in x's dtype; the mask modes compare float32 uniforms.
+    lvl = dt(level) if mode == CORRUPTION_GAUSSIAN else np.float32(level)
+    if mode not in (CORRUPTION_NONE, CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_SALT_PEPPER):
+        raise ValueError(f"unknown corruption mode {mode}")
+    _corrupt(out, x, mode, lvl, dt(0), dt(1), np.uint32(k0), np.uint32(k1), np.int64(step),
+             np.int64(stream), np.int64(offset))
+
+
+# ----------------------------------------------------------------------------------------
+# Activations, bias + activation
+# ----------------------------------------------------------------------------------------
+
+
+# Scalar helpers compute in float64 (numba scalars carry no dtype to cast constants to);
+# the store into a float32 array rounds once, so they are at least as exact as the reference.
+
+
+@njit(inline="always", cache=True)
+def _sigmoid(z):
+    e = math.exp(-abs(z))  # exp only sees -|z|: no overflow
+    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+
+
+@njit(inline="always", cache=True)
+def _act(a, z):
+    if a == RELU:
+        return max(z, 0.0)
+    if a == LEAKY_RELU:
+        return z if z > 0 else z * LEAKY_SLOPE
+    if a == TANH:
+        return math.tanh(z)
+    if a == SIGMOID:
+        return _sigmoid(z)
+    if a == SOFTPLUS:
+        return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+    return z
+
+
+@njit(inline="always", cache=True)
+def _act_grad(a, y):
+    """f'(z) written from the output y = f(z)."""
+    if a == RELU:
+        return 1.0 if y > 0 else 0.0
+    if a == LEAKY_RELU:
+        return 1.0 if y > 0 else LEAKY_SLOPE
+    if a == TANH:
+        return 1.0 - y * y
+    if a == SIGMOID:
+        return y * (1.0 - y)
+    if a == SOFTPLUS:
+        return -math.expm1(-y)
+    return 1.0
+
+
+@njit(cache=True, parallel=True)
+def _bias_act_forward(y, z, b, a):
+    B, H = z.shape
+    for i in prange(B):
+        for j in range(H):
+            y[i, j] = _act(a, z[i, j] + b[j])
+
+
+def bias_act_forward(y, z, b, act):
+    """Twin of reference.bias_act_forward (y may be z)."""
+    check_arrays(y=y, z=z, b=b)
+    check_same_shape(y, z)
+    if b.shape != (z.shape[1],):
+        raise ValueError(f"bias shape {b.shape} does not match {z.shape[1]} columns")
+    _bias_act_forward(y, z, b, ACT_CODES[act])
+
+
+@njit(cache=True, parallel=True)
+def _bias_act_backward(dz, db, dy, y, a):
+    B, H = dy.shape
+    nchunks = (H + COLUMN_CHUNK - 1) // COLUMN_CHUNK
+    for c in prange(nchunks):  # each task owns a band of columns: no write conflicts on db
+        j0 = c * COLUMN_CHUNK
+        j1 = min(j0 + COLUMN_CHUNK, H)
+        acc = np.zeros(j1 - j0, np.float64)
+        for i in range(B):
+            for j in range(j0, j1):
+                g = dy[i, j] * _act_grad(a, y[i, j])
+                dz[i, j] = g
+                acc[j - j0] += g
+        for j in range(j0, j1):
+            db[j] += db.dtype.type(acc[j - j0])
+
+
+def bias_act_backward(dz, db, dy, y, act):
+    """Twin of reference.bias_act_backward."""
+    check_arrays(dz=dz, db=db, dy=dy, y=y)
+    check_same_shape(dz, dy, y)
+    if db.shape != (dy.shape[1],):
+        raise ValueError(f"db shape {db.shape} does not match {dy.shape[1]} columns")
+    _bias_act_backward(dz, db, dy, y, ACT_CODES[act])
+
+
+@njit(cache=True, parallel=True)
+def _sigmoid_map(out, z):
+    for i in prange(z.size):
+        out.flat[i] = _sigmoid(z.flat[i])
+
+
+def sigmoid(z):
+    """Twin of reference.sigmoid: a new array."""
+    check_arrays(z=z)
+    out = np.empty_like(z)
+    _sigmoid_map(out, z)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def _bce(dlogits, logits, targets, scale):
+    B, D = logits.shape
+    partial = np.zeros(B, np.float64)
+    for i in prange(B):
+        acc = 0.0
+        for j in range(D):
+            z = logits[i, j]
+            t = targets[i, j]
+            # log1p(exp(-|z|)) never overflows: finite for any z.
+            acc += max(z, 0.0) - z * t + math.log1p(math.exp(-abs(z)))
+            dlogits[i, j] = (_sigmoid(z) - t) * scale
+        partial[i] = acc
+    return partial.sum()
+
+
+@njit(cache=True, parallel=True)
+def _mse(dlogits, logits, targets, scale):
+    B, D = logits.shape
+    partial = np.zeros(B, np.float64)
+    for i in prange(B):
+        acc = 0.0
+        for j in range(D):
+            s = _sigmoid(logits[i, j])
+            r = s - targets[i, j]
+            acc += r * r
+            dlogits[i, j] = 2 * r * s * (1 - s) * scale
+        partial[i] = acc
+    return partial.sum()
+
+
+def _loss(kernel, dlogits, logits, targets, scale):
+    check_arrays(dlogits=dlogits, logits=logits, targets=targets)
+    check_same_shape(dlogits, logits, targets)
+    if logits.ndim != 2:
+        raise ValueError(f"losses take (B, D) arrays, got shape {logits.shape}")
+    return float(kernel(dlogits, logits, targets, float(scale)))
+
+
+def sigmoid_bce_forward_backward(dlogits, logits, targets, scale):
+    """Twin of reference.sigmoid_bce_forward_backward."""
+    return _loss(_bce, dlogits, logits, targets, scale)
+
+
+def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
+    """Twin of reference.sigmoid_mse_forward_backward."""
+    return _loss(_mse, dlogits, logits, targets, scale)
+
+
+# ----------------------------------------------------------------------------------------
+# Optimizers
+# ----------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def _sgd(p, g, vel, lr, momentum, nesterov, wd):
+    for i in prange(p.size):
+        gi = g[i] + wd * p[i]
+        v = momentum * vel[i] + gi
+        vel[i] = v
+        p[i] -= lr * (gi + momentum * v if nesterov else v)
+
+
+def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay):
+    """Twin of reference.sgd_update."""
+    check_arrays(params=params, grads=grads, velocity=velocity)
+    check_same_shape(params, grads, velocity)
+    dt = params.dtype.type
+    _sgd(params, grads, velocity, dt(lr), dt(momentum), bool(nesterov), dt(weight_decay))
+
+
+@njit(cache=True, parallel=True)
+def _adam(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, wd, lr_wd, decoupled, c1, c2):
+    for i in prange(p.size):
+        if decoupled:
+            p[i] -= lr_wd * p[i]
+            gi = g[i]
+        else:
+            gi = g[i] + wd * p[i]
+        mi = b1 * m[i] + one_minus_b1 * gi
+        vi = b2 * v[i] + one_minus_b2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
+
+
+def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
+    """Twin of reference.adam_update."""
+    check_arrays(params=params, grads=grads, m=m, v=v)
+    check_same_shape(params, grads, m, v)
+    dt = params.dtype.type
+    _adam(params, grads, m, v, dt(lr), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
+          dt(eps), dt(weight_decay), dt(lr * weight_decay), bool(decoupled),
+          dt(1 - beta1**t), dt(1 - beta2**t))
