@@ -50,8 +50,27 @@ def check_same_shape(*arrays):
 
 
 # ----------------------------------------------------------------------------------------
-# Corruption
+# Random words and corruption
 # ----------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def _philox_uint32(out, k0, k1, step, stream, offset):
+    for k in prange(out.size):
+        j = offset + k
+        block = j >> 2
+        words = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
+                       np.uint32(stream), k0, k1)
+        out[k] = words[j & 3]
+
+
+def philox_uint32(out, seed, step, stream, offset=0):
+    """Twin of reference.philox_uint32."""
+    check_arrays(out=out)
+    if out.dtype != np.uint32 or out.ndim != 1:
+        raise ValueError(f"out must be a 1-D uint32 array, got {out.dtype} {out.shape}")
+    k0, k1 = seed_key(seed)
+    _philox_uint32(out, np.uint32(k0), np.uint32(k1), np.int64(step), np.int64(stream), np.int64(offset))
 
 
 @njit(inline="always", cache=True)

@@ -27,6 +27,11 @@ def uniform_open_from_words(words):
     return ((words >> np.uint32(9)).astype(np.float32) * np.float32(2) + np.float32(1)) * TWO_M24
 
 
+def philox_uint32(out, seed, step, stream, offset=0):
+    """out[k] = word (offset + k) of the Philox stream (seed, step, stream).  out: (N,) uint32"""
+    out[...] = philox_words_np(out.size, seed, step, stream, offset)
+
+
 def philox_uniform(n, seed, step, stream, offset=0):
     """Elements offset..offset+n-1 of a uniform [0, 1) stream. -> (n,) float32"""
     return uniform_from_words(philox_words_np(n, seed, step, stream, offset))

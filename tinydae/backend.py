@@ -24,7 +24,7 @@ class Backend:
     kernel_set: str = "fused"  # "fused" twins, or the NumPy "reference"
 
     def to_device(self, a, dtype=None):
-        """Host array -> backend array (contiguous, of `dtype` if given)."""
+        """Host (or device) array -> backend array, C-contiguous, of `dtype` if given."""
         return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
 
     def to_host(self, a):
@@ -33,6 +33,8 @@ class Backend:
 
     def sync(self):
         """Wait for queued device work (a no-op on the CPU)."""
+        if self.xp is not np:
+            self.xp.cuda.get_current_stream().synchronize()
 
     def __repr__(self):
         return f"Backend({self.name}, {self.kernel_set} kernels, {self.device})"
@@ -50,10 +52,53 @@ def _cpu(kernel_set):
     return Backend("cpu", np, table, f"{cpu}, {os.cpu_count()} cores", kernel_set)
 
 
+INSTALL_HINT = 'pip install -e ".[cuda12]" (or ".[cuda13]" for a CUDA 13 driver)'
+
+
+def _cuda(kernel_set):
+    """CuPy arrays + numba.cuda kernels, or BackendUnavailable naming what is missing."""
+    import os
+
+    if kernel_set == "reference":
+        raise ConfigError("the reference kernels are NumPy code for the CPU; use --kernels fused "
+                          "with --backend cuda")
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        raise BackendUnavailable("--backend cuda is unavailable: NUMBA_ENABLE_CUDASIM=1 simulates "
+                                 "kernels on the CPU, it cannot run CuPy; unset it")
+    try:
+        import cupy
+    except ImportError:
+        raise BackendUnavailable(f"--backend cuda needs CuPy, which is not installed: {INSTALL_HINT}") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver, or a driver too old for this CuPy
+        raise BackendUnavailable(f"--backend cuda found no usable GPU ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else 'no detail'}); use --backend cpu") from None
+    if count < 1:
+        raise BackendUnavailable("--backend cuda found no CUDA device; use --backend cpu")
+    try:
+        from numba import cuda
+        usable = cuda.is_available()
+    except Exception:
+        usable = False
+    if not usable:
+        raise BackendUnavailable(f"--backend cuda: numba cannot reach the GPU (numba-cuda missing or "
+                                 f"mismatched with the driver): {INSTALL_HINT}")
+    import kernels.cuda as table
+
+    device = cupy.cuda.Device()
+    name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
+    name = name.decode() if isinstance(name, bytes) else name
+    return Backend("cuda", cupy, table, f"{name} (CUDA device {device.id})", kernel_set)
+
+
 def cuda_unavailable_reason():
-    """Why --backend cuda cannot run here, as one line."""
-    return ("the CUDA backend is not implemented yet in this version of tinydae "
-            "(it arrives with the fused-kernel work); use --backend cpu")
+    """None if the CUDA backend can run here, else why not (one line)."""
+    try:
+        _cuda("fused")
+    except (BackendUnavailable, ConfigError) as e:
+        return str(e)
+    return None
 
 
 def get_backend(name="auto", kernels="fused"):
@@ -69,5 +114,10 @@ def get_backend(name="auto", kernels="fused"):
     if kernels not in KERNEL_CHOICES:
         raise ConfigError(f"unknown kernel set {kernels!r}; choose one of {', '.join(KERNEL_CHOICES)}")
     if name == "cuda":
-        raise BackendUnavailable(f"--backend cuda is unavailable: {cuda_unavailable_reason()}")
+        return _cuda(kernels)
+    if name == "auto" and kernels == "fused":
+        try:
+            return _cuda(kernels)
+        except BackendUnavailable:
+            pass
     return _cpu(kernels)

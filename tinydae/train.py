@@ -139,7 +139,7 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
         while state.step < total_steps:
             epoch, i = divmod(state.step, steps_per_epoch)
             if order_epoch != epoch:  # the epoch's permutation depends on (seed, epoch) only
-                order = np.random.default_rng([seed, epoch, 0xBA7C4]).permutation(n)
+                order = backend.to_device(np.random.default_rng([seed, epoch, 0xBA7C4]).permutation(n))
                 order_epoch = epoch
             t0 = time.perf_counter()
             x = X[order[i * batch_size:(i + 1) * batch_size]]

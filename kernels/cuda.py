@@ -1,0 +1,435 @@
+"""CUDA twins of kernels/reference.py: numba @cuda.jit kernels launched on CuPy arrays.
+
+Same signatures as the reference.  Arrays are CuPy arrays on a GPU, or NumPy arrays under
+Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), which is how CI tests this file.
+
+Launches go on CuPy's current stream (cuda.external_stream), and numba is told not to
+synchronise on the __cuda_array_interface__ stream of each argument: tinydae orders all
+of its work on that one stream, so a launch never blocks the host.
+
+Results do not depend on the grid size: elementwise kernels are grid-stride loops; the
+loss sum is reduced per row by one block of LOSS_THREADS threads in a fixed tree order,
+then the last block to finish adds the row partials in row order; the bias gradient is
+summed over rows by one thread per column, in row order.  No float atomics anywhere.
+No fastmath: results must match the other twins.
+"""
+import math
+import os
+
+os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")  # read when numba.cuda loads
+
+import numpy as np  # noqa: E402
+from numba import cuda, float64, int32  # noqa: E402
+
+from kernels.philox import MASK32, philox4x32_10, seed_key  # noqa: E402
+from kernels.reference import (ACTIVATIONS, CORRUPTION_GAUSSIAN, CORRUPTION_MASKING,  # noqa: E402
+                               CORRUPTION_NONE, CORRUPTION_SALT_PEPPER, LEAKY_SLOPE)
+
+try:  # numba may already have read its configuration before this module was imported
+    from numba import config as _config
+
+    _config.CUDA_ARRAY_INTERFACE_SYNC = False
+except (ImportError, AttributeError):
+    pass
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (ACT_CODES[a] for a in (
+    "identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus"))
+# The simulator runs every GPU thread as a Python thread: smaller blocks keep CI fast.
+LOSS_THREADS = 32 if SIMULATOR else 128  # threads per row in the loss sum (fixed: sets its order)
+F1, F2, HALF = np.float32(1), np.float32(2), np.float32(0.5)  # RNG arithmetic stays float32
+TWO_M24 = np.float32(2.0**-24)
+TWO_PI = np.float32(2.0 * np.pi)
+
+# Launch configuration for elementwise kernels; tests change it to show results do not.
+LAUNCH = {"threads": 32 if SIMULATOR else 256, "max_blocks": 4096}
+LAUNCHES = {"count": 0}  # kernel launches since import (the GPU tests count them per step)
+
+philox = cuda.jit(device=True, inline=True)(philox4x32_10)
+
+
+def _stream():
+    if SIMULATOR:
+        return 0
+    import cupy
+
+    return cuda.external_stream(cupy.cuda.get_current_stream().ptr)
+
+
+def _grid(n, threads=None):
+    threads = threads or LAUNCH["threads"]
+    return max(1, min(-(-n // threads), LAUNCH["max_blocks"])), threads
+
+
+def _launch(kernel, blocks, threads, *args):
+    LAUNCHES["count"] += 1
+    kernel[blocks, threads, _stream()](*args)
+
+
+def _xp(a):
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+
+    return cupy
+
+
+def check_arrays(**arrays):
+    for name, a in arrays.items():
+        if not hasattr(a, "__cuda_array_interface__") and not (SIMULATOR and isinstance(a, np.ndarray)):
+            raise TypeError(f"{name}: expected a CuPy array, got {type(a).__name__}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name}: kernels need C-contiguous arrays; pass xp.ascontiguousarray({name})")
+
+
+def check_same_shape(*arrays):
+    shapes = {tuple(a.shape) for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"arrays must have one shape, got {sorted(shapes)}")
+
+
+# ----------------------------------------------------------------------------------------
+# Random words, and corruption: one thread per block of four stream elements
+# ----------------------------------------------------------------------------------------
+
+
+@cuda.jit(cache=True)
+def _philox_uint32(out, k0, k1, step, stream, offset):
+    for k in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        j = offset + k
+        block = j >> 2
+        words = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
+                       np.uint32(stream), k0, k1)
+        out[k] = words[j & 3]
+
+
+def philox_uint32(out, seed, step, stream, offset=0):
+    """Twin of reference.philox_uint32."""
+    check_arrays(out=out)
+    if out.dtype != np.uint32 or out.ndim != 1:
+        raise ValueError(f"out must be a 1-D uint32 array, got {out.dtype} {out.shape}")
+    k0, k1 = seed_key(seed)
+    if out.size:
+        _launch(_philox_uint32, *_grid(out.size), out, np.uint32(k0), np.uint32(k1),
+                np.int64(step), np.int64(stream), np.int64(offset))
+
+
+@cuda.jit(device=True, inline=True)
+def _uniform(w):
+    return np.float32(w >> np.uint32(8)) * TWO_M24
+
+
+@cuda.jit(device=True, inline=True)
+def _uniform_open(w):
+    return (np.float32(w >> np.uint32(9)) * F2 + F1) * TWO_M24
+
+
+@cuda.jit(cache=True)
+def _corrupt(out, x, mode, level, k0, k1, step, stream, offset, first, nblocks):
+    n = x.size
+    for bi in range(cuda.grid(1), nblocks, cuda.gridsize(1)):
+        block = first + bi
+        words = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
+                       np.uint32(stream), k0, k1)
+        for q in range(4):
+            i = block * 4 + q - offset
+            if i < 0 or i >= n:
+                continue
+            if mode == CORRUPTION_GAUSSIAN:
+                u1 = _uniform_open(words[q & 2])
+                u2 = _uniform_open(words[(q & 2) + 1])
+                r = math.sqrt(np.float32(-2.0) * math.log(u1))
+                theta = TWO_PI * u2
+                noise = r * math.cos(theta) if (q & 1) == 0 else r * math.sin(theta)
+                out[i] = x[i] + level * np.float32(noise)
+            elif mode == CORRUPTION_MASKING:
+                out[i] = 0 if _uniform(words[q]) < level else x[i]
+            elif mode == CORRUPTION_SALT_PEPPER:
+                u = _uniform(words[q])
+                out[i] = 0 if u < level * HALF else (1 if u < level else x[i])
+            else:
+                out[i] = x[i]
+
+
+def corrupt(out, x, mode, level, seed, step, stream, offset=0):
+    """Twin of reference.corrupt."""
+    check_arrays(out=out, x=x)
+    check_same_shape(out, x)
+    if mode not in (CORRUPTION_NONE, CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_SALT_PEPPER):
+        raise ValueError(f"unknown corruption mode {mode}")
+    n = x.size
+    if n == 0:
+        return
+    k0, k1 = seed_key(seed)
+    first = offset >> 2
+    nblocks = ((offset + n - 1) >> 2) - first + 1
+    lvl = x.dtype.type(level) if mode == CORRUPTION_GAUSSIAN else np.float32(level)
+    _launch(_corrupt, *_grid(nblocks), out.reshape(-1), x.reshape(-1), np.int32(mode), lvl,
+            np.uint32(k0), np.uint32(k1), np.int64(step), np.int64(stream), np.int64(offset),
+            np.int64(first), np.int64(nblocks))
+
+
+# ----------------------------------------------------------------------------------------
+# Activations.  Like the CPU twin they compute in float64 (float literals) and round once
+# at the store: float32 constants would give float64 data float32 precision in the
+# simulator (NumPy scalar rules) but not on the GPU (numba's rules).
+# ----------------------------------------------------------------------------------------
+
+
+@cuda.jit(device=True, inline=True)
+def _sigmoid(z):
+    e = math.exp(-abs(z))  # exp only sees -|z|: no overflow
+    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+
+
+@cuda.jit(device=True, inline=True)
+def _act(a, z):
+    if a == RELU:
+        return max(z, 0.0)
+    if a == LEAKY_RELU:
+        return z if z > 0 else z * LEAKY_SLOPE
+    if a == TANH:
+        return math.tanh(z)
+    if a == SIGMOID:
+        return _sigmoid(z)
+    if a == SOFTPLUS:
+        return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+    return z
+
+
+@cuda.jit(device=True, inline=True)
+def _act_grad(a, y):
+    """f'(z) written from the output y = f(z)."""
+    if a == RELU:
+        return 1.0 if y > 0 else 0.0
+    if a == LEAKY_RELU:
+        return 1.0 if y > 0 else LEAKY_SLOPE
+    if a == TANH:
+        return 1.0 - y * y
+    if a == SIGMOID:
+        return y * (1.0 - y)
+    if a == SOFTPLUS:
+        return -math.expm1(-y)
+    return 1.0
+
+
+@cuda.jit(cache=True)
+def _bias_act_forward(y, z, b, a, H):
+    for k in range(cuda.grid(1), z.size, cuda.gridsize(1)):
+        y[k] = _act(a, z[k] + b[k % H])
+
+
+@cuda.jit(cache=True)
+def _bias_act_inplace(y, b, a, H):
+    for k in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        y[k] = _act(a, y[k] + b[k % H])
+
+
+def bias_act_forward(y, z, b, act):
+    """Twin of reference.bias_act_forward (y may be z: the model works in place)."""
+    check_arrays(y=y, z=z, b=b)
+    check_same_shape(y, z)
+    if tuple(b.shape) != (z.shape[1],):
+        raise ValueError(f"bias shape {b.shape} does not match {z.shape[1]} columns")
+    if not z.size:
+        return
+    code, H = np.int32(ACT_CODES[act]), np.int64(z.shape[1])
+    if y is z:  # one argument: aliased views would be copied separately by the simulator
+        _launch(_bias_act_inplace, *_grid(z.size), y.reshape(-1), b, code, H)
+    else:
+        _launch(_bias_act_forward, *_grid(z.size), y.reshape(-1), z.reshape(-1), b, code, H)
+
+
+@cuda.jit(cache=True)
+def _bias_act_backward(dz, db, dy, y, a):
+    B, H = dy.shape
+    for j in range(cuda.grid(1), H, cuda.gridsize(1)):  # one thread per column: db in row order
+        acc = 0.0
+        for i in range(B):
+            g = dy[i, j] * _act_grad(a, y[i, j])
+            dz[i, j] = g
+            acc += g
+        db[j] += acc
+
+
+def bias_act_backward(dz, db, dy, y, act):
+    """Twin of reference.bias_act_backward."""
+    check_arrays(dz=dz, db=db, dy=dy, y=y)
+    check_same_shape(dz, dy, y)
+    if tuple(db.shape) != (dy.shape[1],):
+        raise ValueError(f"db shape {db.shape} does not match {dy.shape[1]} columns")
+    if dy.size:
+        _launch(_bias_act_backward, *_grid(dy.shape[1]), dz, db, dy, y, np.int32(ACT_CODES[act]))
+
+
+@cuda.jit(cache=True)
+def _sigmoid_map(out, z):
+    for k in range(cuda.grid(1), z.size, cuda.gridsize(1)):
+        out[k] = _sigmoid(z[k])
+
+
+def sigmoid(z):
+    """Twin of reference.sigmoid: a new array."""
+    check_arrays(z=z)
+    out = _xp(z).empty_like(z)
+    if z.size:
+        _launch(_sigmoid_map, *_grid(z.size), out.reshape(-1), z.reshape(-1))
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Losses: elementwise gradient + a deterministic float64 sum, in one launch
+# ----------------------------------------------------------------------------------------
+
+
+@cuda.jit(device=True, inline=True)
+def _block_sum(buf, tid):
+    """Tree-sum buf[0:LOSS_THREADS] into buf[0] (fixed order)."""
+    width = LOSS_THREADS // 2
+    while width > 0:
+        cuda.syncthreads()
+        if tid < width:
+            buf[tid] += buf[tid + width]
+        width //= 2
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True, inline=True)
+def _finish(partial, ticket, total, buf, last, tid):
+    """The last block to finish adds the row partials in row order, into total[0].
+
+    `last` is its own shared slot: the ticket must stay readable by every thread while
+    thread 0 goes on to reuse buf.
+    """
+    cuda.threadfence()  # make this block's partials visible before taking a ticket
+    if tid == 0:
+        last[0] = cuda.atomic.add(ticket, 0, 1) == cuda.gridDim.x - 1
+    cuda.syncthreads()
+    if last[0]:
+        acc = 0.0
+        for i in range(tid, partial.size, LOSS_THREADS):
+            acc += partial[i]
+        buf[tid] = acc
+        _block_sum(buf, tid)
+        if tid == 0:
+            total[0] = buf[0]
+
+
+@cuda.jit(cache=True)
+def _bce(dlogits, logits, targets, scale, partial, ticket, total):
+    buf = cuda.shared.array(LOSS_THREADS, float64)
+    last = cuda.shared.array(1, int32)
+    tid = cuda.threadIdx.x
+    B, D = logits.shape
+    for i in range(cuda.blockIdx.x, B, cuda.gridDim.x):
+        acc = 0.0
+        for j in range(tid, D, LOSS_THREADS):
+            z = logits[i, j]
+            t = targets[i, j]
+            # log1p(exp(-|z|)) never overflows: finite for any z.
+            acc += max(z, 0.0) - z * t + math.log1p(math.exp(-abs(z)))
+            dlogits[i, j] = (_sigmoid(z) - t) * scale
+        buf[tid] = acc
+        _block_sum(buf, tid)
+        if tid == 0:
+            partial[i] = buf[0]
+    _finish(partial, ticket, total, buf, last, tid)
+
+
+@cuda.jit(cache=True)
+def _mse(dlogits, logits, targets, scale, partial, ticket, total):
+    buf = cuda.shared.array(LOSS_THREADS, float64)
+    last = cuda.shared.array(1, int32)
+    tid = cuda.threadIdx.x
+    B, D = logits.shape
+    for i in range(cuda.blockIdx.x, B, cuda.gridDim.x):
+        acc = 0.0
+        for j in range(tid, D, LOSS_THREADS):
+            s = _sigmoid(logits[i, j])
+            r = s - targets[i, j]
+            acc += r * r
+            dlogits[i, j] = 2.0 * r * s * (1.0 - s) * scale
+        buf[tid] = acc
+        _block_sum(buf, tid)
+        if tid == 0:
+            partial[i] = buf[0]
+    _finish(partial, ticket, total, buf, last, tid)
+
+
+def _loss(kernel, dlogits, logits, targets, scale):
+    check_arrays(dlogits=dlogits, logits=logits, targets=targets)
+    check_same_shape(dlogits, logits, targets)
+    if logits.ndim != 2:
+        raise ValueError(f"losses take (B, D) arrays, got shape {logits.shape}")
+    B = logits.shape[0]
+    if logits.size == 0:
+        return 0.0
+    xp = _xp(logits)
+    partial = xp.zeros(B, np.float64)
+    ticket = xp.zeros(1, np.int32)
+    total = xp.zeros(1, np.float64)
+    blocks = max(1, min(B, LAUNCH["max_blocks"]))
+    _launch(kernel, blocks, LOSS_THREADS, dlogits, logits, targets, float(scale),
+            partial, ticket, total)
+    return float(total[0])  # the one host sync of a training step: the NaN guard needs it
+
+
+def sigmoid_bce_forward_backward(dlogits, logits, targets, scale):
+    """Twin of reference.sigmoid_bce_forward_backward."""
+    return _loss(_bce, dlogits, logits, targets, scale)
+
+
+def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
+    """Twin of reference.sigmoid_mse_forward_backward."""
+    return _loss(_mse, dlogits, logits, targets, scale)
+
+
+# ----------------------------------------------------------------------------------------
+# Optimizers: one launch over the flat buffers
+# ----------------------------------------------------------------------------------------
+
+
+@cuda.jit(cache=True)
+def _sgd(p, g, vel, lr, momentum, nesterov, wd):
+    for k in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gk = g[k] + wd * p[k]
+        v = momentum * vel[k] + gk
+        vel[k] = v
+        p[k] -= lr * (gk + momentum * v if nesterov else v)
+
+
+def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay):
+    """Twin of reference.sgd_update."""
+    check_arrays(params=params, grads=grads, velocity=velocity)
+    check_same_shape(params, grads, velocity)
+    dt = params.dtype.type
+    if params.size:
+        _launch(_sgd, *_grid(params.size), params, grads, velocity, dt(lr), dt(momentum),
+                bool(nesterov), dt(weight_decay))
+
+
+@cuda.jit(cache=True)
+def _adam(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, wd, lr_wd, decoupled, c1, c2):
+    for k in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        if decoupled:
+            p[k] -= lr_wd * p[k]
+            gk = g[k]
+        else:
+            gk = g[k] + wd * p[k]
+        mk = b1 * m[k] + one_minus_b1 * gk
+        vk = b2 * v[k] + one_minus_b2 * gk * gk
+        m[k] = mk
+        v[k] = vk
+        p[k] -= lr * (mk / c1) / (math.sqrt(vk / c2) + eps)
+
+
+def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
+    """Twin of reference.adam_update."""
+    check_arrays(params=params, grads=grads, m=m, v=v)
+    check_same_shape(params, grads, m, v)
+    dt = params.dtype.type
+    if params.size:
+        _launch(_adam, *_grid(params.size), params, grads, m, v, dt(lr), dt(beta1), dt(1 - beta1),
+                dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay), dt(lr * weight_decay),
+                bool(decoupled), dt(1 - beta1**t), dt(1 - beta2**t))

@@ -1,0 +1,227 @@
+"""Every fused twin against the NumPy reference (kernels/reference.py), on random inputs.
+
+The "cuda" twin runs under Numba's CUDA simulator when NUMBA_ENABLE_CUDASIM=1 (as .ci/run
+does, with small sizes), on a real GPU with CuPy arrays when one is present, and is
+skipped with the reason otherwise.
+"""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import reference as ref
+
+SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+ACTS = sorted(ref.ACTIVATIONS)
+
+
+class Twin:
+    def __init__(self, name):
+        self.name = name
+        if name == "cpu":
+            import kernels.cpu as module
+            self.to_dev, self.to_host = np.ascontiguousarray, np.asarray
+        elif SIM:
+            import kernels.cuda as module
+            self.to_dev, self.to_host = np.ascontiguousarray, np.asarray
+        else:
+            from conftest import gpu_unavailable_reason
+            reason = gpu_unavailable_reason()
+            if reason:
+                pytest.skip(f"cuda twin needs NUMBA_ENABLE_CUDASIM=1 (as .ci/run sets) or a GPU: {reason}")
+            import cupy
+
+            import kernels.cuda as module
+            self.to_dev, self.to_host = cupy.ascontiguousarray, cupy.asnumpy
+        self.k = module
+        # The simulator runs every GPU thread as a Python thread: keep its cases few and small.
+        self.examples = 8 if (name == "cuda" and SIM) else 40
+        self.exact_float = name == "cpu"  # GPU compilers may fuse a*b+c into one FMA
+
+    def empty_like(self, a):
+        return self.to_dev(np.empty_like(a))
+
+
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=pytest.mark.cudasim)])
+def twin(request):
+    return Twin(request.param)
+
+
+def tol(dtype):
+    return dict(rtol=2e-6, atol=2e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+
+
+shapes = st.tuples(st.integers(1, 5), st.integers(1, 37))
+dtypes = st.sampled_from([np.float32, np.float64])
+
+
+def run(twin, test):
+    """Run a Hypothesis test body with the twin's example budget."""
+    settings(max_examples=twin.examples, deadline=None)(test)()
+
+
+def test_philox_uint32_is_bit_identical(twin):
+    @given(n=st.integers(1, 70), seed=st.integers(0, 2**64 - 1), step=st.integers(0, 2**32 - 1),
+           stream=st.integers(0, 5), offset=st.integers(0, 2**40))
+    def body(n, seed, step, stream, offset):
+        expected = np.empty(n, np.uint32)
+        ref.philox_uint32(expected, seed, step, stream, offset)
+        out = twin.to_dev(np.zeros(n, np.uint32))
+        twin.k.philox_uint32(out, seed, step, stream, offset)
+        np.testing.assert_array_equal(twin.to_host(out), expected)
+    run(twin, body)
+
+
+def test_corrupt_matches_reference(twin):
+    @given(shape=shapes, dtype=dtypes, mode=st.sampled_from([0, 1, 2, 3]), level=st.floats(0.01, 0.99),
+           seed=st.integers(0, 2**64 - 1), step=st.integers(0, 10**6), stream=st.integers(0, 4),
+           offset=st.integers(0, 10**6), data_seed=st.integers(0, 2**32 - 1))
+    def body(shape, dtype, mode, level, seed, step, stream, offset, data_seed):
+        x = np.random.default_rng(data_seed).uniform(0.05, 0.95, shape).astype(dtype)
+        expected = np.empty_like(x)
+        ref.corrupt(expected, x, mode, level, seed, step, stream, offset)
+        out = twin.empty_like(x)
+        twin.k.corrupt(out, twin.to_dev(x), mode, level, seed, step, stream, offset)
+        got = twin.to_host(out)
+        assert got.dtype == dtype
+        if mode == ref.CORRUPTION_GAUSSIAN:  # log/cos/sin differ by an ulp or two between libraries
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=4e-7 * level * 6)
+        else:  # masks are decided on exact float32 uniforms: bit-identical
+            np.testing.assert_array_equal(got, expected)
+    run(twin, body)
+
+
+def test_bias_act_forward_and_backward(twin):
+    @given(shape=shapes, dtype=dtypes, act=st.sampled_from(ACTS), data_seed=st.integers(0, 2**32 - 1),
+           in_place=st.booleans())
+    def body(shape, dtype, act, data_seed, in_place):
+        rng = np.random.default_rng(data_seed)
+        z = rng.normal(0, 3, shape).astype(dtype)
+        b = rng.normal(0, 1, shape[1]).astype(dtype)
+        y_ref = np.empty_like(z)
+        ref.bias_act_forward(y_ref, z, b, act)
+        z_dev = twin.to_dev(z)
+        y = z_dev if in_place else twin.empty_like(z)
+        twin.k.bias_act_forward(y, z_dev, twin.to_dev(b), act)
+        np.testing.assert_allclose(twin.to_host(y), y_ref, **tol(dtype))
+
+        dy = rng.normal(0, 1, shape).astype(dtype)
+        db0 = rng.normal(0, 1, shape[1]).astype(dtype)  # backward adds into db
+        dz_ref, db_ref = np.empty_like(z), db0.copy()
+        ref.bias_act_backward(dz_ref, db_ref, dy, y_ref, act)
+        dz, db = twin.empty_like(z), twin.to_dev(db0.copy())
+        twin.k.bias_act_backward(dz, db, twin.to_dev(dy), twin.to_dev(y_ref), act)
+        np.testing.assert_allclose(twin.to_host(dz), dz_ref, **tol(dtype))
+        t = tol(dtype)
+        np.testing.assert_allclose(twin.to_host(db), db_ref, rtol=t["rtol"] * 10, atol=t["atol"] * 10 * shape[0])
+    run(twin, body)
+
+
+def test_sigmoid(twin):
+    @given(shape=shapes, dtype=dtypes, data_seed=st.integers(0, 2**32 - 1))
+    def body(shape, dtype, data_seed):
+        z = np.random.default_rng(data_seed).normal(0, 20, shape).astype(dtype)
+        np.testing.assert_allclose(twin.to_host(twin.k.sigmoid(twin.to_dev(z))), ref.sigmoid(z), **tol(dtype))
+    run(twin, body)
+
+
+@pytest.mark.parametrize("loss", ["sigmoid_bce_forward_backward", "sigmoid_mse_forward_backward"])
+def test_losses_match_reference(twin, loss):
+    @given(shape=shapes, dtype=dtypes, scale=st.floats(0.001, 2.0), data_seed=st.integers(0, 2**32 - 1))
+    def body(shape, dtype, scale, data_seed):
+        rng = np.random.default_rng(data_seed)
+        z = rng.normal(0, 4, shape).astype(dtype)
+        t = rng.random(shape).astype(dtype)
+        d_ref = np.empty_like(z)
+        total_ref = getattr(ref, loss)(d_ref, z, t, scale)
+        d = twin.empty_like(z)
+        total = getattr(twin.k, loss)(d, twin.to_dev(z), twin.to_dev(t), scale)
+        assert isinstance(total, float)
+        assert total == pytest.approx(total_ref, rel=1e-6 if dtype == np.float32 else 1e-12)
+        np.testing.assert_allclose(twin.to_host(d), d_ref, **tol(dtype))
+    run(twin, body)
+
+
+def test_losses_at_extreme_logits(twin):
+    z = np.array([[-1e4, -100.0, -1.0, 0.0, 1.0, 100.0, 1e4]], np.float32)
+    t = np.array([[0.0, 1.0, 0.5, 0.3, 0.0, 0.0, 1.0]], np.float32)
+    for loss in ("sigmoid_bce_forward_backward", "sigmoid_mse_forward_backward"):
+        d = twin.empty_like(z)
+        total = getattr(twin.k, loss)(d, twin.to_dev(z), twin.to_dev(t), 1.0)
+        d_ref = np.empty_like(z)
+        assert np.isfinite(total) and total == pytest.approx(getattr(ref, loss)(d_ref, z, t, 1.0), rel=1e-6)
+        np.testing.assert_allclose(twin.to_host(d), d_ref, atol=1e-7)
+
+
+def test_optimizers_match_reference(twin):
+    @given(n=st.integers(1, 300), dtype=dtypes, kind=st.sampled_from(["adam", "adamw", "sgd", "nesterov"]),
+           data_seed=st.integers(0, 2**32 - 1))
+    def body(n, dtype, kind, data_seed):
+        rng = np.random.default_rng(data_seed)
+        p0 = rng.normal(size=n).astype(dtype)
+        grads = rng.normal(size=(3, n)).astype(dtype)
+        p_ref, a_ref, b_ref = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+        p, a, b = twin.to_dev(p0.copy()), twin.to_dev(np.zeros_like(p0)), twin.to_dev(np.zeros_like(p0))
+        for t, g in enumerate(grads, start=1):
+            if kind in ("adam", "adamw"):
+                args = (1e-2, 0.9, 0.999, 1e-8, 0.01, kind == "adamw", t)
+                ref.adam_update(p_ref, g, a_ref, b_ref, *args)
+                twin.k.adam_update(p, twin.to_dev(g), a, b, *args)
+            else:
+                args = (0.05, 0.9, kind == "nesterov", 0.01)
+                ref.sgd_update(p_ref, g, a_ref, *args)
+                twin.k.sgd_update(p, twin.to_dev(g), a, *args)
+        if twin.exact_float:  # same float32 operations in the same order: bit-identical
+            np.testing.assert_array_equal(twin.to_host(p), p_ref)
+            np.testing.assert_array_equal(twin.to_host(a), a_ref)
+        else:
+            np.testing.assert_allclose(twin.to_host(p), p_ref, **tol(dtype))
+            np.testing.assert_allclose(twin.to_host(a), a_ref, **tol(dtype))
+    run(twin, body)
+
+
+def test_contiguity_and_shape_are_checked(twin):
+    x = np.random.default_rng(0).random((4, 6)).astype(np.float32)
+    strided = twin.to_dev(x)[:, ::2]
+    with pytest.raises(ValueError, match="contiguous"):
+        twin.k.corrupt(twin.empty_like(x)[:, ::2], strided, 2, 0.5, 0, 0, 0)
+    with pytest.raises(ValueError, match="shape"):
+        twin.k.sigmoid_bce_forward_backward(twin.empty_like(x), twin.to_dev(x), twin.to_dev(x[:3]), 1.0)
+    with pytest.raises(ValueError, match="bias"):
+        twin.k.bias_act_forward(twin.empty_like(x), twin.to_dev(x), twin.to_dev(np.ones(5, np.float32)), "relu")
+
+
+@pytest.mark.cudasim
+def test_cuda_launch_configuration_does_not_change_results():
+    t = Twin("cuda")
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.1, 0.9, (6, 45)).astype(np.float32)
+    z = rng.normal(0, 3, (6, 45)).astype(np.float32)
+    b = rng.normal(size=45).astype(np.float32)
+    saved = dict(t.k.LAUNCH)
+    results = []
+    try:
+        for threads, max_blocks in [(256, 4096), (32, 2), (64, 1), (96, 3)]:
+            t.k.LAUNCH.update(threads=threads, max_blocks=max_blocks)
+            out = []
+            for mode in (1, 2, 3):
+                c = t.empty_like(x)
+                t.k.corrupt(c, t.to_dev(x), mode, 0.3, 11, 5, 0, 7)
+                out.append(t.to_host(c))
+            y = t.empty_like(z)
+            t.k.bias_act_forward(y, t.to_dev(z), t.to_dev(b), "softplus")
+            dz, db = t.empty_like(z), t.to_dev(np.zeros(45, np.float32))
+            t.k.bias_act_backward(dz, db, t.to_dev(x), y, "softplus")
+            d = t.empty_like(z)
+            total = t.k.sigmoid_bce_forward_backward(d, t.to_dev(z), t.to_dev(x), 0.5)
+            p, m, v = t.to_dev(z.ravel().copy()), t.to_dev(np.zeros(270, np.float32)), t.to_dev(np.zeros(270, np.float32))
+            t.k.adam_update(p, t.to_dev(x.ravel().copy()), m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, False, 1)
+            out += [t.to_host(y), t.to_host(dz), t.to_host(db), t.to_host(d), np.array([total]), t.to_host(p)]
+            results.append(out)
+    finally:
+        t.k.LAUNCH.update(saved)
+    for other in results[1:]:
+        for a, b_ in zip(results[0], other):
+            np.testing.assert_array_equal(a, b_)  # bit-identical for every configuration
