@@ -331,3 +331,27 @@ def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoup
     _adam(params, grads, m, v, dt(lr), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
           dt(eps), dt(weight_decay), dt(lr * weight_decay), bool(decoupled),
           dt(1 - beta1**t), dt(1 - beta2**t))
+
+
+CACHED_KERNELS = ("philox_uint32", "corrupt", "bias_act_forward", "bias_act_backward", "sigmoid_map",
+                  "bce", "mse", "sgd", "adam")
+
+
+def cache_status():
+    """{kernel name: number of compiled signatures in numba's on-disk cache}, or None per
+    kernel if numba's cache layout cannot be read (it is not public API)."""
+    import pickle
+
+    status = {}
+    for name in CACHED_KERNELS:  # the inline helpers compile into these, never on their own
+        try:
+            index = globals()["_" + name]._cache._cache_file._index_path
+            if not os.path.exists(index):
+                status[name] = 0
+                continue
+            with open(index, "rb") as f:
+                pickle.load(f)  # the source stamp comes first
+                status[name] = len(pickle.loads(f.read()))
+        except Exception:
+            status[name] = None
+    return status

@@ -104,6 +104,8 @@ def _explicit(ctx, names):
 @click.option("--val-fraction", type=float, default=0.1, show_default=True,
               help="Fraction held out for validation (seeded split).")
 @click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
+@click.option("--kernels", "kernel_set", type=click.Choice(["fused", "reference"]), default="fused",
+              show_default=True, help="Fused numba kernels, or the plain NumPy reference (CPU only).")
 @click.option("--hidden", default="1000", show_default=True, help="Encoder widths, e.g. 1000,500.")
 @click.option("--activation", type=click.Choice(list(tinydae.layers.HIDDEN_ACTIVATIONS)),
               default="relu", show_default=True)
@@ -128,7 +130,7 @@ def _explicit(ctx, names):
               help="Continue the run saved in this checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout, no progress.")
 @click.pass_context
-def train(ctx, data, key, limit, rescale, val_fraction, backend, hidden, activation, tied, loss,
+def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, hidden, activation, tied, loss,
           dtype, corruption, optimizer, lr, momentum, weight_decay, batch_size, epochs, seed, out,
           checkpoint_every, resume, as_json):
     """Train a DAE; writes OUT/checkpoint.h5, OUT/history.json and OUT/samples.png."""
@@ -150,6 +152,7 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, hidden, activat
         state = tinydae.TrainState.from_checkpoint(ckpt)
     if epochs < 1 or opts["batch_size"] < 1:
         raise ConfigError("--epochs and --batch-size must be >= 1")
+    backend = tinydae.get_backend(backend, kernels=kernel_set)
     dataset = tinydae.load_dataset(opts["data"], limit=opts["limit"], rescale=opts["rescale"],
                                    key=opts["key"], seed=opts["seed"])
     train_set, val_set = dataset.split(opts["val_fraction"], seed=opts["seed"])
@@ -171,7 +174,8 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, hidden, activat
     steps_per_epoch = -(-len(train_set) // opts["batch_size"])
     if not as_json:
         click.echo(f"{model} on {dataset.name}: {len(train_set)} train / {len(val_set)} val, "
-                   f"{opts['corruption']}, {opt}", err=True)
+                   f"{opts['corruption']}, {opt}, {backend.kernel_set} kernels on {backend.device}",
+                   err=True)
     progress = Progress(steps_per_epoch, epochs, enabled=not as_json)
     t0 = time.perf_counter()
     try:
@@ -235,7 +239,13 @@ def info(as_json):
         except TinyDAEError as e:
             backends[name] = dict(available=False, reason=str(e))
     backends["auto"] = dict(selects=tinydae.get_backend("auto").name)
-    report = dict(versions=versions, backends=backends)
+    import kernels.cpu
+
+    cache = kernels.cpu.cache_status()
+    warm = sum(1 for v in cache.values() if v)
+    report = dict(versions=versions, backends=backends,
+                  cpu_kernel_cache=dict(warm=warm == len(cache), compiled=warm, kernels=len(cache),
+                                        signatures=cache))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -246,6 +256,10 @@ def info(as_json):
             click.echo(f"backend auto   -> {b['selects']}")
         else:
             click.echo(f"backend {name:6s} " + (b["device"] if b["available"] else b["reason"]))
+    c = report["cpu_kernel_cache"]
+    state = "warm" if c["warm"] else ("cold: the first training step compiles them (a few seconds)"
+                                      if c["compiled"] == 0 else "partly warm")
+    click.echo(f"cpu kernels    {c['compiled']}/{c['kernels']} compiled in numba's cache ({state})")
 
 
 @cli.command()

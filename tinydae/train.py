@@ -26,6 +26,14 @@ from tinydae.optim import Adam
 from tinydae.rng import STREAM_VALID_CORRUPTION
 
 
+def kernel_launches_per_step(model):
+    """Fused-kernel launches in one training step, as the code is written: corrupt (1), each
+    layer's bias+activation forward (1) and backward (1), the fused loss (1), the optimizer
+    update over the flat buffers (1).  GEMMs, the batch gather and zeroing the gradient
+    buffer are CuPy/cuBLAS (or NumPy/BLAS) calls on top of these."""
+    return 2 * len(model.layers) + 3
+
+
 @dataclass
 class TrainState:
     step: int = 0                # completed updates = the next corruption counter

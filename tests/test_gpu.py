@@ -1,0 +1,100 @@
+"""Tests that need a real CUDA GPU with CuPy (skipped with the reason elsewhere)."""
+import json
+
+import numpy as np
+import pytest
+
+import tinydae as td
+from tinydae.corruption import Corruption
+from tinydae.train import kernel_launches_per_step
+
+pytestmark = pytest.mark.gpu
+
+
+def steps(backend, n_steps=8, hidden=(256, 64)):
+    data = td.glyphs(n_steps * 64, seed=1).x
+    model = td.DAE(784, hidden=hidden, seed=3, backend=backend)
+    opt = td.Adam(model, lr=1e-3)
+    c = Corruption.parse("gaussian:0.3")
+    losses = []
+    for step in range(n_steps):
+        x = model.as_input(data[step * 64:(step + 1) * 64])
+        losses.append(model.loss_and_grad(c.apply(model.backend, x, 4, step), x))
+        opt.step()
+    return losses, model
+
+
+def test_cuda_training_matches_cpu_step_by_step():
+    cpu_losses, cpu_model = steps("cpu")
+    gpu_losses, gpu_model = steps("cuda")
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-4)
+    np.testing.assert_allclose(gpu_model.backend.to_host(gpu_model.params), cpu_model.params,
+                               rtol=1e-3, atol=1e-5)
+
+
+def test_float32_stays_float32_on_the_gpu():
+    import cupy
+
+    _, model = steps("cuda", n_steps=2)
+    x = model.as_input(td.glyphs(8).x)
+    arrays = [model.params, model.grads, model.logits(x), model.reconstruct(x),
+              Corruption.parse("masking:0.3").apply(model.backend, x, 0, 0)]
+    for a in arrays:
+        assert isinstance(a, cupy.ndarray) and a.dtype == np.float32
+
+
+def test_kernel_launches_per_step_are_as_claimed():
+    import kernels.cuda as kc
+
+    model = td.DAE(784, hidden=(128, 32), seed=0, backend="cuda")
+    opt = td.Adam(model)
+    c = Corruption.parse("salt_pepper:0.2")
+    x = model.as_input(td.glyphs(64).x)
+    before = kc.LAUNCHES["count"]
+    model.loss_and_grad(c.apply(model.backend, x, 0, 0), x)
+    opt.step()
+    assert kc.LAUNCHES["count"] - before == kernel_launches_per_step(model) == 2 * 4 + 3
+
+
+def test_cpu_and_cuda_draw_identical_streams():
+    import cupy
+
+    import kernels.cpu as kcpu
+    import kernels.cuda as kc
+
+    n = 1 << 20
+    host = np.empty(n, np.uint32)
+    kcpu.philox_uint32(host, 123, 7, 0, 5)
+    dev = cupy.empty(n, cupy.uint32)
+    kc.philox_uint32(dev, 123, 7, 0, 5)
+    np.testing.assert_array_equal(cupy.asnumpy(dev), host)
+    x = np.random.default_rng(0).uniform(0.1, 0.9, (256, 784)).astype(np.float32)
+    for mode, level in ((2, 0.25), (3, 0.1), (1, 0.3)):
+        a, b = np.empty_like(x), cupy.empty(x.shape, cupy.float32)
+        kcpu.corrupt(a, x, mode, level, 9, 3, 0)
+        kc.corrupt(b, cupy.asarray(x), mode, level, 9, 3, 0)
+        if mode == 1:  # Gaussian: libm and CUDA's logf/cosf differ by a few ulp
+            np.testing.assert_allclose(cupy.asnumpy(b), a, rtol=1e-6, atol=2e-6)
+        else:
+            np.testing.assert_array_equal(cupy.asnumpy(b), a)
+
+
+def test_fit_on_cuda_and_checkpoint_loads_on_cpu(tmp_path):
+    train, val = td.glyphs(1200).split(0.2)
+    model = td.DAE(784, hidden=(128,), backend="cuda")
+    state = td.fit(model, train, val, epochs=2, checkpoint_path=str(tmp_path / "c.h5"))
+    assert state.history[-1]["val_bce_denoise"] < state.history[0]["val_bce_denoise"]
+    cpu = td.load_model(tmp_path / "c.h5", backend="cpu")
+    x = val.x[:16]
+    np.testing.assert_allclose(cpu.reconstruct(x), model.backend.to_host(model.reconstruct(x)),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_cli_train_backend_cuda(tmp_path):
+    from click.testing import CliRunner
+
+    from tinydae.cli import cli
+    r = CliRunner().invoke(cli, ["train", "--backend", "cuda", "--limit", "2000", "--epochs", "2",
+                                 "--out", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["final"]["val_bce_denoise"] > 0
