@@ -22,7 +22,7 @@ from kernels.reference import (ACTIVATIONS, CORRUPTION_GAUSSIAN, CORRUPTION_MASK
 ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}  # identity 0, relu 1, leaky 2, ...
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (ACT_CODES[a] for a in (
     "identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus"))
-COLUMN_CHUNK = 64  # columns per parallel task in reductions over rows
+ROW_BLOCK = 64  # rows per parallel task in the bias-gradient reduction (fixed: sets the sum order)
 
 # GNU OpenMP's workers spin after each parallel region and starve OpenBLAS's GEMM threads
 # on small machines (measured on 2 cores: 1.5k vs 12.7k training examples/s), so prefer
@@ -83,6 +83,16 @@ def _uniform_open(w):
     return (np.float32(w >> np.uint32(9)) * np.float32(2.0) + np.float32(1.0)) * np.float32(2.0**-24)
 
 
+@njit(inline="always", cache=True)
+def _gaussian(words, q):
+    """Box-Muller on words (0, 1) or (2, 3): element q gets r cos(theta) or r sin(theta)."""
+    u1 = _uniform_open(words[q & 2])
+    u2 = _uniform_open(words[(q & 2) + 1])
+    r = math.sqrt(np.float32(-2.0) * math.log(u1))
+    theta = np.float32(2.0 * np.pi) * u2
+    return np.float32(r * math.cos(theta) if (q & 1) == 0 else r * math.sin(theta))
+
+
 @njit(cache=True, parallel=True)
 def _corrupt(out, x, mode, level, zero, one, k0, k1, step, stream, offset):
     n = x.size
@@ -91,28 +101,27 @@ def _corrupt(out, x, mode, level, zero, one, k0, k1, step, stream, offset):
     first = offset >> 2
     nblocks = ((offset + n - 1) >> 2) - first + 1
     half = level * np.float32(0.5)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
     for bi in prange(nblocks):
         block = first + bi
         words = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
                        np.uint32(stream), k0, k1)
-        for q in range(4):
-            i = block * 4 + q - offset  # flat index into x of stream element block*4 + q
-            if i < 0 or i >= n:
-                continue
-            if mode == CORRUPTION_GAUSSIAN:
-                u1 = _uniform_open(words[q & 2])        # pair (0, 1) or (2, 3)
-                u2 = _uniform_open(words[(q & 2) + 1])
-                r = math.sqrt(np.float32(-2.0) * math.log(u1))
-                theta = np.float32(2.0 * np.pi) * u2
-                noise = r * math.cos(theta) if (q & 1) == 0 else r * math.sin(theta)
-                out.flat[i] = x.flat[i] + level * x.dtype.type(np.float32(noise))
-            elif mode == CORRUPTION_MASKING:
-                out.flat[i] = zero if _uniform(words[q]) < level else x.flat[i]
-            elif mode == CORRUPTION_SALT_PEPPER:
-                u = _uniform(words[q])
-                out.flat[i] = zero if u < half else (one if u < level else x.flat[i])
-            else:
-                out.flat[i] = x.flat[i]
+        lo = max(block * 4 - offset, 0)        # this block's elements that fall inside x
+        hi = min(block * 4 + 4 - offset, n)
+        if mode == CORRUPTION_GAUSSIAN:
+            for i in range(lo, hi):
+                of[i] = xf[i] + level * _gaussian(words, i + offset - block * 4)
+        elif mode == CORRUPTION_MASKING:
+            for i in range(lo, hi):
+                of[i] = zero if _uniform(words[i + offset - block * 4]) < level else xf[i]
+        elif mode == CORRUPTION_SALT_PEPPER:
+            for i in range(lo, hi):
+                u = _uniform(words[i + offset - block * 4])
+                of[i] = zero if u < half else (one if u < level else xf[i])
+        else:
+            for i in range(lo, hi):
+                of[i] = xf[i]
 
 
 def corrupt(out, x, mode, level, seed, step, stream, offset=0):
@@ -139,6 +148,17 @@ def corrupt(out, x, mode, level, seed, step, stream, offset=0):
 
 
 @njit(inline="always", cache=True)
+def _log1p_unit(e):
+    """log1p(e) for e in [0, 1], in e's own precision (Kahan: log(u) * e / (u - 1), u = 1 + e).
+
+    The division undoes the rounding of 1 + e; it is 1.5x faster than libm's log1p here
+    (measured: 46 vs 69 ms for 16M float32 values) and as accurate for float32.
+    """
+    u = np.float32(1) + e
+    return e if u == 1 else math.log(u) * (e / (u - np.float32(1)))
+
+
+@njit(inline="always", cache=True)
 def _sigmoid(z):
     e = math.exp(-abs(z))  # exp only sees -|z|: no overflow
     return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
@@ -155,7 +175,7 @@ def _act(a, z):
     if a == SIGMOID:
         return _sigmoid(z)
     if a == SOFTPLUS:
-        return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+        return max(z, 0.0) + _log1p_unit(math.exp(-abs(z)))
     return z
 
 
@@ -175,12 +195,34 @@ def _act_grad(a, y):
     return 1.0
 
 
+@njit(inline="always", cache=True)
+def _forward_row(y, z, b, i, a):
+    # One loop per activation: the inner loop is branch-free, so LLVM vectorises it.
+    H = z.shape[1]
+    if a == RELU:
+        for j in range(H):
+            y[i, j] = _act(RELU, z[i, j] + b[j])
+    elif a == LEAKY_RELU:
+        for j in range(H):
+            y[i, j] = _act(LEAKY_RELU, z[i, j] + b[j])
+    elif a == TANH:
+        for j in range(H):
+            y[i, j] = _act(TANH, z[i, j] + b[j])
+    elif a == SIGMOID:
+        for j in range(H):
+            y[i, j] = _act(SIGMOID, z[i, j] + b[j])
+    elif a == SOFTPLUS:
+        for j in range(H):
+            y[i, j] = _act(SOFTPLUS, z[i, j] + b[j])
+    else:
+        for j in range(H):
+            y[i, j] = z[i, j] + b[j]
+
+
 @njit(cache=True, parallel=True)
 def _bias_act_forward(y, z, b, a):
-    B, H = z.shape
-    for i in prange(B):
-        for j in range(H):
-            y[i, j] = _act(a, z[i, j] + b[j])
+    for i in prange(z.shape[0]):
+        _forward_row(y, z, b, i, a)
 
 
 def bias_act_forward(y, z, b, act):
@@ -192,21 +234,54 @@ def bias_act_forward(y, z, b, act):
     _bias_act_forward(y, z, b, ACT_CODES[act])
 
 
+@njit(inline="always", cache=True)
+def _backward_row(dz, acc, dy, y, i, a):
+    H = dy.shape[1]
+    if a == RELU:
+        for j in range(H):
+            g = dy[i, j] * _act_grad(RELU, y[i, j])
+            dz[i, j] = g
+            acc[j] += g
+    elif a == LEAKY_RELU:
+        for j in range(H):
+            g = dy[i, j] * _act_grad(LEAKY_RELU, y[i, j])
+            dz[i, j] = g
+            acc[j] += g
+    elif a == TANH:
+        for j in range(H):
+            g = dy[i, j] * _act_grad(TANH, y[i, j])
+            dz[i, j] = g
+            acc[j] += g
+    elif a == SIGMOID:
+        for j in range(H):
+            g = dy[i, j] * _act_grad(SIGMOID, y[i, j])
+            dz[i, j] = g
+            acc[j] += g
+    elif a == SOFTPLUS:
+        for j in range(H):
+            g = dy[i, j] * _act_grad(SOFTPLUS, y[i, j])
+            dz[i, j] = g
+            acc[j] += g
+    else:
+        for j in range(H):
+            g = dy[i, j]
+            dz[i, j] = g
+            acc[j] += g
+
+
 @njit(cache=True, parallel=True)
 def _bias_act_backward(dz, db, dy, y, a):
     B, H = dy.shape
-    nchunks = (H + COLUMN_CHUNK - 1) // COLUMN_CHUNK
-    for c in prange(nchunks):  # each task owns a band of columns: no write conflicts on db
-        j0 = c * COLUMN_CHUNK
-        j1 = min(j0 + COLUMN_CHUNK, H)
-        acc = np.zeros(j1 - j0, np.float64)
-        for i in range(B):
-            for j in range(j0, j1):
-                g = dy[i, j] * _act_grad(a, y[i, j])
-                dz[i, j] = g
-                acc[j - j0] += g
-        for j in range(j0, j1):
-            db[j] += db.dtype.type(acc[j - j0])
+    nblocks = (B + ROW_BLOCK - 1) // ROW_BLOCK
+    partial = np.zeros((nblocks, H), np.float64)  # per block of rows: fixed, whatever the threads
+    for k in prange(nblocks):
+        for i in range(k * ROW_BLOCK, min((k + 1) * ROW_BLOCK, B)):
+            _backward_row(dz, partial[k], dy, y, i, a)
+    for j in range(H):
+        total = 0.0
+        for k in range(nblocks):  # blocks in order: the sum does not depend on the thread count
+            total += partial[k, j]
+        db[j] += total
 
 
 def bias_act_backward(dz, db, dy, y, act):
@@ -246,9 +321,10 @@ def _bce(dlogits, logits, targets, scale):
         for j in range(D):
             z = logits[i, j]
             t = targets[i, j]
-            # log1p(exp(-|z|)) never overflows: finite for any z.
-            acc += max(z, 0.0) - z * t + math.log1p(math.exp(-abs(z)))
-            dlogits[i, j] = (_sigmoid(z) - t) * scale
+            e = math.exp(-abs(z))  # one exp serves both: never overflows, finite for any z
+            acc += max(z, 0.0) - z * t + _log1p_unit(e)
+            s = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+            dlogits[i, j] = (s - t) * scale
         partial[i] = acc
     return partial.sum()
 
@@ -260,10 +336,12 @@ def _mse(dlogits, logits, targets, scale):
     for i in prange(B):
         acc = 0.0
         for j in range(D):
-            s = _sigmoid(logits[i, j])
+            z = logits[i, j]
+            e = math.exp(-abs(z))
+            s = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
             r = s - targets[i, j]
             acc += r * r
-            dlogits[i, j] = 2 * r * s * (1 - s) * scale
+            dlogits[i, j] = 2.0 * r * (e / ((1.0 + e) * (1.0 + e))) * scale  # s(1-s), no cancellation
         partial[i] = acc
     return partial.sum()
 

@@ -327,9 +327,10 @@ def _bce(dlogits, logits, targets, scale, partial, ticket, total):
         for j in range(tid, D, LOSS_THREADS):
             z = logits[i, j]
             t = targets[i, j]
-            # log1p(exp(-|z|)) never overflows: finite for any z.
-            acc += max(z, 0.0) - z * t + math.log1p(math.exp(-abs(z)))
-            dlogits[i, j] = (_sigmoid(z) - t) * scale
+            e = math.exp(-abs(z))  # one exp serves both: never overflows, finite for any z
+            acc += max(z, 0.0) - z * t + math.log1p(e)
+            s = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+            dlogits[i, j] = (s - t) * scale
         buf[tid] = acc
         _block_sum(buf, tid)
         if tid == 0:
@@ -346,10 +347,12 @@ def _mse(dlogits, logits, targets, scale, partial, ticket, total):
     for i in range(cuda.blockIdx.x, B, cuda.gridDim.x):
         acc = 0.0
         for j in range(tid, D, LOSS_THREADS):
-            s = _sigmoid(logits[i, j])
+            z = logits[i, j]
+            e = math.exp(-abs(z))
+            s = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
             r = s - targets[i, j]
             acc += r * r
-            dlogits[i, j] = 2.0 * r * s * (1.0 - s) * scale
+            dlogits[i, j] = 2.0 * r * (e / ((1.0 + e) * (1.0 + e))) * scale  # s(1-s), no cancellation
         buf[tid] = acc
         _block_sum(buf, tid)
         if tid == 0:

@@ -211,9 +211,11 @@ def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
     loss_ij = (s - t)^2, s = sigmoid(z);  dlogits = 2 (s - t) s (1 - s) * scale
     -> sum of loss_ij, accumulated in float64
     """
-    s = sigmoid(logits)
+    e = np.exp(-np.abs(logits))
+    s = np.where(logits >= 0, 1 / (1 + e), e / (1 + e))
     r = s - targets
-    dlogits[...] = 2 * r * s * (1 - s) * logits.dtype.type(scale)
+    # sigmoid'(z) = s (1 - s) = e / (1 + e)^2, e = exp(-|z|): no cancellation in 1 - s near 1.
+    dlogits[...] = 2 * r * (e / ((1 + e) * (1 + e))) * logits.dtype.type(scale)
     return float(np.sum(r * r, dtype=np.float64))
 
 

@@ -90,3 +90,14 @@ def test_console_script_runs_the_same_group():
     r = subprocess.run([sys.executable, "-c", "import sys; from tinydae.cli import main; sys.argv=['tinydae','--version']; main()"],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "tinydae, version" in r.stdout
+
+
+def test_bench_kernels_prints_its_table():
+    r = invoke("bench", "kernels", "--backend", "cpu", "--sizes", "4K", "--repeats", "2", "--no-save", "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    ops = {row["op"] for row in result["rows"]}
+    assert {"sigmoid-BCE fwd+bwd", "corrupt gaussian", "adam update"} <= ops
+    for row in result["rows"]:
+        assert row["ms"] > 0 and row["GBps"] > 0 and row["speedup_vs_reference"] > 0
+    assert_user_error(invoke("bench", "kernels", "--sizes", "lots"), "--sizes")

@@ -40,16 +40,28 @@ class Backend:
         return f"Backend({self.name}, {self.kernel_set} kernels, {self.device})"
 
 
+def cpu_name():
+    """The CPU's model name (from /proc/cpuinfo on Linux), else the machine type."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _cpu(kernel_set):
     import os
-    import platform
 
     if kernel_set == "reference":
         import kernels.reference as table
     else:
         import kernels.cpu as table
-    cpu = platform.processor() or platform.machine()
-    return Backend("cpu", np, table, f"{cpu}, {os.cpu_count()} cores", kernel_set)
+    return Backend("cpu", np, table, f"{cpu_name()}, {os.cpu_count()} cores", kernel_set)
 
 
 INSTALL_HINT = 'pip install -e ".[cuda12]" (or ".[cuda13]" for a CUDA 13 driver)'

@@ -306,5 +306,54 @@ def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, as_js
         sys.exit(1)
 
 
+def _load_bench(name):
+    """bench/<name>.py from the source checkout (benchmarks are not installed)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(tinydae.__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    if not path.exists():
+        raise ConfigError(f"benchmarks live in the source checkout (bench/{name}.py), which this "
+                          "installation does not have; run from a clone of tinydae")
+    spec = importlib.util.spec_from_file_location(f"tinydae_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@cli.group()
+def bench():
+    """Benchmarks; results go to bench/results/<device>.json."""
+
+
+@bench.command("kernels")
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
+@click.option("--sizes", default="1M,16M", show_default=True, help="Element counts, e.g. 1M,16M.")
+@click.option("--repeats", type=int, default=20, show_default=True)
+@click.option("--save/--no-save", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench_kernels(backend, sizes, repeats, save, as_json):
+    """Each fused kernel: time, GB/s, fraction of copy bandwidth, x NumPy reference, x PyTorch."""
+    mod = _load_bench("bench_kernels")
+    try:
+        size_list = [mod.parse_size(s) for s in sizes.split(",")]
+    except ValueError:
+        raise ConfigError(f"--sizes takes counts like 1M,16M, got {sizes!r}") from None
+    if repeats < 1 or min(size_list) < 1:
+        raise ConfigError("--repeats and --sizes must be positive")
+    if not as_json:
+        click.echo(mod.HEADER)
+    result = mod.run(backend, size_list, repeats, log=(lambda line: None) if as_json else click.echo)
+    path = mod.save_section(tinydae.get_backend(backend), "kernels", result) if save else None
+    if as_json:
+        click.echo(json.dumps(dict(result, saved=path), indent=2, default=str))
+    else:
+        for line in mod.format_table(result).splitlines():
+            if line.startswith(("kernels on", "copy", "launch")):
+                click.echo(line)
+        if path:
+            click.echo(f"saved {path}")
+
+
 def main():
     cli(prog_name="tinydae")
