@@ -16,8 +16,6 @@ No fastmath: results must match the other twins.
 import math
 import os
 
-os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")  # read when numba.cuda loads
-
 import numpy as np  # noqa: E402
 from numba import cuda, float64, int32  # noqa: E402
 
@@ -25,12 +23,11 @@ from kernels.philox import MASK32, philox4x32_10, seed_key  # noqa: E402
 from kernels.reference import (ACTIVATIONS, CORRUPTION_GAUSSIAN, CORRUPTION_MASKING,  # noqa: E402
                                CORRUPTION_NONE, CORRUPTION_SALT_PEPPER, LEAKY_SLOPE)
 
-try:  # numba may already have read its configuration before this module was imported
-    from numba import config as _config
+# kernels/__init__.py sets NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0 before numba loads; if the
+# user imported numba first, turn the setting off where numba reads it at launch time.
+from numba import config as _config  # noqa: E402
 
-    _config.CUDA_ARRAY_INTERFACE_SYNC = False
-except (ImportError, AttributeError):
-    pass
+_config.CUDA_ARRAY_INTERFACE_SYNC = False
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}

@@ -98,3 +98,27 @@ def test_cli_train_backend_cuda(tmp_path):
                                  "--out", str(tmp_path), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["final"]["val_bce_denoise"] > 0
+
+
+def test_a_kernel_launch_does_not_block_the_host():
+    import time
+
+    import cupy
+
+    import kernels.cuda as kc
+
+    a = cupy.random.random((4096, 4096), dtype=cupy.float32)
+    out = cupy.empty(1 << 20, cupy.uint32)
+    kc.philox_uint32(out, 0, 0, 0)  # compiled
+    cupy.cuda.get_current_stream().synchronize()
+    for _ in range(20):  # queue a few hundred ms of GPU work
+        a = a @ a
+        a /= cupy.float32(4096)
+    t0 = time.perf_counter()
+    kc.philox_uint32(out, 0, 1, 0)
+    launch_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    cupy.cuda.get_current_stream().synchronize()
+    queued_s = time.perf_counter() - t1
+    assert queued_s > 0.02, "the GPU work finished too fast to tell"
+    assert launch_s < queued_s / 4, (launch_s, queued_s)  # the launch returned before the work ran
