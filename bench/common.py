@@ -19,48 +19,44 @@ def torch_or_none():
     return torch
 
 
-def median_seconds(fn, repeats, warmup, backend):
-    """Median wall time of fn() after warm-up; device events on the GPU."""
+def _median(fn, repeats, warmup, sync, events):
+    """Median seconds of fn() after warm-up; `events` () -> (start, stop) device events, or None."""
     for _ in range(warmup):
         fn()
-    backend.sync()
+    sync()
     times = []
-    if backend.name == "cuda":
-        cupy = backend.xp
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        for _ in range(repeats):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
-    else:
-        for _ in range(repeats):
+    for _ in range(repeats):
+        if events is None:
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
+        else:
+            start, stop, elapsed_s = events()
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(elapsed_s(start, stop))
     return statistics.median(times)
+
+
+def median_seconds(fn, repeats, warmup, backend):
+    """Median wall time of fn() on a tinydae backend; CUDA events on the GPU."""
+    events = None
+    if backend.name == "cuda":
+        cupy = backend.xp
+        events = lambda: (cupy.cuda.Event(), cupy.cuda.Event(),  # noqa: E731
+                          lambda a, b: cupy.cuda.get_elapsed_time(a, b) / 1e3)
+    return _median(fn, repeats, warmup, backend.sync, events)
 
 
 def torch_median_seconds(torch, fn, repeats, warmup, device):
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device == "cuda":
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for _ in range(repeats):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """The same for a PyTorch peer; torch.cuda events on the GPU."""
+    if device != "cuda":
+        return _median(fn, repeats, warmup, lambda: None, None)
+    events = lambda: (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),  # noqa: E731
+                      lambda a, b: a.elapsed_time(b) / 1e3)
+    return _median(fn, repeats, warmup, torch.cuda.synchronize, events)
 
 
 def slug(text):

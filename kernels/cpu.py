@@ -15,13 +15,13 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_same_shape,
+                            check_uint32_vector, sgd_scalars)
+from kernels import scalar
 from kernels.philox import MASK32, philox4x32_10, seed_key
-from kernels.reference import (ACTIVATIONS, CORRUPTION_GAUSSIAN, CORRUPTION_MASKING,
-                               CORRUPTION_NONE, CORRUPTION_SALT_PEPPER, LEAKY_SLOPE)
-
-ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}  # identity 0, relu 1, leaky 2, ...
-IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (ACT_CODES[a] for a in (
-    "identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus"))
+from kernels.reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE,
+                               CORRUPTION_SALT_PEPPER)
+from kernels.scalar import ACT_CODES, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
 ROW_BLOCK = 64  # rows per parallel task in the bias-gradient reduction (fixed: sets the sum order)
 
 # GNU OpenMP's workers spin after each parallel region and starve OpenBLAS's GEMM threads
@@ -31,7 +31,17 @@ ROW_BLOCK = 64  # rows per parallel task in the bias-gradient reduction (fixed: 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-philox = njit(inline="always", cache=True)(philox4x32_10)
+# The shared per-element math, compiled for the CPU (see kernels/scalar.py).
+_inline = njit(inline="always", cache=True)
+philox = _inline(philox4x32_10)
+_uniform = _inline(scalar.uniform)
+_box_muller = _inline(scalar.box_muller)
+_log1p_unit = _inline(scalar.log1p_unit)
+_sigmoid = _inline(scalar.sigmoid)
+_act = _inline(scalar.act)
+_act_grad = _inline(scalar.act_grad)
+_sgd_element = _inline(scalar.sgd_element)
+_adam_element = _inline(scalar.adam_element)
 
 
 def check_arrays(**arrays):
@@ -41,12 +51,6 @@ def check_arrays(**arrays):
             raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
         if not a.flags.c_contiguous:
             raise ValueError(f"{name}: kernels need C-contiguous arrays; pass np.ascontiguousarray({name})")
-
-
-def check_same_shape(*arrays):
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise ValueError(f"arrays must have one shape, got {sorted(shapes)}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -67,30 +71,18 @@ def _philox_uint32(out, k0, k1, step, stream, offset):
 def philox_uint32(out, seed, step, stream, offset=0):
     """Twin of reference.philox_uint32."""
     check_arrays(out=out)
-    if out.dtype != np.uint32 or out.ndim != 1:
-        raise ValueError(f"out must be a 1-D uint32 array, got {out.dtype} {out.shape}")
+    check_uint32_vector(out)
     k0, k1 = seed_key(seed)
     _philox_uint32(out, np.uint32(k0), np.uint32(k1), np.int64(step), np.int64(stream), np.int64(offset))
 
 
-@njit(inline="always", cache=True)
-def _uniform(w):
-    return np.float32(w >> np.uint32(8)) * np.float32(2.0**-24)
 
 
-@njit(inline="always", cache=True)
-def _uniform_open(w):
-    return (np.float32(w >> np.uint32(9)) * np.float32(2.0) + np.float32(1.0)) * np.float32(2.0**-24)
 
 
-@njit(inline="always", cache=True)
-def _gaussian(words, q):
-    """Box-Muller on words (0, 1) or (2, 3): element q gets r cos(theta) or r sin(theta)."""
-    u1 = _uniform_open(words[q & 2])
-    u2 = _uniform_open(words[(q & 2) + 1])
-    r = math.sqrt(np.float32(-2.0) * math.log(u1))
-    theta = np.float32(2.0 * np.pi) * u2
-    return np.float32(r * math.cos(theta) if (q & 1) == 0 else r * math.sin(theta))
+
+
+
 
 
 @njit(cache=True, parallel=True)
@@ -111,7 +103,8 @@ def _corrupt(out, x, mode, level, zero, one, k0, k1, step, stream, offset):
         hi = min(block * 4 + 4 - offset, n)
         if mode == CORRUPTION_GAUSSIAN:
             for i in range(lo, hi):
-                of[i] = xf[i] + level * _gaussian(words, i + offset - block * 4)
+                q = i + offset - block * 4  # words (0, 1) feed elements 0, 1; (2, 3) feed 2, 3
+                of[i] = xf[i] + level * _box_muller(words[q & 2], words[(q & 2) + 1], (q & 1) == 1)
         elif mode == CORRUPTION_MASKING:
             for i in range(lo, hi):
                 of[i] = zero if _uniform(words[i + offset - block * 4]) < level else xf[i]
@@ -143,77 +136,40 @@ def corrupt(out, x, mode, level, seed, step, stream, offset=0):
 # ----------------------------------------------------------------------------------------
 
 
-# Scalar helpers compute in float64 (numba scalars carry no dtype to cast constants to);
-# the store into a float32 array rounds once, so they are at least as exact as the reference.
 
 
-@njit(inline="always", cache=True)
-def _log1p_unit(e):
-    """log1p(e) for e in [0, 1], in e's own precision (Kahan: log(u) * e / (u - 1), u = 1 + e).
-
-    The division undoes the rounding of 1 + e; it is 1.5x faster than libm's log1p here
-    (measured: 46 vs 69 ms for 16M float32 values) and as accurate for float32.
-    """
-    u = np.float32(1) + e
-    return e if u == 1 else math.log(u) * (e / (u - np.float32(1)))
 
 
-@njit(inline="always", cache=True)
-def _sigmoid(z):
-    e = math.exp(-abs(z))  # exp only sees -|z|: no overflow
-    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
 
 
-@njit(inline="always", cache=True)
-def _act(a, z):
-    if a == RELU:
-        return max(z, 0.0)
-    if a == LEAKY_RELU:
-        return z if z > 0 else z * LEAKY_SLOPE
-    if a == TANH:
-        return math.tanh(z)
-    if a == SIGMOID:
-        return _sigmoid(z)
-    if a == SOFTPLUS:
-        return max(z, 0.0) + _log1p_unit(math.exp(-abs(z)))
-    return z
 
 
-@njit(inline="always", cache=True)
-def _act_grad(a, y):
-    """f'(z) written from the output y = f(z)."""
-    if a == RELU:
-        return 1.0 if y > 0 else 0.0
-    if a == LEAKY_RELU:
-        return 1.0 if y > 0 else LEAKY_SLOPE
-    if a == TANH:
-        return 1.0 - y * y
-    if a == SIGMOID:
-        return y * (1.0 - y)
-    if a == SOFTPLUS:
-        return -math.expm1(-y)
-    return 1.0
+
+
+
+
 
 
 @njit(inline="always", cache=True)
 def _forward_row(y, z, b, i, a):
     # One loop per activation: the inner loop is branch-free, so LLVM vectorises it.
     H = z.shape[1]
+    one = z.dtype.type(1)
     if a == RELU:
         for j in range(H):
-            y[i, j] = _act(RELU, z[i, j] + b[j])
+            y[i, j] = _act(RELU, z[i, j] + b[j], one)
     elif a == LEAKY_RELU:
         for j in range(H):
-            y[i, j] = _act(LEAKY_RELU, z[i, j] + b[j])
+            y[i, j] = _act(LEAKY_RELU, z[i, j] + b[j], one)
     elif a == TANH:
         for j in range(H):
-            y[i, j] = _act(TANH, z[i, j] + b[j])
+            y[i, j] = _act(TANH, z[i, j] + b[j], one)
     elif a == SIGMOID:
         for j in range(H):
-            y[i, j] = _act(SIGMOID, z[i, j] + b[j])
+            y[i, j] = _act(SIGMOID, z[i, j] + b[j], one)
     elif a == SOFTPLUS:
         for j in range(H):
-            y[i, j] = _act(SOFTPLUS, z[i, j] + b[j])
+            y[i, j] = _act(SOFTPLUS, z[i, j] + b[j], one)
     else:
         for j in range(H):
             y[i, j] = z[i, j] + b[j]
@@ -229,8 +185,7 @@ def bias_act_forward(y, z, b, act):
     """Twin of reference.bias_act_forward (y may be z)."""
     check_arrays(y=y, z=z, b=b)
     check_same_shape(y, z)
-    if b.shape != (z.shape[1],):
-        raise ValueError(f"bias shape {b.shape} does not match {z.shape[1]} columns")
+    check_columns(b, z, "bias")
     _bias_act_forward(y, z, b, ACT_CODES[act])
 
 
@@ -288,8 +243,7 @@ def bias_act_backward(dz, db, dy, y, act):
     """Twin of reference.bias_act_backward."""
     check_arrays(dz=dz, db=db, dy=dy, y=y)
     check_same_shape(dz, dy, y)
-    if db.shape != (dy.shape[1],):
-        raise ValueError(f"db shape {db.shape} does not match {dy.shape[1]} columns")
+    check_columns(db, dy, "db")
     _bias_act_backward(dz, db, dy, y, ACT_CODES[act])
 
 
@@ -313,55 +267,44 @@ def sigmoid(z):
 
 
 @njit(cache=True, parallel=True)
-def _bce(dlogits, logits, targets, scale):
+def _loss_rows(dlogits, logits, targets, scale, kind):
     B, D = logits.shape
     partial = np.zeros(B, np.float64)
+    one = logits.dtype.type(1)
     for i in prange(B):
         acc = 0.0
         for j in range(D):
             z = logits[i, j]
             t = targets[i, j]
-            e = math.exp(-abs(z))  # one exp serves both: never overflows, finite for any z
-            acc += max(z, 0.0) - z * t + _log1p_unit(e)
+            e = math.exp(-abs(z))  # one exp serves loss and sigmoid: never overflows
             s = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
-            dlogits[i, j] = (s - t) * scale
+            if kind == LOSS_BCE:
+                acc += max(z, 0.0) - z * t + _log1p_unit(e, one)  # finite for any z
+                dlogits[i, j] = (s - t) * scale
+            else:
+                r = s - t
+                acc += r * r
+                dlogits[i, j] = 2.0 * r * (e / ((1.0 + e) * (1.0 + e))) * scale  # s(1-s), no cancellation
         partial[i] = acc
     return partial.sum()
 
 
-@njit(cache=True, parallel=True)
-def _mse(dlogits, logits, targets, scale):
-    B, D = logits.shape
-    partial = np.zeros(B, np.float64)
-    for i in prange(B):
-        acc = 0.0
-        for j in range(D):
-            z = logits[i, j]
-            e = math.exp(-abs(z))
-            s = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
-            r = s - targets[i, j]
-            acc += r * r
-            dlogits[i, j] = 2.0 * r * (e / ((1.0 + e) * (1.0 + e))) * scale  # s(1-s), no cancellation
-        partial[i] = acc
-    return partial.sum()
-
-
-def _loss(kernel, dlogits, logits, targets, scale):
+def _loss(kind, dlogits, logits, targets, scale):
     check_arrays(dlogits=dlogits, logits=logits, targets=targets)
     check_same_shape(dlogits, logits, targets)
     if logits.ndim != 2:
         raise ValueError(f"losses take (B, D) arrays, got shape {logits.shape}")
-    return float(kernel(dlogits, logits, targets, float(scale)))
+    return float(_loss_rows(dlogits, logits, targets, float(scale), kind))
 
 
 def sigmoid_bce_forward_backward(dlogits, logits, targets, scale):
     """Twin of reference.sigmoid_bce_forward_backward."""
-    return _loss(_bce, dlogits, logits, targets, scale)
+    return _loss(LOSS_BCE, dlogits, logits, targets, scale)
 
 
 def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
     """Twin of reference.sigmoid_mse_forward_backward."""
-    return _loss(_mse, dlogits, logits, targets, scale)
+    return _loss(LOSS_MSE, dlogits, logits, targets, scale)
 
 
 # ----------------------------------------------------------------------------------------
@@ -372,47 +315,32 @@ def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
 @njit(cache=True, parallel=True)
 def _sgd(p, g, vel, lr, momentum, nesterov, wd):
     for i in prange(p.size):
-        gi = g[i] + wd * p[i]
-        v = momentum * vel[i] + gi
-        vel[i] = v
-        p[i] -= lr * (gi + momentum * v if nesterov else v)
+        p[i], vel[i] = _sgd_element(p[i], g[i], vel[i], lr, momentum, nesterov, wd)
 
 
 def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay):
     """Twin of reference.sgd_update."""
     check_arrays(params=params, grads=grads, velocity=velocity)
     check_same_shape(params, grads, velocity)
-    dt = params.dtype.type
-    _sgd(params, grads, velocity, dt(lr), dt(momentum), bool(nesterov), dt(weight_decay))
+    _sgd(params, grads, velocity, *sgd_scalars(params.dtype, lr, momentum, nesterov, weight_decay))
 
 
 @njit(cache=True, parallel=True)
 def _adam(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, wd, lr_wd, decoupled, c1, c2):
     for i in prange(p.size):
-        if decoupled:
-            p[i] -= lr_wd * p[i]
-            gi = g[i]
-        else:
-            gi = g[i] + wd * p[i]
-        mi = b1 * m[i] + one_minus_b1 * gi
-        vi = b2 * v[i] + one_minus_b2 * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] -= lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
+        p[i], m[i], v[i] = _adam_element(p[i], g[i], m[i], v[i], lr, b1, one_minus_b1, b2, one_minus_b2,
+                                         eps, wd, lr_wd, decoupled, c1, c2)
 
 
 def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
     """Twin of reference.adam_update."""
     check_arrays(params=params, grads=grads, m=m, v=v)
     check_same_shape(params, grads, m, v)
-    dt = params.dtype.type
-    _adam(params, grads, m, v, dt(lr), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
-          dt(eps), dt(weight_decay), dt(lr * weight_decay), bool(decoupled),
-          dt(1 - beta1**t), dt(1 - beta2**t))
+    _adam(params, grads, m, v, *adam_scalars(params.dtype, lr, beta1, beta2, eps, weight_decay, decoupled, t))
 
 
 CACHED_KERNELS = ("philox_uint32", "corrupt", "bias_act_forward", "bias_act_backward", "sigmoid_map",
-                  "bce", "mse", "sgd", "adam")
+                  "loss_rows", "sgd", "adam")
 
 
 def cache_status():

@@ -19,9 +19,13 @@ import os
 import numpy as np  # noqa: E402
 from numba import cuda, float64, int32  # noqa: E402
 
+from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns,  # noqa: E402
+                            check_same_shape, check_uint32_vector, sgd_scalars)
+from kernels import scalar  # noqa: E402
 from kernels.philox import MASK32, philox4x32_10, seed_key  # noqa: E402
-from kernels.reference import (ACTIVATIONS, CORRUPTION_GAUSSIAN, CORRUPTION_MASKING,  # noqa: E402
-                               CORRUPTION_NONE, CORRUPTION_SALT_PEPPER, LEAKY_SLOPE)
+from kernels.reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING,  # noqa: E402
+                               CORRUPTION_NONE, CORRUPTION_SALT_PEPPER)
+from kernels.scalar import ACT_CODES  # noqa: E402
 
 # kernels/__init__.py sets NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0 before numba loads; if the
 # user imported numba first, turn the setting off where numba reads it at launch time.
@@ -30,20 +34,24 @@ from numba import config as _config  # noqa: E402
 _config.CUDA_ARRAY_INTERFACE_SYNC = False
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}
-IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (ACT_CODES[a] for a in (
-    "identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus"))
 # The simulator runs every GPU thread as a Python thread: smaller blocks keep CI fast.
 LOSS_THREADS = 32 if SIMULATOR else 128  # threads per row in the loss sum (fixed: sets its order)
-F1, F2, HALF = np.float32(1), np.float32(2), np.float32(0.5)  # RNG arithmetic stays float32
-TWO_M24 = np.float32(2.0**-24)
-TWO_PI = np.float32(2.0 * np.pi)
+HALF = np.float32(0.5)
 
 # Launch configuration for elementwise kernels; tests change it to show results do not.
 LAUNCH = {"threads": 32 if SIMULATOR else 256, "max_blocks": 4096}
 LAUNCHES = {"count": 0}  # kernel launches since import (the GPU tests count them per step)
 
-philox = cuda.jit(device=True, inline=True)(philox4x32_10)
+# The shared per-element math, compiled as device functions (see kernels/scalar.py).
+_device = cuda.jit(device=True, inline=True)
+philox = _device(philox4x32_10)
+_uniform = _device(scalar.uniform)
+_box_muller = _device(scalar.box_muller)
+_sigmoid = _device(scalar.sigmoid)
+_act = _device(scalar.act)
+_act_grad = _device(scalar.act_grad)
+_sgd_element = _device(scalar.sgd_element)
+_adam_element = _device(scalar.adam_element)
 
 
 def _stream():
@@ -80,12 +88,6 @@ def check_arrays(**arrays):
             raise ValueError(f"{name}: kernels need C-contiguous arrays; pass xp.ascontiguousarray({name})")
 
 
-def check_same_shape(*arrays):
-    shapes = {tuple(a.shape) for a in arrays}
-    if len(shapes) != 1:
-        raise ValueError(f"arrays must have one shape, got {sorted(shapes)}")
-
-
 # ----------------------------------------------------------------------------------------
 # Random words, and corruption: one thread per block of four stream elements
 # ----------------------------------------------------------------------------------------
@@ -104,22 +106,17 @@ def _philox_uint32(out, k0, k1, step, stream, offset):
 def philox_uint32(out, seed, step, stream, offset=0):
     """Twin of reference.philox_uint32."""
     check_arrays(out=out)
-    if out.dtype != np.uint32 or out.ndim != 1:
-        raise ValueError(f"out must be a 1-D uint32 array, got {out.dtype} {out.shape}")
+    check_uint32_vector(out)
     k0, k1 = seed_key(seed)
     if out.size:
         _launch(_philox_uint32, *_grid(out.size), out, np.uint32(k0), np.uint32(k1),
                 np.int64(step), np.int64(stream), np.int64(offset))
 
 
-@cuda.jit(device=True, inline=True)
-def _uniform(w):
-    return np.float32(w >> np.uint32(8)) * TWO_M24
 
 
-@cuda.jit(device=True, inline=True)
-def _uniform_open(w):
-    return (np.float32(w >> np.uint32(9)) * F2 + F1) * TWO_M24
+
+
 
 
 @cuda.jit(cache=True)
@@ -133,13 +130,8 @@ def _corrupt(out, x, mode, level, k0, k1, step, stream, offset, first, nblocks):
             i = block * 4 + q - offset
             if i < 0 or i >= n:
                 continue
-            if mode == CORRUPTION_GAUSSIAN:
-                u1 = _uniform_open(words[q & 2])
-                u2 = _uniform_open(words[(q & 2) + 1])
-                r = math.sqrt(np.float32(-2.0) * math.log(u1))
-                theta = TWO_PI * u2
-                noise = r * math.cos(theta) if (q & 1) == 0 else r * math.sin(theta)
-                out[i] = x[i] + level * np.float32(noise)
+            if mode == CORRUPTION_GAUSSIAN:  # words (0, 1) feed elements 0, 1; (2, 3) feed 2, 3
+                out[i] = x[i] + level * _box_muller(words[q & 2], words[(q & 2) + 1], (q & 1) == 1)
             elif mode == CORRUPTION_MASKING:
                 out[i] = 0 if _uniform(words[q]) < level else x[i]
             elif mode == CORRUPTION_SALT_PEPPER:
@@ -168,67 +160,38 @@ def corrupt(out, x, mode, level, seed, step, stream, offset=0):
 
 
 # ----------------------------------------------------------------------------------------
-# Activations.  Like the CPU twin they compute in float64 (float literals) and round once
-# at the store: float32 constants would give float64 data float32 precision in the
-# simulator (NumPy scalar rules) but not on the GPU (numba's rules).
+# Activations (kernels/scalar.py: float64 math, rounded once when stored)
 # ----------------------------------------------------------------------------------------
 
 
-@cuda.jit(device=True, inline=True)
-def _sigmoid(z):
-    e = math.exp(-abs(z))  # exp only sees -|z|: no overflow
-    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
 
 
-@cuda.jit(device=True, inline=True)
-def _act(a, z):
-    if a == RELU:
-        return max(z, 0.0)
-    if a == LEAKY_RELU:
-        return z if z > 0 else z * LEAKY_SLOPE
-    if a == TANH:
-        return math.tanh(z)
-    if a == SIGMOID:
-        return _sigmoid(z)
-    if a == SOFTPLUS:
-        return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
-    return z
 
 
-@cuda.jit(device=True, inline=True)
-def _act_grad(a, y):
-    """f'(z) written from the output y = f(z)."""
-    if a == RELU:
-        return 1.0 if y > 0 else 0.0
-    if a == LEAKY_RELU:
-        return 1.0 if y > 0 else LEAKY_SLOPE
-    if a == TANH:
-        return 1.0 - y * y
-    if a == SIGMOID:
-        return y * (1.0 - y)
-    if a == SOFTPLUS:
-        return -math.expm1(-y)
-    return 1.0
+
+
+
 
 
 @cuda.jit(cache=True)
 def _bias_act_forward(y, z, b, a, H):
+    one = z.dtype.type(1)
     for k in range(cuda.grid(1), z.size, cuda.gridsize(1)):
-        y[k] = _act(a, z[k] + b[k % H])
+        y[k] = _act(a, z[k] + b[k % H], one)
 
 
 @cuda.jit(cache=True)
 def _bias_act_inplace(y, b, a, H):
+    one = y.dtype.type(1)
     for k in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        y[k] = _act(a, y[k] + b[k % H])
+        y[k] = _act(a, y[k] + b[k % H], one)
 
 
 def bias_act_forward(y, z, b, act):
     """Twin of reference.bias_act_forward (y may be z: the model works in place)."""
     check_arrays(y=y, z=z, b=b)
     check_same_shape(y, z)
-    if tuple(b.shape) != (z.shape[1],):
-        raise ValueError(f"bias shape {b.shape} does not match {z.shape[1]} columns")
+    check_columns(b, z, "bias")
     if not z.size:
         return
     code, H = np.int32(ACT_CODES[act]), np.int64(z.shape[1])
@@ -254,8 +217,7 @@ def bias_act_backward(dz, db, dy, y, act):
     """Twin of reference.bias_act_backward."""
     check_arrays(dz=dz, db=db, dy=dy, y=y)
     check_same_shape(dz, dy, y)
-    if tuple(db.shape) != (dy.shape[1],):
-        raise ValueError(f"db shape {db.shape} does not match {dy.shape[1]} columns")
+    check_columns(db, dy, "db")
     if dy.size:
         _launch(_bias_act_backward, *_grid(dy.shape[1]), dz, db, dy, y, np.int32(ACT_CODES[act]))
 
@@ -314,7 +276,7 @@ def _finish(partial, ticket, total, buf, last, tid):
 
 
 @cuda.jit(cache=True)
-def _bce(dlogits, logits, targets, scale, partial, ticket, total):
+def _loss_rows(dlogits, logits, targets, scale, kind, partial, ticket, total):
     buf = cuda.shared.array(LOSS_THREADS, float64)
     last = cuda.shared.array(1, int32)
     tid = cuda.threadIdx.x
@@ -324,10 +286,15 @@ def _bce(dlogits, logits, targets, scale, partial, ticket, total):
         for j in range(tid, D, LOSS_THREADS):
             z = logits[i, j]
             t = targets[i, j]
-            e = math.exp(-abs(z))  # one exp serves both: never overflows, finite for any z
-            acc += max(z, 0.0) - z * t + math.log1p(e)
+            e = math.exp(-abs(z))  # one exp serves loss and sigmoid: never overflows
             s = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
-            dlogits[i, j] = (s - t) * scale
+            if kind == LOSS_BCE:
+                acc += max(z, 0.0) - z * t + math.log1p(e)  # finite for any z
+                dlogits[i, j] = (s - t) * scale
+            else:
+                r = s - t
+                acc += r * r
+                dlogits[i, j] = 2.0 * r * (e / ((1.0 + e) * (1.0 + e))) * scale  # s(1-s), no cancellation
         buf[tid] = acc
         _block_sum(buf, tid)
         if tid == 0:
@@ -335,29 +302,7 @@ def _bce(dlogits, logits, targets, scale, partial, ticket, total):
     _finish(partial, ticket, total, buf, last, tid)
 
 
-@cuda.jit(cache=True)
-def _mse(dlogits, logits, targets, scale, partial, ticket, total):
-    buf = cuda.shared.array(LOSS_THREADS, float64)
-    last = cuda.shared.array(1, int32)
-    tid = cuda.threadIdx.x
-    B, D = logits.shape
-    for i in range(cuda.blockIdx.x, B, cuda.gridDim.x):
-        acc = 0.0
-        for j in range(tid, D, LOSS_THREADS):
-            z = logits[i, j]
-            e = math.exp(-abs(z))
-            s = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
-            r = s - targets[i, j]
-            acc += r * r
-            dlogits[i, j] = 2.0 * r * (e / ((1.0 + e) * (1.0 + e))) * scale  # s(1-s), no cancellation
-        buf[tid] = acc
-        _block_sum(buf, tid)
-        if tid == 0:
-            partial[i] = buf[0]
-    _finish(partial, ticket, total, buf, last, tid)
-
-
-def _loss(kernel, dlogits, logits, targets, scale):
+def _loss(kind, dlogits, logits, targets, scale):
     check_arrays(dlogits=dlogits, logits=logits, targets=targets)
     check_same_shape(dlogits, logits, targets)
     if logits.ndim != 2:
@@ -370,19 +315,19 @@ def _loss(kernel, dlogits, logits, targets, scale):
     ticket = xp.zeros(1, np.int32)
     total = xp.zeros(1, np.float64)
     blocks = max(1, min(B, LAUNCH["max_blocks"]))
-    _launch(kernel, blocks, LOSS_THREADS, dlogits, logits, targets, float(scale),
+    _launch(_loss_rows, blocks, LOSS_THREADS, dlogits, logits, targets, float(scale), np.int32(kind),
             partial, ticket, total)
     return float(total[0])  # the one host sync of a training step: the NaN guard needs it
 
 
 def sigmoid_bce_forward_backward(dlogits, logits, targets, scale):
     """Twin of reference.sigmoid_bce_forward_backward."""
-    return _loss(_bce, dlogits, logits, targets, scale)
+    return _loss(LOSS_BCE, dlogits, logits, targets, scale)
 
 
 def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
     """Twin of reference.sigmoid_mse_forward_backward."""
-    return _loss(_mse, dlogits, logits, targets, scale)
+    return _loss(LOSS_MSE, dlogits, logits, targets, scale)
 
 
 # ----------------------------------------------------------------------------------------
@@ -393,43 +338,29 @@ def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
 @cuda.jit(cache=True)
 def _sgd(p, g, vel, lr, momentum, nesterov, wd):
     for k in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        gk = g[k] + wd * p[k]
-        v = momentum * vel[k] + gk
-        vel[k] = v
-        p[k] -= lr * (gk + momentum * v if nesterov else v)
+        p[k], vel[k] = _sgd_element(p[k], g[k], vel[k], lr, momentum, nesterov, wd)
 
 
 def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay):
     """Twin of reference.sgd_update."""
     check_arrays(params=params, grads=grads, velocity=velocity)
     check_same_shape(params, grads, velocity)
-    dt = params.dtype.type
     if params.size:
-        _launch(_sgd, *_grid(params.size), params, grads, velocity, dt(lr), dt(momentum),
-                bool(nesterov), dt(weight_decay))
+        _launch(_sgd, *_grid(params.size), params, grads, velocity,
+                *sgd_scalars(params.dtype, lr, momentum, nesterov, weight_decay))
 
 
 @cuda.jit(cache=True)
 def _adam(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, wd, lr_wd, decoupled, c1, c2):
     for k in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        if decoupled:
-            p[k] -= lr_wd * p[k]
-            gk = g[k]
-        else:
-            gk = g[k] + wd * p[k]
-        mk = b1 * m[k] + one_minus_b1 * gk
-        vk = b2 * v[k] + one_minus_b2 * gk * gk
-        m[k] = mk
-        v[k] = vk
-        p[k] -= lr * (mk / c1) / (math.sqrt(vk / c2) + eps)
+        p[k], m[k], v[k] = _adam_element(p[k], g[k], m[k], v[k], lr, b1, one_minus_b1, b2, one_minus_b2,
+                                         eps, wd, lr_wd, decoupled, c1, c2)
 
 
 def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
     """Twin of reference.adam_update."""
     check_arrays(params=params, grads=grads, m=m, v=v)
     check_same_shape(params, grads, m, v)
-    dt = params.dtype.type
     if params.size:
-        _launch(_adam, *_grid(params.size), params, grads, m, v, dt(lr), dt(beta1), dt(1 - beta1),
-                dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay), dt(lr * weight_decay),
-                bool(decoupled), dt(1 - beta1**t), dt(1 - beta2**t))
+        _launch(_adam, *_grid(params.size), params, grads, m, v,
+                *adam_scalars(params.dtype, lr, beta1, beta2, eps, weight_decay, decoupled, t))

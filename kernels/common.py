@@ -1,0 +1,37 @@
+"""Argument checks and scalar preparation shared by the CPU and CUDA twins' wrappers.
+
+Scalars are cast to the arrays' dtype before they reach a kernel, so float32 arrays are
+updated with float32 arithmetic, as NumPy does in the reference (a Python float would make
+numba compute in float64 and round differently).
+"""
+
+LOSS_BCE, LOSS_MSE = 0, 1
+
+
+def check_same_shape(*arrays):
+    shapes = {tuple(a.shape) for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"arrays must have one shape, got {sorted(shapes)}")
+
+
+def check_columns(vector, matrix, name):
+    if tuple(vector.shape) != (matrix.shape[1],):
+        raise ValueError(f"{name} shape {tuple(vector.shape)} does not match {matrix.shape[1]} columns")
+
+
+def check_uint32_vector(out):
+    if out.dtype != "uint32" or out.ndim != 1:
+        raise ValueError(f"out must be a 1-D uint32 array, got {out.dtype} {tuple(out.shape)}")
+
+
+def sgd_scalars(dtype, lr, momentum, nesterov, weight_decay):
+    """-> (lr, momentum, nesterov, weight_decay) in `dtype` (nesterov stays bool)."""
+    dt = dtype.type
+    return dt(lr), dt(momentum), bool(nesterov), dt(weight_decay)
+
+
+def adam_scalars(dtype, lr, beta1, beta2, eps, weight_decay, decoupled, t):
+    """-> (lr, b1, 1-b1, b2, 1-b2, eps, wd, lr*wd, decoupled, 1-b1^t, 1-b2^t) in `dtype`."""
+    dt = dtype.type
+    return (dt(lr), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay),
+            dt(lr * weight_decay), bool(decoupled), dt(1 - beta1**t), dt(1 - beta2**t))

@@ -1,0 +1,105 @@
+"""Per-element math shared by the CPU and CUDA twins, written once (like kernels/philox.py).
+
+kernels/cpu.py compiles each function with numba.njit(inline="always"), kernels/cuda.py
+with numba.cuda.jit(device=True, inline=True).  Each function is self-contained (only math
+and numpy scalars, no calls to the others): one source cannot know which target's compiled
+helper it would be calling.
+
+Activations and losses compute in float64 (float literals) and are rounded once when
+stored; the RNG conversions stay in float32, bit for bit as kernels/reference.py.  Where
+a function must work in the data's own precision (Kahan's log1p), the caller passes
+`one` = 1 in the data dtype (`array.dtype.type(1)`): a float32 literal would mean float32
+under the CUDA simulator's NumPy scalar rules even for float64 data, but not on the GPU.
+"""
+import math
+
+import numpy as np
+
+from kernels.reference import ACTIVATIONS, LEAKY_SLOPE
+
+ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}  # identity 0, relu 1, leaky 2, ...
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (ACT_CODES[a] for a in (
+    "identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus"))
+
+
+def uniform(w):
+    """uint32 -> float32 in [0, 1): top 24 bits times 2^-24."""
+    return np.float32(w >> np.uint32(8)) * np.float32(2.0**-24)
+
+
+def box_muller(w1, w2, use_sin):
+    """Two uint32 words -> one standard normal (float32): r cos(theta) or r sin(theta).
+
+    Open-interval uniforms (2 * top23 + 1) * 2^-24 keep log() away from 0.
+    """
+    u1 = (np.float32(w1 >> np.uint32(9)) * np.float32(2.0) + np.float32(1.0)) * np.float32(2.0**-24)
+    u2 = (np.float32(w2 >> np.uint32(9)) * np.float32(2.0) + np.float32(1.0)) * np.float32(2.0**-24)
+    r = math.sqrt(np.float32(-2.0) * math.log(u1))
+    theta = np.float32(2.0 * np.pi) * u2
+    return np.float32(r * math.sin(theta) if use_sin else r * math.cos(theta))
+
+
+def log1p_unit(e, one):
+    """log1p(e) for e in [0, 1] in the precision of `one`, by Kahan: log(u) e / (u - 1), u = 1 + e.
+
+    The division undoes the rounding of 1 + e; 1.5x faster than libm's log1p on the CPU
+    (46 vs 69 ms for 16M float32 values) and as accurate for float32.
+    """
+    u = one + e
+    return e if u == one else math.log(u) * (e / (u - one))
+
+
+def sigmoid(z):
+    e = math.exp(-abs(z))  # exp only sees -|z|: no overflow
+    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+
+
+def act(a, z, one):
+    """Activation code a applied to z; `one` = 1 in the data dtype (softplus's precision)."""
+    if a == RELU:
+        return max(z, 0.0)
+    if a == LEAKY_RELU:
+        return z if z > 0 else z * LEAKY_SLOPE
+    if a == TANH:
+        return math.tanh(z)
+    if a == SIGMOID:
+        e = math.exp(-abs(z))
+        return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+    if a == SOFTPLUS:
+        e = math.exp(-abs(z))  # softplus = max(z, 0) + log1p(e), log1p by Kahan as above
+        u = one + e
+        return max(z, 0.0) + (e if u == one else math.log(u) * (e / (u - one)))
+    return z
+
+
+def act_grad(a, y):
+    """f'(z) written from the output y = f(z)."""
+    if a == RELU:
+        return 1.0 if y > 0 else 0.0
+    if a == LEAKY_RELU:
+        return 1.0 if y > 0 else LEAKY_SLOPE
+    if a == TANH:
+        return 1.0 - y * y
+    if a == SIGMOID:
+        return y * (1.0 - y)
+    if a == SOFTPLUS:
+        return -math.expm1(-y)  # sigmoid(z) = 1 - e^-y, exact for tiny y
+    return 1.0
+
+
+def sgd_element(p, g, vel, lr, momentum, nesterov, wd):
+    """One SGD step for one parameter -> (p, velocity); scalars in the parameter dtype."""
+    g = g + wd * p
+    vel = momentum * vel + g
+    return p - lr * (g + momentum * vel if nesterov else vel), vel
+
+
+def adam_element(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, wd, lr_wd, decoupled, c1, c2):
+    """One Adam/AdamW step for one parameter -> (p, m, v); c1, c2 = 1 - beta^t."""
+    if decoupled:
+        p = p - lr_wd * p
+    else:
+        g = g + wd * p
+    m = b1 * m + one_minus_b1 * g
+    v = b2 * v + one_minus_b2 * g * g
+    return p - lr * (m / c1) / (math.sqrt(v / c2) + eps), m, v
