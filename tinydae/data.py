@@ -5,6 +5,8 @@ Legend: N examples, D pixels per example, H x W the image shape (for PNG grids).
 Sources:
   "glyphs"           built-in, procedural: 28x28 digit-like strokes of ten classes with
                      seeded affine jitter and stroke width (synthetic, not MNIST)
+  "gmm:D"            built-in, a Gaussian mixture in [0, 1]^D with a known density (D = 2
+                     by default); Dataset.density gives its exact log p and score
   *.gz / *-ubyte / *.idx   MNIST-style IDX files (magic and dims checked)
   *.npz              one array (or name it with key=)
   *.h5 / *.hdf5      one dataset (or give its path with key=)
@@ -28,6 +30,7 @@ class Dataset:
     image_shape: tuple | None          # (H, W) with H * W == D, or None
     name: str
     labels: np.ndarray | None = None   # (N,) int, when the source has them
+    density: object = None             # a metrics.GaussianMixture for the gmm data, else None
 
     def __len__(self):
         return self.x.shape[0]
@@ -38,7 +41,7 @@ class Dataset:
 
     def subset(self, index, name=None):
         labels = None if self.labels is None else self.labels[index]
-        return Dataset(self.x[index], self.image_shape, name or self.name, labels)
+        return Dataset(self.x[index], self.image_shape, name or self.name, labels, self.density)
 
     def split(self, val_fraction, seed=0):
         """Seeded shuffle, then (train, val) with round(N * val_fraction) validation rows."""
@@ -137,6 +140,19 @@ def glyphs(n=10000, seed=0, size=GLYPH_SIZE):
             pts = np.einsum("nij,sej->nsei", M[chunk], base) + size / 2 + shift[chunk, None, None, :]
             x[chunk] = _render(pts.astype(np.float32), width[chunk], size)
     return Dataset(x, (size, size), "glyphs", labels)
+
+
+def gmm(n=10000, dim=2, seed=0):
+    """Known-density data: n draws from the built-in Gaussian mixture in [0, 1]^dim
+    (metrics.make_gmm: 4 components, std 0.05, means in [0.3, 0.7]^dim).  The few draws
+    beyond the cube (over 6 std out) are clipped.  -> Dataset with .density set."""
+    from tinydae.metrics import make_gmm
+
+    if n < 1 or dim < 1:
+        raise DataError(f"gmm needs n >= 1 and dim >= 1, got n={n}, dim={dim}")
+    density = make_gmm(dim)
+    x = np.clip(density.sample(n, seed), 0, 1).astype(np.float32)
+    return Dataset(x, None, f"gmm:{dim}", None, density)
 
 
 # ----------------------------------------------------------------------------------------
@@ -252,6 +268,11 @@ def load_dataset(source="glyphs", *, limit=None, rescale=False, key=None, seed=0
         raise DataError(f"--limit must be >= 1, got {limit}")
     if source == "glyphs":
         return glyphs(limit or 10000, seed=seed)
+    if str(source).startswith("gmm"):
+        _, _, dim = str(source).partition(":")
+        if dim and not dim.isdigit():
+            raise DataError(f"gmm data is 'gmm' or 'gmm:D' (e.g. gmm:16), got {source!r}")
+        return gmm(limit or 10000, int(dim or 2), seed=seed)
     path = os.fspath(source)
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file (use 'glyphs' for the built-in data)")
