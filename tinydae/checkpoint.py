@@ -171,6 +171,7 @@ def restore_model(ckpt, backend="cpu"):
 
     model = DAE(**ckpt.model_config, backend=backend)
     model.params[...] = model.backend.to_device(ckpt.params, dtype=model.dtype)
+    model.corruption = ckpt.train_config.get("corruption")
     return model
 
 

@@ -88,6 +88,7 @@ class DAE:
             self.named_grads[name] = self.grads[offset:offset + size].reshape(shape)
             offset += size
         self.layers = self._build_layers()
+        self.corruption = None  # the training corruption, once fit() or a checkpoint sets it
         self.init_params()
 
     # -- structure ---------------------------------------------------------------------

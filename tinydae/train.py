@@ -124,6 +124,7 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
     if checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     corruption = Corruption.parse(corruption)
+    model.corruption = str(corruption)  # chains default to the corruption the model learned
     optimizer = optimizer if optimizer is not None else Adam(model)
     state = state if state is not None else TrainState()
     backend = model.backend
