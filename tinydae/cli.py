@@ -306,6 +306,204 @@ def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, as_js
         sys.exit(1)
 
 
+# ----------------------------------------------------------------------------------------
+# The paper's science: sample, improve, evaluate, reproduce
+# ----------------------------------------------------------------------------------------
+
+
+def _training_data(ckpt, data, key, limit):
+    """--data if given, else the data the checkpoint was trained on."""
+    cfg = ckpt.train_config
+    source = data or cfg.get("data")
+    if source is None:
+        raise ConfigError(f"{ckpt.path} does not record its training data; pass --data")
+    if data is None:
+        key, limit = cfg.get("key"), cfg.get("limit")
+    return tinydae.load_dataset(source, key=key, limit=limit,
+                                rescale=cfg.get("rescale", False) if data is None else False,
+                                seed=cfg.get("seed", 0) if data is None else 0)
+
+
+def _starts(kind, n, model, ckpt, data, key, limit, seed):
+    from tinydae.sampling import START_KINDS, start_points
+
+    if kind in START_KINDS:
+        train = None
+        if kind in ("pca", "pixels"):
+            train = _training_data(ckpt, data, key, limit).x
+        return start_points(kind, n, model.input_dim, seed, train), kind
+    start = tinydae.load_dataset(kind, key=key)  # a file of samples
+    if start.dim != model.input_dim:
+        raise ConfigError(f"{kind}: samples have {start.dim} values, the model expects {model.input_dim}")
+    return start.x[:n], os.path.basename(kind)
+
+
+def _run_chains(checkpoint, start, n, steps, chain_corruption, keep_every, seed, batch_size, data, key,
+                limit, out, h5, backend, as_json, verb):
+    from tinydae.sampling import chain
+
+    if n < 1 or steps < 0 or keep_every < 1 or batch_size < 1:
+        raise ConfigError("--n, --keep-every and --batch-size must be >= 1, --steps >= 0")
+    ckpt = tinydae.load_checkpoint(checkpoint)
+    model = tinydae.restore_model(ckpt, backend=backend)
+    x0, start_name = _starts(start, n, model, ckpt, data, key, limit, seed)
+    corruption = model.corruption if chain_corruption == "model" else chain_corruption
+    if corruption is None:
+        raise ConfigError(f"{checkpoint} does not record its training corruption; pass --chain-corruption")
+    t0 = time.perf_counter()
+    result = chain(model, x0, steps, corruption=corruption, keep_every=keep_every, keep_chains=10,
+                   seed=seed, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    side = int(round(model.input_dim ** 0.5))
+    png = None
+    if out and side * side == model.input_dim:
+        tinydae.images.save_grid(out, list(result.trajectory), (side, side))
+        png = out
+    if h5:
+        result.save_h5(h5)
+    summary = dict(chains=len(x0), steps=steps, start=start_name, corruption=str(corruption),
+                   kept_steps=result.kept_steps, mean_abs_change=result.mean_abs_change.tolist(),
+                   seconds=seconds, png=png, h5=h5)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    first = f"{result.mean_abs_change[0]:.4f}" if steps else "-"
+    last = f"{result.mean_abs_change[-1]:.4f}" if steps else "-"
+    click.echo(f"{verb} {len(x0)} chains x {steps} steps from {start_name} with corruption {corruption} "
+               f"in {seconds:.1f} s; mean |x_t - x_(t-1)| per pixel: first step {first}, last {last}")
+    if png:
+        click.echo(f"strip of {len(result.trajectory)} chains at steps {result.kept_steps}: {png}")
+    elif out:
+        click.echo(f"no PNG: {model.input_dim} values per sample are not a square image")
+    if h5:
+        click.echo(f"chain: {h5}")
+
+
+def _chain_options(default_start, default_steps, start_help):
+    def wrap(f):
+        for opt in reversed([
+            click.argument("checkpoint", type=click.Path(dir_okay=False)),
+            click.option("--start" if default_start == "noise" else "--from", "start", default=default_start,
+                         show_default=True, help=start_help),
+            click.option("--n", "n", type=int, default=64, show_default=True, help="Number of chains."),
+            click.option("--steps", type=int, default=default_steps, show_default=True),
+            click.option("--chain-corruption", default="model", show_default=True,
+                         help="model (the training corruption), gaussian:S, masking:P, salt_pepper:P or none."),
+            click.option("--keep-every", type=int, default=5, show_default=True,
+                         help="Keep (and draw) every k-th state."),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--batch-size", type=int, default=1024, show_default=True),
+            click.option("--data", default=None, help="Data for the pca/pixels baselines (default: the "
+                                                      "checkpoint's training data)."),
+            click.option("--key", default=None, help="Array name / dataset path in a .npz or .h5 file."),
+            click.option("--limit", type=int, default=None, help="Rows of --data to use."),
+            click.option("--out", default="samples.png", show_default=True, help="PNG strip of chain snapshots."),
+            click.option("--h5", default=None, help="Also write the chain to this HDF5 file."),
+            click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True),
+            click.option("--json", "as_json", is_flag=True),
+        ]):
+            f = opt(f)
+        return f
+    return wrap
+
+
+@cli.command()
+@_chain_options("noise", 50, "noise | bernoulli | pca | pixels | FILE (.npz, .h5 or IDX samples).")
+def sample(**kw):
+    """Run sampling chains x_(t+1) = r(c(x_t)) from CHECKPOINT's DAE."""
+    _run_chains(**kw, verb="ran")
+
+
+@cli.command()
+@_chain_options("pca", 10, "pca | pixels (built-in weak generators) | FILE of samples to improve.")
+def improve(**kw):
+    """Improve samples of another model by iterating CHECKPOINT's DAE on them."""
+    _run_chains(**kw, verb="improved")
+
+
+@cli.command()
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
+@click.option("--data", default=None, help="Held-out data (default: the checkpoint's validation split).")
+@click.option("--key", default=None)
+@click.option("--limit", type=int, default=None)
+@click.option("--n-samples", type=int, default=500, show_default=True)
+@click.option("--steps", type=int, default=20, show_default=True)
+@click.option("--start", default="noise", show_default=True, help="Chain start: noise | bernoulli | pca | pixels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--theorem", is_flag=True, help="Instead: train BCE and MSE DAEs on gmm data and compare "
+                                              "(r(x) - x)/sigma^2 with the exact score.")
+@click.option("--dims", default="2,16", show_default=True, help="gmm dimensions for --theorem.")
+@click.option("--sigma", type=float, default=0.1, show_default=True, help="Corruption for --theorem.")
+@click.option("--epochs", type=int, default=10, show_default=True, help="Training epochs for --theorem.")
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theorem, dims, sigma, epochs,
+             backend, as_json):
+    """Reconstruction BCE, Parzen log-likelihood and precision/recall of chain samples; or --theorem."""
+    from tinydae import experiments
+
+    if theorem:
+        try:
+            dim_list = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise ConfigError(f"--dims takes integers like 2,16, got {dims!r}") from None
+        if not sigma > 0 or epochs < 1 or min(dim_list) < 1:
+            raise ConfigError("--sigma must be > 0, --epochs and --dims >= 1")
+        out = [experiments.theorem_check(d, sigma, epochs=epochs, hidden=(64, 64) if d <= 4 else (256, 256),
+                                         seed=seed, backend=backend) for d in dim_list]
+        if as_json:
+            click.echo(json.dumps(out, indent=2))
+            return
+        click.echo(f"(r(x) - x)/sigma^2 vs grad log p_sigma(x), sigma = {sigma}, 2,000 held-out points")
+        click.echo(f"{'data':8s} {'loss':5s} {'cos mean':>9s} {'cos median':>11s} {'rel err median':>15s}")
+        for t in out:
+            for loss, r in t["results"].items():
+                click.echo(f"gmm:{t['dim']:<4d} {loss:5s} {r['cosine_mean']:>9.3f} {r['cosine_median']:>11.3f} "
+                           f"{r['rel_error_median']:>15.3f}")
+        return
+    if checkpoint is None:
+        raise ConfigError("evaluate needs a CHECKPOINT (or --theorem)")
+    ckpt = tinydae.load_checkpoint(checkpoint)
+    model = tinydae.restore_model(ckpt, backend=backend)
+    if data:
+        held = tinydae.load_dataset(data, key=key, limit=limit)
+    else:
+        full = _training_data(ckpt, None, None, None)
+        held = full.split(ckpt.train_config.get("val_fraction", 0.1), seed=ckpt.train_config.get("seed", 0))[1]
+    if held.dim != model.input_dim:
+        raise ConfigError(f"data rows have {held.dim} values, the model expects {model.input_dim}")
+    if len(held) < 8:
+        raise ConfigError(f"need at least 8 held-out rows, got {len(held)}")
+    train = _training_data(ckpt, None, None, None).x if start in ("pca", "pixels") else None
+    r = experiments.evaluate_checkpoint(model, held, n_samples, steps, start, seed, train)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    rec = r["reconstruction"]
+    click.echo(f"{len(held)} held-out rows; reconstruction BCE: denoising {rec['val_bce_denoise']:.2f}, "
+               f"clean {rec['val_bce_clean']:.2f} nats/example")
+    click.echo(f"{'samples':28s} {'Parzen LL':>10s} {'bandwidth':>10s} {'precision':>10s} {'recall':>7s}")
+    for name, q in ((f"start ({r['start_kind']})", r["start"]), (f"after {steps} chain steps", r["chain"])):
+        click.echo(f"{name:28s} {q['parzen_ll']:>10.1f} {q['bandwidth']:>10.3f} {q['precision']:>10.3f} "
+                   f"{q['recall']:>7.3f}")
+
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="Small models and few chains: a few minutes on 2 CPU cores.")
+@click.option("--data", default="glyphs", show_default=True, help="Image data: glyphs or a file (e.g. MNIST IDX).")
+@click.option("--out", default="runs/reproduce", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
+def reproduce(quick, data, out, seed, backend):
+    """Run the paper's three claims (BCE and MSE side by side) and write OUT/report.md."""
+    from tinydae import experiments
+
+    command = "python cli.py reproduce" + (" --quick" if quick else "") + (f" --data {data}" if data != "glyphs" else "")
+    experiments.reproduce(out, quick=quick, data=data, backend=backend, seed=seed,
+                          log=lambda m: click.echo(m, err=True), command=command)
+    click.echo(f"report: {os.path.join(out, 'report.md')}")
+
+
 def _load_bench(name):
     """bench/<name>.py from the source checkout (benchmarks are not installed)."""
     import importlib.util
