@@ -44,6 +44,28 @@ _sgd_element = _inline(scalar.sgd_element)
 _adam_element = _inline(scalar.adam_element)
 
 
+# Every kernel is compiled twice, serial and parallel: a parallel launch costs about 95 us
+# with the workqueue layer (measured), more than a small problem takes, so each wrapper
+# picks by size.  The serial copy gets its own qualified name so the two never share
+# numba's on-disk cache entries.
+PARALLEL_MIN_CHEAP = 1 << 18   # elements, for memory-bound ops (bias+activation, optimizers)
+PARALLEL_MIN_HEAVY = 1 << 14   # elements, for ops with transcendental functions per element
+
+
+def kernel(func):
+    """func -> (serial, parallel) numba dispatchers of the same source."""
+    import types
+
+    serial = types.FunctionType(func.__code__, func.__globals__, func.__name__ + "_serial",
+                                func.__defaults__, func.__closure__)
+    serial.__qualname__ = func.__qualname__ + "_serial"
+    return njit(cache=True)(serial), njit(cache=True, parallel=True)(func)
+
+
+def pick(pair, n, threshold):
+    return pair[1] if n >= threshold else pair[0]
+
+
 def check_arrays(**arrays):
     """Kernels index flat memory: every array must be C-contiguous (and not None)."""
     for name, a in arrays.items():
@@ -58,7 +80,6 @@ def check_arrays(**arrays):
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True, parallel=True)
 def _philox_uint32(out, k0, k1, step, stream, offset):
     for k in prange(out.size):
         j = offset + k
@@ -68,12 +89,16 @@ def _philox_uint32(out, k0, k1, step, stream, offset):
         out[k] = words[j & 3]
 
 
+_philox_uint32 = kernel(_philox_uint32)
+
+
 def philox_uint32(out, seed, step, stream, offset=0):
     """Twin of reference.philox_uint32."""
     check_arrays(out=out)
     check_uint32_vector(out)
     k0, k1 = seed_key(seed)
-    _philox_uint32(out, np.uint32(k0), np.uint32(k1), np.int64(step), np.int64(stream), np.int64(offset))
+    pick(_philox_uint32, out.size, PARALLEL_MIN_HEAVY)(out, np.uint32(k0), np.uint32(k1), np.int64(step),
+                                                         np.int64(stream), np.int64(offset))
 
 
 
@@ -85,7 +110,6 @@ def philox_uint32(out, seed, step, stream, offset=0):
 
 
 
-@njit(cache=True, parallel=True)
 def _corrupt(out, x, mode, level, zero, one, k0, k1, step, stream, offset):
     n = x.size
     if n == 0:
@@ -101,10 +125,15 @@ def _corrupt(out, x, mode, level, zero, one, k0, k1, step, stream, offset):
                        np.uint32(stream), k0, k1)
         lo = max(block * 4 - offset, 0)        # this block's elements that fall inside x
         hi = min(block * 4 + 4 - offset, n)
-        if mode == CORRUPTION_GAUSSIAN:
-            for i in range(lo, hi):
-                q = i + offset - block * 4  # words (0, 1) feed elements 0, 1; (2, 3) feed 2, 3
-                of[i] = xf[i] + level * _box_muller(words[q & 2], words[(q & 2) + 1], (q & 1) == 1)
+        if mode == CORRUPTION_GAUSSIAN:  # words (0, 1) feed elements 0, 1; (2, 3) feed 2, 3
+            base = block * 4 - offset
+            for pair in range(2):
+                n_cos, n_sin = _box_muller(words[2 * pair], words[2 * pair + 1])
+                i = base + 2 * pair
+                if lo <= i < hi:
+                    of[i] = xf[i] + level * n_cos
+                if lo <= i + 1 < hi:
+                    of[i + 1] = xf[i + 1] + level * n_sin
         elif mode == CORRUPTION_MASKING:
             for i in range(lo, hi):
                 of[i] = zero if _uniform(words[i + offset - block * 4]) < level else xf[i]
@@ -117,6 +146,9 @@ def _corrupt(out, x, mode, level, zero, one, k0, k1, step, stream, offset):
                 of[i] = xf[i]
 
 
+_corrupt = kernel(_corrupt)
+
+
 def corrupt(out, x, mode, level, seed, step, stream, offset=0):
     """Twin of reference.corrupt."""
     check_arrays(out=out, x=x)
@@ -127,7 +159,8 @@ def corrupt(out, x, mode, level, seed, step, stream, offset=0):
     lvl = dt(level) if mode == CORRUPTION_GAUSSIAN else np.float32(level)
     if mode not in (CORRUPTION_NONE, CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_SALT_PEPPER):
         raise ValueError(f"unknown corruption mode {mode}")
-    _corrupt(out, x, mode, lvl, dt(0), dt(1), np.uint32(k0), np.uint32(k1), np.int64(step),
+    pick(_corrupt, x.size, PARALLEL_MIN_HEAVY)(
+        out, x, mode, lvl, dt(0), dt(1), np.uint32(k0), np.uint32(k1), np.int64(step),
              np.int64(stream), np.int64(offset))
 
 
@@ -175,10 +208,12 @@ def _forward_row(y, z, b, i, a):
             y[i, j] = z[i, j] + b[j]
 
 
-@njit(cache=True, parallel=True)
 def _bias_act_forward(y, z, b, a):
     for i in prange(z.shape[0]):
         _forward_row(y, z, b, i, a)
+
+
+_bias_act_forward = kernel(_bias_act_forward)
 
 
 def bias_act_forward(y, z, b, act):
@@ -186,7 +221,7 @@ def bias_act_forward(y, z, b, act):
     check_arrays(y=y, z=z, b=b)
     check_same_shape(y, z)
     check_columns(b, z, "bias")
-    _bias_act_forward(y, z, b, ACT_CODES[act])
+    pick(_bias_act_forward, z.size, PARALLEL_MIN_CHEAP)(y, z, b, ACT_CODES[act])
 
 
 @njit(inline="always", cache=True)
@@ -224,7 +259,6 @@ def _backward_row(dz, acc, dy, y, i, a):
             acc[j] += g
 
 
-@njit(cache=True, parallel=True)
 def _bias_act_backward(dz, db, dy, y, a):
     B, H = dy.shape
     nblocks = (B + ROW_BLOCK - 1) // ROW_BLOCK
@@ -239,25 +273,30 @@ def _bias_act_backward(dz, db, dy, y, a):
         db[j] += total
 
 
+_bias_act_backward = kernel(_bias_act_backward)
+
+
 def bias_act_backward(dz, db, dy, y, act):
     """Twin of reference.bias_act_backward."""
     check_arrays(dz=dz, db=db, dy=dy, y=y)
     check_same_shape(dz, dy, y)
     check_columns(db, dy, "db")
-    _bias_act_backward(dz, db, dy, y, ACT_CODES[act])
+    pick(_bias_act_backward, dy.size, PARALLEL_MIN_CHEAP)(dz, db, dy, y, ACT_CODES[act])
 
 
-@njit(cache=True, parallel=True)
 def _sigmoid_map(out, z):
     for i in prange(z.size):
         out.flat[i] = _sigmoid(z.flat[i])
+
+
+_sigmoid_map = kernel(_sigmoid_map)
 
 
 def sigmoid(z):
     """Twin of reference.sigmoid: a new array."""
     check_arrays(z=z)
     out = np.empty_like(z)
-    _sigmoid_map(out, z)
+    pick(_sigmoid_map, z.size, PARALLEL_MIN_HEAVY)(out, z)
     return out
 
 
@@ -266,7 +305,6 @@ def sigmoid(z):
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True, parallel=True)
 def _loss_rows(dlogits, logits, targets, scale, kind):
     B, D = logits.shape
     partial = np.zeros(B, np.float64)
@@ -289,12 +327,15 @@ def _loss_rows(dlogits, logits, targets, scale, kind):
     return partial.sum()
 
 
+_loss_rows = kernel(_loss_rows)
+
+
 def _loss(kind, dlogits, logits, targets, scale):
     check_arrays(dlogits=dlogits, logits=logits, targets=targets)
     check_same_shape(dlogits, logits, targets)
     if logits.ndim != 2:
         raise ValueError(f"losses take (B, D) arrays, got shape {logits.shape}")
-    return float(_loss_rows(dlogits, logits, targets, float(scale), kind))
+    return float(pick(_loss_rows, logits.size, PARALLEL_MIN_HEAVY)(dlogits, logits, targets, float(scale), kind))
 
 
 def sigmoid_bce_forward_backward(dlogits, logits, targets, scale):
@@ -312,31 +353,37 @@ def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True, parallel=True)
 def _sgd(p, g, vel, lr, momentum, nesterov, wd):
     for i in prange(p.size):
         p[i], vel[i] = _sgd_element(p[i], g[i], vel[i], lr, momentum, nesterov, wd)
+
+
+_sgd = kernel(_sgd)
 
 
 def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay):
     """Twin of reference.sgd_update."""
     check_arrays(params=params, grads=grads, velocity=velocity)
     check_same_shape(params, grads, velocity)
-    _sgd(params, grads, velocity, *sgd_scalars(params.dtype, lr, momentum, nesterov, weight_decay))
+    pick(_sgd, params.size, PARALLEL_MIN_CHEAP)(
+        params, grads, velocity, *sgd_scalars(params.dtype, lr, momentum, nesterov, weight_decay))
 
 
-@njit(cache=True, parallel=True)
 def _adam(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, wd, lr_wd, decoupled, c1, c2):
     for i in prange(p.size):
         p[i], m[i], v[i] = _adam_element(p[i], g[i], m[i], v[i], lr, b1, one_minus_b1, b2, one_minus_b2,
                                          eps, wd, lr_wd, decoupled, c1, c2)
 
 
+_adam = kernel(_adam)
+
+
 def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
     """Twin of reference.adam_update."""
     check_arrays(params=params, grads=grads, m=m, v=v)
     check_same_shape(params, grads, m, v)
-    _adam(params, grads, m, v, *adam_scalars(params.dtype, lr, beta1, beta2, eps, weight_decay, decoupled, t))
+    pick(_adam, params.size, PARALLEL_MIN_CHEAP)(
+        params, grads, m, v, *adam_scalars(params.dtype, lr, beta1, beta2, eps, weight_decay, decoupled, t))
 
 
 CACHED_KERNELS = ("philox_uint32", "corrupt", "bias_act_forward", "bias_act_backward", "sigmoid_map",
@@ -351,13 +398,14 @@ def cache_status():
     status = {}
     for name in CACHED_KERNELS:  # the inline helpers compile into these, never on their own
         try:
-            index = globals()["_" + name]._cache._cache_file._index_path
-            if not os.path.exists(index):
-                status[name] = 0
-                continue
-            with open(index, "rb") as f:
-                pickle.load(f)  # the source stamp comes first
-                status[name] = len(pickle.loads(f.read()))
+            count = 0
+            for dispatcher in globals()["_" + name]:  # serial and parallel
+                index = dispatcher._cache._cache_file._index_path
+                if os.path.exists(index):
+                    with open(index, "rb") as f:
+                        pickle.load(f)  # the source stamp comes first
+                        count += len(pickle.loads(f.read()))
+            status[name] = count
         except Exception:
             status[name] = None
     return status

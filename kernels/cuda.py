@@ -126,13 +126,20 @@ def _corrupt(out, x, mode, level, k0, k1, step, stream, offset, first, nblocks):
         block = first + bi
         words = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
                        np.uint32(stream), k0, k1)
+        if mode == CORRUPTION_GAUSSIAN:  # words (0, 1) feed elements 0, 1; (2, 3) feed 2, 3
+            for pair in range(2):
+                n_cos, n_sin = _box_muller(words[2 * pair], words[2 * pair + 1])
+                i = block * 4 + 2 * pair - offset
+                if 0 <= i < n:
+                    out[i] = x[i] + level * n_cos
+                if 0 <= i + 1 < n:
+                    out[i + 1] = x[i + 1] + level * n_sin
+            continue
         for q in range(4):
             i = block * 4 + q - offset
             if i < 0 or i >= n:
                 continue
-            if mode == CORRUPTION_GAUSSIAN:  # words (0, 1) feed elements 0, 1; (2, 3) feed 2, 3
-                out[i] = x[i] + level * _box_muller(words[q & 2], words[(q & 2) + 1], (q & 1) == 1)
-            elif mode == CORRUPTION_MASKING:
+            if mode == CORRUPTION_MASKING:
                 out[i] = 0 if _uniform(words[q]) < level else x[i]
             elif mode == CORRUPTION_SALT_PEPPER:
                 u = _uniform(words[q])

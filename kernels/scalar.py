@@ -27,8 +27,8 @@ def uniform(w):
     return np.float32(w >> np.uint32(8)) * np.float32(2.0**-24)
 
 
-def box_muller(w1, w2, use_sin):
-    """Two uint32 words -> one standard normal (float32): r cos(theta) or r sin(theta).
+def box_muller(w1, w2):
+    """Two uint32 words -> two standard normals (float32): (r cos(theta), r sin(theta)).
 
     Open-interval uniforms (2 * top23 + 1) * 2^-24 keep log() away from 0.
     """
@@ -36,7 +36,7 @@ def box_muller(w1, w2, use_sin):
     u2 = (np.float32(w2 >> np.uint32(9)) * np.float32(2.0) + np.float32(1.0)) * np.float32(2.0**-24)
     r = math.sqrt(np.float32(-2.0) * math.log(u1))
     theta = np.float32(2.0 * np.pi) * u2
-    return np.float32(r * math.sin(theta) if use_sin else r * math.cos(theta))
+    return np.float32(r * math.cos(theta)), np.float32(r * math.sin(theta))
 
 
 def log1p_unit(e, one):

@@ -225,3 +225,43 @@ def test_cuda_launch_configuration_does_not_change_results():
     for other in results[1:]:
         for a, b_ in zip(results[0], other):
             np.testing.assert_array_equal(a, b_)  # bit-identical for every configuration
+
+
+def test_cpu_parallel_paths_match_reference():
+    """Large enough for every CPU kernel to take its parallel path (the Hypothesis cases above
+    are small and run the serial copies)."""
+    import kernels.cpu as K
+
+    assert K.PARALLEL_MIN_CHEAP <= 300 * 1000
+    rng = np.random.default_rng(7)
+    x = rng.uniform(0.05, 0.95, (300, 1000)).astype(np.float32)
+    z = rng.normal(0, 3, (300, 1000)).astype(np.float32)
+    b = rng.normal(size=1000).astype(np.float32)
+    for mode in (1, 2, 3):
+        a, c = np.empty_like(x), np.empty_like(x)
+        ref.corrupt(a, x, mode, 0.3, 5, 9, 0, 3)
+        K.corrupt(c, x, mode, 0.3, 5, 9, 0, 3)
+        np.testing.assert_allclose(c, a, rtol=1e-6, atol=2e-6) if mode == 1 else np.testing.assert_array_equal(c, a)
+    y_ref, y = np.empty_like(z), np.empty_like(z)
+    ref.bias_act_forward(y_ref, z, b, "softplus")
+    K.bias_act_forward(y, z, b, "softplus")
+    np.testing.assert_allclose(y, y_ref, **tol(np.float32))
+    dz_ref, dz, db_ref, db = np.empty_like(z), np.empty_like(z), np.zeros(1000, np.float32), np.zeros(1000, np.float32)
+    ref.bias_act_backward(dz_ref, db_ref, x, y_ref, "softplus")
+    K.bias_act_backward(dz, db, x, y_ref, "softplus")
+    np.testing.assert_allclose(dz, dz_ref, **tol(np.float32))
+    np.testing.assert_allclose(db, db_ref, rtol=1e-5, atol=1e-4)
+    d_ref, d = np.empty_like(z), np.empty_like(z)
+    assert K.sigmoid_bce_forward_backward(d, z, x, 0.5) == pytest.approx(
+        ref.sigmoid_bce_forward_backward(d_ref, z, x, 0.5), rel=1e-6)
+    np.testing.assert_allclose(d, d_ref, **tol(np.float32))
+    p, g = z.ravel().copy(), x.ravel().copy()
+    p_ref, m_ref, v_ref = p.copy(), np.zeros_like(p), np.zeros_like(p)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    ref.adam_update(p_ref, g, m_ref, v_ref, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, 1)
+    K.adam_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, 1)
+    np.testing.assert_array_equal(p, p_ref)
+    words_ref, words = np.empty(1 << 15, np.uint32), np.empty(1 << 15, np.uint32)
+    ref.philox_uint32(words_ref, 3, 4, 5, 6)
+    K.philox_uint32(words, 3, 4, 5, 6)
+    np.testing.assert_array_equal(words, words_ref)

@@ -1,0 +1,152 @@
+"""Training-step benchmark: tinydae against PyTorch (eager and torch.compile) and the GEMM floor.
+
+The model is the DAE with hidden=(1000, 1000), i.e. 784-1000-1000-1000-784 (tinydae's decoder
+mirrors the encoder, so this is the nearest model to the 784-1000-1000-784 of the issue), relu,
+BCE, gaussian:0.3 corruption, Adam, float32.  One step = corrupt, forward, loss, backward,
+optimizer update, and reading the loss on the host (the NaN guard needs it).  The PyTorch step
+does the same with the same initial weights; the floor is the step's matrix products alone
+(forward GEMMs, and the dW and dx GEMMs of backward) on the backend's BLAS.
+
+    python bench/bench_train.py [--backend cpu|cuda] [--batches 64,256,1024] [--repeats 20]
+    python cli.py bench train ...
+Results go to bench/results/<backend-device>.json (section "train").
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import (median_seconds, save_section, torch_median_seconds,  # noqa: E402
+                          torch_or_none)
+from tinydae import DAE, Adam, get_backend  # noqa: E402
+from tinydae.corruption import Corruption  # noqa: E402
+
+HIDDEN = (1000, 1000)
+SIGMA = 0.3
+
+
+def make_model(backend, seed=0):
+    return DAE(784, hidden=HIDDEN, activation="relu", loss="bce", seed=seed, backend=backend)
+
+
+def tinydae_step(model, opt, x, step_counter):
+    c = Corruption("gaussian", SIGMA)
+
+    def step():
+        step_counter[0] += 1
+        loss = model.loss_and_grad(c.apply(model.backend, x, 0, step_counter[0]), x)
+        opt.step()
+        return loss
+    return step
+
+
+def gemm_floor(model, batch):
+    """The matrix products of one step alone, on the backend's BLAS."""
+    xp = model.backend.xp
+    layers = [(xp.asarray(layer.W), ) for layer in model.layers]
+    acts = [xp.ones((batch, layer.W.shape[0]), np.float32) for layer in model.layers]
+    douts = [xp.ones((batch, layer.W.shape[1]), np.float32) for layer in model.layers]
+
+    def step():
+        for (W,), a in zip(layers, acts):
+            xp.matmul(a, W)                       # forward
+        for i, ((W,), a, d) in enumerate(zip(layers, acts, douts)):
+            xp.matmul(a.T, d)                     # dW
+            if i > 0:
+                xp.matmul(d, W.T)                 # dx (not needed for the input layer)
+    return step
+
+
+def torch_model(torch, model, device):
+    """The same DAE in PyTorch, initialised with tinydae's weights."""
+    layers = []
+    for layer in model.layers:
+        lin = torch.nn.Linear(*layer.W.shape)
+        with torch.no_grad():
+            lin.weight.copy_(torch.as_tensor(model.backend.to_host(layer.W).T.copy()))
+            lin.bias.copy_(torch.as_tensor(model.backend.to_host(layer.b)))
+        layers += [lin, torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1]).to(device)  # logits: no activation at the end
+
+
+def torch_step(torch, net, opt, x):
+    def step():
+        opt.zero_grad(set_to_none=True)
+        noisy = x + SIGMA * torch.randn_like(x)
+        logits = net(noisy)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
+        loss.backward()
+        opt.step()
+        return loss.item()  # the host read tinydae also does
+    return step
+
+
+def run(backend="auto", batches=(64, 256, 1024), repeats=20, warmup=5, peers=True, compile_peer=True,
+        log=print):
+    backend = get_backend(backend)
+    torch = torch_or_none() if peers else None
+    tdev = "cuda" if backend.name == "cuda" else "cpu"
+    rows = []
+    rng = np.random.default_rng(0)
+    for B in batches:
+        model = make_model(backend)
+        opt = Adam(model)
+        x = backend.to_device(rng.random((B, 784), dtype=np.float32))
+        t = median_seconds(tinydae_step(model, opt, x, [0]), repeats, warmup, backend)
+        floor = median_seconds(gemm_floor(model, B), repeats, warmup, backend)
+        row = dict(batch=B, ms=t * 1e3, examples_per_s=B / t, floor_ms=floor * 1e3, x_floor=t / floor)
+        if torch is not None:
+            tx = torch.as_tensor(backend.to_host(x), device=tdev)
+            net = torch_model(torch, make_model(backend), tdev)
+            topt = torch.optim.Adam(net.parameters(), lr=1e-3)
+            t_eager = torch_median_seconds(torch, torch_step(torch, net, topt, tx), repeats, warmup, tdev)
+            row.update(torch_eager_ms=t_eager * 1e3, x_torch_eager=t / t_eager)
+            if compile_peer:
+                try:
+                    cnet = torch.compile(torch_model(torch, make_model(backend), tdev))
+                    copt = torch.optim.Adam(cnet.parameters(), lr=1e-3)
+                    t_comp = torch_median_seconds(torch, torch_step(torch, cnet, copt, tx), repeats, warmup, tdev)
+                    row.update(torch_compile_ms=t_comp * 1e3, x_torch_compile=t / t_comp)
+                except Exception as e:  # no compiler toolchain, unsupported platform, ...
+                    row.update(torch_compile_error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        rows.append(row)
+        log(format_row(row))
+    return dict(backend=backend.name, device=backend.device, kernels=backend.kernel_set,
+                model="784-" + "-".join(map(str, HIDDEN + HIDDEN[-2::-1])) + "-784 relu BCE Adam float32",
+                rows=rows, repeats=repeats, torch=None if torch is None else torch.__version__)
+
+
+HEADER = (f"{'batch':>6s} {'tinydae ms':>11s} {'ex/s':>9s} {'floor ms':>9s} {'x floor':>8s} "
+          f"{'torch ms':>9s} {'x torch':>8s} {'compile ms':>11s} {'x compile':>10s}")
+
+
+def format_row(r):
+    te = f"{r['torch_eager_ms']:>9.2f} {r['x_torch_eager']:>8.2f}" if "torch_eager_ms" in r else f"{'n/a':>9s} {'':>8s}"
+    if "torch_compile_ms" in r:
+        tc = f"{r['torch_compile_ms']:>11.2f} {r['x_torch_compile']:>10.2f}"
+    else:
+        tc = f"{'failed' if 'torch_compile_error' in r else 'n/a':>11s} {'':>10s}"
+    return (f"{r['batch']:>6d} {r['ms']:>11.2f} {r['examples_per_s']:>9,.0f} {r['floor_ms']:>9.2f} "
+            f"{r['x_floor']:>8.2f} {te} {tc}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="auto", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--batches", default="64,256,1024")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args(argv)
+    print(HEADER)
+    result = run(args.backend, [int(b) for b in args.batches.split(",")], args.repeats,
+                 compile_peer=not args.no_compile)
+    if not args.no_save:
+        print("saved", save_section(get_backend(args.backend), "train", result))
+
+
+if __name__ == "__main__":
+    main()
