@@ -45,7 +45,53 @@ def kernels_section(results):
     return "\n".join(lines) if lines else "No kernel results yet.\n"
 
 
-SECTIONS = {"kernels": kernels_section}
+def _peer(row, ms_key, ratio_key, error_key=None):
+    if ms_key in row:
+        return f"{row[ms_key]:.3g} ({row[ratio_key]:.2f}x)"
+    return "failed" if error_key and error_key in row else "not installed"
+
+
+def train_section(results):
+    lines = []
+    for path, data in results:
+        t = data.get("train")
+        if not t:
+            continue
+        lines += [f"**{data['backend']}: {data['device']}**, {t['date'][:10]}, {t['model']}, "
+                  f"PyTorch {t.get('torch') or 'not installed'}, median of {t['repeats']} (`{path}`)", "",
+                  "| batch | tinydae ms/step | examples/s | GEMM floor ms (tinydae / floor) | "
+                  "PyTorch eager ms (tinydae / eager) | torch.compile ms (tinydae / compiled) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in t["rows"]:
+            lines.append(f"| {r['batch']} | {r['ms']:.3g} | {r['examples_per_s']:,.0f} | "
+                         f"{r['floor_ms']:.3g} ({r['x_floor']:.2f}x) | "
+                         f"{_peer(r, 'torch_eager_ms', 'x_torch_eager')} | "
+                         f"{_peer(r, 'torch_compile_ms', 'x_torch_compile', 'torch_compile_error')} |")
+        lines.append("")
+    return "\n".join(lines) if lines else "No training-step results yet.\n"
+
+
+def chain_section(results):
+    lines = []
+    for path, data in results:
+        c = data.get("chain")
+        if not c:
+            continue
+        lines += [f"**{data['backend']}: {data['device']}**, {c['date'][:10]}, {c['model']}, "
+                  f"PyTorch {c.get('torch') or 'not installed'} (`{path}`)", "",
+                  "| chains | steps | chain-steps/s | tinydae / GEMM floor | PyTorch chain-steps/s | "
+                  "tinydae time / PyTorch time | host syncs per step |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in c["rows"]:
+            peer = (f"{r['torch_chain_steps_per_s']:,.0f} | {r['x_torch']:.2f}x" if "torch_s" in r
+                    else "not installed | -")
+            lines.append(f"| {r['chains']:,} | {r['steps']} | {r['chain_steps_per_s']:,.0f} | "
+                         f"{r['x_floor']:.2f}x | {peer} | {r['host_syncs_per_step']:.0f} |")
+        lines.append("")
+    return "\n".join(lines) if lines else "No chain results yet.\n"
+
+
+SECTIONS = {"kernels": kernels_section, "train": train_section, "chain": chain_section}
 
 
 def main(argv):

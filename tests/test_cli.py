@@ -101,3 +101,17 @@ def test_bench_kernels_prints_its_table():
     for row in result["rows"]:
         assert row["ms"] > 0 and row["GBps"] > 0 and row["speedup_vs_reference"] > 0
     assert_user_error(invoke("bench", "kernels", "--sizes", "lots"), "--sizes")
+
+
+def test_bench_train_and_chain_tables():
+    r = invoke("bench", "train", "--backend", "cpu", "--batches", "8", "--repeats", "2", "--no-compile",
+               "--no-save", "--json")
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)["rows"][0]
+    assert row["batch"] == 8 and row["ms"] > 0 and row["floor_ms"] > 0 and row["x_floor"] > 0
+    r = invoke("bench", "chain", "--backend", "cpu", "--chains", "4:3", "--repeats", "1", "--no-save", "--json")
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)["rows"][0]
+    assert row["chains"] == 4 and row["steps"] == 3 and row["host_syncs_per_step"] == 0
+    assert_user_error(invoke("bench", "chain", "--chains", "4"), "--chains")
+    assert_user_error(invoke("bench", "train", "--batches", "0"), "--batches")

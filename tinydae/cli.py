@@ -553,5 +553,68 @@ def bench_kernels(backend, sizes, repeats, save, as_json):
             click.echo(f"saved {path}")
 
 
+def _bench_run(name, section, backend, as_json, save, **kwargs):
+    mod = _load_bench(name)
+    if not as_json:
+        click.echo(mod.HEADER)
+    result = mod.run(backend, log=(lambda line: None) if as_json else click.echo, **kwargs)
+    path = mod.save_section(tinydae.get_backend(backend), section, result) if save else None
+    if as_json:
+        click.echo(json.dumps(dict(result, saved=path), indent=2, default=str))
+    else:
+        click.echo(f"{result['device']} ({result['backend']}), PyTorch {result['torch'] or 'not installed'}")
+        if path:
+            click.echo(f"saved {path}")
+
+
+@bench.command("train")
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
+@click.option("--batches", default="64,256,1024", show_default=True)
+@click.option("--repeats", type=int, default=20, show_default=True)
+@click.option("--compile/--no-compile", "compile_peer", default=True, show_default=True,
+              help="Also time torch.compile (slow to compile on the CPU).")
+@click.option("--save/--no-save", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_train(backend, batches, repeats, compile_peer, save, as_json):
+    """Time per training step vs PyTorch (eager, torch.compile) and the GEMM-only floor."""
+    try:
+        sizes = [int(b) for b in batches.split(",")]
+    except ValueError:
+        raise ConfigError(f"--batches takes sizes like 64,256,1024, got {batches!r}") from None
+    if repeats < 1 or min(sizes) < 1:
+        raise ConfigError("--repeats and --batches must be positive")
+    _bench_run("bench_train", "train", backend, as_json, save, batches=sizes, repeats=repeats,
+               compile_peer=compile_peer)
+
+
+@bench.command("chain")
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
+@click.option("--chains", default=None, help="chains:steps pairs, e.g. 64:100,1024:100,16384:10.")
+@click.option("--repeats", type=int, default=3, show_default=True)
+@click.option("--save/--no-save", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_chain(backend, chains, repeats, save, as_json):
+    """Sampling-chain throughput vs a PyTorch chain and the GEMM-only floor."""
+    if chains is not None:
+        try:
+            assert all(int(a) > 0 and int(b) > 0 for a, b in (c.split(":") for c in chains.split(",")))
+        except (ValueError, AssertionError):
+            raise ConfigError(f"--chains takes chains:steps pairs like 64:100,1024:100, got {chains!r}") from None
+    if repeats < 1:
+        raise ConfigError("--repeats must be positive")
+    _bench_run("bench_chain", "chain", backend, as_json, save, sizes=chains, repeats=repeats)
+
+
+@bench.command("all")
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
+@click.pass_context
+def bench_all(ctx, backend):
+    """kernels, train and chain with their defaults; saves every section."""
+    ctx.invoke(bench_kernels, backend=backend, sizes="1M,16M", repeats=20, save=True, as_json=False)
+    ctx.invoke(bench_train, backend=backend, batches="64,256,1024", repeats=20, compile_peer=True,
+               save=True, as_json=False)
+    ctx.invoke(bench_chain, backend=backend, chains=None, repeats=3, save=True, as_json=False)
+
+
 def main():
     cli(prog_name="tinydae")

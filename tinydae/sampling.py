@@ -32,6 +32,7 @@ class ChainResult:
     kept_steps: list             # steps held in trajectory; 0 is the start
     mean_abs_change: np.ndarray  # (T,) mean |x_t - x_{t-1}| over chains and pixels, t = 1..T
     quality: dict = field(default_factory=dict)  # {step: mean quality} at kept steps
+    host_syncs: int = 0          # device -> host copies made inside the step loop
 
     def save_h5(self, path):
         """Write the chain to HDF5 (atomically): datasets samples, trajectory, kept_steps,
@@ -88,29 +89,36 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
     samples = np.empty((N, D), np.float32)
     change = np.zeros(steps)
     quality_sum = {t: 0.0 for t in kept_steps} if quality else {}
+    syncs = 0
 
     def keep(x_dev, start, k, t):
+        """Copy kept states to the host, only when there is something to keep."""
+        if start >= n_traj and not quality:
+            return 0
         x_host = backend.to_host(x_dev)
         if start < n_traj:
             trajectory[start:n_traj, k] = x_host[:n_traj - start]
         if quality:
             quality_sum[t] += float(np.sum(quality(x_host)))
+        return 1
 
     for start in range(0, N, batch_size):
         x = model.as_input(x0[start:start + batch_size])
+        changes = backend.xp.zeros(steps, np.float64)  # stays on the device: no sync per step
         k = 0
         keep(x, start, k, 0)
         for t in range(1, steps + 1):
             x_in = x if c.mode == "none" else c.apply(backend, x, seed, t, STREAM_CHAIN, offset=start * D)
             x_next = model.reconstruct(x_in)
-            change[t - 1] += float(backend.xp.abs(x_next - x).sum())
+            changes[t - 1] = backend.xp.abs(x_next - x).sum(dtype=np.float64)
             x = x_next
-            if t == kept_steps[k + 1] if k + 1 < len(kept_steps) else False:
+            if k + 1 < len(kept_steps) and t == kept_steps[k + 1]:
                 k += 1
-                keep(x, start, k, t)
+                syncs += keep(x, start, k, t)
+        change += backend.to_host(changes)
         samples[start:start + batch_size] = backend.to_host(x)
     return ChainResult(samples, trajectory, kept_steps, change / (N * D),
-                       {t: s / N for t, s in quality_sum.items()})
+                       {t: s / N for t, s in quality_sum.items()}, syncs)
 
 
 def improve(model, samples, steps, **kwargs):
