@@ -80,13 +80,34 @@ def check_arrays(**arrays):
 # ----------------------------------------------------------------------------------------
 
 
+CHUNK = 4096  # elements per parallel task in the RNG kernels
+
+
+@njit(inline="always", cache=True)
+def _fill_words(words, b0, nblocks, step, stream, k0, k1):
+    """words[4k + q] = word q of Philox block b0 + k: a plain loop, so LLVM vectorises it."""
+    for k in range(nblocks):
+        b = b0 + k
+        w0, w1, w2, w3 = philox(np.uint32(b & MASK32), np.uint32(b >> 32), np.uint32(step),
+                                np.uint32(stream), k0, k1)
+        words[4 * k] = w0
+        words[4 * k + 1] = w1
+        words[4 * k + 2] = w2
+        words[4 * k + 3] = w3
+
+
 def _philox_uint32(out, k0, k1, step, stream, offset):
-    for k in prange(out.size):
-        j = offset + k
-        block = j >> 2
-        words = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
-                       np.uint32(stream), k0, k1)
-        out[k] = words[j & 3]
+    n = out.size
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        i0 = c * CHUNK
+        i1 = min(i0 + CHUNK, n)
+        b0 = (offset + i0) >> 2
+        nblocks = ((offset + i1 - 1) >> 2) - b0 + 1
+        words = np.empty(4 * nblocks, np.uint32)
+        _fill_words(words, b0, nblocks, step, stream, k0, k1)
+        base = offset - 4 * b0  # element i uses words[i + base]
+        for i in range(i0, i1):
+            out[i] = words[i + base]
 
 
 _philox_uint32 = kernel(_philox_uint32)
@@ -111,38 +132,38 @@ def philox_uint32(out, seed, step, stream, offset=0):
 
 
 def _corrupt(out, x, mode, level, zero, one, k0, k1, step, stream, offset):
+    # Two phases per chunk: draw the chunk's Philox words (vectorised), then one branch-free
+    # loop per mode over the elements.  Element i is stream element offset + i.
     n = x.size
-    if n == 0:
-        return
-    first = offset >> 2
-    nblocks = ((offset + n - 1) >> 2) - first + 1
-    half = level * np.float32(0.5)
     xf = x.reshape(-1)
     of = out.reshape(-1)
-    for bi in prange(nblocks):
-        block = first + bi
-        words = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
-                       np.uint32(stream), k0, k1)
-        lo = max(block * 4 - offset, 0)        # this block's elements that fall inside x
-        hi = min(block * 4 + 4 - offset, n)
-        if mode == CORRUPTION_GAUSSIAN:  # words (0, 1) feed elements 0, 1; (2, 3) feed 2, 3
-            base = block * 4 - offset
-            for pair in range(2):
-                n_cos, n_sin = _box_muller(words[2 * pair], words[2 * pair + 1])
-                i = base + 2 * pair
-                if lo <= i < hi:
+    half = level * np.float32(0.5)
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        i0 = c * CHUNK
+        i1 = min(i0 + CHUNK, n)
+        b0 = (offset + i0) >> 2
+        nblocks = ((offset + i1 - 1) >> 2) - b0 + 1
+        words = np.empty(4 * nblocks, np.uint32)
+        _fill_words(words, b0, nblocks, step, stream, k0, k1)
+        base = offset - 4 * b0  # element i uses words[i + base]
+        if mode == CORRUPTION_GAUSSIAN:
+            # Stream elements 2p and 2p+1 share words 2p, 2p+1: r cos(theta) and r sin(theta).
+            for j in range((offset + i0) & ~1, offset + i1, 2):
+                n_cos, n_sin = _box_muller(words[j - 4 * b0], words[j + 1 - 4 * b0])
+                i = j - offset
+                if i >= i0:
                     of[i] = xf[i] + level * n_cos
-                if lo <= i + 1 < hi:
+                if i + 1 < i1:
                     of[i + 1] = xf[i + 1] + level * n_sin
         elif mode == CORRUPTION_MASKING:
-            for i in range(lo, hi):
-                of[i] = zero if _uniform(words[i + offset - block * 4]) < level else xf[i]
+            for i in range(i0, i1):
+                of[i] = zero if _uniform(words[i + base]) < level else xf[i]
         elif mode == CORRUPTION_SALT_PEPPER:
-            for i in range(lo, hi):
-                u = _uniform(words[i + offset - block * 4])
+            for i in range(i0, i1):
+                u = _uniform(words[i + base])
                 of[i] = zero if u < half else (one if u < level else xf[i])
         else:
-            for i in range(lo, hi):
+            for i in range(i0, i1):
                 of[i] = xf[i]
 
 
