@@ -21,12 +21,14 @@ def load_results():
     return out
 
 
+def sections(results, name):
+    """(path, whole file, its section `name`) for every results file that has that section."""
+    return [(path, data, data[name]) for path, data in results if data.get(name)]
+
+
 def kernels_section(results):
     lines = []
-    for path, data in results:
-        k = data.get("kernels")
-        if not k:
-            continue
+    for path, data, k in sections(results, "kernels"):
         torch = k.get("torch") or "not installed"
         lines += [f"**{data['backend']}: {data['device']}**, {k['date'][:10]}, "
                   f"PyTorch {torch}, median of {k['repeats']} (`{path}`)", "",
@@ -53,10 +55,7 @@ def _peer(row, ms_key, ratio_key, error_key=None):
 
 def train_section(results):
     lines = []
-    for path, data in results:
-        t = data.get("train")
-        if not t:
-            continue
+    for path, data, t in sections(results, "train"):
         lines += [f"**{data['backend']}: {data['device']}**, {t['date'][:10]}, {t['model']}, "
                   f"PyTorch {t.get('torch') or 'not installed'}, median of {t['repeats']} (`{path}`)", "",
                   "| batch | tinydae ms/step | examples/s | GEMM floor ms (tinydae / floor) | "
@@ -73,10 +72,7 @@ def train_section(results):
 
 def chain_section(results):
     lines = []
-    for path, data in results:
-        c = data.get("chain")
-        if not c:
-            continue
+    for path, data, c in sections(results, "chain"):
         lines += [f"**{data['backend']}: {data['device']}**, {c['date'][:10]}, {c['model']}, "
                   f"PyTorch {c.get('torch') or 'not installed'} (`{path}`)", "",
                   "| chains | steps | chain-steps/s | tinydae / GEMM floor | PyTorch chain-steps/s | "

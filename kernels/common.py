@@ -8,6 +8,15 @@ numba compute in float64 and round differently).
 LOSS_BCE, LOSS_MSE = 0, 1
 
 
+def check_contiguous(arrays, accepted, kind):
+    """Kernels index flat memory: every array must be of the twin's kind and C-contiguous."""
+    for name, a in arrays.items():
+        if not accepted(a):
+            raise TypeError(f"{name}: expected {kind}, got {type(a).__name__}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name}: kernels need C-contiguous arrays; pass xp.ascontiguousarray({name})")
+
+
 def check_same_shape(*arrays):
     shapes = {tuple(a.shape) for a in arrays}
     if len(shapes) != 1:

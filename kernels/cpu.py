@@ -15,7 +15,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_same_shape,
+from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous,
+                            check_same_shape,
                             check_uint32_vector, sgd_scalars)
 from kernels import scalar
 from kernels.philox import MASK32, philox4x32_10, seed_key
@@ -66,12 +67,7 @@ def pick(pair, n, threshold):
 
 
 def check_arrays(**arrays):
-    """Kernels index flat memory: every array must be C-contiguous (and not None)."""
-    for name, a in arrays.items():
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{name}: kernels need C-contiguous arrays; pass np.ascontiguousarray({name})")
+    check_contiguous(arrays, lambda a: isinstance(a, np.ndarray), "a numpy array")
 
 
 # ----------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from numba import cuda, float64, int32  # noqa: E402
 
 from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns,  # noqa: E402
-                            check_same_shape, check_uint32_vector, sgd_scalars)
+                            check_contiguous, check_same_shape, check_uint32_vector, sgd_scalars)
 from kernels import scalar  # noqa: E402
 from kernels.philox import MASK32, philox4x32_10, seed_key  # noqa: E402
 from kernels.reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING,  # noqa: E402
@@ -81,11 +81,8 @@ def _xp(a):
 
 
 def check_arrays(**arrays):
-    for name, a in arrays.items():
-        if not hasattr(a, "__cuda_array_interface__") and not (SIMULATOR and isinstance(a, np.ndarray)):
-            raise TypeError(f"{name}: expected a CuPy array, got {type(a).__name__}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{name}: kernels need C-contiguous arrays; pass xp.ascontiguousarray({name})")
+    check_contiguous(arrays, lambda a: hasattr(a, "__cuda_array_interface__")
+                     or (SIMULATOR and isinstance(a, np.ndarray)), "a CuPy array")
 
 
 # ----------------------------------------------------------------------------------------
