@@ -43,7 +43,7 @@ LAUNCH = {"threads": 32 if SIMULATOR else 256, "max_blocks": 4096}
 LAUNCHES = {"count": 0}  # kernel launches since import (the GPU tests count them per step)
 
 # The shared per-element math, compiled as device functions (see kernels/scalar.py).
-_device = cuda.jit(device=True, inline=True)
+_device = cuda.jit(device=True, inline="always")  # numba-cuda: "always" (a bool is deprecated)
 philox = _device(philox4x32_10)
 _uniform = _device(scalar.uniform)
 _box_muller = _device(scalar.box_muller)
