@@ -246,7 +246,7 @@ def sigmoid(z):
 # ----------------------------------------------------------------------------------------
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True, inline="always")
 def _block_sum(buf, tid):
     """Tree-sum buf[0:LOSS_THREADS] into buf[0] (fixed order)."""
     width = LOSS_THREADS // 2
@@ -258,7 +258,7 @@ def _block_sum(buf, tid):
     cuda.syncthreads()
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True, inline="always")
 def _finish(partial, ticket, total, buf, last, tid):
     """The last block to finish adds the row partials in row order, into total[0].
 

@@ -1,7 +1,7 @@
 """Per-element math shared by the CPU and CUDA twins, written once (like kernels/philox.py).
 
 kernels/cpu.py compiles each function with numba.njit(inline="always"), kernels/cuda.py
-with numba.cuda.jit(device=True, inline=True).  Each function is self-contained (only math
+with numba.cuda.jit(device=True, inline="always").  Each function is self-contained (only math
 and numpy scalars, no calls to the others): one source cannot know which target's compiled
 helper it would be calling.
 
