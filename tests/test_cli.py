@@ -115,3 +115,21 @@ def test_bench_train_and_chain_tables():
     assert row["chains"] == 4 and row["steps"] == 3 and row["host_syncs_per_step"] == 0
     assert_user_error(invoke("bench", "chain", "--chains", "4"), "--chains")
     assert_user_error(invoke("bench", "train", "--batches", "0"), "--batches")
+
+
+def test_more_user_errors(tmp_path):
+    np.savez(tmp_path / "rows.npz", x=np.random.default_rng(0).random((40, 10)).astype(np.float32))
+    assert_user_error(invoke("train", "--seed", "-1", "--out", tmp_path), "--seed")
+    assert_user_error(invoke("reproduce", "--quick", "--data", tmp_path / "rows.npz", "--out", tmp_path / "r"),
+                      "square images")
+    assert_user_error(invoke("train", "--val-fraction", "1.5", "--limit", "100", "--out", tmp_path), "fraction")
+
+
+def test_library_rejects_negative_seeds():
+    from tinydae import ConfigError, DAE, DataError, fit, glyphs
+    with pytest.raises(DataError):
+        glyphs(10, seed=-1)
+    with pytest.raises(DataError):
+        glyphs(10).split(0.2, seed=-3)
+    with pytest.raises(ConfigError):
+        fit(DAE(784, hidden=(4,)), glyphs(20), epochs=1, seed=-1)

@@ -15,6 +15,8 @@ from click.core import ParameterSource
 import tinydae
 from tinydae.errors import ConfigError, TinyDAEError
 
+SEED = click.IntRange(0, 2**64 - 1)  # Philox keys are 64-bit
+
 ARCH_OPTIONS = {"hidden": "hidden", "activation": "activation", "tied": "tied", "loss": "loss",
                 "dtype": "dtype"}
 TRAIN_OPTIONS = ("data", "key", "limit", "rescale", "val_fraction", "corruption", "optimizer",
@@ -121,7 +123,7 @@ def _explicit(ctx, names):
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--epochs", type=int, default=10, show_default=True,
               help="Train until this many epochs are complete (with --resume: in total).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True,
               help="Directory for checkpoint.h5, history.json and samples.png.")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True,
@@ -269,7 +271,7 @@ def info(as_json):
 @click.option("--loss", default="all", show_default=True, help="bce, mse or 'all'.")
 @click.option("--tied", type=click.Choice(["both", "yes", "no"]), default="both", show_default=True)
 @click.option("--batch", type=int, default=4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--tol", type=float, default=1e-6, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, as_json):
@@ -391,7 +393,7 @@ def _chain_options(default_start, default_steps, start_help):
                          help="model (the training corruption), gaussian:S, masking:P, salt_pepper:P or none."),
             click.option("--keep-every", type=int, default=5, show_default=True,
                          help="Keep (and draw) every k-th state."),
-            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--seed", type=SEED, default=0, show_default=True),
             click.option("--batch-size", type=int, default=1024, show_default=True),
             click.option("--data", default=None, help="Data for the pca/pixels baselines (default: the "
                                                       "checkpoint's training data)."),
@@ -429,7 +431,7 @@ def improve(**kw):
 @click.option("--n-samples", type=int, default=500, show_default=True)
 @click.option("--steps", type=int, default=20, show_default=True)
 @click.option("--start", default="noise", show_default=True, help="Chain start: noise | bernoulli | pca | pixels.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--theorem", is_flag=True, help="Instead: train BCE and MSE DAEs on gmm data and compare "
                                               "(r(x) - x)/sigma^2 with the exact score.")
 @click.option("--dims", default="2,16", show_default=True, help="gmm dimensions for --theorem.")
@@ -492,7 +494,7 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
 @click.option("--quick", is_flag=True, help="Small models and few chains: a few minutes on 2 CPU cores.")
 @click.option("--data", default="glyphs", show_default=True, help="Image data: glyphs or a file (e.g. MNIST IDX).")
 @click.option("--out", default="runs/reproduce", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
 def reproduce(quick, data, out, seed, backend):
     """Run the paper's three claims (BCE and MSE side by side) and write OUT/report.md."""

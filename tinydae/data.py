@@ -47,6 +47,7 @@ class Dataset:
         """Seeded shuffle, then (train, val) with round(N * val_fraction) validation rows."""
         if not 0 <= val_fraction < 1:
             raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}")
+        _check_seed(seed)
         n = len(self)
         n_val = int(round(n * val_fraction))
         if val_fraction > 0:
@@ -62,6 +63,11 @@ class Dataset:
 # ----------------------------------------------------------------------------------------
 # Built-in procedural glyphs
 # ----------------------------------------------------------------------------------------
+
+
+def _check_seed(seed):
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"seed must be a non-negative integer, got {seed!r}")
 
 
 def _arc(cx, cy, rx, ry, deg0, deg1, n):
@@ -115,6 +121,7 @@ def glyphs(n=10000, seed=0, size=GLYPH_SIZE):
     """
     if n < 1:
         raise DataError(f"glyphs needs n >= 1, got {n}")
+    _check_seed(seed)
     rng = np.random.default_rng([seed, 0x61F])
     labels = np.arange(n) % 10
     rot = rng.uniform(-0.25, 0.25, n)
@@ -150,6 +157,7 @@ def gmm(n=10000, dim=2, seed=0):
 
     if n < 1 or dim < 1:
         raise DataError(f"gmm needs n >= 1 and dim >= 1, got n={n}, dim={dim}")
+    _check_seed(seed)
     density = make_gmm(dim)
     x = np.clip(density.sample(n, seed), 0, 1).astype(np.float32)
     return Dataset(x, None, f"gmm:{dim}", None, density)

@@ -17,6 +17,7 @@ import numpy as np
 
 from tinydae.corruption import Corruption, gaussian, none
 from tinydae.data import gmm, load_dataset
+from tinydae.errors import DataError
 from tinydae.images import save_grid
 from tinydae.metrics import parzen_evaluate, precision_recall
 from tinydae.model import DAE
@@ -134,7 +135,8 @@ def reproduce(out_dir, quick=False, data="glyphs", backend="cpu", seed=0, corrup
 
     ds = load_dataset(data, limit=cfg["n_data"], seed=seed)
     if ds.image_shape is None:
-        raise ValueError(f"reproduce needs image data; {data} has no image shape")
+        raise DataError(f"reproduce needs square images (the chains are drawn as PNGs); {data} has "
+                        f"{ds.dim} values per row: use glyphs or an image file such as MNIST IDX")
     train, held = ds.split(0.2, seed=seed)
     half = len(held) // 2
     valid, test = held.x[:half], held.x[half:]

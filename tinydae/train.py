@@ -123,6 +123,8 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
     if checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     corruption = Corruption.parse(corruption)
     model.corruption = str(corruption)  # chains default to the corruption the model learned
     optimizer = optimizer if optimizer is not None else Adam(model)
