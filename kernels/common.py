@@ -5,7 +5,40 @@ updated with float32 arithmetic, as NumPy does in the reference (a Python float 
 numba compute in float64 and round differently).
 """
 
+import glob
+import hashlib
+import os
+
 LOSS_BCE, LOSS_MSE = 0, 1
+KERNEL_SOURCES = ("scalar.py", "philox.py", "common.py", "reference.py")
+
+
+def drop_stale_numba_cache(module):
+    """numba's on-disk cache watches only the file that defines a kernel, but the kernels of
+    kernels/cpu.py and kernels/cuda.py inline functions and constants from these other files.
+    Drop the module's cached kernels when those files change (best effort: the cache in
+    kernels/__pycache__, where numba puts it for a writable checkout)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for name in KERNEL_SOURCES:
+        with open(os.path.join(here, name), "rb") as f:
+            digest.update(f.read())
+    cache_dir = os.path.join(here, "__pycache__")
+    stamp = os.path.join(cache_dir, f"{module}.sources-sha256")
+    try:
+        with open(stamp) as f:
+            if f.read() == digest.hexdigest():
+                return
+    except OSError:
+        pass
+    try:
+        for path in glob.glob(os.path.join(cache_dir, f"{module}.*.nb[ic]")):
+            os.remove(path)
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(digest.hexdigest())
+    except OSError:
+        pass  # read-only install: numba then caches elsewhere, or not at all
 
 
 def check_contiguous(arrays, accepted, kind):

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous,
-                            check_same_shape,
+                            check_same_shape, drop_stale_numba_cache,
                             check_uint32_vector, sgd_scalars)
 from kernels import scalar
 from kernels.philox import MASK32, philox4x32_10, seed_key
@@ -31,6 +31,8 @@ ROW_BLOCK = 64  # rows per parallel task in the bias-gradient reduction (fixed: 
 # Python threads to run these kernels at once; set NUMBA_THREADING_LAYER=omp for that.
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
+
+drop_stale_numba_cache("cpu")  # before any kernel below is compiled or loaded
 
 # The shared per-element math, compiled for the CPU (see kernels/scalar.py).
 _inline = njit(inline="always", cache=True)

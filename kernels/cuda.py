@@ -20,7 +20,8 @@ import numpy as np  # noqa: E402
 from numba import cuda, float64, int32  # noqa: E402
 
 from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns,  # noqa: E402
-                            check_contiguous, check_same_shape, check_uint32_vector, sgd_scalars)
+                            check_contiguous, check_same_shape, check_uint32_vector,
+                            drop_stale_numba_cache, sgd_scalars)
 from kernels import scalar  # noqa: E402
 from kernels.philox import MASK32, philox4x32_10, seed_key  # noqa: E402
 from kernels.reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING,  # noqa: E402
@@ -34,6 +35,7 @@ from numba import config as _config  # noqa: E402
 _config.CUDA_ARRAY_INTERFACE_SYNC = False
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+drop_stale_numba_cache("cuda")  # before any kernel below is compiled or loaded
 # The simulator runs every GPU thread as a Python thread: smaller blocks keep CI fast.
 LOSS_THREADS = 32 if SIMULATOR else 128  # threads per row in the loss sum (fixed: sets its order)
 HALF = np.float32(0.5)

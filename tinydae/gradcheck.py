@@ -1,14 +1,19 @@
 """Central finite differences in float64: the check that backprop is right.
 
 For each parameter tensor: max relative error
-    max_i |g_i - n_i| / max(max_i |g_i|, max_i |n_i|, 1e-3 * G)
+    max_i |g_i - n_i| / max(max_i |g_i|, max_i |n_i|, 1e-2 * G)
 between the analytic gradient g (loss_and_grad) and the numerical one
 n_i = (L(p_i + h) - L(p_i - h)) / 2h.  h = 3e-5 balances float64 roundoff (~1e-16 L / h)
 against truncation (~h^2 L'''): measured worst case 4e-8 on small random models.
 G is the largest gradient anywhere in the model: a tensor whose gradient is tiny next to
 the rest (three leaky-relu layers all on their 0.01 slope give 1e-6 of it) cannot be
-resolved to 1e-6 *of itself* by float64 differences, so it is measured against 1e-3 G;
-a wrong gradient still shows up as an error of order 1.
+resolved to 1e-6 *of itself* by float64 differences, so it is measured against 1e-2 G
+(1e-3 G still failed about once in 3,000 random models, on roundoff alone); a wrong
+gradient still shows up as an error of order 1.
+
+Limitation: roundoff in the numerical gradient is ~1e-16 |L| / h.  Where every gradient is far
+below the loss (a saturated sigmoid: gradients of 1e-8 against a loss of 0.24), the check
+reports errors of 1e-4 and more although backprop is right; check a less saturated model.
 """
 import numpy as np
 
@@ -64,7 +69,7 @@ def check_model(model, x_in, target, h=3e-5):
 
     numeric = numeric_grad(loss, params, h)
     model.loss_and_grad(x_in, target)  # leave grads consistent with params
-    floor = 1e-3 * max(np.abs(analytic).max(), 1e-300)
+    floor = 1e-2 * max(np.abs(analytic).max(), 1e-300)
     errors = {}
     offset = 0
     for name, shape in model.layout:
