@@ -104,15 +104,6 @@ def _cuda(kernel_set):
     return Backend("cuda", cupy, table, f"{name} (CUDA device {device.id})", kernel_set)
 
 
-def cuda_unavailable_reason():
-    """None if the CUDA backend can run here, else why not (one line)."""
-    try:
-        _cuda("fused")
-    except (BackendUnavailable, ConfigError) as e:
-        return str(e)
-    return None
-
-
 def get_backend(name="auto", kernels="fused"):
     """'cpu' -> NumPy; 'cuda' -> CuPy + numba-cuda kernels; 'auto' -> cuda if usable, else cpu.
 

@@ -5,7 +5,7 @@ resumed run continues the same streams and backends agree bit for bit.
 """
 import numpy as np
 
-from kernels.reference import philox_normal, philox_uniform
+from kernels.reference import philox_normal
 
 STREAM_TRAIN_CORRUPTION = 0  # step = training step
 STREAM_VALID_CORRUPTION = 1  # step = 0: the same corrupted validation set every epoch
@@ -19,8 +19,3 @@ def host_normal(shape, seed, step, stream):
     n = int(np.prod(shape))
     return philox_normal(n, seed, step, stream).reshape(shape).astype(np.float64)
 
-
-def host_uniform(shape, seed, step, stream):
-    """Uniforms in [0, 1) of the given shape, float32."""
-    n = int(np.prod(shape))
-    return philox_uniform(n, seed, step, stream).reshape(shape)
