@@ -46,14 +46,14 @@ def tinydae_step(model, opt, x, step_counter):
 def gemm_floor(model, batch):
     """The matrix products of one step alone, on the backend's BLAS."""
     xp = model.backend.xp
-    layers = [(xp.asarray(layer.W), ) for layer in model.layers]
-    acts = [xp.ones((batch, layer.W.shape[0]), np.float32) for layer in model.layers]
-    douts = [xp.ones((batch, layer.W.shape[1]), np.float32) for layer in model.layers]
+    Ws = [layer.W for layer in model.layers]
+    acts = [xp.ones((batch, W.shape[0]), np.float32) for W in Ws]
+    douts = [xp.ones((batch, W.shape[1]), np.float32) for W in Ws]
 
     def step():
-        for (W,), a in zip(layers, acts):
+        for W, a in zip(Ws, acts):
             xp.matmul(a, W)                       # forward
-        for i, ((W,), a, d) in enumerate(zip(layers, acts, douts)):
+        for i, (W, a, d) in enumerate(zip(Ws, acts, douts)):
             xp.matmul(a.T, d)                     # dW
             if i > 0:
                 xp.matmul(d, W.T)                 # dx (not needed for the input layer)

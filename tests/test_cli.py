@@ -85,11 +85,20 @@ def test_info_and_gradcheck():
 
 
 def test_console_script_runs_the_same_group():
+    import importlib.metadata
+    import os
+    import shutil
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-c", "import sys; from tinydae.cli import main; sys.argv=['tinydae','--version']; main()"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and "tinydae, version" in r.stdout
+
+    (ep,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "tinydae"]
+    assert ep.value == "tinydae.cli:main"
+    script = shutil.which("tinydae", path=os.path.dirname(sys.executable)) or shutil.which("tinydae")
+    assert script, "the tinydae console script is not installed"
+    r = subprocess.run([script, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for command in cli.commands:  # the same click group as python cli.py
+        assert command in r.stdout
 
 
 def test_bench_kernels_prints_its_table():

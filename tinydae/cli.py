@@ -14,6 +14,7 @@ from click.core import ParameterSource
 
 import tinydae
 from tinydae.errors import ConfigError, TinyDAEError
+from tinydae.rng import STREAM_VALID_CORRUPTION
 
 SEED = click.IntRange(0, 2**64 - 1)  # Philox keys are 64-bit
 
@@ -195,7 +196,8 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, hid
         png = os.path.join(out, "samples.png")
         shown = (val_set if len(val_set) else train_set).x[:10]
         x = model.as_input(shown)
-        noisy = tinydae.Corruption.parse(opts["corruption"]).apply(model.backend, x, opts["seed"], 0, 1)
+        noisy = tinydae.Corruption.parse(opts["corruption"]).apply(model.backend, x, opts["seed"], 0,
+                                                                   STREAM_VALID_CORRUPTION)
         rows = [shown, model.backend.to_host(noisy), model.backend.to_host(model.reconstruct(noisy))]
         tinydae.images.save_grid(png, rows, dataset.image_shape)
     last = state.history[-1] if state.history else {}

@@ -87,18 +87,16 @@ def evaluate_checkpoint(model, data, n_samples=500, steps=20, start="noise", see
     """Reconstruction BCE on `data`, and the quality of chain samples against it.
 
     data: Dataset of held-out rows (split in half: bandwidth selection / test)
+    start: a start_points kind; train_data: (N, D) rows for the 'pca' / 'pixels' baselines
     -> {'reconstruction': {...}, 'start': {...}, 'chain': {...}, 'steps', 'start_kind'}
     """
     corruption = Corruption.parse(model.corruption) if model.corruption else none()
     rec = evaluate_reconstruction(model, data.x, corruption, seed)
     half = len(data) // 2
     valid, test = data.x[:half], data.x[half:]
-    if isinstance(start, np.ndarray):
-        x0 = start[:n_samples]
-    else:
-        x0 = start_points(start, n_samples, model.input_dim, seed, None if train_data is None else train_data)
+    x0 = start_points(start, n_samples, model.input_dim, seed, train_data)
     r = chain(model, x0, steps, seed=seed, corruption=model.corruption or "none")
-    return dict(reconstruction=rec, steps=steps, start_kind=start if isinstance(start, str) else "file",
+    return dict(reconstruction=rec, steps=steps, start_kind=start,
                 start=sample_quality(x0, valid, test), chain=sample_quality(r.samples, valid, test),
                 chain_mean_abs_change_last=float(r.mean_abs_change[-1]) if steps else None)
 

@@ -37,7 +37,10 @@ def check_config(input_dim, hidden, activation, tied, loss, dtype, seed):
         raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(HIDDEN_ACTIVATIONS)}")
     if loss not in LOSSES:
         raise ConfigError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    dtype = np.dtype(dtype).name if str(dtype) in DTYPES or dtype in (np.float32, np.float64) else str(dtype)
+    try:
+        dtype = np.dtype(dtype).name
+    except TypeError:
+        dtype = str(dtype)
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
@@ -150,20 +153,27 @@ class DAE:
         return self.backend.to_device(x, dtype=self.dtype)
 
     def _forward(self, x, layers):
+        """Training forward: the output and each layer's cache for backward."""
         caches = []
         for layer in layers:
             x, cache = layer.forward(x)
             caches.append(cache)
         return x, caches
 
+    def _infer(self, x, layers):
+        """Inference forward: keeps nothing, so each activation can be freed at once."""
+        for layer in layers:
+            x = layer.forward(x)[0]
+        return x
+
     def encode(self, x):
         """x: (B, D) -> code: (B, H_k)"""
         k = len(self.config["hidden"])
-        return self._forward(self.as_input(x), self.layers[:k])[0]
+        return self._infer(self.as_input(x), self.layers[:k])
 
     def logits(self, x):
         """x: (B, D) -> logits: (B, D)"""
-        return self._forward(self.as_input(x), self.layers)[0]
+        return self._infer(self.as_input(x), self.layers)
 
     def reconstruct(self, x):
         """x: (B, D) -> r(x) = sigmoid(logits(x)): (B, D), values in [0, 1]"""
