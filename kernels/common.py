@@ -61,6 +61,12 @@ def check_columns(vector, matrix, name):
         raise ValueError(f"{name} shape {tuple(vector.shape)} does not match {matrix.shape[1]} columns")
 
 
+def check_row_sums(sums, matrix):
+    if sums.dtype != "float64" or tuple(sums.shape) != (matrix.shape[0],):
+        raise ValueError(f"row sums must be a float64 array of shape ({matrix.shape[0]},), "
+                         f"got {sums.dtype} {tuple(sums.shape)}")
+
+
 def check_uint32_vector(out):
     if out.dtype != "uint32" or out.ndim != 1:
         raise ValueError(f"out must be a 1-D uint32 array, got {out.dtype} {tuple(out.shape)}")

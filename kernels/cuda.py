@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from numba import cuda, float64, int32  # noqa: E402
 
 from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns,  # noqa: E402
-                            check_contiguous, check_same_shape, check_uint32_vector,
+                            check_contiguous, check_row_sums, check_same_shape, check_uint32_vector,
                             drop_stale_numba_cache, sgd_scalars)
 from kernels import scalar  # noqa: E402
 from kernels.philox import MASK32, philox4x32_10, seed_key  # noqa: E402
@@ -334,6 +334,39 @@ def sigmoid_bce_forward_backward(dlogits, logits, targets, scale):
 def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
     """Twin of reference.sigmoid_mse_forward_backward."""
     return _loss(LOSS_MSE, dlogits, logits, targets, scale)
+
+
+# ----------------------------------------------------------------------------------------
+# The sampling chain's last layer: bias + sigmoid + per-chain change, in one launch
+# ----------------------------------------------------------------------------------------
+
+
+@cuda.jit(cache=True)
+def _bias_sigmoid_change(y, change, b, prev):
+    # One block per row (like the loss): each thread sums its columns, then a fixed-order tree.
+    buf = cuda.shared.array(LOSS_THREADS, float64)
+    tid = cuda.threadIdx.x
+    B, D = y.shape
+    for i in range(cuda.blockIdx.x, B, cuda.gridDim.x):
+        acc = 0.0
+        for j in range(tid, D, LOSS_THREADS):
+            y[i, j] = _sigmoid(y[i, j] + b[j])
+            acc += abs(np.float64(y[i, j]) - np.float64(prev[i, j]))  # the stored (rounded) value
+        buf[tid] = acc
+        _block_sum(buf, tid)
+        if tid == 0:
+            change[i] = buf[0]
+
+
+def bias_sigmoid_change(y, change, b, prev):
+    """Twin of reference.bias_sigmoid_change: one launch, no host sync."""
+    check_arrays(y=y, change=change, b=b, prev=prev)
+    check_same_shape(y, prev)
+    check_columns(b, y, "bias")
+    check_row_sums(change, y)
+    if y.size:
+        _launch(_bias_sigmoid_change, max(1, min(y.shape[0], LAUNCH["max_blocks"])), LOSS_THREADS,
+                y, change, b, prev)
 
 
 # ----------------------------------------------------------------------------------------

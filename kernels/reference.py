@@ -200,6 +200,18 @@ def bias_act_backward(dz, db, dy, y, act):
     db += dz.sum(axis=0, dtype=np.float64).astype(db.dtype)
 
 
+def bias_sigmoid_change(y, change, b, prev):
+    """The last layer of a sampling-chain step, in place: y = sigmoid(y + b), and how far
+    each chain moved, in the same pass.
+
+    y: (B, D) on entry the last layer's x @ W, on return the reconstruction sigmoid(x @ W + b);
+    change: (B,) float64 output; b: (D,); prev: (B, D) the chain's state before this step
+      change[i] = sum_j |y_ij - prev_ij|, the differences and the sum in float64
+    """
+    y[...] = sigmoid(y + b)
+    change[...] = np.abs(y.astype(np.float64) - prev).sum(axis=1)
+
+
 # ----------------------------------------------------------------------------------------
 # Losses on logits: one pass gives the loss sum and the gradient
 # ----------------------------------------------------------------------------------------

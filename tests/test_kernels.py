@@ -132,6 +132,38 @@ def test_sigmoid(twin):
     run(twin, body)
 
 
+def test_bias_sigmoid_change(twin):
+    @given(shape=shapes, dtype=dtypes, data_seed=st.integers(0, 2**32 - 1))
+    def body(shape, dtype, data_seed):
+        rng = np.random.default_rng(data_seed)
+        z = rng.normal(0, 20, shape).astype(dtype)  # saturates some pixels at 0 and 1
+        b = rng.normal(0, 1, shape[1]).astype(dtype)
+        prev = rng.random(shape).astype(dtype)
+        y_ref, change_ref = z.copy(), np.full(shape[0], np.nan)
+        ref.bias_sigmoid_change(y_ref, change_ref, b, prev)
+        y, change = twin.to_dev(z), twin.to_dev(np.full(shape[0], np.nan))
+        twin.k.bias_sigmoid_change(y, change, twin.to_dev(b), twin.to_dev(prev))
+        if twin.exact_float:  # the CPU twin runs the reference's own float32 operations
+            np.testing.assert_array_equal(twin.to_host(y), y_ref)
+        else:
+            np.testing.assert_allclose(twin.to_host(y), y_ref, **tol(dtype))
+        # change sums up to 37 differences: the twin's y may differ from y_ref by the tolerance
+        t = tol(dtype)
+        np.testing.assert_allclose(twin.to_host(change), change_ref, rtol=t["rtol"], atol=t["atol"] * shape[1])
+    run(twin, body)
+
+
+def test_bias_sigmoid_change_checks_its_arguments(twin):
+    y = twin.to_dev(np.random.default_rng(1).random((3, 5)).astype(np.float32))
+    b, prev = twin.to_dev(np.ones(5, np.float32)), twin.to_dev(np.zeros((3, 5), np.float32))
+    with pytest.raises(ValueError, match="row sums must be a float64 array of shape \\(3,\\)"):
+        twin.k.bias_sigmoid_change(y, twin.to_dev(np.zeros(3, np.float32)), b, prev)
+    with pytest.raises(ValueError, match="row sums"):
+        twin.k.bias_sigmoid_change(y, twin.to_dev(np.zeros(4)), b, prev)
+    with pytest.raises(ValueError, match="shape"):
+        twin.k.bias_sigmoid_change(y, twin.to_dev(np.zeros(3)), b, twin.to_dev(np.zeros((3, 4), np.float32)))
+
+
 @pytest.mark.parametrize("loss", ["sigmoid_bce_forward_backward", "sigmoid_mse_forward_backward"])
 def test_losses_match_reference(twin, loss):
     @given(shape=shapes, dtype=dtypes, scale=st.floats(0.001, 2.0), data_seed=st.integers(0, 2**32 - 1))
@@ -223,7 +255,10 @@ def test_cuda_launch_configuration_does_not_change_results():
             total = t.k.sigmoid_bce_forward_backward(d, t.to_dev(z), t.to_dev(x), 0.5)
             p, m, v = t.to_dev(z.ravel().copy()), t.to_dev(np.zeros(270, np.float32)), t.to_dev(np.zeros(270, np.float32))
             t.k.adam_update(p, t.to_dev(x.ravel().copy()), m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, False, 1)
-            out += [t.to_host(y), t.to_host(dz), t.to_host(db), t.to_host(d), np.array([total]), t.to_host(p)]
+            ys, change = t.to_dev(z.copy()), t.to_dev(np.zeros(6))
+            t.k.bias_sigmoid_change(ys, change, t.to_dev(b), t.to_dev(x))
+            out += [t.to_host(y), t.to_host(dz), t.to_host(db), t.to_host(d), np.array([total]), t.to_host(p),
+                    t.to_host(ys), t.to_host(change)]
             results.append(out)
     finally:
         t.k.LAUNCH.update(saved)
@@ -256,6 +291,15 @@ def test_cpu_parallel_paths_match_reference():
     K.bias_act_backward(dz, db, x, y_ref, "softplus")
     np.testing.assert_allclose(dz, dz_ref, **tol(np.float32))
     np.testing.assert_allclose(db, db_ref, rtol=1e-5, atol=1e-4)
+    y_ref, y = np.empty_like(z), np.empty_like(z)
+    ref.bias_act_forward(y_ref, z, b, "sigmoid")
+    K.bias_act_forward(y, z, b, "sigmoid")
+    np.testing.assert_array_equal(y, y_ref)  # the same float32 operations and NumPy exp
+    y_ref, y, change_ref, change = z.copy(), z.copy(), np.empty(300), np.empty(300)
+    ref.bias_sigmoid_change(y_ref, change_ref, b, x)
+    K.bias_sigmoid_change(y, change, b, x)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_allclose(change, change_ref, rtol=1e-12)
     d_ref, d = np.empty_like(z), np.empty_like(z)
     assert K.sigmoid_bce_forward_backward(d, z, x, 0.5) == pytest.approx(
         ref.sigmoid_bce_forward_backward(d_ref, z, x, 0.5), rel=1e-6)

@@ -37,6 +37,34 @@ def test_chains_are_reproducible_and_batch_independent_up_to_blas_rounding(gmm_m
     np.testing.assert_allclose(a.samples, b.samples, atol=1e-5)
 
 
+@pytest.mark.parametrize("block", [3, 256])  # 3: the device-side change blocks fill and flush
+def test_chain_states_and_changes_match_a_plain_loop(gmm_model, monkeypatch, block):
+    """The fused chain step against x_{t+1} = reconstruct(c(x_t)) written out by hand."""
+    import tinydae.sampling as sampling
+    from tinydae.corruption import Corruption
+    from tinydae.rng import STREAM_CHAIN
+
+    monkeypatch.setattr(sampling, "CHANGE_ROWS", block)
+    model, _ = gmm_model
+    x0 = noise_start(50, 2, seed=2)
+    r = chain(model, x0, 8, corruption="gaussian:0.2", seed=6, batch_size=20)
+    c = Corruption.parse("gaussian:0.2")
+    states, change = [], np.zeros(8)  # keep_chains 64 > batch 20: every chain's trajectory is kept
+    for start in range(0, 50, 20):
+        x = x0[start:start + 20]
+        states.append([x])
+        for t in range(1, 9):
+            x_next = model.reconstruct(c.apply(model.backend, x, 6, t, STREAM_CHAIN, offset=start * 2))
+            change[t - 1] += np.abs(x_next.astype(np.float64) - x).sum()
+            x = x_next
+            states[-1].append(x)
+    trajectory = np.concatenate([np.stack(s, axis=1) for s in states])  # (50, 9, 2)
+    np.testing.assert_array_equal(r.trajectory, trajectory)
+    np.testing.assert_array_equal(r.samples, trajectory[:, -1])
+    np.testing.assert_allclose(r.mean_abs_change, change / (50 * 2), rtol=1e-12)
+    assert (r.mean_abs_change > 0).all()
+
+
 def test_trajectory_and_h5(gmm_model, tmp_path):
     model, _ = gmm_model
     x0 = noise_start(10, 2, seed=2)

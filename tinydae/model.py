@@ -175,9 +175,28 @@ class DAE:
         """x: (B, D) -> logits: (B, D)"""
         return self._infer(self.as_input(x), self.layers)
 
+    def _last_product(self, x):
+        """x: (B, D) -> (x through every layer but the last) @ W_last: (B, D), before the bias."""
+        return self.backend.xp.matmul(self._infer(self.as_input(x), self.layers[:-1]), self.layers[-1].W)
+
     def reconstruct(self, x):
-        """x: (B, D) -> r(x) = sigmoid(logits(x)): (B, D), values in [0, 1]"""
-        return self.backend.kernels.sigmoid(self.logits(x))
+        """x: (B, D) -> r(x) = sigmoid(logits(x)): (B, D), values in [0, 1]
+        (the sigmoid is fused into the last layer's bias kernel)."""
+        y = self._last_product(x)
+        self.backend.kernels.bias_act_forward(y, y, self.layers[-1].b, "sigmoid")
+        return y
+
+    def chain_step(self, x_in, prev, change):
+        """One step of a sampling chain: r(x_in), and how far each chain moved, in one pass.
+
+        x_in: (B, D) the corrupted state; prev: (B, D) the state before this step (on the
+        model's device); change: (B,) float64 on the model's device, receives
+        sum_j |r(x_in)_ij - prev_ij| for each chain i.
+        -> r(x_in): (B, D)
+        """
+        y = self._last_product(x_in)
+        self.backend.kernels.bias_sigmoid_change(y, change, self.layers[-1].b, prev)
+        return y
 
     # -- backward ----------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from tinydae.errors import ConfigError, DataError
 from tinydae.rng import STREAM_CHAIN, STREAM_START
 
 START_KINDS = ("noise", "bernoulli", "pca", "pixels")
+CHANGE_ROWS = 256  # steps of per-chain changes held on the device before they are summed
 
 
 @dataclass
@@ -96,22 +97,28 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
         if start >= n_traj and not quality:
             return 0
         x_host = backend.to_host(x_dev)
-        if start < n_traj:
-            trajectory[start:n_traj, k] = x_host[:n_traj - start]
+        stop = min(n_traj, start + len(x_host))  # the kept chains of this batch
+        if start < stop:
+            trajectory[start:stop, k] = x_host[:stop - start]
         if quality:
             quality_sum[t] += float(np.sum(quality(x_host)))
         return 1
 
+    xp = backend.xp
     for start in range(0, N, batch_size):
         x = model.as_input(x0[start:start + batch_size])
-        changes = backend.xp.zeros(steps, np.float64)  # stays on the device: no sync per step
+        # Per-chain changes of up to CHANGE_ROWS steps stay on the device (no sync per step);
+        # each full block is summed over chains into `changes`, still on the device.
+        row_changes = xp.empty((min(steps, CHANGE_ROWS), len(x)), np.float64)
+        changes = xp.zeros(steps, np.float64)
         k = 0
         keep(x, start, k, 0)
         for t in range(1, steps + 1):
             x_in = x if c.mode == "none" else c.apply(backend, x, seed, t, STREAM_CHAIN, offset=start * D)
-            x_next = model.reconstruct(x_in)
-            changes[t - 1] = backend.xp.abs(x_next - x).sum(dtype=np.float64)
-            x = x_next
+            x = model.chain_step(x_in, x, row_changes[(t - 1) % CHANGE_ROWS])
+            if t % CHANGE_ROWS == 0 or t == steps:
+                first = (t - 1) // CHANGE_ROWS * CHANGE_ROWS
+                changes[first:t] = row_changes[:t - first].sum(axis=1)
             if k + 1 < len(kept_steps) and t == kept_steps[k + 1]:
                 k += 1
                 syncs += keep(x, start, k, t)
