@@ -66,6 +66,10 @@ def make_ops(n, seed=0):
          lambda K, s: K.bias_act_backward(s["out"], s["db"], s["x"], s["z"], "relu"),
          lambda s: ref.bias_act_backward(s["out"], s["db"], s["x"], s["z"], "relu"),
          lambda torch, s: torch.ops.aten.threshold_backward(s["tx"], s["tz"], 0).sum(0)),
+        ("bias+sigmoid+change", 3 * m,  # the chain step, in place on y: each call feeds its output back
+         lambda K, s: K.bias_sigmoid_change(s["y"], s["change"], s["b"], s["x"]),
+         lambda s: ref.bias_sigmoid_change(s["y"], s["change"], s["b"], s["x"]),
+         lambda torch, s: (torch.sigmoid(s["tz"] + s["tb"]) - s["tx"]).abs().sum(1, dtype=torch.float64)),
         ("sigmoid-BCE fwd+bwd", 3 * m,
          lambda K, s: K.sigmoid_bce_forward_backward(s["out"], s["z"], s["x"], 1.0),
          lambda s: ref.sigmoid_bce_forward_backward(s["out"], s["z"], s["x"], 1.0),
@@ -83,7 +87,8 @@ def make_ops(n, seed=0):
 
 def state(xp, host):
     s = {k: xp.asarray(v) for k, v in host.items()}
-    s.update(out=xp.empty_like(s["x"]), db=xp.zeros(COLS, np.float32),
+    s.update(out=xp.empty_like(s["x"]), db=xp.zeros(COLS, np.float32), y=s["z"].copy(),
+             change=xp.zeros(len(s["x"]), np.float64),
              m=xp.zeros_like(s["p"]), v=xp.zeros_like(s["p"]))
     return s
 

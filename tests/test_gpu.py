@@ -125,7 +125,8 @@ def test_a_kernel_launch_does_not_block_the_host():
 
 
 def test_chain_on_cuda_matches_cpu():
-    from tinydae.sampling import chain, noise_start
+    import kernels.cuda as kc
+    from tinydae.sampling import chain, kernel_launches_per_chain_step, noise_start
 
     data = td.load_dataset("gmm:2", limit=4000)
     cpu = td.DAE(2, hidden=(32, 32), seed=0)
@@ -134,6 +135,9 @@ def test_chain_on_cuda_matches_cpu():
     gpu.params[...] = gpu.backend.to_device(cpu.params)
     x0 = noise_start(256, 2, seed=1)
     a = chain(cpu, x0, 10, corruption="gaussian:0.1", quality=data.density.log_prob)
+    before = kc.LAUNCHES["count"]
     b = chain(gpu, x0, 10, corruption="gaussian:0.1", quality=data.density.log_prob)
+    assert kc.LAUNCHES["count"] - before == 10 * kernel_launches_per_chain_step(gpu, "gaussian:0.1") == 10 * 5
     np.testing.assert_allclose(b.samples, a.samples, atol=1e-4)  # same Philox draws, float32 rounding
+    np.testing.assert_allclose(b.mean_abs_change, a.mean_abs_change, rtol=1e-3, atol=1e-6)
     assert b.quality[10] == pytest.approx(a.quality[10], rel=1e-3)

@@ -128,6 +128,14 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
                        {t: s / N for t, s in quality_sum.items()}, syncs)
 
 
+def kernel_launches_per_chain_step(model, corruption):
+    """Fused-kernel launches in one chain step, as the code is written: the corruption (1, or
+    none for 'none'), each layer's bias+activation but the last (1 each), and the last layer's
+    bias+sigmoid+change (1).  The GEMMs are cuBLAS (or BLAS) calls on top of these; every
+    CHANGE_ROWS steps one sum over the chains (an xp call) folds the changes."""
+    return int(Corruption.parse(corruption).mode != "none") + len(model.layers)
+
+
 def improve(model, samples, steps, **kwargs):
     """Run the chain from given samples (another model's output) to improve them."""
     return chain(model, samples, steps, **kwargs)

@@ -1,0 +1,79 @@
+"""The whole model on the CUDA twins, under Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1).
+
+CuPy cannot run without a GPU, but the simulator takes NumPy arrays as device arrays, so a
+backend of NumPy arrays + kernels/cuda.py runs every layer, loss, optimizer and chain step
+through the CUDA kernels in CI, and counts their launches per step (tests/test_gpu.py repeats
+the count on a real GPU).  Models are tiny: the simulator runs each GPU thread as a Python
+thread.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import tinydae as td
+from tinydae.backend import Backend, get_backend
+from tinydae.corruption import Corruption
+from tinydae.sampling import chain, kernel_launches_per_chain_step, noise_start
+from tinydae.train import kernel_launches_per_step
+
+pytestmark = pytest.mark.cudasim
+
+
+@pytest.fixture(scope="module")
+def sim():
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        pytest.skip("the simulated CUDA backend needs NUMBA_ENABLE_CUDASIM=1 (as .ci/run sets)")
+    import kernels.cuda as kc
+
+    return Backend("cudasim", np, kc, "Numba CUDA simulator")
+
+
+def train_steps(backend, config, corruption, n_steps=3):
+    """-> (model, each step's loss, each step's CUDA kernel launches (0 on the CPU))"""
+    import kernels.cuda as kc
+
+    model = td.DAE(10, hidden=(6, 4), seed=5, backend=backend, **config)
+    opt = td.Adam(model, lr=1e-2)
+    c = Corruption.parse(corruption)
+    data = np.random.default_rng(1).uniform(0.05, 0.95, (n_steps, 5, 10)).astype(np.float32)
+    losses, launches = [], []
+    for step, batch in enumerate(data):
+        x = model.as_input(batch)
+        before = kc.LAUNCHES["count"]
+        losses.append(model.loss_and_grad(c.apply(backend, x, 7, step), x))
+        opt.step()
+        launches.append(kc.LAUNCHES["count"] - before)
+    return model, losses, launches
+
+
+@pytest.mark.parametrize("config,corruption", [
+    (dict(activation="relu", tied=False, loss="bce"), "gaussian:0.3"),
+    (dict(activation="softplus", tied=True, loss="mse"), "salt_pepper:0.2")])
+def test_training_on_the_cuda_kernels_matches_the_reference(sim, config, corruption):
+    ref_model, ref_losses, _ = train_steps(get_backend("cpu", kernels="reference"), config, corruption)
+    model, losses, launches = train_steps(sim, config, corruption)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    np.testing.assert_allclose(model.params, ref_model.params, rtol=1e-4, atol=1e-5)
+    assert np.abs(model.params - td.DAE(10, hidden=(6, 4), seed=5, **config).params).max() > 1e-3  # it trained
+    assert launches == [kernel_launches_per_step(model)] * 3 == [2 * 4 + 3] * 3
+
+
+@pytest.mark.parametrize("corruption", ["gaussian:0.2", "none"])
+def test_chain_on_the_cuda_kernels_matches_the_reference(sim, corruption):
+    import kernels.cuda as kc
+
+    ref_model = td.DAE(10, hidden=(6, 4), seed=2, backend=get_backend("cpu", kernels="reference"))
+    model = td.DAE(10, hidden=(6, 4), seed=2, backend=sim)
+    x0 = noise_start(7, 10, seed=3)
+    kw = dict(corruption=corruption, seed=1, batch_size=4, keep_every=4, keep_chains=0)  # keep nothing
+    a = chain(ref_model, x0, 4, **kw)
+    before = kc.LAUNCHES["count"]
+    b = chain(model, x0, 4, **kw)
+    np.testing.assert_allclose(b.samples, a.samples, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.mean_abs_change, a.mean_abs_change, rtol=1e-5, atol=1e-7)  # ulps of 1 near a fixed point
+    assert b.host_syncs == 0
+    # 2 batches x 4 steps, nothing else launched: the chain's statistics are xp calls
+    per_step = kernel_launches_per_chain_step(model, corruption)
+    assert kc.LAUNCHES["count"] - before == 2 * 4 * per_step
+    assert per_step == (1 if corruption != "none" else 0) + 4
