@@ -39,16 +39,6 @@ def box_muller(w1, w2):
     return np.float32(r * math.cos(theta)), np.float32(r * math.sin(theta))
 
 
-def log1p_unit(e, one):
-    """log1p(e) for e in [0, 1] in the precision of `one`, by Kahan: log(u) e / (u - 1), u = 1 + e.
-
-    The division undoes the rounding of 1 + e; 1.5x faster than libm's log1p on the CPU
-    (46 vs 69 ms for 16M float32 values) and as accurate for float32.
-    """
-    u = one + e
-    return e if u == one else math.log(u) * (e / (u - one))
-
-
 def sigmoid(z):
     e = math.exp(-abs(z))  # exp only sees -|z|: no overflow
     return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
@@ -66,7 +56,9 @@ def act(a, z, one):
         e = math.exp(-abs(z))
         return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
     if a == SOFTPLUS:
-        e = math.exp(-abs(z))  # softplus = max(z, 0) + log1p(e), log1p by Kahan as above
+        # softplus = max(z, 0) + log1p(e), log1p by Kahan: log(u) e / (u - 1) undoes the
+        # rounding of u = 1 + e (1.5x faster than libm's log1p on the CPU, as accurate)
+        e = math.exp(-abs(z))
         u = one + e
         return max(z, 0.0) + (e if u == one else math.log(u) * (e / (u - one)))
     return z
