@@ -3,7 +3,8 @@
 Chains x_{t+1} = sigmoid(logits(x_t + sigma * noise)) of the DAE 784-1000-1000-1000-784 (relu,
 gaussian:0.3), float32, no trajectory kept.  Throughput is chains x steps per second; the
 floor is the forward GEMMs of every step alone; "host syncs per step" counts the device-to-host
-copies tinydae's chain makes inside its step loop (the target is none).
+copies tinydae's chain makes inside its step loop (the target is none).  The contenders are
+timed interleaved, one whole chain of each per round, and medians taken over the rounds.
 
     python bench/bench_chain.py [--backend cpu|cuda] [--chains 64:100,1024:100,16384:10]
     python cli.py bench chain ...
@@ -12,32 +13,19 @@ Results go to bench/results/<backend-device>.json (section "chain").
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_train import SIGMA, make_model, torch_model  # noqa: E402
-from bench.common import save_section, torch_or_none  # noqa: E402
+from bench.common import (backend_timer, interleaved_medians, save_section,  # noqa: E402
+                          torch_or_none, torch_timer)
 from tinydae import get_backend  # noqa: E402
 from tinydae.sampling import chain, noise_start  # noqa: E402
 
 DEFAULT_CPU = "64:100,1024:100,16384:10"
 DEFAULT_GPU = "64:100,1024:100,16384:100"
-
-
-def timed(fn, sync, repeats=3):
-    """Median wall seconds of fn() (it runs a whole chain, long enough for host timing)."""
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def gemm_floor(model, n, steps):
@@ -62,7 +50,7 @@ def torch_chain(torch, net, x0, steps):
     return run
 
 
-def run(backend="auto", sizes=None, repeats=3, peers=True, log=print):
+def run(backend="auto", sizes=None, repeats=5, peers=True, log=print):
     backend = get_backend(backend)
     spec = sizes or (DEFAULT_GPU if backend.name == "cuda" else DEFAULT_CPU)
     pairs = [tuple(int(v) for v in item.split(":")) for item in spec.split(",")]
@@ -77,16 +65,21 @@ def run(backend="auto", sizes=None, repeats=3, peers=True, log=print):
 
         def ours():
             holder["r"] = chain(model, x0, steps, keep_every=steps, keep_chains=0, batch_size=n)
-        t = timed(ours, backend.sync, repeats)
-        floor = timed(gemm_floor(model, n, steps), backend.sync, repeats)
-        row = dict(chains=n, steps=steps, seconds=t, chain_steps_per_s=n * steps / t, floor_s=floor,
-                   x_floor=t / floor, host_syncs_per_step=holder["r"].host_syncs / steps)
+        timer = backend_timer(backend)
+        entries = {"tinydae": (ours, timer), "floor": (gemm_floor(model, n, steps), timer)}
         if torch is not None:
             net = torch_model(torch, model, tdev)
-            tx = torch.as_tensor(x0, device=tdev)
-            sync = torch.cuda.synchronize if tdev == "cuda" else (lambda: None)
-            t_torch = timed(torch_chain(torch, net, tx, steps), sync, repeats)
-            row.update(torch_s=t_torch, x_torch=t / t_torch, torch_chain_steps_per_s=n * steps / t_torch)
+            entries["torch"] = (torch_chain(torch, net, torch.as_tensor(x0, device=tdev), steps),
+                                torch_timer(torch, tdev))
+        # One whole chain of each contender per round, after the pause; no settling calls (a
+        # chain is long: its first steps warm it up).
+        t = interleaved_medians(entries, repeats, warmup=1, rounds=repeats, settle=0)
+        row = dict(chains=n, steps=steps, seconds=t["tinydae"], chain_steps_per_s=n * steps / t["tinydae"],
+                   floor_s=t["floor"], x_floor=t["tinydae"] / t["floor"],
+                   host_syncs_per_step=holder["r"].host_syncs / steps)
+        if "torch" in t:
+            row.update(torch_s=t["torch"], x_torch=t["tinydae"] / t["torch"],
+                       torch_chain_steps_per_s=n * steps / t["torch"])
         rows.append(row)
         log(format_row(row))
     return dict(backend=backend.name, device=backend.device, kernels=backend.kernel_set,
@@ -108,7 +101,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="auto", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--chains", default=None, help=f"chains:steps pairs (CPU default {DEFAULT_CPU})")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     print(HEADER)

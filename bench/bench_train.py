@@ -5,7 +5,8 @@ mirrors the encoder, so this is the nearest model to the 784-1000-1000-784 of th
 BCE, gaussian:0.3 corruption, Adam, float32.  One step = corrupt, forward, loss, backward,
 optimizer update, and reading the loss on the host (the NaN guard needs it).  The PyTorch step
 does the same with the same initial weights; the floor is the step's matrix products alone
-(forward GEMMs, and the dW and dx GEMMs of backward) on the backend's BLAS.
+(forward GEMMs, and the dW and dx GEMMs of backward) on the backend's BLAS.  The contenders
+are timed interleaved (each round times one step of each), and medians taken over the rounds.
 
     python bench/bench_train.py [--backend cpu|cuda] [--batches 64,256,1024] [--repeats 20]
     python cli.py bench train ...
@@ -19,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (median_seconds, save_section, torch_median_seconds,  # noqa: E402
-                          torch_or_none)
+from bench.common import (backend_timer, interleaved_medians, save_section,  # noqa: E402
+                          torch_or_none, torch_timer)
 from tinydae import DAE, Adam, get_backend  # noqa: E402
 from tinydae.corruption import Corruption  # noqa: E402
 
@@ -95,23 +96,30 @@ def run(backend="auto", batches=(64, 256, 1024), repeats=20, warmup=5, peers=Tru
         model = make_model(backend)
         opt = Adam(model)
         x = backend.to_device(rng.random((B, 784), dtype=np.float32))
-        t = median_seconds(tinydae_step(model, opt, x, [0]), repeats, warmup, backend)
-        floor = median_seconds(gemm_floor(model, B), repeats, warmup, backend)
-        row = dict(batch=B, ms=t * 1e3, examples_per_s=B / t, floor_ms=floor * 1e3, x_floor=t / floor)
+        timer = backend_timer(backend)
+        entries = {"tinydae": (tinydae_step(model, opt, x, [0]), timer), "floor": (gemm_floor(model, B), timer)}
+        row = dict(batch=B)
         if torch is not None:
             tx = torch.as_tensor(backend.to_host(x), device=tdev)
+            ttimer = torch_timer(torch, tdev)
             net = torch_model(torch, make_model(backend), tdev)
-            topt = torch.optim.Adam(net.parameters(), lr=1e-3)
-            t_eager = torch_median_seconds(torch, torch_step(torch, net, topt, tx), repeats, warmup, tdev)
-            row.update(torch_eager_ms=t_eager * 1e3, x_torch_eager=t / t_eager)
+            entries["eager"] = (torch_step(torch, net, torch.optim.Adam(net.parameters(), lr=1e-3), tx), ttimer)
             if compile_peer:
                 try:
                     cnet = torch.compile(torch_model(torch, make_model(backend), tdev))
-                    copt = torch.optim.Adam(cnet.parameters(), lr=1e-3)
-                    t_comp = torch_median_seconds(torch, torch_step(torch, cnet, copt, tx), repeats, warmup, tdev)
-                    row.update(torch_compile_ms=t_comp * 1e3, x_torch_compile=t / t_comp)
+                    step = torch_step(torch, cnet, torch.optim.Adam(cnet.parameters(), lr=1e-3), tx)
+                    step()  # compiles here, so a failure is caught here
+                    entries["compiled"] = (step, ttimer)
                 except Exception as e:  # no compiler toolchain, unsupported platform, ...
                     row.update(torch_compile_error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        # Interleaved: each round times one step of every contender, so load changes hit all alike.
+        t = interleaved_medians(entries, repeats, warmup)
+        row.update(ms=t["tinydae"] * 1e3, examples_per_s=B / t["tinydae"], floor_ms=t["floor"] * 1e3,
+                   x_floor=t["tinydae"] / t["floor"])
+        if "eager" in t:
+            row.update(torch_eager_ms=t["eager"] * 1e3, x_torch_eager=t["tinydae"] / t["eager"])
+        if "compiled" in t:
+            row.update(torch_compile_ms=t["compiled"] * 1e3, x_torch_compile=t["tinydae"] / t["compiled"])
         rows.append(row)
         log(format_row(row))
     return dict(backend=backend.name, device=backend.device, kernels=backend.kernel_set,

@@ -19,44 +19,79 @@ def torch_or_none():
     return torch
 
 
-def _median(fn, repeats, warmup, sync, events):
-    """Median seconds of fn() after warm-up; `events` () -> (start, stop) device events, or None."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
+def one_call_timer(sync, events=None):
+    """-> time(fn): seconds of one fn() call, on the host clock after sync(), or between device
+    events (`events` () -> (start, stop, elapsed_s)) on a GPU."""
+    def time_one(fn):
         if events is None:
+            sync()
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-        else:
-            start, stop, elapsed_s = events()
-            start.record()
+            sync()
+            return time.perf_counter() - t0
+        start, stop, elapsed_s = events()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        return elapsed_s(start, stop)
+    return time_one
+
+
+def backend_timer(backend):
+    """One-call timer for a tinydae backend; CUDA events on the GPU."""
+    if backend.name != "cuda":
+        return one_call_timer(backend.sync)
+    cupy = backend.xp
+    return one_call_timer(backend.sync, lambda: (cupy.cuda.Event(), cupy.cuda.Event(),
+                                                 lambda a, b: cupy.cuda.get_elapsed_time(a, b) / 1e3))
+
+
+def torch_timer(torch, device):
+    """One-call timer for a PyTorch peer; torch.cuda events on the GPU."""
+    if device != "cuda":
+        return one_call_timer(lambda: None)
+    return one_call_timer(torch.cuda.synchronize, lambda: (
+        torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
+        lambda a, b: a.elapsed_time(b) / 1e3))
+
+
+def interleaved_medians(entries, repeats, warmup, rounds=3, pause_s=0.2, settle=2):
+    """entries: {name: (fn, timer)} -> {name: median seconds of one fn() call}.
+
+    After `warmup` calls of each contender, `rounds` rounds each run every contender in turn:
+    a pause of `pause_s`, `settle` untimed calls, then its share of the `repeats` timed calls.
+    Rounds spread a change in the machine's load (this is a shared machine: kernel medians an
+    hour apart differed by up to 2x) over every contender, so their ratios stay meaningful.
+    Blocks rather than single calls, and the pause, because on a small CPU each library's
+    thread pool spins for a while after its last call (OpenBLAS's for up to ~0.1 s) and slows
+    whatever runs next: PyTorch's eager step took 6x longer when alternated call by call with
+    tinydae's on 2 cores (measured).
+    """
+    for fn, _ in entries.values():
+        for _ in range(warmup):
             fn()
-            stop.record()
-            stop.synchronize()
-            times.append(elapsed_s(start, stop))
-    return statistics.median(times)
+    times = {name: [] for name in entries}
+    per_round = [repeats // rounds + (r < repeats % rounds) for r in range(rounds)]
+    for count in per_round:
+        for name, (fn, timer) in entries.items():
+            if not count:
+                continue
+            time.sleep(pause_s)
+            for _ in range(settle):
+                fn()
+            times[name] += [timer(fn) for _ in range(count)]
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def median_seconds(fn, repeats, warmup, backend):
-    """Median wall time of fn() on a tinydae backend; CUDA events on the GPU."""
-    events = None
-    if backend.name == "cuda":
-        cupy = backend.xp
-        events = lambda: (cupy.cuda.Event(), cupy.cuda.Event(),  # noqa: E731
-                          lambda a, b: cupy.cuda.get_elapsed_time(a, b) / 1e3)
-    return _median(fn, repeats, warmup, backend.sync, events)
+    """Median seconds of fn() alone on a tinydae backend (after `warmup` calls)."""
+    return interleaved_medians({"fn": (fn, backend_timer(backend))}, repeats, warmup, rounds=1, pause_s=0, settle=0)["fn"]
 
 
 def torch_median_seconds(torch, fn, repeats, warmup, device):
-    """The same for a PyTorch peer; torch.cuda events on the GPU."""
-    if device != "cuda":
-        return _median(fn, repeats, warmup, lambda: None, None)
-    events = lambda: (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),  # noqa: E731
-                      lambda a, b: a.elapsed_time(b) / 1e3)
-    return _median(fn, repeats, warmup, torch.cuda.synchronize, events)
+    """The same for a PyTorch peer."""
+    return interleaved_medians({"fn": (fn, torch_timer(torch, device))}, repeats, warmup, rounds=1, pause_s=0, settle=0)["fn"]
 
 
 def slug(text):

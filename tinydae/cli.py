@@ -594,16 +594,18 @@ def bench_train(backend, batches, repeats, compile_peer, save, as_json):
 @bench.command("chain")
 @click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
 @click.option("--chains", default=None, help="chains:steps pairs, e.g. 64:100,1024:100,16384:10.")
-@click.option("--repeats", type=int, default=3, show_default=True)
+@click.option("--repeats", type=int, default=5, show_default=True)
 @click.option("--save/--no-save", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def bench_chain(backend, chains, repeats, save, as_json):
     """Sampling-chain throughput vs a PyTorch chain and the GEMM-only floor."""
     if chains is not None:
         try:
-            assert all(int(a) > 0 and int(b) > 0 for a, b in (c.split(":") for c in chains.split(",")))
-        except (ValueError, AssertionError):
-            raise ConfigError(f"--chains takes chains:steps pairs like 64:100,1024:100, got {chains!r}") from None
+            valid = all(int(a) > 0 and int(b) > 0 for a, b in (c.split(":") for c in chains.split(",")))
+        except ValueError:  # not a number, or not one colon per pair
+            valid = False
+        if not valid:
+            raise ConfigError(f"--chains takes chains:steps pairs like 64:100,1024:100, got {chains!r}")
     if repeats < 1:
         raise ConfigError("--repeats must be positive")
     _bench_run("bench_chain", "chain", backend, as_json, save, sizes=chains, repeats=repeats)

@@ -1,0 +1,27 @@
+"""The benchmark timing helper (bench/common.py): what it times, and in which order."""
+from bench.common import interleaved_medians
+
+
+def test_interleaved_medians_times_every_contender_in_rounds():
+    calls = []
+
+    def contender(name):
+        return lambda: calls.append(name)
+
+    def fake_timer(seconds):
+        it = iter(seconds)
+
+        def time_one(fn):
+            fn()
+            calls.append("timed")
+            return next(it)
+        return time_one
+
+    entries = {"a": (contender("a"), fake_timer([5.0, 1.0, 3.0, 9.0, 2.0])),
+               "b": (contender("b"), fake_timer([7.0, 7.0, 6.0, 8.0, 100.0]))}
+    t = interleaved_medians(entries, repeats=5, warmup=1, rounds=3, pause_s=0, settle=1)
+    assert t == {"a": 3.0, "b": 7.0}  # the medians of each contender's own five timings
+    # warm-up once each, then rounds of 2, 2 and 1 timed calls, each block after 1 settling call
+    block_a2, block_b2 = ["a", "a", "timed", "a", "timed"], ["b", "b", "timed", "b", "timed"]
+    block_a1, block_b1 = ["a", "a", "timed"], ["b", "b", "timed"]
+    assert calls == ["a", "b"] + block_a2 + block_b2 + block_a2 + block_b2 + block_a1 + block_b1
