@@ -35,14 +35,17 @@ def checkpoint(tmp_path_factory):
 
 
 def test_cli_sample_writes_strip_and_h5(checkpoint, tmp_path):
+    # batches of 4 chains: the 10 chains drawn in the strip span three batches
     r = invoke("sample", checkpoint, "--n", "12", "--steps", "6", "--keep-every", "3", "--out", tmp_path / "s.png",
-               "--h5", tmp_path / "c.h5", "--json", "--backend", "cpu")
+               "--h5", tmp_path / "c.h5", "--json", "--backend", "cpu", "--batch-size", "4")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["kept_steps"] == [0, 3, 6] and summary["corruption"] == "gaussian:0.3"
     assert len(summary["mean_abs_change"]) == 6
     with h5py.File(tmp_path / "c.h5") as f:
         assert f["samples"].shape == (12, 784) and f["trajectory"].shape == (10, 3, 784)
+        np.testing.assert_array_equal(f["trajectory"][:, -1], f["samples"][:10])
+        assert np.all(f["trajectory"][:, 0] != f["trajectory"][:, -1], axis=1).any()
     assert (tmp_path / "s.png").stat().st_size > 0
 
 
