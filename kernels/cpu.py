@@ -6,9 +6,10 @@ dtype, then calls a jitted kernel.  Casting scalars to the array dtype first kee
 arithmetic in float32 for float32 arrays, as NumPy does in the reference (a Python float
 would make numba compute in float64 and round differently).
 
-No fastmath anywhere: results must match the reference and the CUDA twins.
+No fastmath, except `reassoc` on two float64 sums (the chain's per-row change, the loss total):
+it only reorders their additions (so LLVM can vectorise them); every stored element is computed
+as the reference computes it, and the tests compare the sigmoid and loss gradients bit for bit.
 """
-import math
 import os
 
 import numba
