@@ -230,7 +230,7 @@ def info(as_json):
     import platform
 
     versions = {"python": platform.python_version(), "tinydae": tinydae.__version__}
-    for pkg in ("numpy", "numba", "h5py", "click", "pillow", "cupy-cuda12x", "cupy-cuda13x", "numba-cuda"):
+    for pkg in ("numpy", "numba", "h5py", "click", "cupy-cuda12x", "cupy-cuda13x", "numba-cuda"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
