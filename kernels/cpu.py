@@ -39,7 +39,6 @@ drop_stale_numba_cache("cpu")  # before any kernel below is compiled or loaded
 _inline = njit(inline="always", cache=True)
 philox = _inline(philox4x32_10)
 _uniform = _inline(scalar.uniform)
-_sigmoid = _inline(scalar.sigmoid)
 _act = _inline(scalar.act)
 _act_grad = _inline(scalar.act_grad)
 _sgd_element = _inline(scalar.sgd_element)
@@ -205,7 +204,8 @@ def corrupt(out, x, mode, level, seed, step, stream, offset=0):
 
 @njit(inline="always", cache=True)
 def _forward_row(y, z, b, i, a):
-    # One loop per activation: the inner loop is branch-free, so LLVM vectorises it.
+    # One loop per activation: the inner loop is branch-free, so LLVM vectorises it.  Sigmoid
+    # layers never come here: bias_act_forward sends them to _bias_sigmoid (NumPy's SIMD exp).
     H = z.shape[1]
     one = z.dtype.type(1)
     if a == RELU:
@@ -217,9 +217,6 @@ def _forward_row(y, z, b, i, a):
     elif a == TANH:
         for j in range(H):
             y[i, j] = _act(TANH, z[i, j] + b[j], one)
-    elif a == SIGMOID:
-        for j in range(H):
-            y[i, j] = _act(SIGMOID, z[i, j] + b[j], one)
     elif a == SOFTPLUS:
         for j in range(H):
             y[i, j] = _act(SOFTPLUS, z[i, j] + b[j], one)
@@ -364,22 +361,6 @@ def bias_act_backward(dz, db, dy, y, act):
     pick(_bias_act_backward, dy.size, PARALLEL_MIN_CHEAP)(dz, db, dy, y, ACT_CODES[act])
 
 
-def _sigmoid_map(out, z):
-    for i in prange(z.size):
-        out.flat[i] = _sigmoid(z.flat[i])
-
-
-_sigmoid_map = kernel(_sigmoid_map)
-
-
-def sigmoid(z):
-    """Twin of reference.sigmoid: a new array."""
-    check_arrays(z=z)
-    out = np.empty_like(z)
-    pick(_sigmoid_map, z.size, PARALLEL_MIN_HEAVY)(out, z)
-    return out
-
-
 # ----------------------------------------------------------------------------------------
 # Losses
 # ----------------------------------------------------------------------------------------
@@ -452,7 +433,11 @@ def _loss(kind, dlogits, logits, targets, scale):
     e = np.empty_like(logits) if np.may_share_memory(dlogits, logits) else dlogits
     pick(_neg_abs, n, PARALLEL_MIN_CHEAP)(e, logits)
     np.exp(e, out=e)
-    log_u = np.log(e + e.dtype.type(1)) if kind == LOSS_BCE else e
+    if kind == LOSS_BCE:
+        log_u = np.add(e, e.dtype.type(1))
+        np.log(log_u, out=log_u)  # in place: one temporary per step, not two
+    else:
+        log_u = e
     terms = log_u if kind == LOSS_BCE else np.empty_like(logits)  # BCE: each term over its log
     pick(_loss_finish, n, PARALLEL_MIN_HEAVY)(dlogits, terms, e, logits, targets, log_u,
                                               logits.dtype.type(scale), kind)
@@ -508,7 +493,7 @@ def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoup
 
 
 CACHED_KERNELS = ("philox_uint32", "corrupt", "bias_act_forward", "bias_split", "sigmoid_finish",
-                  "bias_act_backward", "sigmoid_map", "neg_abs", "loss_finish", "row_sums",
+                  "bias_act_backward", "neg_abs", "loss_finish", "row_sums",
                   "sgd", "adam")
 
 

@@ -228,21 +228,6 @@ def bias_act_backward(dz, db, dy, y, act):
         _launch(_bias_act_backward, *_grid(dy.shape[1]), dz, db, dy, y, np.int32(ACT_CODES[act]))
 
 
-@cuda.jit(cache=True)
-def _sigmoid_map(out, z):
-    for k in range(cuda.grid(1), z.size, cuda.gridsize(1)):
-        out[k] = _sigmoid(z[k])
-
-
-def sigmoid(z):
-    """Twin of reference.sigmoid: a new array."""
-    check_arrays(z=z)
-    out = _xp(z).empty_like(z)
-    if z.size:
-        _launch(_sigmoid_map, *_grid(z.size), out.reshape(-1), z.reshape(-1))
-    return out
-
-
 # ----------------------------------------------------------------------------------------
 # Losses: elementwise gradient + a deterministic float64 sum, in one launch
 # ----------------------------------------------------------------------------------------
