@@ -1,11 +1,14 @@
-"""CUDA twins of kernels/reference.py: numba @cuda.jit kernels launched on CuPy arrays.
+"""CUDA twins of kernels/reference.py: numba-cuda kernels launched on CuPy arrays.
 
 Same signatures as the reference.  Arrays are CuPy arrays on a GPU, or NumPy arrays under
 Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), which is how CI tests this file.
 
-Launches go on CuPy's current stream (cuda.external_stream), and numba is told not to
-synchronise on the __cuda_array_interface__ stream of each argument: tinydae orders all
-of its work on that one stream, so a launch never blocks the host.
+Each kernel declares its signatures (``@kernel("void(T[::1], ...)")``, T the data dtype):
+``python cli.py build-cuda`` compiles every variant for a GPU architecture without a GPU,
+and kernels/cuda_launch.py launches them: by default from cubins through CuPy (a few
+microseconds per launch), or through numba's dispatcher (TINYDAE_CUDA_LAUNCHER=numba, and
+always under the simulator).  Launches go on CuPy's current stream: tinydae orders all of
+its work on that one stream, so a launch never blocks the host.
 
 Results do not depend on the grid size: elementwise kernels are grid-stride loops; the
 loss sum is reduced per row by one block of LOSS_THREADS threads in a fixed tree order,
@@ -16,25 +19,30 @@ No fastmath: results must match the other twins.
 import math
 import os
 
-import numpy as np  # noqa: E402
-from numba import cuda, float64, int32  # noqa: E402
+import numpy as np
+from numba import cuda, float64, int32
 
-from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns,  # noqa: E402
-                            check_contiguous, check_row_sums, check_same_shape, check_uint32_vector,
+from kernels import cuda_launch, scalar
+from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous,
+                            check_row_sums, check_same_shape, check_uint32_vector,
                             drop_stale_numba_cache, sgd_scalars)
-from kernels import scalar  # noqa: E402
-from kernels.philox import MASK32, philox4x32_10, seed_key  # noqa: E402
-from kernels.reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING,  # noqa: E402
-                               CORRUPTION_NONE, CORRUPTION_SALT_PEPPER)
-from kernels.scalar import ACT_CODES  # noqa: E402
+from kernels.cuda_launch import kernel
+from kernels.philox import MASK32, philox4x32_10, seed_key
+from kernels.reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE,
+                               CORRUPTION_SALT_PEPPER)
+from kernels.scalar import ACT_CODES
 
-# kernels/__init__.py sets NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0 before numba loads; if the
-# user imported numba first, turn the setting off where numba reads it at launch time.
-from numba import config as _config  # noqa: E402
+SIMULATOR = cuda_launch.SIMULATOR
+if not SIMULATOR:
+    cuda_launch.numpy_compat()  # numba-cuda's first compile fails on NumPy >= 2.5 without it
+    # kernels/__init__.py sets NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0 before numba loads; if the user
+    # imported numba first, turn the setting off where numba-cuda (>= 0.20) reads it at launch.
+    try:
+        from numba.cuda.core import config as _config
+    except ImportError:  # older numba-cuda reads numba's own config
+        from numba import config as _config
+    _config.CUDA_ARRAY_INTERFACE_SYNC = False
 
-_config.CUDA_ARRAY_INTERFACE_SYNC = False
-
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 drop_stale_numba_cache("cuda")  # before any kernel below is compiled or loaded
 # The simulator runs every GPU thread as a Python thread: smaller blocks keep CI fast.
 LOSS_THREADS = 32 if SIMULATOR else 128  # threads per row in the loss sum (fixed: sets its order)
@@ -43,6 +51,7 @@ HALF = np.float32(0.5)
 # Launch configuration for elementwise kernels; tests change it to show results do not.
 LAUNCH = {"threads": 32 if SIMULATOR else 256, "max_blocks": 4096}
 LAUNCHES = {"count": 0}  # kernel launches since import (the GPU tests count them per step)
+LAUNCHER = cuda_launch.make_launcher()  # TINYDAE_CUDA_LAUNCHER=cupy|numba; set_launcher() to switch
 
 # The shared per-element math, compiled as device functions (see kernels/scalar.py).
 _device = cuda.jit(device=True, inline="always")  # numba-cuda: "always" (a bool is deprecated)
@@ -56,12 +65,11 @@ _sgd_element = _device(scalar.sgd_element)
 _adam_element = _device(scalar.adam_element)
 
 
-def _stream():
-    if SIMULATOR:
-        return 0
-    import cupy
-
-    return cuda.external_stream(cupy.cuda.get_current_stream().ptr)
+def set_launcher(name):
+    """Switch the launcher ('cupy' or 'numba') for every later launch; returns the old name."""
+    global LAUNCHER
+    old, LAUNCHER = LAUNCHER.name, cuda_launch.make_launcher(name)
+    return old
 
 
 def _grid(n, threads=None):
@@ -69,9 +77,9 @@ def _grid(n, threads=None):
     return max(1, min(-(-n // threads), LAUNCH["max_blocks"])), threads
 
 
-def _launch(kernel, blocks, threads, *args):
+def _launch(k, blocks, threads, *args):
     LAUNCHES["count"] += 1
-    kernel[blocks, threads, _stream()](*args)
+    LAUNCHER.launch(k, blocks, threads, args)
 
 
 def _xp(a):
@@ -92,7 +100,7 @@ def check_arrays(**arrays):
 # ----------------------------------------------------------------------------------------
 
 
-@cuda.jit(cache=True)
+@kernel("void(uint32[::1], uint32, uint32, int64, int64, int64)")
 def _philox_uint32(out, k0, k1, step, stream, offset):
     for k in range(cuda.grid(1), out.size, cuda.gridsize(1)):
         j = offset + k
@@ -112,15 +120,10 @@ def philox_uint32(out, seed, step, stream, offset=0):
                 np.int64(step), np.int64(stream), np.int64(offset))
 
 
-
-
-
-
-
-
-@cuda.jit(cache=True)
+@kernel("void(T[::1], T[::1], int32, T, uint32, uint32, int64, int64, int64, int64, int64)")
 def _corrupt(out, x, mode, level, k0, k1, step, stream, offset, first, nblocks):
     n = x.size
+    p = np.float32(level)  # masks compare float32 uniforms with the float32 level, as the reference
     for bi in range(cuda.grid(1), nblocks, cuda.gridsize(1)):
         block = first + bi
         words = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
@@ -139,10 +142,10 @@ def _corrupt(out, x, mode, level, k0, k1, step, stream, offset, first, nblocks):
             if i < 0 or i >= n:
                 continue
             if mode == CORRUPTION_MASKING:
-                out[i] = 0 if _uniform(words[q]) < level else x[i]
+                out[i] = 0 if _uniform(words[q]) < p else x[i]
             elif mode == CORRUPTION_SALT_PEPPER:
                 u = _uniform(words[q])
-                out[i] = 0 if u < level * HALF else (1 if u < level else x[i])
+                out[i] = 0 if u < p * HALF else (1 if u < p else x[i])
             else:
                 out[i] = x[i]
 
@@ -159,8 +162,7 @@ def corrupt(out, x, mode, level, seed, step, stream, offset=0):
     k0, k1 = seed_key(seed)
     first = offset >> 2
     nblocks = ((offset + n - 1) >> 2) - first + 1
-    lvl = x.dtype.type(level) if mode == CORRUPTION_GAUSSIAN else np.float32(level)
-    _launch(_corrupt, *_grid(nblocks), out.reshape(-1), x.reshape(-1), np.int32(mode), lvl,
+    _launch(_corrupt, *_grid(nblocks), out.reshape(-1), x.reshape(-1), np.int32(mode), x.dtype.type(level),
             np.uint32(k0), np.uint32(k1), np.int64(step), np.int64(stream), np.int64(offset),
             np.int64(first), np.int64(nblocks))
 
@@ -170,23 +172,14 @@ def corrupt(out, x, mode, level, seed, step, stream, offset=0):
 # ----------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-@cuda.jit(cache=True)
+@kernel("void(T[::1], T[::1], T[::1], int32, int64)")
 def _bias_act_forward(y, z, b, a, H):
     one = z.dtype.type(1)
     for k in range(cuda.grid(1), z.size, cuda.gridsize(1)):
         y[k] = _act(a, z[k] + b[k % H], one)
 
 
-@cuda.jit(cache=True)
+@kernel("void(T[::1], T[::1], int32, int64)")
 def _bias_act_inplace(y, b, a, H):
     one = y.dtype.type(1)
     for k in range(cuda.grid(1), y.size, cuda.gridsize(1)):
@@ -207,7 +200,7 @@ def bias_act_forward(y, z, b, act):
         _launch(_bias_act_forward, *_grid(z.size), y.reshape(-1), z.reshape(-1), b, code, H)
 
 
-@cuda.jit(cache=True)
+@kernel("void(T[:, ::1], T[::1], T[:, ::1], T[:, ::1], int32)")
 def _bias_act_backward(dz, db, dy, y, a):
     B, H = dy.shape
     for j in range(cuda.grid(1), H, cuda.gridsize(1)):  # one thread per column: db in row order
@@ -266,7 +259,7 @@ def _finish(partial, ticket, total, buf, last, tid):
             total[0] = buf[0]
 
 
-@cuda.jit(cache=True)
+@kernel("void(T[:, ::1], T[:, ::1], T[:, ::1], float64, int32, float64[::1], int32[::1], float64[::1])")
 def _loss_rows(dlogits, logits, targets, scale, kind, partial, ticket, total):
     buf = cuda.shared.array(LOSS_THREADS, float64)
     last = cuda.shared.array(1, int32)
@@ -306,7 +299,7 @@ def _loss(kind, dlogits, logits, targets, scale):
     ticket = xp.zeros(1, np.int32)
     total = xp.zeros(1, np.float64)
     blocks = max(1, min(B, LAUNCH["max_blocks"]))
-    _launch(_loss_rows, blocks, LOSS_THREADS, dlogits, logits, targets, float(scale), np.int32(kind),
+    _launch(_loss_rows, blocks, LOSS_THREADS, dlogits, logits, targets, np.float64(scale), np.int32(kind),
             partial, ticket, total)
     return float(total[0])  # the one host sync of a training step: the NaN guard needs it
 
@@ -326,7 +319,7 @@ def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
 # ----------------------------------------------------------------------------------------
 
 
-@cuda.jit(cache=True)
+@kernel("void(T[:, ::1], float64[::1], T[::1], T[:, ::1])")
 def _bias_sigmoid_change(y, change, b, prev):
     # One block per row (like the loss): each thread sums its columns, then a fixed-order tree.
     buf = cuda.shared.array(LOSS_THREADS, float64)
@@ -359,7 +352,7 @@ def bias_sigmoid_change(y, change, b, prev):
 # ----------------------------------------------------------------------------------------
 
 
-@cuda.jit(cache=True)
+@kernel("void(T[::1], T[::1], T[::1], T, T, boolean, T)")
 def _sgd(p, g, vel, lr, momentum, nesterov, wd):
     for k in range(cuda.grid(1), p.size, cuda.gridsize(1)):
         p[k], vel[k] = _sgd_element(p[k], g[k], vel[k], lr, momentum, nesterov, wd)
@@ -374,7 +367,7 @@ def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay):
                 *sgd_scalars(params.dtype, lr, momentum, nesterov, weight_decay))
 
 
-@cuda.jit(cache=True)
+@kernel("void(T[::1], T[::1], T[::1], T[::1], T, T, T, T, T, T, T, T, boolean, T, T)")
 def _adam(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, wd, lr_wd, decoupled, c1, c2):
     for k in range(cuda.grid(1), p.size, cuda.gridsize(1)):
         p[k], m[k], v[k] = _adam_element(p[k], g[k], m[k], v[k], lr, b1, one_minus_b1, b2, one_minus_b2,
