@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 from numba import cuda, float64, int32
+from numba.cuda import libdevice
 
 from kernels import cuda_launch, scalar
 from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous,
@@ -57,7 +58,6 @@ LAUNCHER = cuda_launch.make_launcher()  # TINYDAE_CUDA_LAUNCHER=cupy|numba; set_
 _device = cuda.jit(device=True, inline="always")  # numba-cuda: "always" (a bool is deprecated)
 philox = _device(philox4x32_10)
 _uniform = _device(scalar.uniform)
-_box_muller = _device(scalar.box_muller)
 _sigmoid = _device(scalar.sigmoid)
 _act = _device(scalar.act)
 _act_grad = _device(scalar.act_grad)
@@ -120,34 +120,60 @@ def philox_uint32(out, seed, step, stream, offset=0):
                 np.int64(step), np.int64(stream), np.int64(offset))
 
 
+@cuda.jit(device=True, inline="always")
+def _box_muller(w1, w2):
+    """scalar.box_muller, but cos and sin of 2 pi u2 as cospi and sinpi of 2 u2 (exact in
+    float32): libdevice's cosf/sinf carry a Payne-Hanek slow path for huge arguments, with
+    a 28-byte local array and f64 arithmetic; sincospif reduces its argument exactly and has
+    neither.  Agrees with the reference's cos(fl(2 pi u2)) to a few float32 ulp."""
+    u1 = (np.float32(w1 >> np.uint32(9)) * np.float32(2.0) + np.float32(1.0)) * np.float32(2.0**-24)
+    u2 = (np.float32(w2 >> np.uint32(9)) * np.float32(2.0) + np.float32(1.0)) * np.float32(2.0**-24)
+    r = math.sqrt(np.float32(-2.0) * math.log(u1))
+    s, c = libdevice.sincospif(u2 * np.float32(2.0))
+    return r * c, r * s
+
+
+@cuda.jit(device=True, inline="always")
+def _noisy(out, x, i, n, noise, level):
+    if 0 <= i < n:
+        out[i] = x[i] + level * noise
+
+
+@cuda.jit(device=True, inline="always")
+def _masked(out, x, i, n, w, mode, p):
+    if 0 <= i < n:
+        if mode == CORRUPTION_MASKING:
+            out[i] = 0 if _uniform(w) < p else x[i]
+        elif mode == CORRUPTION_SALT_PEPPER:
+            u = _uniform(w)
+            out[i] = 0 if u < p * HALF else (1 if u < p else x[i])
+        else:
+            out[i] = x[i]
+
+
 @kernel("void(T[::1], T[::1], int32, T, uint32, uint32, int64, int64, int64, int64, int64)")
 def _corrupt(out, x, mode, level, k0, k1, step, stream, offset, first, nblocks):
+    # The four words are named, never indexed by a loop variable: an indexed tuple would
+    # live in local memory (ptxas: a 32-byte stack frame per thread).
     n = x.size
     p = np.float32(level)  # masks compare float32 uniforms with the float32 level, as the reference
     for bi in range(cuda.grid(1), nblocks, cuda.gridsize(1)):
         block = first + bi
-        words = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
-                       np.uint32(stream), k0, k1)
+        w0, w1, w2, w3 = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
+                                np.uint32(stream), k0, k1)
+        i = block * 4 - offset  # the flat index of the block's first element
         if mode == CORRUPTION_GAUSSIAN:  # words (0, 1) feed elements 0, 1; (2, 3) feed 2, 3
-            for pair in range(2):
-                n_cos, n_sin = _box_muller(words[2 * pair], words[2 * pair + 1])
-                i = block * 4 + 2 * pair - offset
-                if 0 <= i < n:
-                    out[i] = x[i] + level * n_cos
-                if 0 <= i + 1 < n:
-                    out[i + 1] = x[i + 1] + level * n_sin
-            continue
-        for q in range(4):
-            i = block * 4 + q - offset
-            if i < 0 or i >= n:
-                continue
-            if mode == CORRUPTION_MASKING:
-                out[i] = 0 if _uniform(words[q]) < p else x[i]
-            elif mode == CORRUPTION_SALT_PEPPER:
-                u = _uniform(words[q])
-                out[i] = 0 if u < p * HALF else (1 if u < p else x[i])
-            else:
-                out[i] = x[i]
+            n0, n1 = _box_muller(w0, w1)
+            n2, n3 = _box_muller(w2, w3)
+            _noisy(out, x, i, n, n0, level)
+            _noisy(out, x, i + 1, n, n1, level)
+            _noisy(out, x, i + 2, n, n2, level)
+            _noisy(out, x, i + 3, n, n3, level)
+        else:
+            _masked(out, x, i, n, w0, mode, p)
+            _masked(out, x, i + 1, n, w1, mode, p)
+            _masked(out, x, i + 2, n, w2, mode, p)
+            _masked(out, x, i + 3, n, w3, mode, p)
 
 
 def corrupt(out, x, mode, level, seed, step, stream, offset=0):

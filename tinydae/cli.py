@@ -266,6 +266,70 @@ def info(as_json):
     click.echo(f"cpu kernels    {c['compiled']}/{c['kernels']} compiled in numba's cache ({state})")
 
 
+@cli.command("build-cuda")
+@click.option("--arch", default="sm_90", show_default=True, help="GPU architecture, e.g. sm_90 (H100/H200).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for the .ptx, .cubin and .json of each kernel variant "
+                   "[default: the launch cache, TINYDAE_CUDA_CACHE or ~/.cache/tinydae/cuda].")
+@click.option("--assembler", type=click.Choice(["auto", "ptxas", "nvjitlink"]), default="auto", show_default=True,
+              help="PTX -> cubin: ptxas (CUDA_HOME/bin or PATH; reports spills) or nvJitLink (pip wheel).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def build_cuda(arch, out_dir, assembler, as_json):
+    """Compile every CUDA kernel variant for a GPU architecture, without a GPU.
+
+    numba-cuda compiles each kernel's declared signatures (float32 and float64) to PTX, the
+    assembler to a cubin for ARCH; the report gives each variant's registers, spill bytes,
+    local-memory bytes, shared-memory bytes and f64 instructions.  Exit 0 only when every
+    variant compiles.  Pointing TINYDAE_CUDA_CACHE at OUT makes the GPU launcher load these
+    cubins instead of compiling on first use.
+    """
+    from kernels import cuda_build
+
+    try:
+        cc = cuda_build.parse_arch(arch)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    out_dir = cuda_build.cache_dir(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"--out {out_dir} is a file; give a directory")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"cannot write to --out {out_dir}: {e.strerror or e}") from None
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        raise ConfigError("build-cuda compiles real GPU code; unset NUMBA_ENABLE_CUDASIM")
+    try:
+        results = cuda_build.build_all(cc, out_dir, assembler)
+    except cuda_build.BuildError as e:
+        raise ConfigError(f"build-cuda: {e}") from None
+    except ImportError as e:
+        raise ConfigError(f"build-cuda needs numba-cuda with NVVM ({e}): pip install -e \".[cuda13]\"") from None
+    failed = [r for r in results if not r["ok"]]
+    report = dict(arch=cuda_build.arch_name(cc), out=os.path.abspath(out_dir),
+                  toolchain=cuda_build.toolchain(), kernels=results)
+    _write_json(os.path.join(out_dir, "manifest.json"), report)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        first = next((r for r in results if r["ok"]), {})
+        click.echo(f"{report['arch']}: PTX ISA {first.get('ptx_isa')} from NVVM {first.get('nvvm_release')}, "
+                   f"cubins by {first.get('assembler')}, in {report['out']}")
+        click.echo(f"{'kernel':22s} {'dtype':8s} {'regs':>5s} {'spills':>6s} {'local':>6s} {'shared':>7s} {'f64 ops':>8s}")
+        for r in results:
+            if not r["ok"]:
+                click.echo(f"{r['name']:22s} {str(r['dtype']):8s} FAILED: {r['error']}")
+                continue
+            spills = "?" if r["spills"] is None else str(r["spills"])
+            click.echo(f"{r['name']:22s} {str(r['dtype']):8s} {r['registers']:>5} {spills:>6s} "
+                       f"{r['local_bytes']:>6} {r['shared_bytes']:>7} {r['f64_ops']:>8}")
+        click.echo(f"{len(results) - len(failed)}/{len(results)} variants compiled")
+    if failed:
+        sys.exit(1)
+
+
 @cli.command()
 @click.option("--input-dim", type=int, default=7, show_default=True)
 @click.option("--hidden", default="5,3", show_default=True)
