@@ -59,6 +59,10 @@ _device = cuda.jit(device=True, inline="always")  # numba-cuda: "always" (a bool
 philox = _device(philox4x32_10)
 _uniform = _device(scalar.uniform)
 _sigmoid = _device(scalar.sigmoid)
+if SIMULATOR:  # the simulator's libdevice functions are stubs that return None
+    _sincospif = _device(lambda x: (np.float32(math.sin(math.pi * x)), np.float32(math.cos(math.pi * x))))
+else:
+    _sincospif = libdevice.sincospif  # (sin(pi x), cos(pi x)) in float32
 _act = _device(scalar.act)
 _act_grad = _device(scalar.act_grad)
 _sgd_element = _device(scalar.sgd_element)
@@ -129,7 +133,7 @@ def _box_muller(w1, w2):
     u1 = (np.float32(w1 >> np.uint32(9)) * np.float32(2.0) + np.float32(1.0)) * np.float32(2.0**-24)
     u2 = (np.float32(w2 >> np.uint32(9)) * np.float32(2.0) + np.float32(1.0)) * np.float32(2.0**-24)
     r = math.sqrt(np.float32(-2.0) * math.log(u1))
-    s, c = libdevice.sincospif(u2 * np.float32(2.0))
+    s, c = _sincospif(u2 * np.float32(2.0))
     return r * c, r * s
 
 
