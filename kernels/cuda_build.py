@@ -88,8 +88,13 @@ def cache_dir(path=None):
 
 
 def _numba_cuda():
+    """numba-cuda's `cuda` module, ready to compile (numba's own, deprecated CUDA target
+    needs a driver even to compile, so it cannot build here)."""
     from kernels import cuda_launch
 
+    if toolchain()["numba-cuda"] is None:
+        raise BuildError("compiling CUDA kernels needs the numba-cuda package (numba's built-in CUDA "
+                         "target is deprecated and needs a GPU driver): pip install -e \".[cuda13]\"")
     cuda_launch.numpy_compat()
     try:
         from numba import cuda
