@@ -56,8 +56,8 @@ def torch_timer(torch, device):
         lambda a, b: a.elapsed_time(b) / 1e3))
 
 
-def interleaved_medians(entries, repeats, warmup, rounds=3, pause_s=0.2, settle=2):
-    """entries: {name: (fn, timer)} -> {name: median seconds of one fn() call}.
+def interleaved_times(entries, repeats, warmup, rounds=3, pause_s=0.2, settle=2):
+    """entries: {name: (fn, timer)} -> {name: [seconds of each timed fn() call]}.
 
     After `warmup` calls of each contender, `rounds` rounds each run every contender in turn:
     a pause of `pause_s`, `settle` untimed calls, then its share of the `repeats` timed calls.
@@ -81,7 +81,13 @@ def interleaved_medians(entries, repeats, warmup, rounds=3, pause_s=0.2, settle=
             for _ in range(settle):
                 fn()
             times[name] += [timer(fn) for _ in range(count)]
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_medians(entries, repeats, warmup, rounds=3, pause_s=0.2, settle=2):
+    """entries: {name: (fn, timer)} -> {name: median seconds of one fn() call} (interleaved_times)."""
+    return {name: statistics.median(t) for name, t in
+            interleaved_times(entries, repeats, warmup, rounds, pause_s, settle).items()}
 
 
 def median_seconds(fn, repeats, warmup, backend):

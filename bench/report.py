@@ -87,7 +87,29 @@ def chain_section(results):
     return "\n".join(lines) if lines else "No chain results yet.\n"
 
 
-SECTIONS = {"kernels": kernels_section, "train": train_section, "chain": chain_section}
+def launch_section(results):
+    lines = []
+    for path, data, r in sections(results, "launch"):
+        lines += [f"**{data['backend']}: {data['device']}**, {r['date'][:10]}, float32, {r['elements']:,} elements; "
+                  f"µs per launch, median [min–max] of {r['repeats']} blocks of {r['launches']} launches (`{path}`)",
+                  "", f"| op | contender | host µs per launch | x {r['floor']} | with a sync per launch, µs | "
+                      "result vs CPU twin |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for row in r["rows"]:
+            if "error" in row:
+                lines.append(f"| {row['op']} | {row['contender']} | failed: {row['error']} | - | - | - |")
+                continue
+            x = f"{row['x_floor']:.2f}" if "x_floor" in row else "-"
+            lines.append(f"| {row['op']} | {row['contender']} | {row['host_us']:.2f} "
+                         f"[{row['host_us_min']:.2f}–{row['host_us_max']:.2f}] | {x} | {row['sync_us']:.2f} "
+                         f"[{row['sync_us_min']:.2f}–{row['sync_us_max']:.2f}] | "
+                         f"{'agrees' if row['agrees'] else 'MISMATCH'} |")
+        lines += [""] + [f"- {name}: {what}" for name, what in r["contenders"].items()] + [""]
+    return "\n".join(lines) if lines else "No launch-overhead results yet (they need a GPU).\n"
+
+
+SECTIONS = {"kernels": kernels_section, "train": train_section, "chain": chain_section, "launch": launch_section}
+OPTIONAL = {"launch"}  # --write skips these, with a note, while README.md has no markers for them
 
 
 def main(argv):
@@ -102,6 +124,9 @@ def main(argv):
         text = f.read()
     for name, body in rendered.items():
         pattern = re.compile(rf"(<!-- bench:{name}:begin -->\n).*?(<!-- bench:{name}:end -->)", re.S)
+        if not pattern.search(text) and name in OPTIONAL:
+            print(f"README.md has no <!-- bench:{name}:begin --> ... end --> section; {name} left out")
+            continue
         if not pattern.search(text):
             sys.exit(f"README.md has no <!-- bench:{name}:begin --> ... end --> section")
         text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)

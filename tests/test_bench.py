@@ -1,4 +1,4 @@
-"""The benchmark timing helper (bench/common.py): what it times, and in which order."""
+"""The benchmark timing helpers (bench/common.py): what they time, and in which order."""
 from bench.common import interleaved_medians
 
 
@@ -25,3 +25,19 @@ def test_interleaved_medians_times_every_contender_in_rounds():
     block_a2, block_b2 = ["a", "a", "timed", "a", "timed"], ["b", "b", "timed", "b", "timed"]
     block_a1, block_b1 = ["a", "a", "timed"], ["b", "b", "timed"]
     assert calls == ["a", "b"] + block_a2 + block_b2 + block_a2 + block_b2 + block_a1 + block_b1
+
+
+def test_interleaved_times_keeps_every_timing_and_medians_are_theirs():
+    from bench.common import interleaved_times
+
+    def entry(seconds):
+        it = iter(seconds)
+        return (lambda: None, lambda fn: (fn(), next(it))[1])
+
+    spec = {"a": [5.0, 1.0, 3.0, 9.0, 2.0], "b": [7.0, 7.0, 6.0, 8.0, 100.0]}
+    times = interleaved_times({k: entry(v) for k, v in spec.items()}, repeats=5, warmup=0, rounds=2, pause_s=0,
+                              settle=0)
+    assert times == spec  # every timed call, in the order it was timed (ranges come from these)
+    medians = interleaved_medians({k: entry(v) for k, v in spec.items()}, repeats=5, warmup=0, rounds=2,
+                                  pause_s=0, settle=0)
+    assert medians == {"a": 3.0, "b": 7.0}

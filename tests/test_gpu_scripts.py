@@ -1,0 +1,480 @@
+"""The GPU session's tools, tested as far as a machine without a GPU allows.
+
+bench/run_on_gpu.sh (its steps, its refusals, its logs), bench/gpu_preflight.py (the
+comparison, the kernel cases on the CPU twins, and main() end to end under Numba's CUDA
+simulator with the device and CuPy stood in for) and bench/bench_launch.py (its timing loop,
+its contenders' arguments and math, run() end to end in the simulator, the report); then
+what needs a GPU (marked gpu): the launch benchmark and the preflight's launches, briefly.
+"""
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bench import bench_launch, gpu_preflight, report
+from conftest import gpu_unavailable_reason
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "bench", "run_on_gpu.sh")
+STEPS = ["preflight", "tests", "tests-numba", "bench-kernels", "bench-launch", "bench-train", "bench-chain"]
+no_gpu_here = pytest.mark.skipif(gpu_unavailable_reason() is None,
+                                 reason="checks the behaviour without a GPU, and this machine has one")
+
+
+def run_script(*args, out=None, timeout=120):
+    """bash bench/run_on_gpu.sh ARGS with this interpreter first on PATH as python3."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env.pop("TINYDAE_CUDA_CACHE", None)
+    if out is not None:
+        env["OUT"] = str(out)
+    return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=timeout)
+
+
+def run_python(*args, env=None, timeout=300):
+    """sys.executable ARGS in the repository root; env: variables to set, or to unset (None)."""
+    full = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={k: v for k, v in full.items() if v is not None})
+
+
+# -- bench/run_on_gpu.sh -------------------------------------------------------------------
+
+
+def test_run_on_gpu_sh_is_valid_bash_with_a_function_for_every_step():
+    assert subprocess.run(["bash", "-n", SCRIPT], capture_output=True).returncode == 0
+    text = open(SCRIPT).read()
+    assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
+    assert re.search(r'^STEPS="([^"]*)"', text, re.M).group(1).split() == STEPS
+    functions = set(re.findall(r"^(step_\w+)\(\)", text, re.M))
+    assert functions == {"step_" + s.replace("-", "_") for s in STEPS}
+    assert not re.search(r"(^|[\s;(|&])python\s", text, re.M), "the GPU machine promises python3 only"
+    assert "pip install" not in text  # no network there
+
+
+def test_run_on_gpu_sh_refuses_unknown_steps_in_one_line():
+    r = run_script("bogus")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == f"error: unknown step 'bogus'; choose one of: {' '.join(STEPS)} all"
+    r = run_script()
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: name a step")
+    r = run_script("all", "--repeats", "3")
+    assert r.returncode == 2 and "error: 'all' takes no arguments" in r.stderr
+    r = run_script("--help")
+    assert r.returncode == 0
+    for step in STEPS + ["all"]:
+        assert re.search(rf"^  {step}\s", r.stdout, re.M), step
+
+
+@no_gpu_here
+def test_a_gpu_step_without_a_gpu_fails_clearly_and_keeps_its_log(tmp_path):
+    r = run_script("bench-launch", out=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    log = (tmp_path / "bench-launch-no-gpu.log").read_text()
+    assert log.startswith("error: no usable CUDA GPU here")
+    assert "== step bench-launch: exit 2" in r.stdout
+
+
+@no_gpu_here
+def test_all_runs_every_step_and_names_the_failed_ones(tmp_path):
+    r = run_script("all", out=tmp_path, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"failed steps: {' '.join(STEPS)}" in r.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.log")) == sorted(f"{s}-no-gpu.log" for s in STEPS)
+    preflight = (tmp_path / "preflight-no-gpu.log").read_text()
+    assert "numpy" in preflight and "FAIL  gpu: no usable CUDA GPU" in preflight
+
+
+# -- bench launch and the preflight without a GPU --------------------------------------------
+
+
+@no_gpu_here
+def test_bench_launch_without_a_gpu_is_one_error_line_and_exit_2():
+    for cmd in (["cli.py", "bench", "launch"], ["bench/bench_launch.py"]):
+        r = run_python(*cmd)
+        assert r.returncode == 2, (cmd, r.stdout, r.stderr)
+        assert r.stdout == "", cmd
+        lines = [line for line in r.stderr.splitlines() if "DeprecationWarning" not in line]
+        assert len(lines) == 1 and lines[0].startswith("error: --backend cuda"), (cmd, r.stderr)
+
+
+def test_bench_launch_refuses_bad_counts():
+    from tinydae.cli import cli
+
+    for opt in ("--repeats", "--launches"):
+        r = CliRunner().invoke(cli, ["bench", "launch", opt, "0"])
+        assert r.exit_code == 2 and "error: --repeats and --launches must be positive" in r.output
+    r = CliRunner().invoke(cli, ["bench", "launch", "--backend", "cpu"])
+    assert r.exit_code == 2  # click: cuda is the only choice
+
+
+@no_gpu_here
+def test_preflight_without_a_gpu(tmp_path):
+    r = run_python("bench/gpu_preflight.py", "--no-build", "--out", str(tmp_path))
+    assert r.returncode == 2
+    assert re.search(r"^numpy\s+\d", r.stdout, re.M) and re.search(r"^python\s+3\.", r.stdout, re.M)
+    assert r.stdout.strip().splitlines()[-1].startswith("FAIL  gpu: no usable CUDA GPU (")
+    r = run_python("bench/gpu_preflight.py", "--device-slug")
+    assert r.returncode == 0 and r.stdout == "no-gpu\n"
+    r = run_python("bench/gpu_preflight.py", "--require-gpu")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("error: no usable CUDA GPU here")
+
+
+def test_bench_all_adds_the_launch_benchmark_on_cuda_only(monkeypatch):
+    import tinydae
+    from tinydae import cli as cli_module
+
+    called = []
+    for name in ("bench_kernels", "bench_launch", "bench_train", "bench_chain"):
+        monkeypatch.setattr(getattr(cli_module, name), "callback",
+                            lambda name=name, **kw: called.append((name, kw["backend"])))
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+    monkeypatch.setattr(tinydae, "get_backend", lambda b: Fake("cuda" if b in ("cuda", "auto") else "cpu"))
+    for backend, launch in (("cpu", False), ("cuda", True), ("auto", True)):
+        called.clear()
+        r = CliRunner().invoke(cli_module.cli, ["bench", "all", "--backend", backend])
+        assert r.exit_code == 0, r.output
+        names = [c[0] for c in called]
+        assert names == ["bench_kernels"] + (["bench_launch"] if launch else []) + ["bench_train", "bench_chain"]
+        assert ("bench_launch", "cuda") in called or not launch
+
+
+# -- the preflight's comparison and cases ------------------------------------------------------
+
+
+def test_compare():
+    f32 = np.float32
+    assert gpu_preflight.compare(f32([1, np.nan]), f32([1, np.nan]), exact=True)[0]
+    ok, diff, detail = gpu_preflight.compare(f32([1, 2, 3]), f32([1, 2.5, 3]), rtol=1e-6)
+    assert not ok and diff == 0.5 and detail.startswith("1 of 3 elements differ") and "(1,)" in detail
+    assert gpu_preflight.compare(f32([1, 2]), f32([1, 2 + 1e-6]), rtol=2e-6, atol=0)[0]
+    assert not gpu_preflight.compare(f32([1, 2]), f32([1, 2 + 1e-6]), exact=True)[0]
+    assert not gpu_preflight.compare(f32([1, np.nan]), f32([1, 1]), rtol=1, atol=1)[0]  # NaN is never close
+    assert not gpu_preflight.compare(np.uint32([7]), np.uint32([8]), exact=True)[0]
+    assert gpu_preflight.compare(np.zeros((2, 3)), np.zeros(6))[2].startswith("shape (2, 3)")
+    assert gpu_preflight.compare(np.zeros(3, np.float32), np.zeros(3))[2].startswith("dtype float32")
+
+
+class Perturbed:
+    """A kernels module whose twins write one wrong element into their first array."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __getattr__(self, name):
+        fn = getattr(self.module, name)
+
+        def wrapped(first, *args, **kw):
+            value = fn(first, *args, **kw)
+            first.reshape(-1)[3] += 1
+            return value
+        return wrapped
+
+
+def test_preflight_cases_pass_on_a_correct_twin_and_fail_on_a_wrong_one():
+    import kernels.reference as ref
+
+    for case in gpu_preflight.CASES:
+        ok, detail = gpu_preflight.check_case(case, ref, np.ascontiguousarray, np.asarray)
+        assert ok, (case.name, detail)
+        ok, detail = gpu_preflight.check_case(case, Perturbed(ref), np.ascontiguousarray, np.asarray)
+        assert not ok and "1 of" in detail and "elements differ" in detail, (case.name, detail)
+    # the cases cover every kind of kernel parameter the launchers flatten
+    names = " ".join(c.name for c in gpu_preflight.CASES)
+    for kind in ("uint32", "int32", "int64", "float32", "float64", "boolean", "2-D"):
+        assert kind in names
+
+
+def test_preflight_cases_and_launch_contenders_on_the_cuda_kernels_in_the_simulator():
+    """Under NUMBA_ENABLE_CUDASIM=1 (NumPy arrays as device arrays, numba launcher): every
+    preflight case runs on kernels/cuda.py and matches the CPU twin, and the launch the
+    benchmark records from each twin is a declared variant that, launched directly through
+    numba's dispatcher as the benchmark's contenders do, does the twin's work."""
+    code = textwrap.dedent("""
+        import numpy as np
+        import kernels.cuda as kc
+        from bench import bench_launch as bl, gpu_preflight as gp
+
+        for case in gp.CASES:
+            ok, detail = gp.check_case(case, kc, np.ascontiguousarray, np.asarray)
+            assert ok, (case.name, detail)
+        for op in bl.OPS:
+            host = bl.host_arrays(op, n=70)
+            launcher = kc.LAUNCHER
+            k, blocks, threads, args = bl.recorded_launch(kc, op, [a.copy() for a in host])
+            assert kc.LAUNCHER is launcher  # recording leaves the launcher as it was
+            k.variant(args)  # a declared signature, or TypeError
+            def direct(arrays):
+                k, blocks, threads, args = bl.recorded_launch(kc, op, arrays)
+                return lambda: k.dispatcher[blocks, threads, 0](*args)
+            agrees, diff, detail = bl.check(direct, lambda: None, host, np.ascontiguousarray, np.asarray,
+                                            bl.expected(op, host), bl.OPS[op]["arrays"])
+            assert agrees, (op, detail)
+            agrees, _, detail = bl.check(lambda arrays: bl.twin_call(kc, op, arrays), lambda: None, host,
+                                         np.ascontiguousarray, np.asarray, bl.expected(op, host), bl.OPS[op]["arrays"])
+            assert agrees, (op, detail)
+        print("ok")
+    """)
+    r = run_python("-c", code, env={"NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": ROOT})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]
+
+
+def test_the_whole_launch_benchmark_runs_in_the_simulator():
+    """bench_launch.run end to end under NUMBA_ENABLE_CUDASIM=1, with stand-ins for what needs a
+    GPU: NumPy for CuPy's arrays, the emulated C body for its ElementwiseKernel, numba's
+    dispatcher for the CuPy launcher (so "raw kernel", which needs a cubin, fails: reported in
+    its row, the others still timed)."""
+    code = textwrap.dedent("""
+        import sys, types
+        import numpy as np
+        sys.path.insert(0, "tests")
+        import kernels.cuda as kc
+        from kernels import cuda_launch
+        from bench import bench_launch as bl
+        from tinydae.backend import Backend
+        from test_gpu_scripts import emulate_elementwise
+
+        launches = {"cupy": 0, "numba": 0}
+
+        class Counting(cuda_launch.NumbaLauncher):
+            def launch(self, k, blocks, threads, args):
+                launches[self.name] += 1
+                super().launch(k, blocks, threads, args)
+
+        class CupyStandIn(Counting):
+            name = "cupy"
+            def _load(self, k, args):
+                raise RuntimeError("no cubins in the simulator")
+
+        kc.set_launcher = lambda name: setattr(kc, "LAUNCHER", CupyStandIn() if name == "cupy" else Counting())
+        stream = types.SimpleNamespace(synchronize=lambda: None)
+        xp = types.SimpleNamespace(
+            asarray=np.ascontiguousarray, asnumpy=np.asarray,
+            cuda=types.SimpleNamespace(get_current_stream=lambda: stream),
+            ElementwiseKernel=lambda ins, outs, body, name: lambda *a: emulate_elementwise(ins, outs, body, a))
+        before = kc.LAUNCHER
+        lines = []
+        result = bl.run(Backend("cuda", xp, kc, "simulated"), repeats=1, launches=2, warmup=0, pause_s=0,
+                        elements=64, log=lines.append)
+        assert kc.LAUNCHER is before
+        assert len(lines) == len(result["rows"]) == 2 * len(bl.CONTENDERS)
+        for row in result["rows"]:
+            if row["contender"] == "raw kernel":
+                assert row["error"] == "RuntimeError: no cubins in the simulator", row
+                continue
+            assert row["agrees"] and row["host_us"] > 0 and row["sync_us"] > 0 and "x_floor" not in row, row
+        assert {g["kernel"] for g in result["grid"].values()} == {"_sgd", "_adam"}
+        assert result["elements"] == 64
+        # per op and contender: 1 checking launch + 2 modes x (1 settling + 1 timed block) x 2 launches
+        assert launches == {"cupy": 2 * 2 * 9, "numba": 2 * 9}  # tinydae cupy + cupy launcher; tinydae numba
+        print(bl.format_table(result))
+        print("ok")
+    """)
+    r = run_python("-c", code, env={"NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": ROOT})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]
+
+
+PREFLIGHT_IN_SIMULATOR = """
+import json, os, sys, types
+import numpy as np
+import kernels.cuda as kc
+from kernels import cuda_launch
+from bench import gpu_preflight as gp
+
+out, mode = sys.argv[1], sys.argv[2]
+sys.modules["cupy"] = types.SimpleNamespace(ascontiguousarray=np.ascontiguousarray, asnumpy=np.asarray)
+
+class CupyStandIn(cuda_launch.NumbaLauncher):
+    name = "cupy"
+    def launch(self, k, blocks, threads, args):
+        if mode == "rebuilds":  # as if the launcher compiled a variant build-cuda had built
+            open(os.path.join(os.environ["TINYDAE_CUDA_CACHE"], k.name + ".cubin"), "w").close()
+        super().launch(k, blocks, threads, args)
+
+kc.set_launcher = lambda name: setattr(kc, "LAUNCHER", CupyStandIn() if name == "cupy" else cuda_launch.NumbaLauncher())
+if mode == "wrong":
+    right = kc.sgd_update
+    def wrong(p, *args, **kw):
+        right(p, *args, **kw)
+        p[0] += 1
+    kc.sgd_update = wrong
+gp.gpu_unavailable_reason = lambda: None
+gp.device_info = lambda: dict(name="Sim GPU", id=0, compute_capability="9.0", arch="sm_90", memory_gib=80.0,
+                              driver="13.0", driver_version=13000, runtime="13.0", runtime_version=13000)
+gp.build = lambda arch, out_dir: (os.makedirs(out_dir, exist_ok=True), (arch == "sm_90", "exit 0: built"))[1]
+sys.exit(gp.main(["--out", out]))
+"""
+
+
+@pytest.mark.parametrize("mode,status", [("right", 0), ("wrong", 1), ("rebuilds", 1)])
+def test_preflight_main_in_the_simulator(tmp_path, mode, status):
+    """gpu_preflight.main end to end under NUMBA_ENABLE_CUDASIM=1, the device and build-cuda
+    stood in for: one PASS line per check and exit 0, or FAIL lines and exit 1 when a twin is
+    wrong or the CuPy launcher compiles what build-cuda had built."""
+    env = {"NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": ROOT, "TINYDAE_CUDA_CACHE": None}
+    r = run_python("-c", PREFLIGHT_IN_SIMULATOR, str(tmp_path), mode, env=env)
+    assert r.returncode == status, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((tmp_path / "preflight-sim-gpu.json").read_text())
+    assert summary["build_dir"] == str(tmp_path / "cuda-build")  # the launcher's cache: OUT/cuda-build
+    checks = summary["checks"]
+    n_cases = len(gpu_preflight.CASES)
+    assert len(checks) == 3 + len(gpu_preflight.LAUNCHERS) * n_cases  # numba sees it, build, cases, cubins
+    failed = [c["check"] for c in checks if not c["ok"]]
+    lines = [line for line in r.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert len(lines) == len(checks) and sum(line.startswith("FAIL") for line in lines) == len(failed)
+    if mode == "right":
+        assert not failed and "checks passed on Sim GPU" in r.stdout
+    elif mode == "wrong":
+        assert failed == [f"{name} launcher, sgd_update float32 nesterov (boolean scalar)"
+                          for name in gpu_preflight.LAUNCHERS]
+    else:
+        assert failed == ["cupy launcher loaded build-cuda's cubins"]
+
+
+# -- bench/bench_launch.py without a GPU -------------------------------------------------------
+
+
+def emulate_elementwise(ins, outs, body, args):
+    """A cupy.ElementwiseKernel's C body run as NumPy code on NumPy arrays (a check of its math):
+    `T name = expr;` and `name = expr;` statements, outputs updated in place."""
+    names = [p.split()[1] for p in (ins + ", " + outs).split(",")]
+    env = dict(zip(names, args), sqrt=np.sqrt)
+    for statement in filter(None, (s.strip() for s in body.split(";"))):
+        target, expr = (part.strip() for part in re.sub(r"^T\s+", "", statement).split("=", 1))
+        value = eval(expr, {}, env)  # noqa: S307 (the benchmark's own constant strings)
+        if isinstance(env.get(target), np.ndarray):
+            env[target][...] = value
+        else:
+            env[target] = value
+
+
+def elementwise_on_numpy(op, arrays):
+    emulate_elementwise(*bench_launch.ELEMENTWISE[op], bench_launch.elementwise_args(op, arrays))
+
+
+@pytest.mark.parametrize("op", sorted(bench_launch.OPS))
+def test_elementwise_peers_do_the_twins_update(op):
+    host = bench_launch.host_arrays(op)
+    want = bench_launch.expected(op, host)
+    got = [a.copy() for a in host]
+    elementwise_on_numpy(op, got)
+    for g, w in zip(got, want):
+        assert g.dtype == np.float32
+        ok, _, detail = gpu_preflight.compare(g, w, rtol=2e-6, atol=1e-6)
+        assert ok, detail
+    assert not np.array_equal(got[0], host[0])  # it did update the parameters
+
+
+def test_measure_times_blocks_of_launches_with_and_without_a_sync():
+    events = []
+    contenders = {name: (lambda name=name: events.append(name), lambda name=name: events.append("use " + name))
+                  for name in ("a", "b")}
+    times = bench_launch.measure(contenders, lambda: events.append("sync"), launches=5, repeats=4, warmup=1,
+                                 rounds=2, pause_s=0)
+    assert set(times) == {"a", "b"} and all(set(t) == {"host", "sync"} for t in times.values())
+    for t in times.values():
+        assert len(t["host"]) == len(t["sync"]) == 4 and min(t["host"] + t["sync"]) > 0
+    # one host block of "a": selected once, 5 launches, no sync inside the timed block
+    host_block = ["use a"] + ["a"] * 5
+    sync_block = ["use a"] + ["a", "sync"] * 5
+    text = ",".join(events)
+    assert ",".join(["sync"] + host_block + ["sync"]) in text  # the timer: idle stream, block, drain
+    assert ",".join(["sync"] + sync_block + ["sync"]) in text
+    # warm-up 1 + settle 1 per round x 2 rounds + 4 timed, per mode: 7 blocks of 5 launches each
+    assert events.count("use a") == events.count("use b") == 2 * 7
+    assert events.count("a") == 2 * 7 * 5
+    # microseconds per launch, not per block: launches that take 2 ms each read >= 2,000 us
+    slow = bench_launch.measure({"slow": (lambda: time.sleep(0.002), lambda: None)}, lambda: None, launches=5,
+                                repeats=3, warmup=0, rounds=1, pause_s=0)["slow"]
+    assert 2000 <= statistics.median(slow["host"]) < 8000 and 2000 <= statistics.median(slow["sync"]) < 8000
+
+
+def fake_result():
+    per = {name: {"host": [2.0 + i, 3.0 + i, 4.0 + i], "sync": [9.0 + i, 10.0 + i, 12.0 + i]}
+           for i, name in enumerate(bench_launch.CONTENDERS) if name != "cupy elementwise"}
+    checks = {name: (name != "numba dispatcher", 0.0, "agrees" if name != "numba dispatcher" else "params: bad")
+              for name in per}
+    rows = bench_launch.summarize("sgd", per, checks, {"cupy elementwise": "CompileException: no nvrtc"})
+    return dict(backend="cuda", device="Fake GPU (CUDA device 0)", elements=1024, dtype="float32", grid={},
+                launches=200, repeats=3, floor=bench_launch.FLOOR, contenders=bench_launch.CONTENDERS, rows=rows,
+                date="2026-01-02T00:00:00+00:00")
+
+
+def test_summarize_format_and_report_of_a_launch_result(tmp_path, monkeypatch):
+    result = fake_result()
+    rows = {r["contender"]: r for r in result["rows"]}
+    assert list(rows) == list(bench_launch.CONTENDERS)
+    raw = rows["raw kernel"]
+    assert (raw["host_us"], raw["host_us_min"], raw["host_us_max"], raw["x_floor"]) == (6.0, 5.0, 7.0, 1.0)
+    assert rows["tinydae cupy"]["x_floor"] == 3.0 / 6.0 and rows["tinydae cupy"]["sync_us"] == 10.0
+    assert rows["cupy elementwise"] == dict(op="sgd update", contender="cupy elementwise",
+                                            error="CompileException: no nvrtc")
+    table = bench_launch.format_table(result)
+    assert "launch overhead on cuda: Fake GPU" in table
+    assert "3.00 [2.00-4.00]" in table and "MISMATCH (params: bad)" in table and "failed: CompileException" in table
+
+    results = tmp_path / "bench" / "results"
+    results.mkdir(parents=True)
+    (results / "cuda-fake.json").write_text(json.dumps(dict(device=result["device"], backend="cuda", launch=result)))
+    monkeypatch.setattr(report, "ROOT", str(tmp_path))
+    md = report.launch_section(report.load_results())
+    assert "**cuda: Fake GPU (CUDA device 0)**" in md and "`bench/results/cuda-fake.json`" in md
+    assert "| sgd update | tinydae cupy | 3.00 [2.00–4.00] | 0.50 | 10.00 [9.00–12.00] | agrees |" in md
+    assert "| MISMATCH |" in md and "failed: CompileException" in md
+    # --write fills the launch section when README.md has its markers, and leaves it out if not
+    sections = "".join(f"<!-- bench:{s}:begin -->\nold\n<!-- bench:{s}:end -->\n"
+                       for s in ("kernels", "train", "chain"))
+    (tmp_path / "README.md").write_text(sections)
+    report.main(["--write"])
+    assert "bench:launch" not in (tmp_path / "README.md").read_text()
+    (tmp_path / "README.md").write_text(sections + "<!-- bench:launch:begin -->\nold\n<!-- bench:launch:end -->\n")
+    report.main(["--write"])
+    assert "| sgd update | raw kernel | 6.00 [5.00–7.00] | 1.00 |" in (tmp_path / "README.md").read_text()
+    (tmp_path / "README.md").write_text("no markers")
+    with pytest.raises(SystemExit):
+        report.main(["--write"])  # the other sections stay required
+
+
+# -- on a GPU ----------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_launch_benchmark_on_the_gpu():
+    import kernels.cuda as kc
+    from tinydae.cli import cli
+
+    before = kc.LAUNCHER
+    lines = []
+    result = bench_launch.run("cuda", repeats=3, launches=20, warmup=1, pause_s=0, log=lines.append)
+    assert kc.LAUNCHER is before  # the benchmark leaves the launcher as it found it
+    assert len(lines) == len(result["rows"]) == len(bench_launch.OPS) * len(bench_launch.CONTENDERS)
+    for row in result["rows"]:
+        assert "error" not in row, row
+        assert row["agrees"], row  # every contender does the twin's work
+        assert 0 < row["host_us_min"] <= row["host_us"] <= row["host_us_max"], row
+        assert 0 < row["sync_us_min"] <= row["sync_us"] <= row["sync_us_max"], row
+    assert {g["kernel"] for g in result["grid"].values()} == {"_sgd", "_adam"}
+    r = CliRunner().invoke(cli, ["bench", "launch", "--repeats", "2", "--launches", "10", "--no-save", "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.stdout)["rows"]) == len(result["rows"])
+
+
+@pytest.mark.gpu
+def test_preflight_launcher_checks_pass_on_the_gpu(tmp_path):
+    from kernels import cuda_build
+
+    checks = gpu_preflight.Report()
+    gpu_preflight.launcher_checks(checks, cuda_build.cache_dir(), built=False)
+    assert len(checks.checks) == len(gpu_preflight.LAUNCHERS) * len(gpu_preflight.CASES)
+    assert not checks.failed, checks.failed
