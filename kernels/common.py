@@ -7,6 +7,7 @@ numba compute in float64 and round differently).
 
 import glob
 import hashlib
+import math
 import os
 
 LOSS_BCE, LOSS_MSE = 0, 1
@@ -65,6 +66,22 @@ def check_row_sums(sums, matrix):
     if sums.dtype != "float64" or tuple(sums.shape) != (matrix.shape[0],):
         raise ValueError(f"row sums must be a float64 array of shape ({matrix.shape[0]},), "
                          f"got {sums.dtype} {tuple(sums.shape)}")
+
+
+def check_total(total, name="total"):
+    """A one-element float64 array: a loss sum written on the device, or an update's guard."""
+    if total.dtype != "float64" or tuple(total.shape) != (1,):
+        raise ValueError(f"{name} must be a float64 array of shape (1,), got {total.dtype} {tuple(total.shape)}")
+
+
+def guard_allows(guard):
+    """Host-side twin of the CUDA updates' guard: None, or a (1,) float64 array holding the
+    step's loss sum; False when that sum is not finite (the update must then be skipped).
+    The reference and CPU twins read it directly: their arrays already live on the host."""
+    if guard is None:
+        return True
+    check_total(guard, "guard")
+    return math.isfinite(guard[0])
 
 
 def check_uint32_vector(out):

@@ -17,8 +17,8 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous,
-                            check_row_sums, check_same_shape, drop_stale_numba_cache,
-                            check_uint32_vector, sgd_scalars)
+                            check_row_sums, check_same_shape, check_total, drop_stale_numba_cache,
+                            check_uint32_vector, guard_allows, sgd_scalars)
 from kernels import scalar
 from kernels.philox import MASK32, philox4x32_10, seed_key
 from kernels.reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE,
@@ -210,16 +210,16 @@ def _forward_row(y, z, b, i, a):
     one = z.dtype.type(1)
     if a == RELU:
         for j in range(H):
-            y[i, j] = _act(RELU, z[i, j] + b[j], one)
+            y[i, j] = _act(RELU, z[i, j] + b[j], 0.0, one)
     elif a == LEAKY_RELU:
         for j in range(H):
-            y[i, j] = _act(LEAKY_RELU, z[i, j] + b[j], one)
+            y[i, j] = _act(LEAKY_RELU, z[i, j] + b[j], 0.0, one)
     elif a == TANH:
         for j in range(H):
-            y[i, j] = _act(TANH, z[i, j] + b[j], one)
+            y[i, j] = _act(TANH, z[i, j] + b[j], 0.0, one)
     elif a == SOFTPLUS:
         for j in range(H):
-            y[i, j] = _act(SOFTPLUS, z[i, j] + b[j], one)
+            y[i, j] = _act(SOFTPLUS, z[i, j] + b[j], 0.0, one)
     else:
         for j in range(H):
             y[i, j] = z[i, j] + b[j]
@@ -423,11 +423,14 @@ def _row_sums(terms):
 _row_sums = kernel(_row_sums, fastmath={"reassoc"})
 
 
-def _loss(kind, dlogits, logits, targets, scale):
+def _loss(kind, dlogits, logits, targets, scale, total):
     check_arrays(dlogits=dlogits, logits=logits, targets=targets)
     check_same_shape(dlogits, logits, targets)
     if logits.ndim != 2:
         raise ValueError(f"losses take (B, D) arrays, got shape {logits.shape}")
+    if total is not None:
+        check_arrays(total=total)
+        check_total(total)
     n = logits.size
     # dlogits doubles as the scratch for e = exp(-|z|), unless it is logits itself
     e = np.empty_like(logits) if np.may_share_memory(dlogits, logits) else dlogits
@@ -441,17 +444,21 @@ def _loss(kind, dlogits, logits, targets, scale):
     terms = log_u if kind == LOSS_BCE else np.empty_like(logits)  # BCE: each term over its log
     pick(_loss_finish, n, PARALLEL_MIN_HEAVY)(dlogits, terms, e, logits, targets, log_u,
                                               logits.dtype.type(scale), kind)
-    return float(pick(_row_sums, n, PARALLEL_MIN_CHEAP)(terms))
+    loss_sum = float(pick(_row_sums, n, PARALLEL_MIN_CHEAP)(terms))
+    if total is None:
+        return loss_sum
+    total[0] = loss_sum
+    return None
 
 
-def sigmoid_bce_forward_backward(dlogits, logits, targets, scale):
+def sigmoid_bce_forward_backward(dlogits, logits, targets, scale, total=None):
     """Twin of reference.sigmoid_bce_forward_backward."""
-    return _loss(LOSS_BCE, dlogits, logits, targets, scale)
+    return _loss(LOSS_BCE, dlogits, logits, targets, scale, total)
 
 
-def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
+def sigmoid_mse_forward_backward(dlogits, logits, targets, scale, total=None):
     """Twin of reference.sigmoid_mse_forward_backward."""
-    return _loss(LOSS_MSE, dlogits, logits, targets, scale)
+    return _loss(LOSS_MSE, dlogits, logits, targets, scale, total)
 
 
 # ----------------------------------------------------------------------------------------
@@ -467,10 +474,12 @@ def _sgd(p, g, vel, lr, momentum, nesterov, wd):
 _sgd = kernel(_sgd)
 
 
-def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay):
-    """Twin of reference.sgd_update."""
+def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay, guard=None):
+    """Twin of reference.sgd_update (the guard is read on the host: it lives there)."""
     check_arrays(params=params, grads=grads, velocity=velocity)
     check_same_shape(params, grads, velocity)
+    if not guard_allows(guard):
+        return
     pick(_sgd, params.size, PARALLEL_MIN_CHEAP)(
         params, grads, velocity, *sgd_scalars(params.dtype, lr, momentum, nesterov, weight_decay))
 
@@ -484,10 +493,12 @@ def _adam(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, wd, lr_wd, de
 _adam = kernel(_adam)
 
 
-def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
-    """Twin of reference.adam_update."""
+def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t, guard=None):
+    """Twin of reference.adam_update (the guard is read on the host: it lives there)."""
     check_arrays(params=params, grads=grads, m=m, v=v)
     check_same_shape(params, grads, m, v)
+    if not guard_allows(guard):
+        return
     pick(_adam, params.size, PARALLEL_MIN_CHEAP)(
         params, grads, m, v, *adam_scalars(params.dtype, lr, beta1, beta2, eps, weight_decay, decoupled, t))
 

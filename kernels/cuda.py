@@ -12,9 +12,12 @@ its work on that one stream, so a launch never blocks the host.
 
 Results do not depend on the grid size: elementwise kernels are grid-stride loops; the
 loss sum is reduced per row by one block of LOSS_THREADS threads in a fixed tree order,
-then the last block to finish adds the row partials in row order; the bias gradient is
-summed over rows by one thread per column, in row order.  No float atomics anywhere.
-No fastmath: results must match the other twins.
+then the last block to finish adds the row partials in row order; the bias gradient is summed
+per column over fixed 64-row chunks, one block per (column tile, chunk), and the last block of
+each tile adds the chunk partials in chunk order, as the CPU twin does.  No float atomics.
+No fastmath: results must match the other twins.  A float32 kernel does float32 arithmetic;
+only the documented sums (loss, bias gradient, the chain's change) accumulate in float64
+(tests/test_cuda_build.py checks the f64 instructions of every float32 kernel's PTX).
 """
 import math
 import os
@@ -25,12 +28,12 @@ from numba.cuda import libdevice
 
 from kernels import cuda_launch, scalar
 from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous,
-                            check_row_sums, check_same_shape, check_uint32_vector,
+                            check_row_sums, check_same_shape, check_total, check_uint32_vector,
                             drop_stale_numba_cache, sgd_scalars)
 from kernels.cuda_launch import kernel
 from kernels.philox import MASK32, philox4x32_10, seed_key
 from kernels.reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE,
-                               CORRUPTION_SALT_PEPPER)
+                               CORRUPTION_SALT_PEPPER, LEAKY_SLOPE)
 from kernels.scalar import ACT_CODES
 
 SIMULATOR = cuda_launch.SIMULATOR
@@ -97,6 +100,21 @@ def _xp(a):
 def check_arrays(**arrays):
     check_contiguous(arrays, lambda a: hasattr(a, "__cuda_array_interface__")
                      or (SIMULATOR and isinstance(a, np.ndarray)), "a CuPy array")
+
+
+
+_WORKSPACES = {}  # (key, device id) -> scratch arrays of the reductions, made once and reused
+
+
+def _workspace(like, key, make):
+    """The scratch arrays for `key` on like's device: make(xp) on first use, reused after, so a
+    launch allocates and zeroes nothing (the kernels leave their tickets at 0 again).  Safe
+    because tinydae queues all its work on one stream: launches sharing a workspace never overlap."""
+    device = None if isinstance(like, np.ndarray) else like.device.id
+    ws = _WORKSPACES.get((key, device))
+    if ws is None:
+        ws = _WORKSPACES[(key, device)] = make(_xp(like))
+    return ws
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,16 +222,16 @@ def corrupt(out, x, mode, level, seed, step, stream, offset=0):
 
 @kernel("void(T[::1], T[::1], T[::1], int32, int64)")
 def _bias_act_forward(y, z, b, a, H):
-    one = z.dtype.type(1)
+    zero, one, slope = z.dtype.type(0), z.dtype.type(1), z.dtype.type(LEAKY_SLOPE)  # data-dtype math
     for k in range(cuda.grid(1), z.size, cuda.gridsize(1)):
-        y[k] = _act(a, z[k] + b[k % H], one)
+        y[k] = _act(a, z[k] + b[k % H], zero, one, slope)
 
 
 @kernel("void(T[::1], T[::1], int32, int64)")
 def _bias_act_inplace(y, b, a, H):
-    one = y.dtype.type(1)
+    zero, one, slope = y.dtype.type(0), y.dtype.type(1), y.dtype.type(LEAKY_SLOPE)
     for k in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        y[k] = _act(a, y[k] + b[k % H], one)
+        y[k] = _act(a, y[k] + b[k % H], zero, one, slope)
 
 
 def bias_act_forward(y, z, b, act):
@@ -230,25 +248,72 @@ def bias_act_forward(y, z, b, act):
         _launch(_bias_act_forward, *_grid(z.size), y.reshape(-1), z.reshape(-1), b, code, H)
 
 
-@kernel("void(T[:, ::1], T[::1], T[:, ::1], T[:, ::1], int32)")
-def _bias_act_backward(dz, db, dy, y, a):
+# The bias gradient is a 2-D reduction over many blocks (one thread per column over all B rows
+# kept 4 blocks busy for H = 1000).  Work item (tile, chunk): BIAS_COLS threads, one per column
+# of the tile, each sum their column of dz over the chunk's BIAS_ROWS rows into a float64
+# partial; the last block to finish a tile's items (a ticket per tile) adds the tile's partials
+# in chunk order into db.  Chunks and orders are the CPU twin's (kernels/cpu.py: blocks of
+# ROW_BLOCK rows, each summed in row order, then the blocks in order), so the float64 sums
+# agree with it bit for bit, and nothing depends on the grid size.
+BIAS_ROWS = 64  # rows per chunk: kernels.cpu.ROW_BLOCK (a test checks that they agree)
+BIAS_COLS = 32  # columns per block: one warp, so each row's loads coalesce.  An item's 32 float64
+#                 partials are 256 bytes, two whole 128-byte cache lines (CuPy allocations are
+#                 512-byte aligned): no line holds two items' partials, so a tile's last block
+#                 cannot find a line in its SM's L1 that was cached before the tile was complete.
+
+
+@kernel("void(T[:, ::1], T[::1], T[:, ::1], T[:, ::1], int32, float64[::1], int32[::1])")
+def _bias_act_backward(dz, db, dy, y, a, partial, ticket):
+    # partial: (tiles * chunks * cols,) float64, item = tile * chunks + chunk at item * cols;
+    # ticket: (tiles,) int32, 0 between launches (each tile's last block resets its own).
+    last = cuda.shared.array(1, int32)
+    zero, one, slope = dy.dtype.type(0), dy.dtype.type(1), dy.dtype.type(LEAKY_SLOPE)  # data-dtype math
     B, H = dy.shape
-    for j in range(cuda.grid(1), H, cuda.gridsize(1)):  # one thread per column: db in row order
-        acc = 0.0
-        for i in range(B):
-            g = dy[i, j] * _act_grad(a, y[i, j])
-            dz[i, j] = g
-            acc += g
-        db[j] += acc
+    cols, lane = cuda.blockDim.x, cuda.threadIdx.x
+    chunks = (B + BIAS_ROWS - 1) // BIAS_ROWS
+    tiles = (H + cols - 1) // cols
+    for item in range(cuda.blockIdx.x, tiles * chunks, cuda.gridDim.x):  # uniform per block
+        tile = item // chunks
+        j = tile * cols + lane
+        if j < H:
+            acc = np.float64(0)  # not 0.0: the simulator would add float32 terms in float32
+            first = (item - tile * chunks) * BIAS_ROWS
+            for i in range(first, min(first + BIAS_ROWS, B)):
+                g = dy[i, j] * _act_grad(a, y[i, j], zero, one, slope)
+                dz[i, j] = g
+                acc += g
+            partial[item * cols + lane] = acc
+        cuda.threadfence()  # writer side: the partials are visible before the ticket is taken
+        cuda.syncthreads()
+        if lane == 0:
+            last[0] = cuda.atomic.add(ticket, tile, 1) == chunks - 1
+        cuda.syncthreads()
+        if last[0]:
+            cuda.threadfence()  # reader side: order the partial loads after the ticket
+            if j < H:
+                total = np.float64(0)
+                for k in range(tile * chunks, (tile + 1) * chunks):  # chunk order
+                    total += partial[k * cols + lane]
+                db[j] += total
+            if lane == 0:
+                ticket[tile] = 0  # ready for the next launch, without a memset
+        cuda.syncthreads()  # every thread has read `last` before the next item rewrites it
 
 
 def bias_act_backward(dz, db, dy, y, act):
-    """Twin of reference.bias_act_backward."""
+    """Twin of reference.bias_act_backward: one launch, workspaces reused; the float64 db sums
+    are the CPU twin's, bit for bit (for equal dz terms)."""
     check_arrays(dz=dz, db=db, dy=dy, y=y)
     check_same_shape(dz, dy, y)
     check_columns(db, dy, "db")
-    if dy.size:
-        _launch(_bias_act_backward, *_grid(dy.shape[1]), dz, db, dy, y, np.int32(ACT_CODES[act]))
+    if not dy.size:
+        return
+    B, H = dy.shape
+    chunks, tiles = -(-B // BIAS_ROWS), -(-H // BIAS_COLS)
+    partial, ticket = _workspace(dy, ("bias", tiles, chunks, BIAS_COLS), lambda xp: (
+        xp.zeros(tiles * chunks * BIAS_COLS, np.float64), xp.zeros(tiles, np.int32)))
+    _launch(_bias_act_backward, max(1, min(tiles * chunks, LAUNCH["max_blocks"])), BIAS_COLS,
+            dz, db, dy, y, np.int32(ACT_CODES[act]), partial, ticket)
 
 
 # ----------------------------------------------------------------------------------------
@@ -273,13 +338,15 @@ def _finish(partial, ticket, total, buf, last, tid):
     """The last block to finish adds the row partials in row order, into total[0].
 
     `last` is its own shared slot: the ticket must stay readable by every thread while
-    thread 0 goes on to reuse buf.
+    thread 0 goes on to reuse buf.  The last block also puts the ticket back to 0, so the
+    workspace serves the next launch without a memset.
     """
-    cuda.threadfence()  # make this block's partials visible before taking a ticket
+    cuda.threadfence()  # writer side: this block's partials are visible before it takes a ticket
     if tid == 0:
         last[0] = cuda.atomic.add(ticket, 0, 1) == cuda.gridDim.x - 1
     cuda.syncthreads()
     if last[0]:
+        cuda.threadfence()  # reader side: order the partial loads after the ticket
         acc = 0.0
         for i in range(tid, partial.size, LOSS_THREADS):
             acc += partial[i]
@@ -287,13 +354,17 @@ def _finish(partial, ticket, total, buf, last, tid):
         _block_sum(buf, tid)
         if tid == 0:
             total[0] = buf[0]
+            ticket[0] = 0
 
 
-@kernel("void(T[:, ::1], T[:, ::1], T[:, ::1], float64, int32, float64[::1], int32[::1], float64[::1])")
+@kernel("void(T[:, ::1], T[:, ::1], T[:, ::1], T, int32, float64[::1], int32[::1], float64[::1])")
 def _loss_rows(dlogits, logits, targets, scale, kind, partial, ticket, total):
+    # Each element's loss and gradient in the data dtype, as the reference computes them; only
+    # the sum is float64 (a float32 kernel converts and adds in float64, nothing else).
     buf = cuda.shared.array(LOSS_THREADS, float64)
     last = cuda.shared.array(1, int32)
     tid = cuda.threadIdx.x
+    zero, one, two = logits.dtype.type(0), logits.dtype.type(1), logits.dtype.type(2)
     B, D = logits.shape
     for i in range(cuda.blockIdx.x, B, cuda.gridDim.x):
         acc = 0.0
@@ -301,14 +372,14 @@ def _loss_rows(dlogits, logits, targets, scale, kind, partial, ticket, total):
             z = logits[i, j]
             t = targets[i, j]
             e = math.exp(-abs(z))  # one exp serves loss and sigmoid: never overflows
-            s = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+            s = one / (one + e) if z >= zero else e / (one + e)
             if kind == LOSS_BCE:
-                acc += max(z, 0.0) - z * t + math.log1p(e)  # finite for any z
+                acc += max(z, zero) - z * t + math.log1p(e)  # finite for any z
                 dlogits[i, j] = (s - t) * scale
             else:
                 r = s - t
                 acc += r * r
-                dlogits[i, j] = 2.0 * r * (e / ((1.0 + e) * (1.0 + e))) * scale  # s(1-s), no cancellation
+                dlogits[i, j] = two * r * (e / ((one + e) * (one + e))) * scale  # s(1-s), no cancellation
         buf[tid] = acc
         _block_sum(buf, tid)
         if tid == 0:
@@ -316,32 +387,39 @@ def _loss_rows(dlogits, logits, targets, scale, kind, partial, ticket, total):
     _finish(partial, ticket, total, buf, last, tid)
 
 
-def _loss(kind, dlogits, logits, targets, scale):
+def _loss(kind, dlogits, logits, targets, scale, total):
     check_arrays(dlogits=dlogits, logits=logits, targets=targets)
     check_same_shape(dlogits, logits, targets)
     if logits.ndim != 2:
         raise ValueError(f"losses take (B, D) arrays, got shape {logits.shape}")
+    if total is not None:
+        check_arrays(total=total)
+        check_total(total)
     B = logits.shape[0]
     if logits.size == 0:
-        return 0.0
-    xp = _xp(logits)
-    partial = xp.zeros(B, np.float64)
-    ticket = xp.zeros(1, np.int32)
-    total = xp.zeros(1, np.float64)
+        if total is None:
+            return 0.0
+        total[...] = 0
+        return None
+    # Row partials, ticket and a total of our own: allocated once per batch size, then reused.
+    partial, ticket, own_total = _workspace(logits, ("loss", B), lambda xp: (
+        xp.zeros(B, np.float64), xp.zeros(1, np.int32), xp.zeros(1, np.float64)))
     blocks = max(1, min(B, LAUNCH["max_blocks"]))
-    _launch(_loss_rows, blocks, LOSS_THREADS, dlogits, logits, targets, np.float64(scale), np.int32(kind),
-            partial, ticket, total)
-    return float(total[0])  # the one host sync of a training step: the NaN guard needs it
+    _launch(_loss_rows, blocks, LOSS_THREADS, dlogits, logits, targets, logits.dtype.type(scale), np.int32(kind),
+            partial, ticket, own_total if total is None else total)
+    if total is None:
+        return float(own_total[0])  # a host sync: the training step passes `total` instead
+    return None
 
 
-def sigmoid_bce_forward_backward(dlogits, logits, targets, scale):
-    """Twin of reference.sigmoid_bce_forward_backward."""
-    return _loss(LOSS_BCE, dlogits, logits, targets, scale)
+def sigmoid_bce_forward_backward(dlogits, logits, targets, scale, total=None):
+    """Twin of reference.sigmoid_bce_forward_backward (with `total`: no host sync)."""
+    return _loss(LOSS_BCE, dlogits, logits, targets, scale, total)
 
 
-def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
-    """Twin of reference.sigmoid_mse_forward_backward."""
-    return _loss(LOSS_MSE, dlogits, logits, targets, scale)
+def sigmoid_mse_forward_backward(dlogits, logits, targets, scale, total=None):
+    """Twin of reference.sigmoid_mse_forward_backward (with `total`: no host sync)."""
+    return _loss(LOSS_MSE, dlogits, logits, targets, scale, total)
 
 
 # ----------------------------------------------------------------------------------------
@@ -354,11 +432,12 @@ def _bias_sigmoid_change(y, change, b, prev):
     # One block per row (like the loss): each thread sums its columns, then a fixed-order tree.
     buf = cuda.shared.array(LOSS_THREADS, float64)
     tid = cuda.threadIdx.x
+    zero, one = y.dtype.type(0), y.dtype.type(1)  # the sigmoid in the data dtype
     B, D = y.shape
     for i in range(cuda.blockIdx.x, B, cuda.gridDim.x):
         acc = 0.0
         for j in range(tid, D, LOSS_THREADS):
-            y[i, j] = _sigmoid(y[i, j] + b[j])
+            y[i, j] = _sigmoid(y[i, j] + b[j], zero, one)
             acc += abs(np.float64(y[i, j]) - np.float64(prev[i, j]))  # the stored (rounded) value
         buf[tid] = acc
         _block_sum(buf, tid)
@@ -382,32 +461,59 @@ def bias_sigmoid_change(y, change, b, prev):
 # ----------------------------------------------------------------------------------------
 
 
-@kernel("void(T[::1], T[::1], T[::1], T, T, boolean, T)")
-def _sgd(p, g, vel, lr, momentum, nesterov, wd):
+# The guard: the step's float64 loss sum, read by the update on the device, so that a
+# non-finite loss skips the update without the host having to look first.  Kernels take its
+# int64 bits: finite iff the exponent bits are not all ones, an integer test that keeps float32
+# kernels free of float64 instructions.
+
+
+@cuda.jit(device=True, inline="always")
+def _finite(bits):
+    return ((bits >> 52) & 0x7FF) != 0x7FF  # the 11 exponent bits of a float64
+
+
+def _guard_bits(guard, like):
+    """guard: None or a (1,) float64 array -> its (1,) int64 bits for the kernels (a view, no
+    copy); no guard: the bits of 0.0, always finite."""
+    if guard is None:
+        return _workspace(like, ("no guard",), lambda xp: xp.zeros(1, np.int64))
+    check_arrays(guard=guard)
+    check_total(guard, "guard")
+    return guard.view(np.int64)
+
+
+@kernel("void(T[::1], T[::1], T[::1], T, T, boolean, T, int64[::1])")
+def _sgd(p, g, vel, lr, momentum, nesterov, wd, guard):
+    if not _finite(guard[0]):  # the step's loss is not finite: leave everything as it was
+        return
     for k in range(cuda.grid(1), p.size, cuda.gridsize(1)):
         p[k], vel[k] = _sgd_element(p[k], g[k], vel[k], lr, momentum, nesterov, wd)
 
 
-def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay):
-    """Twin of reference.sgd_update."""
+def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay, guard=None):
+    """Twin of reference.sgd_update (the guard is read on the device: no host sync)."""
     check_arrays(params=params, grads=grads, velocity=velocity)
     check_same_shape(params, grads, velocity)
+    bits = _guard_bits(guard, params)
     if params.size:
         _launch(_sgd, *_grid(params.size), params, grads, velocity,
-                *sgd_scalars(params.dtype, lr, momentum, nesterov, weight_decay))
+                *sgd_scalars(params.dtype, lr, momentum, nesterov, weight_decay), bits)
 
 
-@kernel("void(T[::1], T[::1], T[::1], T[::1], T, T, T, T, T, T, T, T, boolean, T, T)")
-def _adam(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, wd, lr_wd, decoupled, c1, c2):
+@kernel("void(T[::1], T[::1], T[::1], T[::1], T, T, T, T, T, T, T, T, boolean, T, T, int64[::1])")
+def _adam(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, wd, lr_wd, decoupled, c1, c2, guard):
+    if not _finite(guard[0]):  # the step's loss is not finite: leave everything as it was
+        return
     for k in range(cuda.grid(1), p.size, cuda.gridsize(1)):
         p[k], m[k], v[k] = _adam_element(p[k], g[k], m[k], v[k], lr, b1, one_minus_b1, b2, one_minus_b2,
                                          eps, wd, lr_wd, decoupled, c1, c2)
 
 
-def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
-    """Twin of reference.adam_update."""
+def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t, guard=None):
+    """Twin of reference.adam_update (the guard is read on the device: no host sync)."""
     check_arrays(params=params, grads=grads, m=m, v=v)
     check_same_shape(params, grads, m, v)
+    bits = _guard_bits(guard, params)
     if params.size:
         _launch(_adam, *_grid(params.size), params, grads, m, v,
-                *adam_scalars(params.dtype, lr, beta1, beta2, eps, weight_decay, decoupled, t))
+                *adam_scalars(params.dtype, lr, beta1, beta2, eps, weight_decay, decoupled, t), bits)

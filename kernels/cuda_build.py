@@ -131,9 +131,10 @@ def ptx_header(ptx):
     return {"ptx_isa": isa.group(1) if isa else None, "nvvm_release": release.group(1) if release else None}
 
 
-def count_f64_ops(ptx):
-    """f64 arithmetic, comparisons and conversions in the PTX (loads, stores, moves excluded)."""
-    count = 0
+def f64_ops_by_opcode(ptx):
+    """-> {opcode: count} of the f64 arithmetic, comparisons and conversions in the PTX
+    (loads, stores, moves and selects of f64 values are not counted)."""
+    counts = {}
     for line in ptx.splitlines():
         line = line.strip()
         if not line or line.startswith(("//", ".")):
@@ -143,8 +144,12 @@ def count_f64_ops(ptx):
         opcode = line.split(None, 1)[0] if line else ""
         parts = opcode.split(".")
         if "f64" in parts[1:] and parts[0] not in _F64_NOT_ARITHMETIC:
-            count += 1
-    return count
+            counts[opcode] = counts.get(opcode, 0) + 1
+    return counts
+
+
+def count_f64_ops(ptx):
+    return sum(f64_ops_by_opcode(ptx).values())
 
 
 def find_ptxas():
@@ -279,6 +284,7 @@ def build_variant(k, dtype, cc, out_dir, assembler="auto", keep_ptx=True):
     ptx, entry = compile_ptx(k, dtype, cc)
     cubin, log, used = assemble(ptx, cc, assembler)
     info = dict(name=k.name, dtype=dtype, ok=True, **resources(log), f64_ops=count_f64_ops(ptx),
+                f64_by_opcode=f64_ops_by_opcode(ptx),
                 entry=entry, **ptx_header(ptx), assembler=used, arch=arch_name(cc),
                 signature=k.variants[dtype], ptx_params=entry_params(ptx), cubin_path=stem + ".cubin")
     os.makedirs(out_dir, exist_ok=True)
@@ -360,3 +366,47 @@ def compiler_info(cc=(9, 0)):
 
     ptx, _ = cuda.compile(probe, "void(float32[::1])", device=False, abi="numba", cc=cc, output="ptx")
     return dict(ptx_header(ptx), assemblers=assemblers(), toolchain=toolchain())
+
+
+def driver_version():
+    """The CUDA driver's version (e.g. 13000), or None where there is no driver or CuPy."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.driverGetVersion())
+    except Exception:
+        return None
+
+
+def toolchain_report():
+    """What `cli.py info` shows about CUDA compilation: the driver, the compiler, the PTX ISA
+    it emits and whether the driver could JIT it, the assemblers and the cubin cache."""
+    from kernels.cuda_launch import LAUNCHER_NAMES
+
+    report = dict(driver_version=driver_version(), launcher=os.environ.get("TINYDAE_CUDA_LAUNCHER") or "cupy",
+                  launchers=list(LAUNCHER_NAMES), cache_dir=cache_dir(), warnings=[])
+    dv = report["driver_version"]
+    report["driver"] = f"{dv // 1000}.{(dv % 1000) // 10}" if dv else None
+    report["driver_ptx_isa"] = driver_ptx_isa(dv) if dv else None
+    try:
+        report.update(compiler_info())
+    except Exception as e:  # BuildError, or a compiler that fails: say why, in one line
+        text = str(e).strip().splitlines()
+        report.update(ptx_isa=None, nvvm_release=None, assemblers=assemblers(), toolchain=toolchain(),
+                      compiler_error=f"{type(e).__name__}: {text[0] if text else ''}")
+    try:
+        report["cached_cubins"] = sum(1 for n in os.listdir(report["cache_dir"]) if n.endswith(".cubin"))
+    except OSError:
+        report["cached_cubins"] = 0
+    isa, dmax = isa_tuple(report.get("ptx_isa")), isa_tuple(report["driver_ptx_isa"])
+    if isa and dmax and isa > dmax:
+        report["warnings"].append(
+            f"NVVM {report['nvvm_release']} emits PTX ISA {report['ptx_isa']}, newer than driver "
+            f"{report['driver']} can JIT ({report['driver_ptx_isa']}): the cupy launcher's cubins are "
+            f"unaffected, numba's dispatcher may fail; pip install -e \".[cuda13]\" pins the 13.0 compilers")
+    if report["launcher"] not in LAUNCHER_NAMES:
+        report["warnings"].append(f"TINYDAE_CUDA_LAUNCHER={report['launcher']!r} is not one of "
+                                  f"{', '.join(LAUNCHER_NAMES)}: --backend cuda will refuse it")
+    if not report["assemblers"] and report.get("nvvm_release"):
+        report["warnings"].append("no cubin assembler (nvJitLink or ptxas): the cupy launcher cannot build cubins")
+    return report

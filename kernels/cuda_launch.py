@@ -181,7 +181,8 @@ class CupyLauncher:
 
     def __init__(self, cache_dir=None):
         self.cache_dir = cache_dir
-        self._functions = {}  # (kernel, arg key, device) -> cupy RawModule function
+        self._functions = {}  # (kernel, arg key, device) -> cupy RawKernel from a RawModule
+        self._modules = []    # the RawModules, kept loaded for as long as their functions are used
 
     def _load(self, k, args):
         import cupy
@@ -191,10 +192,9 @@ class CupyLauncher:
         dtype = k.variant(args)
         arch = cuda_build.device_arch()
         built = cuda_build.cached_build(k, dtype, arch, self.cache_dir)
-        module = cupy.RawModule(path=built["cubin_path"])
-        fn = module.get_function(built["entry"])
-        fn.tinydae_module = module  # keep the module alive with the function
-        return fn
+        module = cupy.RawModule(path=built["cubin_path"])  # a cubin: loaded as is, no JIT
+        self._modules.append(module)
+        return module.get_function(built["entry"])
 
     def launch(self, k, blocks, threads, args):
         import cupy

@@ -3,11 +3,16 @@
 Legend: B batch, D width of the layer (pixels for the loss), N flat length.
 Conventions (shared with kernels/cpu.py and kernels/cuda.py, same signatures):
   * outputs first, then inputs, then scalars; outputs are written in place;
-  * reductions (loss sums) accumulate in float64 and are returned as Python floats;
+  * reductions (loss sums) accumulate in float64 and are returned as Python floats, or, given
+    `total` (a (1,) float64 array), written to total[0] with nothing read back (the CUDA twin
+    then needs no host sync);
+  * optimizer updates take an optional `guard`, a (1,) float64 array holding the step's loss
+    sum: when it is not finite the update is skipped (the CUDA twin decides on the device);
   * arrays are C-contiguous (the model only ever passes contiguous buffers).
 """
 import numpy as np
 
+from kernels.common import check_total, guard_allows
 from kernels.philox import philox_words_np
 
 # ----------------------------------------------------------------------------------------
@@ -217,34 +222,44 @@ def bias_sigmoid_change(y, change, b, prev):
 # ----------------------------------------------------------------------------------------
 
 
-def sigmoid_bce_forward_backward(dlogits, logits, targets, scale):
+def _deliver(loss_sum, total):
+    """A float64 loss sum -> returned as a Python float, or, given total ((1,) float64), stored
+    in total[0] and None returned."""
+    if total is None:
+        return float(loss_sum)
+    check_total(total)
+    total[0] = loss_sum
+    return None
+
+
+def sigmoid_bce_forward_backward(dlogits, logits, targets, scale, total=None):
     """Binary cross-entropy of sigmoid(logits) against targets, and its gradient.
 
-    dlogits, logits, targets: (B, D); scale: float (1/B for a batch mean)
+    dlogits, logits, targets: (B, D); scale: float (1/B for a batch mean); total: None or (1,) float64
     loss_ij  = max(z, 0) - z t + log1p(exp(-|z|))   (= -t log s - (1-t) log(1-s), s = sigmoid z)
     dlogits  = (sigmoid(z) - t) * scale
-    -> sum of loss_ij over all elements, accumulated in float64
+    -> sum of loss_ij over all elements, accumulated in float64 (in total[0] if given, else returned)
     """
     z, t = logits, targets
     # log1p(exp(-|z|)) never overflows: finite for |z| up to the float32 limit.
     loss = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
     dlogits[...] = (sigmoid(z) - t) * z.dtype.type(scale)
-    return float(np.sum(loss, dtype=np.float64))
+    return _deliver(np.sum(loss, dtype=np.float64), total)
 
 
-def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
+def sigmoid_mse_forward_backward(dlogits, logits, targets, scale, total=None):
     """Squared error of sigmoid(logits) against targets (the paper's contrast), and gradient.
 
-    dlogits, logits, targets: (B, D); scale: float
+    dlogits, logits, targets: (B, D); scale: float; total: None or (1,) float64
     loss_ij = (s - t)^2, s = sigmoid(z);  dlogits = 2 (s - t) s (1 - s) * scale
-    -> sum of loss_ij, accumulated in float64
+    -> sum of loss_ij, accumulated in float64 (in total[0] if given, else returned)
     """
     e = np.exp(-np.abs(logits))
     s = np.where(logits >= 0, 1 / (1 + e), e / (1 + e))
     r = s - targets
     # sigmoid'(z) = s (1 - s) = e / (1 + e)^2, e = exp(-|z|): no cancellation in 1 - s near 1.
     dlogits[...] = 2 * r * (e / ((1 + e) * (1 + e))) * logits.dtype.type(scale)
-    return float(np.sum(r * r, dtype=np.float64))
+    return _deliver(np.sum(r * r, dtype=np.float64), total)
 
 
 # ----------------------------------------------------------------------------------------
@@ -252,27 +267,32 @@ def sigmoid_mse_forward_backward(dlogits, logits, targets, scale):
 # ----------------------------------------------------------------------------------------
 
 
-def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay):
+def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay, guard=None):
     """SGD with (Nesterov) momentum and L2 weight decay, in place.
 
-    params, grads, velocity: (N,)
+    params, grads, velocity: (N,); guard: None or (1,) float64, the step's loss sum
       g = grad + wd * p;  v = momentum * v + g;  p -= lr * (g + momentum * v if nesterov else v)
-    With momentum 0 this is plain SGD (v = g).
+    With momentum 0 this is plain SGD (v = g).  A non-finite guard[0] leaves everything as it was.
     """
+    if not guard_allows(guard):
+        return
     g = grads + weight_decay * params
     velocity[...] = momentum * velocity + g
     step = g + momentum * velocity if nesterov else velocity
     params -= (lr * step).astype(params.dtype)
 
 
-def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
+def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t, guard=None):
     """Adam (decoupled=False: L2 added to the gradient) or AdamW (decoupled=True), in place.
 
-    params, grads, m, v: (N,); t: the step number, counted from 1
+    params, grads, m, v: (N,); t: the step number, counted from 1; guard: as in sgd_update
       AdamW: p -= lr * wd * p           Adam: g = grad + wd * p
       m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
       p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    A non-finite guard[0] leaves everything as it was.
     """
+    if not guard_allows(guard):
+        return
     g = grads if decoupled else grads + weight_decay * params
     if decoupled:
         params -= (lr * weight_decay * params).astype(params.dtype)

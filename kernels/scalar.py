@@ -5,11 +5,13 @@ with numba.cuda.jit(device=True, inline="always").  Each function is self-contai
 and numpy scalars, no calls to the others): one source cannot know which target's compiled
 helper it would be calling.
 
-Activations and losses compute in float64 (float literals) and are rounded once when
-stored; the RNG conversions stay in float32, bit for bit as kernels/reference.py.  Where
-a function must work in the data's own precision (Kahan's log1p), the caller passes
-`one` = 1 in the data dtype (`array.dtype.type(1)`): a float32 literal would mean float32
-under the CUDA simulator's NumPy scalar rules even for float64 data, but not on the GPU.
+Activations compute in the precision of the constants the caller passes (`zero`, `one`,
+`slope` = 0, 1 and LEAKY_SLOPE): the kernels pass them in the data dtype
+(`array.dtype.type(1)`), so float32 layers do float32 arithmetic, as NumPy does in the
+reference, and a GPU does no float64 work for them (an untyped float literal such as 0.0 is
+float64 in numba and would promote the whole expression).  The defaults (float64) are for
+callers that want float64 intermediates rounded once when stored.  The RNG conversions stay in
+float32, bit for bit as kernels/reference.py.
 """
 import math
 
@@ -39,44 +41,44 @@ def box_muller(w1, w2):
     return np.float32(r * math.cos(theta)), np.float32(r * math.sin(theta))
 
 
-def sigmoid(z):
+def sigmoid(z, zero=0.0, one=1.0):
     e = math.exp(-abs(z))  # exp only sees -|z|: no overflow
-    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+    return one / (one + e) if z >= zero else e / (one + e)
 
 
-def act(a, z, one):
-    """Activation code a applied to z; `one` = 1 in the data dtype (softplus's precision)."""
+def act(a, z, zero=0.0, one=1.0, slope=LEAKY_SLOPE):
+    """Activation code a applied to z, in the precision of zero, one and slope."""
     if a == RELU:
-        return max(z, 0.0)
+        return max(z, zero)
     if a == LEAKY_RELU:
-        return z if z > 0 else z * LEAKY_SLOPE
+        return z if z > zero else z * slope
     if a == TANH:
         return math.tanh(z)
     if a == SIGMOID:
         e = math.exp(-abs(z))
-        return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+        return one / (one + e) if z >= zero else e / (one + e)
     if a == SOFTPLUS:
         # softplus = max(z, 0) + log1p(e), log1p by Kahan: log(u) e / (u - 1) undoes the
         # rounding of u = 1 + e (1.5x faster than libm's log1p on the CPU, as accurate)
         e = math.exp(-abs(z))
         u = one + e
-        return max(z, 0.0) + (e if u == one else math.log(u) * (e / (u - one)))
+        return max(z, zero) + (e if u == one else math.log(u) * (e / (u - one)))
     return z
 
 
-def act_grad(a, y):
-    """f'(z) written from the output y = f(z)."""
+def act_grad(a, y, zero=0.0, one=1.0, slope=LEAKY_SLOPE):
+    """f'(z) written from the output y = f(z), in the precision of zero, one and slope."""
     if a == RELU:
-        return 1.0 if y > 0 else 0.0
+        return one if y > zero else zero
     if a == LEAKY_RELU:
-        return 1.0 if y > 0 else LEAKY_SLOPE
+        return one if y > zero else slope
     if a == TANH:
-        return 1.0 - y * y
+        return one - y * y
     if a == SIGMOID:
-        return y * (1.0 - y)
+        return y * (one - y)
     if a == SOFTPLUS:
         return -math.expm1(-y)  # sigmoid(z) = 1 - e^-y, exact for tiny y
-    return 1.0
+    return one
 
 
 def sgd_element(p, g, vel, lr, momentum, nesterov, wd):

@@ -33,6 +33,28 @@ def test_cuda_without_cupy_names_the_install_command():
     assert get_backend("auto").name == "cpu"  # auto falls back quietly
 
 
+def test_gemm_acc_on_numpy_is_the_plain_accumulation(rng):
+    """out += a.T @ b, bit for bit as NumPy's own expression, into C- and F-ordered outputs
+    (a tied decoder's dW is the transpose view of the encoder's)."""
+    cpu = get_backend("cpu")
+    a, b = rng.normal(size=(9, 5)).astype(np.float32), rng.normal(size=(9, 4)).astype(np.float32)
+    for out0 in (rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32).T):
+        expected, out = out0.copy(order="K"), out0.copy(order="K")
+        expected += a.T @ b
+        cpu.gemm_acc(a, b, out)
+        np.testing.assert_array_equal(out, expected)
+        assert out.flags.c_contiguous == out0.flags.c_contiguous
+
+
+def test_host_reads_are_counted():
+    from tinydae.backend import HOST_READS
+
+    cpu = get_backend("cpu")
+    before = HOST_READS["count"]
+    assert cpu.to_host(np.float64(2.0)) == 2.0 and cpu.to_host(np.ones(3)).shape == (3,)
+    assert HOST_READS["count"] == before + 2
+
+
 def test_reference_kernels_are_cpu_only():
     assert get_backend("cpu", kernels="reference").kernels.__name__ == "kernels.reference"
     assert get_backend("cpu").kernels.__name__ == "kernels.cpu"

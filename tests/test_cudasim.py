@@ -2,8 +2,8 @@
 
 CuPy cannot run without a GPU, but the simulator takes NumPy arrays as device arrays, so a
 backend of NumPy arrays + kernels/cuda.py runs every layer, loss, optimizer and chain step
-through the CUDA kernels in CI, and counts their launches per step (tests/test_gpu.py repeats
-the count on a real GPU).  Models are tiny: the simulator runs each GPU thread as a Python
+through the CUDA kernels in CI, and counts their launches and host reads per step
+(tests/test_gpu.py repeats the counts on a real GPU).  Models are tiny: the simulator runs each GPU thread as a Python
 thread.
 """
 import os
@@ -57,6 +57,50 @@ def test_training_on_the_cuda_kernels_matches_the_reference(sim, config, corrupt
     np.testing.assert_allclose(model.params, ref_model.params, rtol=1e-4, atol=1e-5)
     assert np.abs(model.params - td.DAE(10, hidden=(6, 4), seed=5, **config).params).max() > 1e-3  # it trained
     assert launches == [kernel_launches_per_step(model)] * 3 == [2 * 4 + 3] * 3
+
+
+def test_fit_on_the_cuda_kernels_reads_the_host_once_per_step(sim, tmp_path):
+    """fit() reads one number back per step, the loss sum, after queueing the update; the
+    launches between two steps are kernel_launches_per_step.  Validation and checkpoints, at
+    epoch ends, read more."""
+    import kernels.cuda as kc
+    from tinydae.backend import HOST_READS
+
+    data = np.random.default_rng(2).uniform(0.05, 0.95, (13, 10)).astype(np.float32)
+    marks = []
+
+    def progress(event, info):
+        marks.append((event, HOST_READS["count"], kc.LAUNCHES["count"]))
+
+    model = td.DAE(10, hidden=(6, 4), seed=5, backend=sim)
+    before = HOST_READS["count"]
+    state = td.fit(model, data[:10], data[10:], epochs=2, batch_size=5, progress=progress,
+                   checkpoint_path=str(tmp_path / "c.h5"))  # 2 steps per epoch
+    steps = [i for i, m in enumerate(marks) if m[0] == "step"]
+    reads = [marks[j][1] - marks[i][1] for i, j in zip(steps, steps[1:])]
+    launches = [marks[j][2] - marks[i][2] for i, j in zip(steps, steps[1:])]
+    assert reads[0] == reads[2] == 1  # step to step within an epoch: the loss alone
+    assert reads[1] > 1  # epoch 1 ended between steps 2 and 3: validation and the checkpoint
+    assert launches[0] == launches[2] == kernel_launches_per_step(model)
+    assert state.step == 4 and np.isfinite(state.history[-1]["val_bce_denoise"])
+    before = HOST_READS["count"]
+    td.fit(td.DAE(10, hidden=(6, 4), seed=5, backend=sim), data[:10], None, epochs=1, batch_size=5)
+    assert HOST_READS["count"] - before == 2  # one per step, nothing else
+
+
+def test_fit_on_the_cuda_kernels_skips_the_update_of_a_non_finite_loss(sim):
+    data = np.random.default_rng(3).uniform(0.05, 0.95, (10, 10)).astype(np.float32)
+    model = td.DAE(10, hidden=(6, 4), seed=5, backend=sim)
+    opt = td.Adam(model)
+    td.fit(model, data, None, optimizer=opt, epochs=1, batch_size=5)  # 2 good steps
+    model.named_params["enc0.b"][2] = np.nan
+    params, m, v = model.params.copy(), opt.buffers["m"].copy(), opt.buffers["v"].copy()
+    with pytest.raises(td.TrainingDiverged, match="step 3 "):
+        td.fit(model, data, None, optimizer=opt, epochs=2, batch_size=5, state=td.TrainState(step=2, epoch=1))
+    np.testing.assert_array_equal(model.params, params)  # the update kernel read the NaN and stopped
+    np.testing.assert_array_equal(opt.buffers["m"], m)
+    np.testing.assert_array_equal(opt.buffers["v"], v)
+    assert opt.t == 2
 
 
 @pytest.mark.parametrize("corruption", ["gaussian:0.2", "none"])

@@ -56,6 +56,80 @@ def test_kernel_launches_per_step_are_as_claimed():
     assert kc.LAUNCHES["count"] - before == kernel_launches_per_step(model) == 2 * 4 + 3
 
 
+def test_a_training_step_reads_the_host_once(tmp_path):
+    """fit() on CuPy reads one number back per step (the loss sum, after the update is queued);
+    the validation and checkpoint at an epoch end read more."""
+    import kernels.cuda as kc
+    from tinydae.backend import HOST_READS
+
+    train, val = td.glyphs(600, seed=0).split(0.2)  # 480 rows: 8 steps of 64 per epoch (the last 32)
+    marks = []
+    model = td.DAE(784, hidden=(128, 32), seed=0, backend="cuda")
+    td.fit(model, train, val, epochs=2, checkpoint_path=str(tmp_path / "c.h5"),
+           progress=lambda event, info: marks.append((event, HOST_READS["count"], kc.LAUNCHES["count"])))
+    steps = [i for i, m in enumerate(marks) if m[0] == "step"]
+    reads = [marks[j][1] - marks[i][1] for i, j in zip(steps, steps[1:])]
+    launches = [marks[j][2] - marks[i][2] for i, j in zip(steps, steps[1:])]
+    assert reads[:7] == reads[8:] == [1] * 7 and reads[7] > 1
+    assert launches[:7] == launches[8:] == [kernel_launches_per_step(model)] * 7
+    before = HOST_READS["count"]
+    state = td.fit(td.DAE(784, hidden=(128, 32), seed=0, backend="cuda"), train, None, epochs=1)
+    assert HOST_READS["count"] - before == state.step == 8
+
+
+def test_a_queued_training_step_does_not_block_the_host():
+    """loss_sum_and_grad + a guarded update read nothing back: queued behind a few hundred ms
+    of GPU work, they return long before it finishes (a hidden sync would wait for it)."""
+    import time
+
+    import cupy
+
+    model = td.DAE(784, hidden=(256, 64), seed=0, backend="cuda")
+    opt = td.Adam(model)
+    x = model.as_input(td.glyphs(256).x)
+    total = cupy.zeros(1, cupy.float64)
+
+    def step():
+        model.loss_sum_and_grad(x, x, total)
+        opt.step(guard=total)
+
+    step()  # kernels loaded, workspaces and the memory pool's blocks allocated
+    a = cupy.random.random((4096, 4096), dtype=cupy.float32)
+    cupy.cuda.get_current_stream().synchronize()
+    for _ in range(20):
+        a = a @ a
+        a /= cupy.float32(4096)
+    t0 = time.perf_counter()
+    step()
+    step_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    cupy.cuda.get_current_stream().synchronize()
+    queued_s = time.perf_counter() - t1
+    assert queued_s > 0.02, "the GPU work finished too fast to tell"
+    assert step_s < queued_s / 4, (step_s, queued_s)
+    assert np.isfinite(float(total[0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_acc_accumulates_into_c_and_f_ordered_gradients(dtype):
+    """cupy.cublas.gemm with beta = 1 writes out += a.T @ b into out itself, for an untied dW
+    (C-ordered) and a tied decoder's dW (the F-ordered transpose view of the encoder's)."""
+    import cupy
+
+    backend = td.get_backend("cuda")
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(64, 300)).astype(dtype), rng.normal(size=(64, 200)).astype(dtype)
+    c_out = cupy.asarray(rng.normal(size=(300, 200)).astype(dtype))
+    f_base = cupy.asarray(rng.normal(size=(200, 300)).astype(dtype))
+    for out in (c_out, f_base.T):
+        start, ptr = cupy.asnumpy(out), out.data.ptr
+        backend.gemm_acc(cupy.asarray(a), cupy.asarray(b), out)
+        assert out.data.ptr == ptr
+        tol = dict(rtol=1e-4, atol=1e-3) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-11)
+        np.testing.assert_allclose(cupy.asnumpy(out), start + a.T @ b, **tol)
+    np.testing.assert_array_equal(cupy.asnumpy(f_base.T), cupy.asnumpy(out))  # written through the view
+
+
 def test_cpu_and_cuda_draw_identical_streams():
     import cupy
 

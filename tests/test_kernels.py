@@ -173,7 +173,30 @@ def test_losses_match_reference(twin, loss):
             np.testing.assert_array_equal(twin.to_host(d), d_ref)
         else:
             np.testing.assert_allclose(twin.to_host(d), d_ref, **tol(dtype))
+        # the training path: the sum goes to a caller's (1,) float64 array, nothing is returned
+        on_device, d2 = twin.to_dev(np.full(1, np.nan)), twin.empty_like(z)
+        assert getattr(twin.k, loss)(d2, twin.to_dev(z), twin.to_dev(t), scale, total=on_device) is None
+        assert twin.to_host(on_device)[0] == total  # the same kernel, the same sum
+        np.testing.assert_array_equal(twin.to_host(d2), twin.to_host(d))
     run(twin, body)
+
+
+@pytest.mark.parametrize("loss", ["sigmoid_bce_forward_backward", "sigmoid_mse_forward_backward"])
+def test_reference_loss_total_and_its_checks(loss):
+    rng = np.random.default_rng(2)
+    z, t = rng.normal(0, 4, (3, 7)), rng.random((3, 7))
+    total = np.full(1, np.nan)
+    assert getattr(ref, loss)(np.empty_like(z), z, t, 0.5, total=total) is None
+    assert total[0] == getattr(ref, loss)(np.empty_like(z), z, t, 0.5)
+    with pytest.raises(ValueError, match="float64 array of shape \\(1,\\)"):
+        getattr(ref, loss)(np.empty_like(z), z, t, 0.5, total=np.zeros(1, np.float32))
+
+
+def test_loss_total_is_checked(twin):
+    z = twin.to_dev(np.random.default_rng(1).random((3, 5)))
+    for bad in (np.zeros(2), np.zeros(1, np.float32), np.zeros((1, 1))):
+        with pytest.raises(ValueError, match="total must be a float64 array of shape \\(1,\\)"):
+            twin.k.sigmoid_bce_forward_backward(twin.empty_like(z), z, z, 1.0, total=twin.to_dev(bad))
 
 
 @pytest.mark.parametrize("loss", ["sigmoid_bce_forward_backward", "sigmoid_mse_forward_backward"])
@@ -229,6 +252,68 @@ def test_optimizers_match_reference(twin):
     run(twin, body)
 
 
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_a_non_finite_guard_skips_the_update(twin, kind):
+    """The update kernels read the step's loss sum (guard) and change nothing when it is not
+    finite; a finite guard changes nothing about the update."""
+    rng = np.random.default_rng(5)
+    p0, g, m0, v0 = (rng.normal(size=50).astype(np.float32) for _ in range(4))
+    v0 = np.abs(v0)
+    results = {}
+    for name, guard in (("none", None), ("finite", 123.5), ("nan", np.nan), ("inf", np.inf), ("-inf", -np.inf)):
+        for module, to_dev, to_host in ((ref, np.asarray, np.asarray), (twin.k, twin.to_dev, twin.to_host)):
+            p, m, v = to_dev(p0.copy()), to_dev(m0.copy()), to_dev(v0.copy())
+            kw = {} if guard is None else dict(guard=to_dev(np.array([guard])))
+            if kind == "adam":
+                module.adam_update(p, to_dev(g), m, v, 1e-2, 0.9, 0.999, 1e-8, 0.01, False, 3, **kw)
+            else:
+                module.sgd_update(p, to_dev(g), m, 0.05, 0.9, True, 0.01, **kw)
+            results[name, module is ref] = [to_host(a) for a in (p, m, v)]
+    for is_ref in (True, False):
+        for bad in ("nan", "inf", "-inf"):
+            for a, a0 in zip(results[bad, is_ref], (p0, m0, v0)):
+                np.testing.assert_array_equal(a, a0)  # untouched, bit for bit
+        for a, b in zip(results["finite", is_ref], results["none", is_ref]):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(results["none", False][0], p0)  # the unguarded update did update
+    with pytest.raises(ValueError, match="guard must be a float64 array"):
+        twin.k.sgd_update(twin.to_dev(p0.copy()), twin.to_dev(g), twin.to_dev(m0.copy()), 0.1, 0.0, False, 0.0,
+                          guard=twin.to_dev(np.zeros(1, np.float32)))
+
+
+# (identity, relu) give the same dz terms in every twin whatever the precision of the
+# activation's derivative (x 1 or x 0); float64 adds leaky_relu and sigmoid (one rounding each,
+# no multiply-add a GPU compiler could fuse).
+EXACT_DB_ACTS = {np.float32: ("identity", "relu"), np.float64: ("identity", "relu", "leaky_relu", "sigmoid")}
+
+
+@pytest.mark.parametrize("B", [1, 65, 150])  # chunks of 64 rows: (1), (64, 1), (64, 64, 22)
+def test_bias_gradient_over_many_row_chunks(twin, B):
+    """Batches of several 64-row chunks (the Hypothesis cases above stay within one): db against
+    the reference, and for the CUDA twin bit for bit against the CPU twin, whose chunks and
+    summation order it shares."""
+    import kernels.cpu as kcpu
+
+    rng = np.random.default_rng(B)
+    for dtype in (np.float32, np.float64):
+        for act in ACTS:
+            y = np.empty((B, 33), dtype)  # two column tiles of 32, the second of one column
+            ref.bias_act_forward(y, rng.normal(0, 2, (B, 33)).astype(dtype), np.zeros(33, dtype), act)
+            dy = rng.normal(0, 1, (B, 33)).astype(dtype)
+            db0 = rng.normal(0, 1, 33).astype(dtype)
+            dz_ref, db_ref = np.empty_like(dy), db0.copy()
+            ref.bias_act_backward(dz_ref, db_ref, dy, y, act)
+            dz, db = twin.empty_like(dy), twin.to_dev(db0.copy())
+            twin.k.bias_act_backward(dz, db, twin.to_dev(dy), twin.to_dev(y), act)
+            t = tol(dtype)
+            np.testing.assert_allclose(twin.to_host(dz), dz_ref, **t)
+            np.testing.assert_allclose(twin.to_host(db), db_ref, rtol=t["rtol"] * 10, atol=t["atol"] * 10 * B)
+            if twin.name == "cuda" and act in EXACT_DB_ACTS[dtype]:
+                dz_cpu, db_cpu = np.empty_like(dy), db0.copy()
+                kcpu.bias_act_backward(dz_cpu, db_cpu, dy, y, act)
+                np.testing.assert_array_equal(twin.to_host(db), db_cpu)
+
+
 def test_contiguity_and_shape_are_checked(twin):
     x = np.random.default_rng(0).random((4, 6)).astype(np.float32)
     strided = twin.to_dev(x)[:, ::2]
@@ -247,11 +332,15 @@ def test_cuda_launch_configuration_does_not_change_results():
     x = rng.uniform(0.1, 0.9, (6, 45)).astype(np.float32)
     z = rng.normal(0, 3, (6, 45)).astype(np.float32)
     b = rng.normal(size=45).astype(np.float32)
-    saved = dict(t.k.LAUNCH)
+    big_y = rng.uniform(0.1, 3, (130, 20)).astype(np.float32)  # three row chunks, the last of 2 rows
+    big_dy = rng.normal(size=(130, 20)).astype(np.float32)
+    saved, saved_cols = dict(t.k.LAUNCH), t.k.BIAS_COLS
     results = []
     try:
-        for threads, max_blocks in [(256, 4096), (32, 2), (64, 1), (96, 3)]:
+        # bias_cols: the columns per block of the bias gradient (its row chunks are fixed)
+        for threads, max_blocks, bias_cols in [(256, 4096, 32), (32, 2, 8), (64, 1, 16), (96, 3, 24)]:
             t.k.LAUNCH.update(threads=threads, max_blocks=max_blocks)
+            t.k.BIAS_COLS = bias_cols
             out = []
             for mode in (1, 2, 3):
                 c = t.empty_like(x)
@@ -261,20 +350,61 @@ def test_cuda_launch_configuration_does_not_change_results():
             t.k.bias_act_forward(y, t.to_dev(z), t.to_dev(b), "softplus")
             dz, db = t.empty_like(z), t.to_dev(np.zeros(45, np.float32))
             t.k.bias_act_backward(dz, db, t.to_dev(x), y, "softplus")
+            big_dz, big_db = t.empty_like(big_dy), t.to_dev(np.ones(20, np.float32))
+            t.k.bias_act_backward(big_dz, big_db, t.to_dev(big_dy), t.to_dev(big_y), "softplus")
             d = t.empty_like(z)
             total = t.k.sigmoid_bce_forward_backward(d, t.to_dev(z), t.to_dev(x), 0.5)
+            on_device = t.to_dev(np.zeros(1))
+            t.k.sigmoid_mse_forward_backward(t.empty_like(z), t.to_dev(z), t.to_dev(x), 0.5, total=on_device)
             p, m, v = t.to_dev(z.ravel().copy()), t.to_dev(np.zeros(270, np.float32)), t.to_dev(np.zeros(270, np.float32))
-            t.k.adam_update(p, t.to_dev(x.ravel().copy()), m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, False, 1)
+            t.k.adam_update(p, t.to_dev(x.ravel().copy()), m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, False, 1,
+                            guard=on_device)
             ys, change = t.to_dev(z.copy()), t.to_dev(np.zeros(6))
             t.k.bias_sigmoid_change(ys, change, t.to_dev(b), t.to_dev(x))
-            out += [t.to_host(y), t.to_host(dz), t.to_host(db), t.to_host(d), np.array([total]), t.to_host(p),
-                    t.to_host(ys), t.to_host(change)]
+            out += [t.to_host(y), t.to_host(dz), t.to_host(db), t.to_host(big_dz), t.to_host(big_db), t.to_host(d),
+                    np.array([total]), t.to_host(on_device), t.to_host(p), t.to_host(ys), t.to_host(change)]
             results.append(out)
     finally:
         t.k.LAUNCH.update(saved)
+        t.k.BIAS_COLS = saved_cols
     for other in results[1:]:
         for a, b_ in zip(results[0], other):
             np.testing.assert_array_equal(a, b_)  # bit-identical for every configuration
+
+
+@pytest.mark.cudasim
+def test_cuda_reductions_reuse_their_workspaces_and_reset_their_tickets():
+    """The loss and bias-gradient reductions allocate their partials and tickets once per shape
+    and leave every ticket at 0 (reset by the last block, no memset per launch), so a repeated
+    launch gives the same result from the same arrays."""
+    import kernels.cpu as kcpu
+
+    t = Twin("cuda")
+    assert t.k.BIAS_ROWS == kcpu.ROW_BLOCK  # the CPU twin's row blocks: the same db sums
+    rng = np.random.default_rng(8)
+    z, x = rng.normal(0, 3, (6, 40)).astype(np.float32), rng.random((6, 40)).astype(np.float32)
+    y, dy = rng.random((70, 40)).astype(np.float32), rng.normal(size=(70, 40)).astype(np.float32)  # 2 chunks
+
+    def reductions():
+        ids = {key: [id(a) for a in arrays] for key, arrays in t.k._WORKSPACES.items() if key[0][0] in ("loss", "bias")}
+        tickets = [arrays[1] for key, arrays in t.k._WORKSPACES.items() if key[0][0] in ("loss", "bias")]
+        return ids, tickets
+
+    runs = []
+    for _ in range(2):
+        total, d = t.to_dev(np.zeros(1)), t.empty_like(z)
+        t.k.sigmoid_bce_forward_backward(d, t.to_dev(z), t.to_dev(x), 0.1, total=total)
+        dz, db = t.empty_like(dy), t.to_dev(np.zeros(40, np.float32))
+        t.k.bias_act_backward(dz, db, t.to_dev(dy), t.to_dev(y), "tanh")
+        runs.append([t.to_host(total), t.to_host(d), t.to_host(dz), t.to_host(db)])
+        ids, tickets = reductions()
+        assert {key[0][0] for key in ids} == {"loss", "bias"}
+        assert all((t.to_host(a) == 0).all() for a in tickets)
+        if len(runs) == 2:
+            assert ids == first_ids  # nothing allocated the second time
+        first_ids = ids
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_cpu_parallel_paths_match_reference():

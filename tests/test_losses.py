@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from gradcheck_helpers import numeric_grad, rel_error
 from kernels.reference import sigmoid_bce_forward_backward, sigmoid_mse_forward_backward
 from tinydae.backend import get_backend
-from tinydae.losses import loss_forward_backward
+from tinydae.losses import loss_forward_backward, loss_sum_forward_backward
 
 OPS = {"bce": sigmoid_bce_forward_backward, "mse": sigmoid_mse_forward_backward}
 
@@ -50,6 +50,19 @@ def test_extreme_logits_float32(loss):
             expected = np.sum((s64 - t64) ** 2)
             np.testing.assert_allclose(dz, 2 * (s64 - t64) * s64 * (1 - s64), atol=1e-7)
         assert total == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("kernels", ["fused", "reference"])
+@pytest.mark.parametrize("loss", ["bce", "mse"])
+def test_loss_sum_on_the_device_is_the_reported_loss_times_the_batch(rng, kernels, loss):
+    backend = get_backend("cpu", kernels)
+    z, t = rng.normal(size=(8, 5)).astype(np.float32), rng.random((8, 5)).astype(np.float32)
+    d1, d2, total = np.empty_like(z), np.empty_like(z), np.full(1, np.nan)
+    assert loss_sum_forward_backward(backend, loss, d1, z, t, total) is None
+    assert total[0] / 8 == loss_forward_backward(backend, loss, d2, z, t)  # the same sum, exactly
+    np.testing.assert_array_equal(d1, d2)
+    with pytest.raises(ValueError, match="unknown loss"):
+        loss_sum_forward_backward(backend, "l1", d1, z, t, total)
 
 
 def test_reported_loss_is_nats_per_example(rng):

@@ -90,6 +90,22 @@ def test_loss_and_grad_reports_mean_per_example_bce(rng):
     assert np.abs(m.grads).max() > 0
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_loss_sum_and_grad_is_loss_and_grad_without_the_read(rng, tied):
+    from tinydae.backend import HOST_READS
+
+    m = DAE(10, hidden=(6, 4), tied=tied, loss="mse", seed=3)
+    x_in, t = rng.random((7, 10)).astype(np.float32), rng.random((7, 10)).astype(np.float32)
+    loss = m.loss_and_grad(x_in, t)
+    grads = m.grads.copy()
+    total = np.full(1, np.nan)
+    before = HOST_READS["count"]
+    assert m.loss_sum_and_grad(x_in, t, total) is None
+    assert HOST_READS["count"] == before  # nothing read back
+    assert total[0] / 7 == loss
+    np.testing.assert_array_equal(m.grads, grads)
+
+
 @pytest.mark.parametrize("kwargs,fragment", [
     (dict(input_dim=0), "input_dim"),
     (dict(input_dim=5, hidden=()), "hidden"),

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from tinydae import SGD, Adam, AdamW, ConfigError, DAE, make_optimizer
+from tinydae import SGD, Adam, AdamW, ConfigError, DAE, get_backend, make_optimizer
 
 
 def scalar_sgd(p, grads, lr, momentum, nesterov, wd):
@@ -69,6 +69,35 @@ def test_state_dict_round_trip_continues_identically(rng):
         o.model.grads[...] = g
         o.step()
     np.testing.assert_array_equal(opt.model.params, twin_model.params)
+
+
+@pytest.mark.parametrize("kernels", ["fused", "reference"])
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_guarded_step_skips_a_non_finite_loss_and_is_uncounted(rng, kernels, name):
+    model = DAE(3, hidden=(2,), dtype="float64", seed=1, backend=get_backend("cpu", kernels))
+    opt = make_optimizer(name, model, lr=0.1, **({"momentum": 0.9} if name == "sgd" else {}))
+    model.grads[...] = rng.normal(size=model.params.size)
+    opt.step(guard=np.array([2.5]))  # finite: an ordinary update
+    assert opt.t == 1
+    params, buffers = model.params.copy(), {k: v.copy() for k, v in opt.buffers.items()}
+    model.grads[...] = rng.normal(size=model.params.size)
+    for bad in (np.nan, np.inf, -np.inf):
+        opt.step(guard=np.array([bad]))
+        opt.step_skipped()  # what fit() does when it then reads the non-finite loss
+        np.testing.assert_array_equal(model.params, params)
+        for k, v in opt.buffers.items():
+            np.testing.assert_array_equal(v, buffers[k])
+        assert opt.t == 1
+    twin = make_optimizer(name, DAE(3, hidden=(2,), dtype="float64", seed=1, backend=model.backend), lr=0.1,
+                          **({"momentum": 0.9} if name == "sgd" else {}))
+    twin.model.params[...] = params
+    twin.load_state_dict(dict(opt.state_dict()))
+    for o in (opt, twin):
+        o.model.grads[...] = model.grads
+    opt.step(guard=np.array([1.0]))
+    twin.step()  # the unguarded step, as other callers use it
+    np.testing.assert_array_equal(model.params, twin.model.params)
+    assert opt.t == twin.t == 2
 
 
 @pytest.mark.parametrize("name,kwargs", [("adam", dict(lr=-1)), ("adam", dict(lr=float("nan"))),

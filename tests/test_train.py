@@ -86,6 +86,49 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert np.isfinite(ck.params).all() and ck.state["step"] == info.value.step - 1
 
 
+def test_non_finite_loss_leaves_parameters_and_moments_as_they_were():
+    """The guard is read by the update kernel itself: the step that produced a NaN loss
+    changes nothing, and the optimizer does not count it."""
+    train = glyphs(200, seed=0)
+    model = DAE(784, hidden=(16,), seed=0)
+    opt = Adam(model)
+    fit(model, train, None, optimizer=opt, epochs=1, batch_size=50)  # 4 good steps
+    model.named_params["enc0.b"][3] = np.nan  # the next loss is NaN
+    params, m, v = model.params.copy(), opt.buffers["m"].copy(), opt.buffers["v"].copy()
+    with pytest.raises(TrainingDiverged, match="step 5 "):
+        fit(model, train, None, optimizer=opt, epochs=2, batch_size=50, state=TrainState(step=4, epoch=1))
+    np.testing.assert_array_equal(model.params, params)  # NaN where it was, nothing else moved
+    np.testing.assert_array_equal(opt.buffers["m"], m)
+    np.testing.assert_array_equal(opt.buffers["v"], v)
+    assert opt.t == 4
+
+
+def host_reads_between_steps(run):
+    """run(progress) -> the number of host reads between consecutive 'step' events, each with
+    whether an epoch ended in between (validation and checkpoints read then)."""
+    from tinydae.backend import HOST_READS
+
+    marks = []
+    run(lambda event, info: marks.append((event, HOST_READS["count"])))
+    steps = [i for i, (event, _) in enumerate(marks) if event == "step"]
+    return [(marks[j][1] - marks[i][1], any(e == "epoch" for e, _ in marks[i:j])) for i, j in zip(steps, steps[1:])]
+
+
+def test_a_training_step_reads_the_host_once(tmp_path):
+    from tinydae.backend import HOST_READS
+
+    train, val = glyphs(300, seed=0).split(0.2)  # 240 rows: 5 steps of 50 per epoch
+    model = DAE(784, hidden=(16,), seed=0)
+    before = HOST_READS["count"]
+    state = fit(model, train, None, epochs=2, batch_size=50)
+    assert HOST_READS["count"] - before == state.step == 10  # the loss, once per step
+    deltas = host_reads_between_steps(lambda progress: fit(
+        DAE(784, hidden=(16,), seed=0), train, val, epochs=2, batch_size=50,
+        checkpoint_path=str(tmp_path / "c.h5"), progress=progress))
+    assert [d for d, epoch_end in deltas if not epoch_end] == [1] * 8
+    assert [d for d, epoch_end in deltas if epoch_end][0] > 1  # validation and the checkpoint
+
+
 def test_sigint_in_cli_saves_and_exits_130(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "cli.py"), "train", "--limit", "3000",

@@ -1,8 +1,12 @@
 """Backends: where arrays live and which kernels run on them.
 
 A Backend bundles the array module ``xp`` (numpy or cupy), the kernel table (a module
-with the ops of kernels/reference.py), and host/device transfers.  Layers and models
-only ever talk to a Backend, never to numpy, cupy or numba directly.
+with the ops of kernels/reference.py), host/device transfers and the one BLAS call that
+needs more than ``xp.matmul`` (``gemm_acc``).  Layers and models only ever talk to a
+Backend, never to numpy, cupy or numba directly.
+
+Every device -> host read goes through ``Backend.to_host``, which counts it in HOST_READS:
+on a GPU each one waits for the queued work, so tests count them per training step.
 """
 from dataclasses import dataclass
 from types import ModuleType
@@ -12,6 +16,7 @@ import numpy as np
 from tinydae.errors import BackendUnavailable, ConfigError
 
 BACKEND_NAMES = ("cpu", "cuda", "auto")
+HOST_READS = {"count": 0}  # calls of Backend.to_host since import, on every backend
 KERNEL_CHOICES = ("fused", "reference")
 
 
@@ -28,8 +33,25 @@ class Backend:
         return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
 
     def to_host(self, a):
-        """Backend array -> numpy array."""
-        return a if isinstance(a, np.ndarray) else self.xp.asnumpy(a)
+        """Backend array -> numpy array.  Counted in HOST_READS (a host sync on a GPU), also
+        where it copies nothing (NumPy arrays: the CPU, and the CUDA simulator's tests)."""
+        HOST_READS["count"] += 1
+        return np.asarray(a) if isinstance(a, (np.ndarray, np.generic)) else self.xp.asnumpy(a)
+
+    def gemm_acc(self, a, b, out):
+        """out += a.T @ b, in place.  a: (B, I), b: (B, O), out: (I, O), one dtype.
+
+        NumPy: exactly ``out += a.T @ b`` (a temporary, then the add).  CuPy: one cuBLAS GEMM
+        with beta = 1 accumulates into out itself (no temporary, no separate add kernel); out
+        may be C- or F-ordered (a tied decoder's dW is the transpose view of the encoder's),
+        anything else takes the NumPy-style path.
+        """
+        if self.xp is np or not (out.flags.c_contiguous or out.flags.f_contiguous):
+            out += self.xp.matmul(a.T, b)
+            return
+        from cupy import cublas
+
+        cublas.gemm("T", "N", a, b, out=out, alpha=1.0, beta=1.0)
 
     def sync(self):
         """Wait for queued device work (a no-op on the CPU)."""

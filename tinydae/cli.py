@@ -247,9 +247,12 @@ def info(as_json):
 
     cache = kernels.cpu.cache_status()
     warm = sum(1 for v in cache.values() if v)
+    from kernels import cuda_build
+
     report = dict(versions=versions, backends=backends,
                   cpu_kernel_cache=dict(warm=warm == len(cache), compiled=warm, kernels=len(cache),
-                                        signatures=cache))
+                                        signatures=cache),
+                  cuda_toolchain=cuda_build.toolchain_report())
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -264,6 +267,18 @@ def info(as_json):
     state = "warm" if c["warm"] else ("cold: the first training step compiles them (a few seconds)"
                                       if c["compiled"] == 0 else "partly warm")
     click.echo(f"cpu kernels    {c['compiled']}/{c['kernels']} compiled in numba's cache ({state})")
+    t = report["cuda_toolchain"]
+    click.echo(f"cuda driver    {t['driver'] or 'none found'}"
+               + (f" (JIT-compiles PTX ISA <= {t['driver_ptx_isa']})" if t["driver_ptx_isa"] else ""))
+    if t.get("nvvm_release"):
+        click.echo(f"cuda compiler  NVVM {t['nvvm_release']} -> PTX ISA {t['ptx_isa']}; cubins by "
+                   f"{', '.join(t['assemblers']) or 'nothing (no nvJitLink or ptxas)'}")
+    else:
+        click.echo(f"cuda compiler  unusable: {t.get('compiler_error')}")
+    click.echo(f"cuda launcher  {t['launcher']} (TINYDAE_CUDA_LAUNCHER: {' | '.join(t['launchers'])}); "
+               f"{t['cached_cubins']} cubins cached in {t['cache_dir']}")
+    for w in t["warnings"]:
+        click.echo(f"warning: {w}", err=True)
 
 
 @cli.command("build-cuda")
@@ -675,12 +690,41 @@ def bench_chain(backend, chains, repeats, save, as_json):
     _bench_run("bench_chain", "chain", backend, as_json, save, sizes=chains, repeats=repeats)
 
 
+@bench.command("launch")
+@click.option("--backend", type=click.Choice(["cuda"]), default="cuda", show_default=True,
+              help="Kernel launches are a GPU cost: cuda only.")
+@click.option("--repeats", type=int, default=20, show_default=True, help="Timed blocks per contender.")
+@click.option("--launches", type=int, default=200, show_default=True, help="Launches per timed block.")
+@click.option("--save/--no-save", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench_launch(backend, repeats, launches, save, as_json):
+    """Host microseconds per CUDA kernel launch: tinydae's CuPy and numba launchers, a raw
+    CuPy kernel and a CuPy ElementwiseKernel, on the same CuPy arrays (needs a GPU)."""
+    if repeats < 1 or launches < 1:
+        raise ConfigError("--repeats and --launches must be positive")
+    be = tinydae.get_backend(backend)  # no GPU: one error line, exit 2, before any output
+    mod = _load_bench("bench_launch")
+    if not as_json:
+        click.echo(mod.HEADER)
+    result = mod.run(be, repeats=repeats, launches=launches, log=(lambda line: None) if as_json else click.echo)
+    path = mod.save_section(be, "launch", result) if save else None
+    if as_json:
+        click.echo(json.dumps(dict(result, saved=path), indent=2, default=str))
+    else:
+        lines = mod.format_table(result).splitlines()
+        click.echo("\n".join([lines[0]] + [line for line in lines if line.startswith("  ")]))
+        if path:
+            click.echo(f"saved {path}")
+
+
 @bench.command("all")
 @click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
 @click.pass_context
 def bench_all(ctx, backend):
-    """kernels, train and chain with their defaults; saves every section."""
+    """kernels, launch (on a GPU), train and chain with their defaults; saves every section."""
     ctx.invoke(bench_kernels, backend=backend, sizes="1M,16M", repeats=20, save=True, as_json=False)
+    if tinydae.get_backend(backend).name == "cuda":
+        ctx.invoke(bench_launch, backend="cuda", repeats=20, launches=200, save=True, as_json=False)
     ctx.invoke(bench_train, backend=backend, batches="64,256,1024", repeats=20, compile_peer=True,
                save=True, as_json=False)
     ctx.invoke(bench_chain, backend=backend, chains=None, repeats=3, save=True, as_json=False)

@@ -25,6 +25,7 @@ class Linear:
             raise ValueError(f"unknown activation {activation!r}")
         self.W, self.b, self.dW, self.db = W, b, dW, db
         self.activation = activation
+        self.backend = backend
         self.kernels = backend.kernels
         self.xp = backend.xp
 
@@ -39,7 +40,7 @@ class Linear:
         x, y = cache
         dz = self.xp.empty_like(dy)
         self.kernels.bias_act_backward(dz, self.db, dy, y, self.activation)  # dz, db += sum dz
-        self.dW += self.xp.matmul(x.T, dz)  # dL/dW = x^T dz
+        self.backend.gemm_acc(x, dz, self.dW)  # dL/dW += x^T dz (on CuPy by the GEMM itself)
         return self.xp.matmul(dz, self.W.T) if need_dx else None  # dL/dx = dz W^T
 
     def __repr__(self):

@@ -18,7 +18,7 @@ import numpy as np
 from tinydae.backend import get_backend
 from tinydae.errors import ConfigError, DataError
 from tinydae.layers import HIDDEN_ACTIVATIONS, Linear
-from tinydae.losses import LOSSES, loss_forward_backward
+from tinydae.losses import LOSSES, loss_sum_forward_backward
 from tinydae.rng import STREAM_INIT, host_normal
 
 DTYPES = ("float32", "float64")
@@ -209,12 +209,25 @@ class DAE:
         x_in: (B, D) the (corrupted) input; target: (B, D) the clean data
         -> loss in nats per example (bce) or squared error per example (mse);
            ``self.grads`` holds d(loss)/d(params) on return.
+        One host read (on a GPU, a wait for the whole pass); fit() uses loss_sum_and_grad.
+        """
+        total = self.backend.xp.empty(1, np.float64)
+        self.loss_sum_and_grad(x_in, target, total)
+        return float(self.backend.to_host(total)[0]) / target.shape[0]  # checked: (B, D)
+
+    def loss_sum_and_grad(self, x_in, target, total):
+        """loss_and_grad without reading anything back: on a GPU the whole pass is only queued.
+
+        x_in, target: (B, D) as in loss_and_grad; total: (1,) float64 on the model's device.
+        total[0] receives the loss summed over the batch (divide by B for loss_and_grad's
+        figure) and ``self.grads`` the gradient of the per-example mean, once the queued work
+        has run.  Pass `total` to the optimizer's step(guard=total) to skip the update on the
+        device if the loss is not finite.
         """
         x_in, target = self.as_input(x_in), self.as_input(target)
         self.zero_grad()
         logits, caches = self._forward(x_in, self.layers)
         dy = self.backend.xp.empty_like(logits)
-        loss = loss_forward_backward(self.backend, self.config["loss"], dy, logits, target)
+        loss_sum_forward_backward(self.backend, self.config["loss"], dy, logits, target, total)
         for i in reversed(range(len(self.layers))):
             dy = self.layers[i].backward(dy, caches[i], need_dx=i > 0)  # no dx for the data
-        return loss

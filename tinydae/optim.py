@@ -2,6 +2,12 @@
 
 State (moments, step count) lives in flat buffers too, so ``state_dict`` is a handful of
 arrays and numbers, saved whole in checkpoints.
+
+Guarded steps: ``step(guard=total)`` hands the update kernel the step's loss sum (a (1,)
+float64 array on the model's device, from DAE.loss_sum_and_grad), and the kernel skips the
+update when it is not finite, on the device, so fit() need not read the loss before queueing
+the update.  The caller reads the loss afterwards and, if it was not finite, calls
+``step_skipped()`` so the step count t does not count the update that never happened.
 """
 import math
 
@@ -27,10 +33,18 @@ class Optimizer:
         xp = model.backend.xp
         self.buffers = {b: xp.zeros_like(model.params) for b in self.buffer_names}
 
-    def step(self):
-        """Apply one update from ``model.grads`` to ``model.params``."""
+    def step(self, guard=None):
+        """Apply one update from ``model.grads`` to ``model.params``.
+
+        guard: None (always update), or the step's loss sum as a (1,) float64 array on the
+        model's device: the update is skipped where guard[0] is not finite (see the module doc).
+        """
         self.t += 1
-        self._update()
+        self._update(guard)
+
+    def step_skipped(self):
+        """The last guarded step() found its guard not finite and changed nothing: uncount it."""
+        self.t -= 1
 
     def state_dict(self):
         """{'name', 'hyper', 't', 'buffers': {name: host array}}"""
@@ -65,11 +79,11 @@ class SGD(Optimizer):
         super().__init__(model, lr=lr, momentum=momentum, nesterov=bool(nesterov),
                          weight_decay=weight_decay)
 
-    def _update(self):
+    def _update(self, guard):
         h = self.hyper
         self.model.backend.kernels.sgd_update(self.model.params, self.model.grads,
                                               self.buffers["velocity"], h["lr"], h["momentum"],
-                                              h["nesterov"], h["weight_decay"])
+                                              h["nesterov"], h["weight_decay"], guard=guard)
 
 
 class Adam(Optimizer):
@@ -89,12 +103,12 @@ class Adam(Optimizer):
         _check("weight_decay", weight_decay)
         super().__init__(model, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
 
-    def _update(self):
+    def _update(self, guard):
         h = self.hyper
         self.model.backend.kernels.adam_update(self.model.params, self.model.grads,
                                                self.buffers["m"], self.buffers["v"], h["lr"],
                                                h["beta1"], h["beta2"], h["eps"],
-                                               h["weight_decay"], self.decoupled, self.t)
+                                               h["weight_decay"], self.decoupled, self.t, guard=guard)
 
 
 class AdamW(Adam):

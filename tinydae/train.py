@@ -8,6 +8,12 @@ if it had never stopped (bit-identical parameters on the CPU).
 Safety: a non-finite loss stops training before the bad update, keeping the last good
 checkpoint; SIGINT finishes the current step, saves a checkpoint and raises
 TrainingInterrupted (the CLI exits 130).
+
+Host reads: a step reads one number back, its loss sum, after the optimizer update is queued
+(on a GPU the only wait for the device per step).  The NaN guard runs on the device: the
+update kernel is handed the loss sum and changes nothing when it is not finite, and the host,
+reading that same sum, then raises TrainingDiverged.  Validation and checkpoints at epoch ends
+and every checkpoint_every steps read more (counted by tinydae.backend.HOST_READS).
 """
 import math
 import signal
@@ -28,9 +34,10 @@ from tinydae.rng import STREAM_VALID_CORRUPTION
 
 def kernel_launches_per_step(model):
     """Fused-kernel launches in one training step, as the code is written: corrupt (1), each
-    layer's bias+activation forward (1) and backward (1), the fused loss (1), the optimizer
-    update over the flat buffers (1).  GEMMs, the batch gather and zeroing the gradient
-    buffer are CuPy/cuBLAS (or NumPy/BLAS) calls on top of these."""
+    layer's bias+activation forward (1) and backward (1), the fused loss (1, its workspace
+    reused: no memset), the optimizer update over the flat buffers (1).  GEMMs (on CuPy the
+    dW GEMMs accumulate into the gradient buffer themselves), the batch gather and zeroing the
+    gradient buffer are CuPy/cuBLAS (or NumPy/BLAS) calls on top of these."""
     return 2 * len(model.layers) + 3
 
 
@@ -138,13 +145,14 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
     def save():
         if checkpoint_path is None:
             return
-        if not bool(backend.xp.isfinite(model.params).all()):
+        if not bool(backend.to_host(backend.xp.isfinite(model.params).all())):
             raise TrainingDiverged(f"parameters became non-finite by step {state.step}; kept the "
                                    f"previous checkpoint {checkpoint_path}", state.step)
         saved = dict(asdict(state), rng_seed=seed, rng_train_corruption_counter=state.step)
         save_checkpoint(checkpoint_path, model, optimizer, saved, train_config)
 
     order, order_epoch = None, -1
+    loss_sum = backend.xp.zeros(1, np.float64)  # each step's loss sum, written on the device
     # Overflow on the way to a NaN is reported by the guard below, not by NumPy warnings.
     with _SigintFlag(handle_sigint) as sigint, np.errstate(over="ignore", invalid="ignore"):
         while state.step < total_steps:
@@ -155,13 +163,15 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
             t0 = time.perf_counter()
             x = X[order[i * batch_size:(i + 1) * batch_size]]
             x_in = corruption.apply(backend, x, seed, state.step)
-            loss = model.loss_and_grad(x_in, x)
+            model.loss_sum_and_grad(x_in, x, loss_sum)
+            optimizer.step(guard=loss_sum)  # skipped on the device if the loss is not finite
+            loss = float(backend.to_host(loss_sum)[0]) / len(x)  # the step's one host read
             if not math.isfinite(loss):
+                optimizer.step_skipped()  # parameters and moments are as they were
                 where = f"; the last good checkpoint is {checkpoint_path}" if checkpoint_path else ""
                 raise TrainingDiverged(
                     f"training diverged: step {state.step + 1} (epoch {epoch + 1}) gave a non-finite "
                     f"loss ({loss}); lower the learning rate{where}", state.step + 1)
-            optimizer.step()
             state.step += 1
             state.epoch_loss_sum += loss * len(x)
             state.epoch_examples += len(x)
