@@ -383,7 +383,9 @@ def toolchain_report():
     it emits and whether the driver could JIT it, the assemblers and the cubin cache."""
     from kernels.cuda_launch import LAUNCHER_NAMES
 
-    report = dict(driver_version=driver_version(), launcher=os.environ.get("TINYDAE_CUDA_LAUNCHER") or "cupy",
+    from kernels.cuda_launch import default_launcher
+
+    report = dict(driver_version=driver_version(), launcher=default_launcher(),
                   launchers=list(LAUNCHER_NAMES), cache_dir=cache_dir(), warnings=[])
     dv = report["driver_version"]
     report["driver"] = f"{dv // 1000}.{(dv % 1000) // 10}" if dv else None
@@ -408,5 +410,6 @@ def toolchain_report():
         report["warnings"].append(f"TINYDAE_CUDA_LAUNCHER={report['launcher']!r} is not one of "
                                   f"{', '.join(LAUNCHER_NAMES)}: --backend cuda will refuse it")
     if not report["assemblers"] and report.get("nvvm_release"):
-        report["warnings"].append("no cubin assembler (nvJitLink or ptxas): the cupy launcher cannot build cubins")
+        report["warnings"].append("no cubin assembler (nvJitLink or ptxas): kernels launch through numba's "
+                                  "dispatcher (slower); pip install -e \".[cuda13]\" brings nvJitLink")
     return report

@@ -3,7 +3,7 @@
 numba-cuda is tinydae's CUDA *compiler*.  Who *launches* a compiled kernel is this small,
 swappable layer (a move to another compiler changes only this file and cuda_build.py):
 
-* ``cupy`` (the default on a GPU): each kernel variant is compiled once per machine to a
+* ``cupy`` (the default on a GPU with a cubin assembler): each kernel variant is compiled once per machine to a
   cubin for the GPU's own architecture (kernels/cuda_build.py; cached on disk, so the
   driver never JIT-compiles PTX), loaded with ``cupy.RawModule`` and launched by CuPy
   with its arguments flattened into numba's kernel ABI.  A launch costs a few
@@ -206,9 +206,22 @@ class CupyLauncher:
         fn((blocks,), (threads,), tuple(flatten(args)))
 
 
+def default_launcher():
+    """TINYDAE_CUDA_LAUNCHER if set; else numba under the simulator, cupy where a cubin
+    assembler (ptxas or nvJitLink) is found, numba's dispatcher otherwise."""
+    name = os.environ.get("TINYDAE_CUDA_LAUNCHER", "").strip()
+    if name:
+        return name
+    if SIMULATOR:
+        return "numba"
+    from kernels import cuda_build
+
+    return "cupy" if cuda_build.assemblers() else "numba"
+
+
 def make_launcher(name=None):
-    """'cupy' | 'numba' | None (TINYDAE_CUDA_LAUNCHER, default cupy; numba in the simulator)."""
-    name = name or os.environ.get("TINYDAE_CUDA_LAUNCHER", "").strip() or ("numba" if SIMULATOR else "cupy")
+    """'cupy' | 'numba' | None (default_launcher())."""
+    name = name or default_launcher()
     if name not in LAUNCHER_NAMES:
         raise ValueError(f"TINYDAE_CUDA_LAUNCHER must be one of {', '.join(LAUNCHER_NAMES)}, got {name!r}")
     if SIMULATOR and name != "numba":

@@ -285,3 +285,32 @@ def test_cupy_launcher_loads_each_variant_once_and_passes_the_flat_abi(monkeypat
     assert len(calls) == 4 and calls[3][2] == (32,)
     with pytest.raises(TypeError, match="declared"):
         launcher.launch(k, 1, 32, (a32, b32, np.float64(0.5)))
+
+
+def test_default_launcher_is_cupy_only_where_cubins_can_be_built(monkeypatch):
+    from kernels import cuda_build as cb
+
+    monkeypatch.delenv("TINYDAE_CUDA_LAUNCHER", raising=False)
+    monkeypatch.setattr(cuda_launch, "SIMULATOR", False)
+    monkeypatch.setattr(cb, "assemblers", lambda: ["nvjitlink"])
+    assert cuda_launch.default_launcher() == "cupy"
+    assert isinstance(cuda_launch.make_launcher(), cuda_launch.CupyLauncher)
+    monkeypatch.setattr(cb, "assemblers", lambda: [])
+    assert cuda_launch.default_launcher() == "numba"  # no ptxas, no nvJitLink: numba's dispatcher
+    monkeypatch.setenv("TINYDAE_CUDA_LAUNCHER", "cupy")
+    assert cuda_launch.default_launcher() == "cupy"  # asked for: kept (and its failure is loud)
+    monkeypatch.setattr(cuda_launch, "SIMULATOR", True)
+    with pytest.raises(ValueError, match="NUMBA_ENABLE_CUDASIM=1"):
+        cuda_launch.make_launcher()
+    with pytest.raises(ValueError, match="must be one of"):
+        cuda_launch.make_launcher("numbaa")
+
+
+def test_a_misspelt_launcher_is_one_clear_error(monkeypatch):
+    from click.testing import CliRunner
+
+    from tinydae.cli import cli
+
+    monkeypatch.setenv("TINYDAE_CUDA_LAUNCHER", "cuppy")
+    r = CliRunner().invoke(cli, ["train", "--backend", "cuda", "--epochs", "1", "--limit", "100"])
+    assert r.exit_code == 2 and r.output.strip() == "error: TINYDAE_CUDA_LAUNCHER must be cupy or numba, got 'cuppy'", r.output

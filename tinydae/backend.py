@@ -96,6 +96,9 @@ def _cuda(kernel_set):
     if kernel_set == "reference":
         raise ConfigError("the reference kernels are NumPy code for the CPU; use --kernels fused "
                           "with --backend cuda")
+    launcher = os.environ.get("TINYDAE_CUDA_LAUNCHER", "").strip()
+    if launcher and launcher not in ("cupy", "numba"):
+        raise ConfigError(f"TINYDAE_CUDA_LAUNCHER must be cupy or numba, got {launcher!r}")
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         raise BackendUnavailable("--backend cuda is unavailable: NUMBA_ENABLE_CUDASIM=1 simulates "
                                  "kernels on the CPU, it cannot run CuPy; unset it")
