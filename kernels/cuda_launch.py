@@ -17,7 +17,8 @@ data dtype), so ``python cli.py build-cuda`` can compile every variant the backe
 launch without running anything, and a launch whose argument types match no declared
 variant fails loudly, in the simulator too.
 
-numba's kernel ABI (checked against each kernel's PTX ``.entry`` by tests/test_cuda_build.py):
+numba's kernel ABI (the order numba-cuda's own dispatcher packs, ``_prepare_args`` in 0.30.4;
+the types checked against each kernel's PTX ``.entry`` by tests/test_cuda_build.py):
 an array argument of n dimensions becomes 5 + 2n parameters, (meminfo, parent, nitems,
 itemsize, data, shape[0..n), strides[0..n) in bytes), each 64-bit; a scalar is passed by
 value in its own type (a bool as one byte).
