@@ -1,0 +1,134 @@
+"""Checks made before work that a later failure would waste, shared by the CLI and the library.
+
+Each raises ConfigError (or DataError) with one line naming the problem and the fix, so the CLI
+prints ``error: ...`` and exits 2 instead of a traceback after minutes of lost work.
+"""
+import json
+import math
+import os
+
+from tinydae.errors import ConfigError
+
+# Leave this much of the available memory to everything else (the OS, BLAS buffers, CuPy's pool).
+MEMORY_HEADROOM = 0.8
+
+
+def _why(e):
+    return e.strerror or str(e)
+
+
+def _under_a_file(path, what):
+    """Refuse a path below a regular file (e.g. README.md/out.h5): mkdir would say only 'File exists'."""
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while ancestor and not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if ancestor and not os.path.isdir(ancestor):
+        raise ConfigError(f"{what} {path} is under {ancestor}, which is a file, not a folder")
+
+
+def check_output_file(path, what="--out"):
+    """`path` can be created or replaced as a file: not a directory, its folder exists (or can be
+    made) and is writable.  Creates missing parent folders.  -> the path"""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ConfigError(f"{what} {path} is a directory; give a file name")
+    _under_a_file(path, what)
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot create its folder {parent}: {_why(e)}") from None
+    _probe(parent, f"{what} {path}")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ConfigError(f"{what} {path} exists and is not writable")
+    return path
+
+
+def check_output_dir(path, what="--out"):
+    """`path` is (or can be made) a writable directory.  Creates it.  -> the path"""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{what} {path} is a file; give a directory")
+    _under_a_file(path, what)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot create it: {_why(e)}") from None
+    _probe(path, f"{what} {path}")
+    return path
+
+
+def _probe(folder, label):
+    """Write and remove a small file: os.access lies on some file systems (and for root)."""
+    probe = os.path.join(folder, f".tinydae-write-test-{os.getpid()}")
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"{label}: cannot write in {folder}: {_why(e)}") from None
+
+
+def available_memory():
+    """Bytes of memory available to this process (Linux MemAvailable, else physical), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(nbytes, what, fix):
+    """Refuse work whose arrays alone would need more than the available memory.
+
+    nbytes: the estimate; what: what needs it ('a model of 10,000,000 hidden units');
+    fix: how to need less ('use a smaller --hidden').
+    """
+    have = available_memory()
+    if have is not None and nbytes > MEMORY_HEADROOM * have:
+        raise ConfigError(f"{what} needs about {_size(nbytes)} of memory, but only {_size(have)} is "
+                          f"available; {fix}")
+
+
+def _size(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+
+
+def json_safe(obj):
+    """-> (obj with every non-finite float replaced by None, [paths of the replaced values]).
+
+    JSON has no NaN or Infinity; json.dumps would write bare NaN, which no strict parser reads.
+    """
+    replaced = []
+
+    def walk(x, where):
+        if isinstance(x, float) and not math.isfinite(x):
+            replaced.append(where or "value")
+            return None
+        if isinstance(x, dict):
+            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(x)]
+        if hasattr(x, "item") and getattr(x, "ndim", None) == 0:  # NumPy scalars
+            return walk(x.item(), where)
+        return x
+
+    return walk(obj, ""), replaced
+
+
+def dumps(obj, **kwargs):
+    """json.dumps that never writes NaN/Infinity: non-finite values become null, and a
+    "non_finite" list names them (when obj is a dict)."""
+    clean, replaced = json_safe(obj)
+    if replaced and isinstance(clean, dict):
+        clean["non_finite"] = replaced
+    return json.dumps(clean, allow_nan=False, **kwargs)
