@@ -90,7 +90,7 @@ bench_step() {  # bench_step NAME ARGS...
   local name=$1
   shift
   require_gpu
-  python3 cli.py bench "$name" --backend cuda "$@"
+  python3 cli.py bench "$name" --backend cuda --save "$@"  # --save: bench/results/, collected below
   collect_results
 }
 

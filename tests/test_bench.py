@@ -1,4 +1,6 @@
 """The benchmark timing helpers (bench/common.py): what they time, and in which order."""
+import pytest
+
 from bench.common import interleaved_medians
 
 
@@ -41,3 +43,33 @@ def test_interleaved_times_keeps_every_timing_and_medians_are_theirs():
     medians = interleaved_medians({k: entry(v) for k, v in spec.items()}, repeats=5, warmup=0, rounds=2,
                                   pause_s=0, settle=0)
     assert medians == {"a": 3.0, "b": 7.0}
+
+
+def test_bench_writes_results_only_when_asked(tmp_path, monkeypatch):
+    """Without --save the committed bench/results/ stay untouched; --out FILE gets valid JSON;
+    an --out that cannot be written is refused before any timing."""
+    import glob
+    import hashlib
+    import json
+    import os
+
+    from click.testing import CliRunner
+
+    from tinydae.cli import cli
+
+    results = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results")
+
+    def snapshot():
+        return {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in glob.glob(f"{results}/*.json")}
+
+    before = snapshot()
+    out = tmp_path / "k.json"
+    r = CliRunner().invoke(cli, ["bench", "kernels", "--backend", "cpu", "--sizes", "4K", "--repeats", "2",
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert snapshot() == before and f"saved {out}" in r.output
+    assert json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(c))["saved"] is None
+    (tmp_path / "f").write_text("x")
+    r = CliRunner().invoke(cli, ["bench", "train", "--backend", "cpu", "--batches", "2", "--repeats", "1",
+                                 "--out", str(tmp_path / "f" / "t.json")])
+    assert r.exit_code == 2 and "which is a file" in r.output and "ms" not in r.output

@@ -604,16 +604,49 @@ def _load_bench(name):
 
 @cli.group()
 def bench():
-    """Benchmarks; results go to bench/results/<device>.json."""
+    """Benchmarks; tables on the terminal, results saved to bench/results/<device>.json only with
+    --save (the committed figures stay as they are), or to a file of your own with --out."""
+
+
+def _result_options(f):
+    """--save (into bench/results/, which the README's tables come from), --out FILE, --json."""
+    f = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(f)
+    f = click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+                     help="Also write the result as JSON to this file.")(f)
+    return click.option("--save/--no-save", default=False, show_default=True,
+                        help="Write the result into bench/results/<device>.json (the README's source).")(f)
+
+
+def _check_out(out_file):
+    if out_file is not None:
+        from tinydae.safety import check_output_file
+
+        check_output_file(out_file, "--out")  # before minutes of timing, not after
+
+
+def _emit(mod, backend, section, result, save, out_file, as_json):
+    """Save where asked, then print: the JSON, or where it went."""
+    from tinydae.safety import dumps
+
+    path = mod.save_section(tinydae.get_backend(backend), section, result) if save else None
+    text = dumps(dict(result, saved=path), indent=2, default=str)
+    if out_file is not None:
+        with open(out_file, "w") as f:
+            f.write(text + "\n")
+    if as_json:
+        click.echo(text)
+        return
+    for where in (path, out_file):
+        if where:
+            click.echo(f"saved {where}")
 
 
 @bench.command("kernels")
 @click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
 @click.option("--sizes", default="1M,16M", show_default=True, help="Element counts, e.g. 1M,16M.")
 @click.option("--repeats", type=int, default=20, show_default=True)
-@click.option("--save/--no-save", default=True, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench_kernels(backend, sizes, repeats, save, as_json):
+@_result_options
+def bench_kernels(backend, sizes, repeats, save, out_file, as_json):
     """Each fused kernel: time, GB/s, fraction of copy bandwidth, x NumPy reference, x PyTorch."""
     mod = _load_bench("bench_kernels")
     try:
@@ -622,32 +655,26 @@ def bench_kernels(backend, sizes, repeats, save, as_json):
         raise ConfigError(f"--sizes takes counts like 1M,16M, got {sizes!r}") from None
     if repeats < 1 or min(size_list) < 1:
         raise ConfigError("--repeats and --sizes must be positive")
+    _check_out(out_file)
     if not as_json:
         click.echo(mod.HEADER)
     result = mod.run(backend, size_list, repeats, log=(lambda line: None) if as_json else click.echo)
-    path = mod.save_section(tinydae.get_backend(backend), "kernels", result) if save else None
-    if as_json:
-        click.echo(json.dumps(dict(result, saved=path), indent=2, default=str))
-    else:
+    if not as_json:
         for line in mod.format_table(result).splitlines():
             if line.startswith(("kernels on", "copy", "launch")):
                 click.echo(line)
-        if path:
-            click.echo(f"saved {path}")
+    _emit(mod, backend, "kernels", result, save, out_file, as_json)
 
 
-def _bench_run(name, section, backend, as_json, save, **kwargs):
+def _bench_run(name, section, backend, as_json, save, out_file, **kwargs):
+    _check_out(out_file)
     mod = _load_bench(name)
     if not as_json:
         click.echo(mod.HEADER)
     result = mod.run(backend, log=(lambda line: None) if as_json else click.echo, **kwargs)
-    path = mod.save_section(tinydae.get_backend(backend), section, result) if save else None
-    if as_json:
-        click.echo(json.dumps(dict(result, saved=path), indent=2, default=str))
-    else:
+    if not as_json:
         click.echo(f"{result['device']} ({result['backend']}), PyTorch {result['torch'] or 'not installed'}")
-        if path:
-            click.echo(f"saved {path}")
+    _emit(mod, backend, section, result, save, out_file, as_json)
 
 
 @bench.command("train")
@@ -656,9 +683,8 @@ def _bench_run(name, section, backend, as_json, save, **kwargs):
 @click.option("--repeats", type=int, default=20, show_default=True)
 @click.option("--compile/--no-compile", "compile_peer", default=True, show_default=True,
               help="Also time torch.compile (slow to compile on the CPU).")
-@click.option("--save/--no-save", default=True, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def bench_train(backend, batches, repeats, compile_peer, save, as_json):
+@_result_options
+def bench_train(backend, batches, repeats, compile_peer, save, out_file, as_json):
     """Time per training step vs PyTorch (eager, torch.compile) and the GEMM-only floor."""
     try:
         sizes = [int(b) for b in batches.split(",")]
@@ -666,7 +692,7 @@ def bench_train(backend, batches, repeats, compile_peer, save, as_json):
         raise ConfigError(f"--batches takes sizes like 64,256,1024, got {batches!r}") from None
     if repeats < 1 or min(sizes) < 1:
         raise ConfigError("--repeats and --batches must be positive")
-    _bench_run("bench_train", "train", backend, as_json, save, batches=sizes, repeats=repeats,
+    _bench_run("bench_train", "train", backend, as_json, save, out_file, batches=sizes, repeats=repeats,
                compile_peer=compile_peer)
 
 
@@ -674,9 +700,8 @@ def bench_train(backend, batches, repeats, compile_peer, save, as_json):
 @click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
 @click.option("--chains", default=None, help="chains:steps pairs, e.g. 64:100,1024:100,16384:10.")
 @click.option("--repeats", type=int, default=5, show_default=True)
-@click.option("--save/--no-save", default=True, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def bench_chain(backend, chains, repeats, save, as_json):
+@_result_options
+def bench_chain(backend, chains, repeats, save, out_file, as_json):
     """Sampling-chain throughput vs a PyTorch chain and the GEMM-only floor."""
     if chains is not None:
         try:
@@ -687,7 +712,7 @@ def bench_chain(backend, chains, repeats, save, as_json):
             raise ConfigError(f"--chains takes chains:steps pairs like 64:100,1024:100, got {chains!r}")
     if repeats < 1:
         raise ConfigError("--repeats must be positive")
-    _bench_run("bench_chain", "chain", backend, as_json, save, sizes=chains, repeats=repeats)
+    _bench_run("bench_chain", "chain", backend, as_json, save, out_file, sizes=chains, repeats=repeats)
 
 
 @bench.command("launch")
@@ -695,39 +720,37 @@ def bench_chain(backend, chains, repeats, save, as_json):
               help="Kernel launches are a GPU cost: cuda only.")
 @click.option("--repeats", type=int, default=20, show_default=True, help="Timed blocks per contender.")
 @click.option("--launches", type=int, default=200, show_default=True, help="Launches per timed block.")
-@click.option("--save/--no-save", default=True, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench_launch(backend, repeats, launches, save, as_json):
+@_result_options
+def bench_launch(backend, repeats, launches, save, out_file, as_json):
     """Host microseconds per CUDA kernel launch: tinydae's CuPy and numba launchers, a raw
     CuPy kernel and a CuPy ElementwiseKernel, on the same CuPy arrays (needs a GPU)."""
     if repeats < 1 or launches < 1:
         raise ConfigError("--repeats and --launches must be positive")
     be = tinydae.get_backend(backend)  # no GPU: one error line, exit 2, before any output
+    _check_out(out_file)
     mod = _load_bench("bench_launch")
     if not as_json:
         click.echo(mod.HEADER)
     result = mod.run(be, repeats=repeats, launches=launches, log=(lambda line: None) if as_json else click.echo)
-    path = mod.save_section(be, "launch", result) if save else None
-    if as_json:
-        click.echo(json.dumps(dict(result, saved=path), indent=2, default=str))
-    else:
+    if not as_json:
         lines = mod.format_table(result).splitlines()
         click.echo("\n".join([lines[0]] + [line for line in lines if line.startswith("  ")]))
-        if path:
-            click.echo(f"saved {path}")
+    _emit(mod, be, "launch", result, save, out_file, as_json)
 
 
 @bench.command("all")
 @click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
+@click.option("--save/--no-save", default=False, show_default=True,
+              help="Write every section into bench/results/<device>.json.")
 @click.pass_context
-def bench_all(ctx, backend):
-    """kernels, launch (on a GPU), train and chain with their defaults; saves every section."""
-    ctx.invoke(bench_kernels, backend=backend, sizes="1M,16M", repeats=20, save=True, as_json=False)
+def bench_all(ctx, backend, save):
+    """kernels, launch (on a GPU), train and chain with their defaults."""
+    common = dict(save=save, out_file=None, as_json=False)
+    ctx.invoke(bench_kernels, backend=backend, sizes="1M,16M", repeats=20, **common)
     if tinydae.get_backend(backend).name == "cuda":
-        ctx.invoke(bench_launch, backend="cuda", repeats=20, launches=200, save=True, as_json=False)
-    ctx.invoke(bench_train, backend=backend, batches="64,256,1024", repeats=20, compile_peer=True,
-               save=True, as_json=False)
-    ctx.invoke(bench_chain, backend=backend, chains=None, repeats=3, save=True, as_json=False)
+        ctx.invoke(bench_launch, backend="cuda", repeats=20, launches=200, **common)
+    ctx.invoke(bench_train, backend=backend, batches="64,256,1024", repeats=20, compile_peer=True, **common)
+    ctx.invoke(bench_chain, backend=backend, chains=None, repeats=3, **common)
 
 
 def main():
