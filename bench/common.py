@@ -8,7 +8,10 @@ import time
 
 import numpy as np
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# TINYDAE_BENCH_RESULTS redirects --save (the README test runs the README's bench commands
+# without touching the committed results).
+RESULTS_DIR = os.environ.get("TINYDAE_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                      "results")
 
 
 def torch_or_none():
