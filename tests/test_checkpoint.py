@@ -111,10 +111,9 @@ while True:
 def test_kill_during_save_leaves_a_valid_checkpoint(tmp_path):
     path = tmp_path / "c.h5"
     for delay in (0.05, 0.13, 0.31):
-        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, text=True)
-        proc.stdout.readline()  # at least one complete save exists
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        with subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, text=True) as proc:
+            proc.stdout.readline()  # at least one complete save exists
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
         ck = load_checkpoint(path)  # never a half-written file
         assert (ck.params == ck.state["step"]).all()

@@ -54,3 +54,38 @@ def test_json_never_holds_nan():
     obj = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
     assert obj == {"a": None, "b": [1.5, None], "c": 2.0, "non_finite": ["a", "b[1]"]}
     assert json.loads(safety.dumps({"x": 1.0})) == {"x": 1.0}
+
+
+def test_out_of_memory_becomes_one_config_error():
+    with pytest.raises(ConfigError, match="ran out of memory running 9 chains; use a smaller --n"):
+        with safety.out_of_memory("running 9 chains", "use a smaller --n"):
+            raise MemoryError("Unable to allocate 584. GiB")  # as NumPy's _ArrayMemoryError
+    with safety.out_of_memory("x", "y"):
+        pass  # no error, nothing raised
+
+
+def test_exclusive_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    with safety.exclusive_lock(tmp_path) as path:  # a second lock, even in this process, is refused
+        assert open(path).read().strip() == str(os.getpid())
+        with pytest.raises(ConfigError, match=rf"in use by another run \(pid {os.getpid()}\)"):
+            with safety.exclusive_lock(tmp_path):
+                pass
+    assert not (tmp_path / ".lock").exists()  # removed on release
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tinydae import safety\n"
+                               f"with safety.exclusive_lock({str(tmp_path)!r}):\n"
+                               "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"pid {holder.pid}\)"):
+            with safety.exclusive_lock(tmp_path):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)  # no cleanup runs: the .lock file stays behind
+        holder.wait()
+    assert (tmp_path / ".lock").exists()
+    with safety.exclusive_lock(tmp_path):  # but its lock died with the process
+        pass

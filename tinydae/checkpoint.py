@@ -1,32 +1,50 @@
-"""HDF5 checkpoints: everything needed to resume a run exactly.
+"""HDF5 checkpoints: everything needed to resume a run exactly, and proof that it is intact.
 
-Schema (format "tinydae-checkpoint", FORMAT_VERSION 1):
+Schema (format "tinydae-checkpoint", FORMAT_VERSION 2):
 
     /                 attrs: format, format_version, tinydae_version, created,
-                             model_config (JSON), train_config (JSON)
+                             model_config (JSON), train_config (JSON), attrs_sha256
     /params           (P,) float32|float64, the flat parameter buffer;
-                      attrs: layout (JSON [[name, shape], ...] in buffer order)
-    /optimizer        attrs: name, hyper (JSON), t;  datasets: its flat buffers (P,)
+                      attrs: layout (JSON [[name, shape], ...] in buffer order), sha256, attrs_sha256
+    /optimizer        attrs: name, hyper (JSON), t, attrs_sha256;
+                      datasets: its flat buffers (P,), each with attr sha256
                       (m, v for adam/adamw; velocity for sgd)
     /state            attrs: step, epoch, epoch_loss_sum, epoch_examples, epoch_seconds,
-                             wall_seconds, rng_seed, rng_train_corruption_counter
+                             wall_seconds, rng_seed, rng_train_corruption_counter, attrs_sha256
     /history          one 1-D dataset per column of the per-epoch history
 
-Writes are atomic: the file is written under a temporary name in the same directory,
-fsynced, then moved over the old one with os.replace, so a kill during a save leaves
-the previous checkpoint intact.
+Integrity (new in version 2), checked by load_checkpoint:
+  * every non-scalar, non-empty dataset is stored chunked with HDF5's Fletcher-32 filter, so
+    HDF5 itself refuses to read a chunk whose bytes changed;
+  * sha256 = SHA-256 of "<dtype.str> <shape>\\n" followed by the array's raw C-order bytes,
+    for /params and each optimizer buffer (catches what Fletcher-32 misses, and data rewritten
+    through HDF5);
+  * attrs_sha256 = SHA-256 of that object's other attributes (see _attrs_digest), because
+    HDF5 does not checksum attributes: a flipped byte in /state's step or the model config
+    would otherwise load silently.
+Parameters and optimizer buffers must be finite, on save and on load.  Version-1 files (no
+checksums) still load; Checkpoint.note then says so, for the CLI to print.
+
+Writes are atomic: the file is written under a temporary name (PATH.tmp-PID) in the same
+directory, fsynced, then moved over the old one with os.replace, so a kill during a save leaves
+the previous checkpoint intact.  The temporaries that kill -9 leaves behind are removed by the
+next save into that directory (see remove_orphaned_temps).
 """
 import datetime
+import hashlib
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinydae.errors import CheckpointError
+from tinydae.errors import CheckpointError, ConfigError
 
 FORMAT = "tinydae-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no checksums (tinydae before issue 10)
+DAMAGED = "the file is damaged; use an earlier checkpoint"
 
 
 @dataclass
@@ -39,6 +57,8 @@ class Checkpoint:
     optimizer: dict | None = None
     state: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+    note: str = ""  # non-empty for a file whose integrity could not be checked (version 1)
 
 
 def _fsync_path(path, directory=False):
@@ -49,11 +69,46 @@ def _fsync_path(path, directory=False):
         os.close(fd)
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # it exists (another user's), or the number is no PID: leave the file alone
+    return True
+
+
+def remove_orphaned_temps(path):
+    """Delete PATH.tmp-PID files whose writing process no longer exists; returns their names.
+
+    Such files are left by a save killed with SIGKILL (or a power cut).  A temporary whose
+    process is alive belongs to a save in progress and is kept.  A PID reused by an unrelated
+    process keeps its orphan until a later save: deleting too little is safe, too much is not.
+    """
+    directory, base = os.path.split(os.path.abspath(os.fspath(path)))
+    prefix = base + ".tmp-"
+    removed = []
+    for name in os.listdir(directory):
+        pid = name[len(prefix):]
+        if not name.startswith(prefix) or not pid.isdigit() or int(pid) <= 0:
+            continue
+        if int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        try:
+            os.remove(os.path.join(directory, name))
+            removed.append(name)
+        except OSError:
+            pass  # removed by a concurrent save, or not a file: the save itself matters more
+    return removed
+
+
 def atomic_write(path, write):
     """Call write(tmp_path), fsync it, then os.replace it onto path."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    remove_orphaned_temps(path)  # first, so their space is free for this save
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         write(tmp)
@@ -69,14 +124,60 @@ def atomic_write(path, write):
         pass  # some filesystems refuse to fsync a directory; the rename is still atomic
 
 
+def buffer_digest(a):
+    """SHA-256 (hex) of an array's dtype, shape and raw C-order bytes."""
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str} {list(a.shape)}\n".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _attrs_digest(obj):
+    """SHA-256 of an HDF5 object's attributes (not the checksums), in a canonical text form.
+
+    Computed from the values as h5py reads them back, on save and on load alike, so the
+    two sides agree whatever types h5py chooses.
+    """
+    h = hashlib.sha256()
+    for key in sorted(obj.attrs):
+        if key not in ("sha256", "attrs_sha256"):
+            value = np.asarray(obj.attrs[key])
+            h.update(json.dumps([key, value.dtype.str, value.tolist()]).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _create(group, name, data):
+    """A dataset with a Fletcher-32 checksum; HDF5 cannot chunk (so not filter) scalars or empties."""
+    data = np.asarray(data)
+    checked = data.ndim > 0 and data.size > 0
+    return group.create_dataset(name, data=data, fletcher32=checked)
+
+
+def _nonfinite(name, a):
+    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    return f"{name} has {bad} of {a.size} values NaN or infinite" if bad else None
+
+
 def save_checkpoint(path, model, optimizer=None, state=None, train_config=None, history=None):
-    """Write model (and optimizer, training state, history) to an HDF5 file, atomically."""
+    """Write model (and optimizer, training state, history) to an HDF5 file, atomically.
+
+    Refuses (CheckpointError, old file kept) to write non-finite parameters or optimizer
+    buffers: load_checkpoint would reject the file, so writing it would only destroy the
+    previous, good checkpoint.
+    """
     import h5py
 
     from tinydae import __version__
 
     params = model.backend.to_host(model.params)
     opt = optimizer.state_dict() if optimizer is not None else None
+    buffers = {"params": params}  # dataset name -> array, each given a sha256 attribute
+    buffers.update({f"optimizer/{k}": v for k, v in (opt["buffers"] if opt else {}).items()})
+    for name, a in buffers.items():
+        problem = _nonfinite(f"/{name}", a)
+        if problem:
+            kept = "the previous checkpoint is kept" if os.path.exists(path) else "nothing was written"
+            raise CheckpointError(f"{path}: not saved, {problem}; the model has diverged ({kept})")
     state = dict(state or {})
     history = list(history if history is not None else state.pop("history", []))
     state.pop("history", None)
@@ -89,7 +190,7 @@ def save_checkpoint(path, model, optimizer=None, state=None, train_config=None, 
             f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
             f.attrs["model_config"] = json.dumps(model.config)
             f.attrs["train_config"] = json.dumps(train_config or {})
-            d = f.create_dataset("params", data=params)
+            d = _create(f, "params", params)
             d.attrs["layout"] = json.dumps([[n, list(s)] for n, s in model.layout])
             if opt is not None:
                 g = f.create_group("optimizer")
@@ -97,19 +198,68 @@ def save_checkpoint(path, model, optimizer=None, state=None, train_config=None, 
                 g.attrs["hyper"] = json.dumps(opt["hyper"])
                 g.attrs["t"] = opt["t"]
                 for k, v in opt["buffers"].items():
-                    g.create_dataset(k, data=v)
+                    _create(g, k, v)
             s = f.create_group("state")
             for k, v in state.items():
                 s.attrs[k] = v
             h = f.create_group("history")
             for col in (history[0].keys() if history else []):
-                h.create_dataset(col, data=np.array([row[col] for row in history], np.float64))
+                _create(h, col, np.array([row[col] for row in history], np.float64))
+            for name, a in buffers.items():
+                f[name].attrs["sha256"] = buffer_digest(a)
+            for obj in (f, f["params"], f.get("optimizer"), f["state"]):
+                if obj is not None:
+                    obj.attrs["attrs_sha256"] = _attrs_digest(obj)
 
     atomic_write(path, write)
 
 
+def _read(path, dataset, sha256=True):
+    """dataset's array; a Fletcher-32 or SHA-256 mismatch is one CheckpointError naming it."""
+    try:
+        a = dataset[()]
+    except OSError as e:
+        if "filter" not in str(e):  # HDF5: "filter returned failure during read"
+            raise
+        raise CheckpointError(f"{path}: checksum mismatch in {dataset.name}: {DAMAGED}") from None
+    if sha256:
+        expected = dataset.attrs.get("sha256")
+        if expected is None:
+            raise CheckpointError(f"{path}: {dataset.name} has no checksum in a format-2 file: {DAMAGED}")
+        if buffer_digest(a) != expected:
+            raise CheckpointError(f"{path}: checksum mismatch in {dataset.name}: {DAMAGED}")
+    return a
+
+
+def _check_attrs(path, f):
+    for obj in (f, f["params"], f.get("optimizer"), f["state"]):
+        if obj is not None and _attrs_digest(obj) != obj.attrs.get("attrs_sha256"):
+            raise CheckpointError(f"{path}: checksum mismatch in the attributes of {obj.name}: {DAMAGED}")
+
+
+def _check_model_config(path, config):
+    """The saved model config, validated; an unknown or missing key is a CheckpointError."""
+    from tinydae.model import check_config
+
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the model config is not a JSON object: {config!r}")
+    known = list(inspect.signature(check_config).parameters)
+    unknown = sorted(set(config) - set(known))
+    missing = [k for k in known if k not in config]
+    problems = ([f"has unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []) + \
+               ([f"lacks key(s) {', '.join(map(repr, missing))}"] if missing else [])
+    if problems:
+        raise CheckpointError(f"{path}: the model config {' and '.join(problems)} (this tinydae "
+                              f"reads {', '.join(known)}); the file was edited or written by another "
+                              f"tinydae version: load it with that version")
+    try:
+        return check_config(**config)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: bad model config in the checkpoint: {e}") from None
+
+
 def load_checkpoint(path):
-    """Read and validate a checkpoint.  Raises CheckpointError naming the file and problem."""
+    """Read and verify a checkpoint.  Raises CheckpointError naming the file and problem."""
     import h5py
 
     from tinydae.model import param_layout
@@ -127,19 +277,24 @@ def load_checkpoint(path):
             if f.attrs.get("format") != FORMAT:
                 raise CheckpointError(f"{path}: not a tinydae checkpoint (no '{FORMAT}' format tag)")
             version = int(f.attrs.get("format_version", -1))
-            if version != FORMAT_VERSION:
+            if version not in READABLE_VERSIONS:
+                newer = "; upgrade tinydae to read it" if version > FORMAT_VERSION else ""
                 raise CheckpointError(f"{path}: checkpoint format version {version}; this tinydae "
-                                      f"reads version {FORMAT_VERSION}")
+                                      f"reads versions {', '.join(map(str, READABLE_VERSIONS))}{newer}")
+            checked = version >= 2
+            if checked:
+                _check_attrs(path, f)
             config = json.loads(f.attrs["model_config"])
             layout = [(n, tuple(s)) for n, s in json.loads(f["params"].attrs["layout"])]
-            params = f["params"][()]
+            params = _read(path, f["params"], checked)
             optimizer = None
             if "optimizer" in f:
                 g = f["optimizer"]
                 optimizer = dict(name=str(g.attrs["name"]), hyper=json.loads(g.attrs["hyper"]),
-                                 t=int(g.attrs["t"]), buffers={k: g[k][()] for k in g.keys()})
-            state = {k: v.item() if hasattr(v, "item") else v for k, v in f["state"].attrs.items()}
-            cols = {k: f["history"][k][()] for k in f["history"].keys()}
+                                 t=int(g.attrs["t"]), buffers={k: _read(path, g[k], checked) for k in g.keys()})
+            state = {k: v.item() if hasattr(v, "item") else v for k, v in f["state"].attrs.items()
+                     if k != "attrs_sha256"}
+            cols = {k: _read(path, f["history"][k], sha256=False) for k in f["history"].keys()}
             history = [dict(zip(cols, (float(cols[c][i]) for c in cols)))
                        for i in range(len(next(iter(cols.values()))) if cols else 0)]
             train_config = json.loads(f.attrs.get("train_config", "{}"))
@@ -147,16 +302,30 @@ def load_checkpoint(path):
         raise
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: damaged or incomplete checkpoint ({type(e).__name__}: {e})") from None
+    config = _check_model_config(path, config)
+    if not isinstance(train_config, dict):
+        raise CheckpointError(f"{path}: the train config is not a JSON object: {train_config!r}")
     expected = param_layout(config)
     if layout != expected or params.shape != (sum(int(np.prod(s)) for _, s in expected),):
         raise CheckpointError(f"{path}: parameter layout does not match its model config {config}")
     if optimizer is not None and any(b.shape != params.shape for b in optimizer["buffers"].values()):
         raise CheckpointError(f"{path}: optimizer buffers do not match the parameter count")
+    # Checked after the checksums: a run can save NaNs faithfully (a version-1 file, or another
+    # writer); a diverged model must not be sampled from or resumed.
+    buffers = {"/params": params}
+    buffers.update({f"/optimizer/{k}": b for k, b in (optimizer["buffers"] if optimizer else {}).items()})
+    for name, a in buffers.items():
+        problem = _nonfinite(name, a)
+        if problem:
+            raise CheckpointError(f"{path}: {problem}; the run that wrote it had diverged: "
+                                  f"use an earlier checkpoint")
     for row in history:
         for k in ("epoch", "step"):
             if k in row:
                 row[k] = int(row[k])
-    return Checkpoint(path, config, params, layout, train_config, optimizer, state, history)
+    note = "" if checked else (f"{path} is a format-1 checkpoint and carries no checksums, so damage to "
+                               f"it cannot be detected; checkpoints saved from it (e.g. by train --resume) have them")
+    return Checkpoint(path, config, params, layout, train_config, optimizer, state, history, version, note)
 
 
 def config_differences(saved, requested):

@@ -93,9 +93,63 @@ class Progress:
             self.bar = None
 
 
+def _load_checkpoint(path):
+    """tinydae.load_checkpoint, plus one `note:` line on stderr when the user should know
+    something about the file (a format-1 checkpoint carries no checksums)."""
+    ckpt = tinydae.load_checkpoint(path)
+    if ckpt.note:
+        click.echo(f"note: {ckpt.note}", err=True)
+    return ckpt
+
+
 def _explicit(ctx, names):
     return {n for n in names if ctx.get_parameter_source(n) in
             (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+
+
+TRAIN_FILES = ("checkpoint.h5", "history.json", "samples.png")
+
+
+def _data_source(source):
+    """What a checkpoint records as its data: files as absolute paths, so that evaluate and
+    improve find them from any folder; built-in names (and paths that do not exist, for the
+    error message) as given."""
+    return os.path.abspath(source) if os.path.exists(source) and not tinydae.data.is_builtin(source) \
+        else source
+
+
+def _recorded_data(ckpt):
+    """-> (the checkpoint's data source, whether that file is gone).  Older checkpoints
+    recorded paths relative to the folder train ran in; they are read relative to this one."""
+    source = ckpt.train_config["data"]
+    if tinydae.data.is_builtin(source):
+        return source, False
+    return os.path.abspath(source), not os.path.exists(source)
+
+
+def _moved_data_error(ckpt, path):
+    return tinydae.DataError(f"{path}: no such file; this path is the training data recorded in "
+                             f"{ckpt.path}; pass --data to say where that data is now")
+
+
+def _check_train_out(out, resume, overwrite):
+    """Refuse to replace another run, or to find a directory where a file must go, before any
+    work.  -> True when the files of the run in `out` are to be replaced (--overwrite)."""
+    for name in TRAIN_FILES:
+        if os.path.isdir(os.path.join(out, name)):
+            raise ConfigError(f"--out {out}: {os.path.join(out, name)} is a directory, where train writes "
+                              f"its {name}; remove it or choose another --out")
+    found = [name for name in TRAIN_FILES[:2] if os.path.exists(os.path.join(out, name))]
+    if not found:
+        return False
+    ckpt = os.path.join(out, "checkpoint.h5")
+    if resume and os.path.exists(ckpt) and os.path.samefile(resume, ckpt):
+        return False  # continuing the run that is there
+    if overwrite:
+        return True
+    other = f"; --resume {resume} continues a different run" if resume else ""
+    raise ConfigError(f"--out {out} already holds a run ({', '.join(found)}){other}; pass --overwrite to "
+                      f"replace it, --resume {ckpt} to continue it, or choose another --out")
 
 
 @cli.command()
@@ -125,8 +179,9 @@ def _explicit(ctx, names):
 @click.option("--epochs", type=int, default=10, show_default=True,
               help="Train until this many epochs are complete (with --resume: in total).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True,
+@click.option("--out", default="runs/latest", show_default=True,
               help="Directory for checkpoint.h5, history.json and samples.png.")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True,
               help="Save a checkpoint every N steps (0: only at epoch ends).")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
@@ -135,44 +190,80 @@ def _explicit(ctx, names):
 @click.pass_context
 def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, hidden, activation, tied, loss,
           dtype, corruption, optimizer, lr, momentum, weight_decay, batch_size, epochs, seed, out,
-          checkpoint_every, resume, as_json):
-    """Train a DAE; writes OUT/checkpoint.h5, OUT/history.json and OUT/samples.png."""
-    opts = dict(data=data, key=key, limit=limit, rescale=rescale, val_fraction=val_fraction,
+          overwrite, checkpoint_every, resume, as_json):
+    """Train a DAE; writes OUT/checkpoint.h5, OUT/history.json and OUT/samples.png.
+
+    Refuses an OUT that holds another run unless --overwrite (or --resume of its checkpoint).
+    """
+    from tinydae import safety
+
+    opts = dict(data=_data_source(data), key=key, limit=limit, rescale=rescale, val_fraction=val_fraction,
                 corruption=str(tinydae.Corruption.parse(corruption)), optimizer=optimizer, lr=lr,
                 momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
     arch = dict(hidden=list(parse_hidden(hidden)), activation=activation, tied=tied, loss=loss, dtype=dtype)
     state, ckpt = None, None
     if resume:
-        ckpt = tinydae.load_checkpoint(resume)
+        ckpt = _load_checkpoint(resume)
+        saved = dict(ckpt.train_config)
+        explicit = _explicit(ctx, TRAIN_OPTIONS)
+        if "data" in saved:
+            saved["data"], gone = _recorded_data(ckpt)
+            if gone and "data" not in explicit:
+                raise _moved_data_error(ckpt, saved["data"])
+            if gone:  # the same data moved: --data says where it is now
+                del saved["data"]
         diffs = tinydae.checkpoint.config_differences(
             ckpt.model_config, {k: arch[k] for k in _explicit(ctx, ARCH_OPTIONS)})
-        diffs += tinydae.checkpoint.config_differences(
-            ckpt.train_config, {k: opts[k] for k in _explicit(ctx, TRAIN_OPTIONS)})
+        diffs += tinydae.checkpoint.config_differences(saved, {k: opts[k] for k in explicit})
         if diffs:
             raise ConfigError(f"cannot resume {resume}: it differs from the options given: "
                               + "; ".join(diffs))
-        opts.update({k: ckpt.train_config[k] for k in TRAIN_OPTIONS if k in ckpt.train_config})
+        opts.update({k: saved[k] for k in TRAIN_OPTIONS if k in saved})
         state = tinydae.TrainState.from_checkpoint(ckpt)
+        if state.epoch >= epochs:  # fit() would do nothing; say so instead of exiting 0
+            raise ConfigError(f"{resume} already has {state.epoch} completed epoch(s) (step {state.step}); "
+                              f"--epochs counts the total: pass --epochs {state.epoch + 1} or more to "
+                              "train further")
     if epochs < 1 or opts["batch_size"] < 1:
         raise ConfigError("--epochs and --batch-size must be >= 1")
+    if checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
     backend = tinydae.get_backend(backend, kernels=kernel_set)
+    safety.check_output_dir(out, "--out")
+    with safety.exclusive_lock(out, "--out"):
+        replace = _check_train_out(out, resume, overwrite)
+        _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json)
+
+
+def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json):
+    """The rest of `train`, with `out` checked and locked."""
+    from tinydae import safety
+    from tinydae.train import training_memory
+
     dataset = tinydae.load_dataset(opts["data"], limit=opts["limit"], rescale=opts["rescale"],
                                    key=opts["key"], seed=opts["seed"])
     train_set, val_set = dataset.split(opts["val_fraction"], seed=opts["seed"])
-    if ckpt is not None:
-        model = tinydae.restore_model(ckpt, backend=backend)
-    else:
-        model = tinydae.DAE(dataset.dim, **arch, seed=opts["seed"], backend=backend)
-    hyper = dict(lr=opts["lr"], weight_decay=opts["weight_decay"])
-    if opts["optimizer"] == "sgd":
-        hyper["momentum"] = opts["momentum"]
-    opt = tinydae.make_optimizer(opts["optimizer"], model, **hyper)
+    config = ckpt.model_config if ckpt is not None else tinydae.model.check_config(
+        dataset.dim, seed=opts["seed"], **arch)
+    shape = "-".join(str(w) for w in [config["input_dim"], *config["hidden"], config["input_dim"]])
+    fix = "use a smaller --hidden or --batch-size, or fewer examples (--limit)"
+    safety.check_memory(training_memory(config, len(train_set), opts["batch_size"], opts["optimizer"]),
+                        f"training a {shape} DAE (batch {opts['batch_size']}, {len(train_set):,} examples)", fix)
+    with safety.out_of_memory(f"building the {shape} DAE", fix):
+        if ckpt is not None:
+            model = tinydae.restore_model(ckpt, backend=backend)
+        else:
+            model = tinydae.DAE(dataset.dim, **arch, seed=opts["seed"], backend=backend)
+        hyper = dict(lr=opts["lr"], weight_decay=opts["weight_decay"])
+        if opts["optimizer"] == "sgd":
+            hyper["momentum"] = opts["momentum"]
+        opt = tinydae.make_optimizer(opts["optimizer"], model, **hyper)
     if ckpt is not None and ckpt.optimizer is not None:
         opt.load_state_dict(ckpt.optimizer)
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create output directory {out}: {e.strerror}") from None
+    if replace:  # --overwrite: no file of the old run may pass for one of this run
+        for name in TRAIN_FILES:
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
     ckpt_path = os.path.join(out, "checkpoint.h5")
     steps_per_epoch = -(-len(train_set) // opts["batch_size"])
     if not as_json:
@@ -182,11 +273,12 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, hid
     progress = Progress(steps_per_epoch, epochs, enabled=not as_json)
     t0 = time.perf_counter()
     try:
-        state = tinydae.fit(model, train_set, val_set if len(val_set) else None, optimizer=opt,
-                            corruption=opts["corruption"], epochs=epochs,
-                            batch_size=opts["batch_size"], seed=opts["seed"], state=state,
-                            checkpoint_path=ckpt_path, checkpoint_every=checkpoint_every,
-                            train_config=dict(opts, epochs=epochs), progress=progress)
+        with safety.out_of_memory("training", fix + f"; the last checkpoint, if any, is {ckpt_path}"):
+            state = tinydae.fit(model, train_set, val_set if len(val_set) else None, optimizer=opt,
+                                corruption=opts["corruption"], epochs=epochs,
+                                batch_size=opts["batch_size"], seed=opts["seed"], state=state,
+                                checkpoint_path=ckpt_path, checkpoint_every=checkpoint_every,
+                                train_config=dict(opts, epochs=epochs), progress=progress)
     finally:
         progress.close()
     history_path = os.path.join(out, "history.json")
@@ -205,7 +297,7 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, hid
     summary = dict(checkpoint=ckpt_path, history=history_path, samples=png, step=state.step,
                    epochs=state.epoch, seconds=time.perf_counter() - t0, final=dict(last, **per_pixel))
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(safety.dumps(summary, indent=2))
     else:
         if "val_bce_denoise" in last:
             d = dataset.dim
@@ -356,36 +448,51 @@ def build_cuda(arch, out_dir, assembler, as_json):
 @click.option("--tol", type=float, default=1e-6, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, as_json):
-    """Finite-difference check (float64) of a small random model: max relative error per parameter."""
+    """Finite-difference check (float64) of a small random model: max relative error per parameter.
+
+    Exits 0 when every error is below --tol, 1 when any is not (a NaN error fails too).
+    """
+    import math
+
     import numpy as np
 
+    from tinydae import safety
     from tinydae.gradcheck import check_model, random_model
     from tinydae.layers import HIDDEN_ACTIVATIONS
 
+    # A NaN tolerance made every comparison false: FAIL printed, exit 0.
+    if not (math.isfinite(tol) and tol > 0):
+        raise ConfigError(f"--tol must be a finite positive number (e.g. 1e-6), got {tol}")
     acts = HIDDEN_ACTIVATIONS if activation == "all" else (activation,)
     losses = ("bce", "mse") if loss == "all" else (loss,)
     ties = {"both": (False, True), "yes": (True,), "no": (False,)}[tied]
     if batch < 1:
         raise ConfigError("--batch must be >= 1")
+    hidden = parse_hidden(hidden)
     rng = np.random.default_rng(seed)
     x, t = rng.random((batch, max(input_dim, 1))), rng.random((batch, max(input_dim, 1)))
-    results, worst = [], 0.0
+
+    def ok(err):
+        return err < tol  # False for NaN: an error that is not a number is a failure
+
+    results, passed, worst = [], True, 0.0
     for act in acts:
         for ls in losses:
             for ti in ties:
-                model = random_model(input_dim, parse_hidden(hidden), act, ti, ls, seed)
+                model = random_model(input_dim, hidden, act, ti, ls, seed)
                 errors = check_model(model, x, t)
-                worst = max(worst, max(errors.values()))
+                passed = passed and all(ok(e) for e in errors.values())
+                worst = max([worst, *errors.values()], key=lambda e: math.inf if math.isnan(e) else e)
                 results.append(dict(model=repr(model), errors=errors))
     if as_json:
-        click.echo(json.dumps(dict(results=results, worst=worst, tol=tol), indent=2))
+        click.echo(safety.dumps(dict(results=results, worst=worst, tol=tol, passed=passed), indent=2))
     else:
         for r in results:
             click.echo(r["model"])
             for name, err in r["errors"].items():
-                click.echo(f"  {name:8s} {err:.2e}  {'ok' if err < tol else 'FAIL'}")
-        click.echo(f"worst relative error {worst:.2e} (tolerance {tol:g}): {'PASS' if worst < tol else 'FAIL'}")
-    if worst >= tol:
+                click.echo(f"  {name:8s} {err:.2e}  {'ok' if ok(err) else 'FAIL'}")
+        click.echo(f"worst relative error {worst:.2e} (tolerance {tol:g}): {'PASS' if passed else 'FAIL'}")
+    if not passed:
         sys.exit(1)
 
 
@@ -396,18 +503,55 @@ def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, as_js
 
 def _training_data(ckpt, data, key, limit):
     """--data if given, else the data the checkpoint was trained on."""
+    if data is not None:
+        return tinydae.load_dataset(data, key=key, limit=limit)
     cfg = ckpt.train_config
-    source = data or cfg.get("data")
-    if source is None:
+    if cfg.get("data") is None:
         raise ConfigError(f"{ckpt.path} does not record its training data; pass --data")
-    if data is None:
-        key, limit = cfg.get("key"), cfg.get("limit")
-    return tinydae.load_dataset(source, key=key, limit=limit,
-                                rescale=cfg.get("rescale", False) if data is None else False,
-                                seed=cfg.get("seed", 0) if data is None else 0)
+    source, gone = _recorded_data(ckpt)
+    if gone:  # say where the path came from: the user never typed it in this command
+        raise _moved_data_error(ckpt, source)
+    return tinydae.load_dataset(source, key=cfg.get("key"), limit=cfg.get("limit"),
+                                rescale=cfg.get("rescale", False), seed=cfg.get("seed", 0))
 
 
-def _starts(kind, n, model, ckpt, data, key, limit, seed):
+KEEP_CHAINS = 10  # chains kept whole (every --keep-every step): the PNG strip and --h5's trajectory
+START_CHOICES = "noise, bernoulli, pca, pixels or a file of samples (.npz, .h5 or IDX)"
+
+
+def _echo_json(obj):
+    """Print obj as strict JSON: NaN and infinities (a model whose outputs overflow gives them)
+    become null, named under "non_finite" and in a warning on stderr."""
+    from tinydae.safety import dumps, json_safe
+
+    replaced = json_safe(obj)[1]
+    if replaced:
+        more = f" and {len(replaced) - 5} more" if len(replaced) > 5 else ""
+        click.echo(f"warning: {len(replaced)} values are NaN or infinite and are written as null: "
+                   f"{', '.join(replaced[:5])}{more}", err=True)
+    click.echo(dumps(obj, indent=2))
+
+
+def _strip_memory(rows, columns, side):
+    """Bytes save_grid needs for a PNG of rows x columns images of side x side pixels: the
+    padded grid, scaled 2x, its filtered copy and the compressed bytes (tracemalloc: 17-20x
+    the unscaled grid)."""
+    return 24 * (rows * (side + 2) + 2) * (columns * (side + 2) + 2)
+
+
+def _check_chain_memory(model, n, steps, keep_every, batch_size, start, side):
+    """Refuse chains whose arrays (and PNG strip) would not fit, before drawing or running them."""
+    from tinydae import safety
+    from tinydae.sampling import chain_memory
+
+    nbytes = chain_memory(model, n, steps, keep_every, KEEP_CHAINS, batch_size, start)
+    if side:
+        nbytes += _strip_memory(min(n, KEEP_CHAINS), steps // keep_every + 2, side)
+    safety.check_memory(nbytes, f"{n:,} chains of {model.input_dim} values x {steps:,} steps",
+                        "use a smaller --n, fewer --steps or a larger --keep-every")
+
+
+def _starts(kind, n, model, ckpt, data, key, limit, seed, option="--start", rescale=False):
     from tinydae.sampling import START_KINDS, start_points
 
     if kind in START_KINDS:
@@ -415,40 +559,63 @@ def _starts(kind, n, model, ckpt, data, key, limit, seed):
         if kind in ("pca", "pixels"):
             train = _training_data(ckpt, data, key, limit).x
         return start_points(kind, n, model.input_dim, seed, train), kind
-    start = tinydae.load_dataset(kind, key=key)  # a file of samples
+    if not os.path.exists(kind):  # most often a typo of a start kind: name them all
+        raise ConfigError(f"{option} {kind}: no such file; give {START_CHOICES}")
+    start = tinydae.load_dataset(kind, key=key, rescale=rescale)  # a file of samples
     if start.dim != model.input_dim:
         raise ConfigError(f"{kind}: samples have {start.dim} values, the model expects {model.input_dim}")
     return start.x[:n], os.path.basename(kind)
 
 
 def _run_chains(checkpoint, start, n, steps, chain_corruption, keep_every, seed, batch_size, data, key,
-                limit, out, h5, backend, as_json, verb):
-    from tinydae.sampling import chain
+                limit, rescale, out, h5, backend, as_json, verb, option):
+    import numpy as np
+
+    from tinydae import safety
+    from tinydae.sampling import START_KINDS, chain
 
     if n < 1 or steps < 0 or keep_every < 1 or batch_size < 1:
         raise ConfigError("--n, --keep-every and --batch-size must be >= 1, --steps >= 0")
-    ckpt = tinydae.load_checkpoint(checkpoint)
+    ckpt = _load_checkpoint(checkpoint)
     model = tinydae.restore_model(ckpt, backend=backend)
-    x0, start_name = _starts(start, n, model, ckpt, data, key, limit, seed)
     corruption = model.corruption if chain_corruption == "model" else chain_corruption
     if corruption is None:
         raise ConfigError(f"{checkpoint} does not record its training corruption; pass --chain-corruption")
-    t0 = time.perf_counter()
-    result = chain(model, x0, steps, corruption=corruption, keep_every=keep_every, keep_chains=10,
-                   seed=seed, batch_size=batch_size)
-    seconds = time.perf_counter() - t0
+    tinydae.Corruption.parse(corruption)  # a typo here fails now, not after the start points are drawn
+    # Every check before any work: output paths, then memory, then the (maybe slow) start points.
     side = int(round(model.input_dim ** 0.5))
-    png = None
-    if out and side * side == model.input_dim:
-        tinydae.images.save_grid(out, list(result.trajectory), (side, side))
-        png = out
+    png = out if out and side * side == model.input_dim else None
+    if png:
+        safety.check_output_file(png, "--out")
     if h5:
-        result.save_h5(h5)
+        safety.check_output_file(h5, "--h5")
+    if start in START_KINDS:
+        _check_chain_memory(model, n, steps, keep_every, batch_size, start, side if png else 0)
+    x0, start_name = _starts(start, n, model, ckpt, data, key, limit, seed, option, rescale)
+    if start not in START_KINDS:
+        _check_chain_memory(model, len(x0), steps, keep_every, batch_size, None, side if png else 0)
+    t0 = time.perf_counter()
+    # An overflow inside the network is reported once, below, not as NumPy's RuntimeWarnings.
+    with safety.out_of_memory(f"running {len(x0):,} chains", "use a smaller --n, fewer --steps or a "
+                                                              "larger --keep-every"), \
+            np.errstate(over="ignore", invalid="ignore"):
+        result = chain(model, x0, steps, corruption=corruption, keep_every=keep_every,
+                       keep_chains=KEEP_CHAINS, seed=seed, batch_size=batch_size)
+        seconds = time.perf_counter() - t0
+        if png:
+            # NaN states (see the warning below) drawn black, not cast to uint8 with a warning
+            tinydae.images.save_grid(png, list(np.nan_to_num(result.trajectory)), (side, side))
+        if h5:
+            result.save_h5(h5)
+    broken = int((~np.isfinite(result.samples)).any(axis=1).sum())
+    if broken:  # r(x) is a sigmoid: only an overflow inside the network gives NaN
+        click.echo(f"warning: {broken} of {len(x0)} chains ended in NaN or infinite values: the model's "
+                   f"outputs overflow (its parameters are corrupt or far too large)", err=True)
     summary = dict(chains=len(x0), steps=steps, start=start_name, corruption=str(corruption),
                    kept_steps=result.kept_steps, mean_abs_change=result.mean_abs_change.tolist(),
                    seconds=seconds, png=png, h5=h5)
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        _echo_json(summary)
         return
     first = f"{result.mean_abs_change[0]:.4f}" if steps else "-"
     last = f"{result.mean_abs_change[-1]:.4f}" if steps else "-"
@@ -462,7 +629,7 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, keep_every, seed,
         click.echo(f"chain: {h5}")
 
 
-def _chain_options(default_start, default_steps, start_help):
+def _chain_options(default_start, default_steps, start_help, default_out):
     def wrap(f):
         for opt in reversed([
             click.argument("checkpoint", type=click.Path(dir_okay=False)),
@@ -480,7 +647,9 @@ def _chain_options(default_start, default_steps, start_help):
                                                       "checkpoint's training data)."),
             click.option("--key", default=None, help="Array name / dataset path in a .npz or .h5 file."),
             click.option("--limit", type=int, default=None, help="Rows of --data to use."),
-            click.option("--out", default="samples.png", show_default=True, help="PNG strip of chain snapshots."),
+            click.option("--rescale", is_flag=True, help="Scale a FILE of samples linearly to [0, 1] (min-max)."),
+            click.option("--out", default=f"runs/{default_out}.png", show_default=True,
+                         help=f"PNG strip of {KEEP_CHAINS} chains at the kept steps."),
             click.option("--h5", default=None, help="Also write the chain to this HDF5 file."),
             click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True),
             click.option("--json", "as_json", is_flag=True),
@@ -491,17 +660,17 @@ def _chain_options(default_start, default_steps, start_help):
 
 
 @cli.command()
-@_chain_options("noise", 50, "noise | bernoulli | pca | pixels | FILE (.npz, .h5 or IDX samples).")
+@_chain_options("noise", 50, "noise | bernoulli | pca | pixels | FILE (.npz, .h5 or IDX samples).", "sample")
 def sample(**kw):
     """Run sampling chains x_(t+1) = r(c(x_t)) from CHECKPOINT's DAE."""
-    _run_chains(**kw, verb="ran")
+    _run_chains(**kw, verb="ran", option="--start")
 
 
 @cli.command()
-@_chain_options("pca", 10, "pca | pixels (built-in weak generators) | FILE of samples to improve.")
+@_chain_options("pca", 10, "pca | pixels (built-in weak generators) | FILE of samples to improve.", "improve")
 def improve(**kw):
     """Improve samples of another model by iterating CHECKPOINT's DAE on them."""
-    _run_chains(**kw, verb="improved")
+    _run_chains(**kw, verb="improved", option="--from")
 
 
 @cli.command()
@@ -523,7 +692,10 @@ def improve(**kw):
 def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theorem, dims, sigma, epochs,
              backend, as_json):
     """Reconstruction BCE, Parzen log-likelihood and precision/recall of chain samples; or --theorem."""
-    from tinydae import experiments
+    import numpy as np
+
+    from tinydae import experiments, safety
+    from tinydae.sampling import START_KINDS
 
     if theorem:
         try:
@@ -535,7 +707,7 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
         out = [experiments.theorem_check(d, sigma, epochs=epochs, hidden=(64, 64) if d <= 4 else (256, 256),
                                          seed=seed, backend=backend) for d in dim_list]
         if as_json:
-            click.echo(json.dumps(out, indent=2))
+            _echo_json(out)
             return
         click.echo(f"(r(x) - x)/sigma^2 vs grad log p_sigma(x), sigma = {sigma}, 2,000 held-out points")
         click.echo(f"{'data':8s} {'loss':5s} {'cos mean':>9s} {'cos median':>11s} {'rel err median':>15s}")
@@ -546,7 +718,11 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
         return
     if checkpoint is None:
         raise ConfigError("evaluate needs a CHECKPOINT (or --theorem)")
-    ckpt = tinydae.load_checkpoint(checkpoint)
+    if start not in START_KINDS:
+        raise ConfigError(f"--start {start}: choose one of {', '.join(START_KINDS)}")
+    if n_samples < 4 or steps < 0:  # k-NN precision/recall (k = 3) needs 4 samples
+        raise ConfigError("--n-samples must be >= 4 and --steps >= 0")
+    ckpt = _load_checkpoint(checkpoint)
     model = tinydae.restore_model(ckpt, backend=backend)
     if data:
         held = tinydae.load_dataset(data, key=key, limit=limit)
@@ -557,10 +733,15 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
         raise ConfigError(f"data rows have {held.dim} values, the model expects {model.input_dim}")
     if len(held) < 8:
         raise ConfigError(f"need at least 8 held-out rows, got {len(held)}")
+    fix = "use a smaller --n-samples, fewer --steps or a smaller --limit"
+    safety.check_memory(experiments.evaluate_memory(model, n_samples, steps, len(held), start),
+                        f"evaluating {n_samples:,} chains of {steps:,} steps on {len(held):,} rows", fix)
     train = _training_data(ckpt, None, None, None).x if start in ("pca", "pixels") else None
-    r = experiments.evaluate_checkpoint(model, held, n_samples, steps, start, seed, train)
+    # NaN chains end in one error line from evaluate_checkpoint, not NumPy's RuntimeWarnings first
+    with safety.out_of_memory("evaluating", fix), np.errstate(over="ignore", invalid="ignore"):
+        r = experiments.evaluate_checkpoint(model, held, n_samples, steps, start, seed, train)
     if as_json:
-        click.echo(json.dumps(r, indent=2))
+        _echo_json(r)
         return
     rec = r["reconstruction"]
     click.echo(f"{len(held)} held-out rows; reconstruction BCE: denoising {rec['val_bce_denoise']:.2f}, "
@@ -572,15 +753,17 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
 
 
 @cli.command()
-@click.option("--quick", is_flag=True, help="Small models and few chains: a few minutes on 2 CPU cores.")
+@click.option("--quick", is_flag=True, help="Small models and few chains: 5-9 s instead of 46-50 s on 2 idle "
+                                            "CPU cores (measured; up to 25x longer while other work shares them).")
 @click.option("--data", default="glyphs", show_default=True, help="Image data: glyphs or a file (e.g. MNIST IDX).")
 @click.option("--out", default="runs/reproduce", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
 def reproduce(quick, data, out, seed, backend):
     """Run the paper's three claims (BCE and MSE side by side) and write OUT/report.md."""
-    from tinydae import experiments
+    from tinydae import experiments, safety
 
+    safety.check_output_dir(out, "--out")  # before claim 1: a bad --out would waste all of it
     command = "python cli.py reproduce" + (" --quick" if quick else "") + (f" --data {data}" if data != "glyphs" else "")
     experiments.reproduce(out, quick=quick, data=data, backend=backend, seed=seed,
                           log=lambda m: click.echo(m, err=True), command=command)

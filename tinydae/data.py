@@ -5,8 +5,9 @@ Legend: N examples, D pixels per example, H x W the image shape (for PNG grids).
 Sources:
   "glyphs"           built-in, procedural: 28x28 digit-like strokes of ten classes with
                      seeded affine jitter and stroke width (synthetic, not MNIST)
-  "gmm:D"            built-in, a Gaussian mixture in [0, 1]^D with a known density (D = 2
-                     by default); Dataset.density gives its exact log p and score
+  "gmm:D"            built-in, a Gaussian mixture in [0, 1]^D with a known density ("gmm"
+                     alone: D = 2); Dataset.density gives its exact log p and score
+An existing file always wins over a built-in name (a file gmm_samples.npz is a file).
   *.gz / *-ubyte / *.idx   MNIST-style IDX files (magic and dims checked)
   *.npz              one array (or name it with key=)
   *.h5 / *.hdf5      one dataset (or give its path with key=)
@@ -15,6 +16,9 @@ uint8 is scaled by 1/255; float data must already lie in [0, 1] (or pass rescale
 import gzip
 import math
 import os
+import re
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,6 +202,8 @@ def read_idx(path):
 
 
 def _pick(names, key, path, what):
+    if not names:
+        raise DataError(f"{path}: holds no {what}s (empty)")
     if key is not None:
         if key not in names:
             raise DataError(f"{path}: no {what} {key!r}; it has: {', '.join(names) or 'none'}")
@@ -209,11 +215,24 @@ def _pick(names, key, path, what):
 
 
 def _read_npz(path, key):
+    # np.load guesses the format from the first bytes and calls anything unknown "pickled data"
+    # (or raises EOFError, which click turns into "Aborted!"), so check the zip container first.
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: empty file (0 bytes), not a .npz archive")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a .npz file (no zip archive inside; save arrays with numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as z:
-            return np.asarray(z[_pick(list(z.files), key, path, "array")])
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read .npz ({e})") from None
+            name = _pick(list(z.files), key, path, "array")
+            arr = z[name]
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{path}: cannot read .npz, damaged or not written by numpy.savez "
+                        f"({type(e).__name__}: {e})") from None
+    if not isinstance(arr, np.ndarray):  # np.load hands back a member that is not .npy as raw bytes
+        raise DataError(f"{path}: member {name!r} is not a NumPy array; save arrays with numpy.savez")
+    return arr
 
 
 def _read_h5(path, key):
@@ -267,23 +286,31 @@ def to_rows(arr, source, rescale=False):
     return x.astype(np.float32), shape
 
 
+BUILTINS = "built-in data: glyphs, gmm or gmm:D such as gmm:16"
+
+
+def is_builtin(source):
+    """True when `source` names built-in data: exactly 'glyphs', 'gmm' or 'gmm:D', and no file
+    of that name exists (a file wins: "gmm_samples.npz" once silently meant gmm:2)."""
+    source = os.fspath(source)
+    return (source == "glyphs" or re.fullmatch(r"gmm(:\d+)?", source) is not None) \
+        and not os.path.isfile(source)
+
+
 def load_dataset(source="glyphs", *, limit=None, rescale=False, key=None, seed=0):
-    """'glyphs' or a file path -> Dataset of float32 rows in [0, 1].
+    """'glyphs', 'gmm:D' or a file path -> Dataset of float32 rows in [0, 1].
 
     limit: keep the first `limit` examples; key: array name (.npz) or dataset path (.h5)
     """
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be >= 1, got {limit}")
-    if source == "glyphs":
-        return glyphs(limit or 10000, seed=seed)
-    if str(source).startswith("gmm"):
-        _, _, dim = str(source).partition(":")
-        if dim and not dim.isdigit():
-            raise DataError(f"gmm data is 'gmm' or 'gmm:D' (e.g. gmm:16), got {source!r}")
-        return gmm(limit or 10000, int(dim or 2), seed=seed)
     path = os.fspath(source)
+    if is_builtin(path):
+        if path == "glyphs":
+            return glyphs(limit or 10000, seed=seed)
+        return gmm(limit or 10000, int(path.partition(":")[2] or 2), seed=seed)
     if not os.path.exists(path):
-        raise DataError(f"{path}: no such file (use 'glyphs' for the built-in data)")
+        raise DataError(f"{path}: no such file, and not a built-in data set ({BUILTINS})")
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory; give a data file (IDX, .npz or .h5)")
     lower = path.lower()

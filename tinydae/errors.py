@@ -37,11 +37,16 @@ class TrainingDiverged(TinyDAEError, FloatingPointError):
 
 
 class TrainingInterrupted(TinyDAEError, KeyboardInterrupt):
-    """SIGINT arrived during training; a checkpoint was saved first."""
+    """SIGINT or SIGTERM arrived during training; a checkpoint was saved first.
+
+    exit_code follows the shell convention 128 + signal number: 130 for SIGINT, 143 for SIGTERM.
+    """
 
     exit_code = 130
 
-    def __init__(self, message, step, checkpoint):
+    def __init__(self, message, step, checkpoint, signum=2):
         super().__init__(message)
         self.step = step
         self.checkpoint = checkpoint
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -8,7 +8,6 @@ Claim 3 (improving samples): iterating it on a weaker model's samples (a PCA Gau
 Quality on images is the Parzen log-likelihood of held-out data (biased in high dimension:
 Theis et al. 2016) and k-NN precision/recall in pixel space; on the toy data it is exact.
 """
-import json
 import math
 import os
 import time
@@ -22,7 +21,8 @@ from tinydae.images import save_grid
 from tinydae.metrics import parzen_evaluate, precision_recall
 from tinydae.model import DAE
 from tinydae.optim import Adam
-from tinydae.sampling import chain, noise_start, start_points
+from tinydae.safety import check_output_dir, dumps
+from tinydae.sampling import chain, chain_memory, noise_start, start_points
 from tinydae.train import evaluate_reconstruction, fit
 
 
@@ -83,6 +83,19 @@ def chain_quality(model, x0, steps, valid, test, seed=0, corruption="model"):
     return rows, r
 
 
+def evaluate_memory(model, n_samples, steps, n_held, start="noise"):
+    """Bytes evaluate_checkpoint needs at its peak, on the high side: the chains (64 kept whole,
+    every step), then the metrics: float64 copies of the samples and of half the held-out rows
+    (the other half chose the bandwidth), and in sq_distances the squares of the larger of them
+    and distance blocks of up to 512 rows against it (three at a time; a fourth for margin)."""
+    D, n_test = model.input_dim, n_held - n_held // 2
+    chains = chain_memory(model, n_samples, steps, keep_every=1, keep_chains=64, start=start)
+    kept = (2 * n_samples + min(n_samples, 64) * (steps + 2)) * D * 4  # x0, samples, trajectory
+    larger = max(n_samples, n_test)
+    metrics = (n_samples + n_test + larger) * D * 8 + 4 * 512 * (larger + D) * 8
+    return max(chains, kept + metrics)  # the chains' batch temporaries are gone by the metrics
+
+
 def evaluate_checkpoint(model, data, n_samples=500, steps=20, start="noise", seed=0, train_data=None):
     """Reconstruction BCE on `data`, and the quality of chain samples against it.
 
@@ -96,6 +109,9 @@ def evaluate_checkpoint(model, data, n_samples=500, steps=20, start="noise", see
     valid, test = data.x[:half], data.x[half:]
     x0 = start_points(start, n_samples, model.input_dim, seed, train_data)
     r = chain(model, x0, steps, seed=seed, corruption=model.corruption or "none")
+    if not np.isfinite(r.samples).all():  # r(x) is a sigmoid: only an overflow inside gives NaN
+        raise DataError("the chains ended in NaN or infinite values: the model's outputs overflow "
+                        "(its parameters are corrupt or far too large)")
     return dict(reconstruction=rec, steps=steps, start_kind=start,
                 start=sample_quality(x0, valid, test), chain=sample_quality(r.samples, valid, test),
                 chain_mean_abs_change_last=float(r.mean_abs_change[-1]) if steps else None)
@@ -119,8 +135,14 @@ def reproduce(out_dir, quick=False, data="glyphs", backend="cpu", seed=0, corrup
               log=print, command=None):
     """Run the three claims and write out_dir/report.md (+ report.json and PNG strips)."""
     cfg = QUICK if quick else FULL
-    os.makedirs(out_dir, exist_ok=True)
+    # The output folder and the image data are checked before claim 1, which they do not need:
+    # a bad --out or --data then fails at once, not after the first minutes of work.
+    check_output_dir(out_dir, "reproduce's output folder")
     t_start = time.perf_counter()
+    ds = load_dataset(data, limit=cfg["n_data"], seed=seed)
+    if ds.image_shape is None:
+        raise DataError(f"reproduce needs square images (the chains are drawn as PNGs); {data} has "
+                        f"{ds.dim} values per row: use glyphs or an image file such as MNIST IDX")
     report = dict(config=dict(cfg, data=str(data), corruption=corruption, seed=seed, quick=quick,
                               backend=backend), claims={})
 
@@ -131,10 +153,6 @@ def reproduce(out_dir, quick=False, data="glyphs", backend="cpu", seed=0, corrup
         theorem_check(16, 0.1, cfg["theorem_train"], 2000, cfg["theorem16_hidden"], epochs=cfg["theorem_epochs"],
                       seed=seed, backend=backend)]
 
-    ds = load_dataset(data, limit=cfg["n_data"], seed=seed)
-    if ds.image_shape is None:
-        raise DataError(f"reproduce needs square images (the chains are drawn as PNGs); {data} has "
-                        f"{ds.dim} values per row: use glyphs or an image file such as MNIST IDX")
     train, held = ds.split(0.2, seed=seed)
     half = len(held) // 2
     valid, test = held.x[:half], held.x[half:]
@@ -159,7 +177,7 @@ def reproduce(out_dir, quick=False, data="glyphs", backend="cpu", seed=0, corrup
                       ds.image_shape)
     report["seconds"] = time.perf_counter() - t_start
     with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        f.write(dumps(report, indent=2))  # strict JSON: a NaN figure becomes null, named in "non_finite"
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(render_report(report, ds.name, command))
     log(f"wrote {os.path.join(out_dir, 'report.md')} in {report['seconds']:.0f} s")

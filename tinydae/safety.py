@@ -3,6 +3,7 @@
 Each raises ConfigError (or DataError) with one line naming the problem and the fix, so the CLI
 prints ``error: ...`` and exits 2 instead of a traceback after minutes of lost work.
 """
+import contextlib
 import json
 import math
 import os
@@ -132,3 +133,62 @@ def dumps(obj, **kwargs):
     if replaced and isinstance(clean, dict):
         clean["non_finite"] = replaced
     return json.dumps(clean, allow_nan=False, **kwargs)
+
+
+@contextlib.contextmanager
+def out_of_memory(what, fix):
+    """The last resort behind check_memory: a MemoryError (the estimate missed something, or
+    another process took the memory meanwhile) becomes one ConfigError line, not a traceback.
+
+        with out_of_memory("running 100,000 chains", "use a smaller --n"): ...
+    """
+    try:
+        yield
+    except MemoryError:
+        raise ConfigError(f"ran out of memory {what}; {fix}") from None
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory, what="--out"):
+    """Hold an exclusive lock on DIRECTORY/.lock for the block, so two runs cannot write one
+    folder; the second gets "... is in use by another run (pid N)".
+
+    flock locks die with their process, so a run killed with -9 never leaves a lock that blocks.
+    The holder removes the file while it still holds the lock; a process that opened the file just
+    before sees, once it gets the lock, that the name now points elsewhere, and tries again.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): run unguarded rather than not at all
+        yield None
+        return
+    path = os.path.join(directory, ".lock")
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(f"{what} {directory}: cannot create its lock file {path}: {_why(e)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(f"{what} {directory} is in use by another run (pid {holder}); wait for "
+                              f"it to finish or choose another {what}") from None
+        try:
+            mine = os.stat(path)
+            if (mine.st_dev, mine.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # locked a file its holder had just removed: try the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        os.close(fd)

@@ -128,6 +128,34 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
                        {t: s / N for t, s in quality_sum.items()}, syncs)
 
 
+# Peak bytes per value while (n, D) start points are drawn: Philox's uint64 counters and index
+# arrays on top of the float32 result (tracemalloc: 46 for noise, bernoulli and pixels, 16 for pca).
+START_BYTES_PER_VALUE = 48
+
+
+def chain_memory(model, n, steps, keep_every=1, keep_chains=64, batch_size=1024, start=None):
+    """Bytes of host memory that chain() on n chains needs at its peak, on the high side, so
+    that a caller can refuse a run before it starts instead of failing with MemoryError.
+
+    Counts the (n, D) starting points and final samples, the kept trajectory, one batch's
+    activations and corruption draws, the per-step change sums, and, with start= one of
+    START_KINDS, drawing the starting points (a peak of its own, before the chains run).
+    The model's parameters are not counted.
+    """
+    D, B = model.input_dim, min(n, batch_size)
+    kept = steps // keep_every + 2
+    item = np.dtype(model.dtype).itemsize
+    widths = 2 * sum(model.config["hidden"]) + D              # every layer's output, once
+    nbytes = 2 * n * D * 4                                    # x0 and samples (float32)
+    nbytes += min(n, keep_chains) * kept * D * 4              # trajectory
+    nbytes += 2 * B * widths * item                           # a batch's layer inputs and outputs
+    nbytes += B * D * START_BYTES_PER_VALUE                   # its corruption draws (NumPy Philox)
+    nbytes += min(steps, CHANGE_ROWS) * B * 8 + 3 * steps * 8 + kept * 100  # changes, kept_steps
+    if start in START_KINDS:  # drawn, and its temporaries freed, before the chains run
+        nbytes = max(nbytes, n * D * START_BYTES_PER_VALUE)
+    return nbytes
+
+
 def kernel_launches_per_chain_step(model, corruption):
     """Fused-kernel launches in one chain step, as the code is written: the corruption (1, or
     none for 'none'), each layer's bias+activation but the last (1 each), and the last layer's
@@ -200,7 +228,7 @@ def start_points(kind, n, dim, seed=0, data=None):
     """'noise' | 'bernoulli' | 'pca' | 'pixels' -> (n, dim) float32 starting points.
     The baselines ('pca', 'pixels') are fitted to `data` (N, dim)."""
     if kind not in START_KINDS:
-        raise ConfigError(f"unknown start {kind!r}; choose one of {', '.join(START_KINDS)} or a file")
+        raise ConfigError(f"unknown start {kind!r}; choose one of {', '.join(START_KINDS)}")
     if n < 1:
         raise ConfigError(f"need at least one chain, got n={n}")
     if kind == "noise":

@@ -5,9 +5,9 @@ loss_and_grad on (corrupted -> clean), one optimizer update.  Every random choic
 function of (seed, epoch, step), so a run resumed from a checkpoint continues exactly as
 if it had never stopped (bit-identical parameters on the CPU).
 
-Safety: a non-finite loss stops training before the bad update, keeping the last good
-checkpoint; SIGINT finishes the current step, saves a checkpoint and raises
-TrainingInterrupted (the CLI exits 130).
+Safety: the data are checked first (finite, within [0, 1]); a non-finite loss stops training
+before the bad update, keeping the last good checkpoint; SIGINT or SIGTERM finishes the
+current step, saves a checkpoint and raises TrainingInterrupted (the CLI exits 130 or 143).
 
 Host reads: a step reads one number back, its loss sum, after the optimizer update is queued
 (on a GPU the only wait for the device per step).  The NaN guard runs on the device: the
@@ -16,6 +16,7 @@ reading that same sum, then raises TrainingDiverged.  Validation and checkpoints
 and every checkpoint_every steps read more (counted by tinydae.backend.HOST_READS).
 """
 import math
+import os
 import signal
 import threading
 import time
@@ -65,6 +66,38 @@ def _rows(data, name):
     return x
 
 
+def _check_values(x, name):
+    """Refuse data outside [0, 1] or not finite: BCE on raw 0..255 pixels trains without a
+    warning to a meaningless negative loss (-160,453 nats per example on MNIST)."""
+    if not np.isfinite(x).all():
+        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise DataError(f"{name} data holds NaN or infinite values (first in row {row}); "
+                        "remove or replace them")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise DataError(f"{name} data lies in [{lo:g}, {hi:g}]; fit() needs values in [0, 1]: "
+                        "rescale it (x / 255 for 8-bit pixels, or load_dataset(..., rescale=True))")
+
+
+def training_memory(model_config, n_rows, batch_size, optimizer="adam"):
+    """An estimate, in bytes, of the arrays a training run allocates: parameters, gradients
+    and optimizer moments, the training rows on the device, and activations for the larger of a
+    training batch and a validation batch (1000 rows), with the host's float64 draw of the
+    largest weight matrix at initialisation."""
+    from tinydae.model import param_layout
+
+    itemsize = np.dtype(model_config["dtype"]).itemsize
+    layout = param_layout(model_config)
+    n_params = sum(math.prod(shape) for _, shape in layout)
+    buffers = {"adam": 4, "adamw": 4, "sgd": 3}.get(optimizer, 4)  # params, grads, moments
+    widths = [model_config["input_dim"], *model_config["hidden"]]
+    # Each layer keeps its output, its activation and a gradient: about 3 arrays per width,
+    # encoder and decoder, plus the input, corrupted input and target rows.
+    activations = max(batch_size, 1000) * (6 * sum(widths[1:]) + 6 * widths[0])
+    largest = max(math.prod(shape) for _, shape in layout)
+    return (buffers * n_params + activations + n_rows * widths[0]) * itemsize + 2 * 8 * largest
+
+
 def evaluate_reconstruction(model, data, corruption, seed, batch_size=1000):
     """Validation BCE in nats per example: denoising (corrupted -> clean) and clean.
 
@@ -83,24 +116,35 @@ def evaluate_reconstruction(model, data, corruption, seed, batch_size=1000):
     return dict(val_bce_denoise=total_denoise / len(x_all), val_bce_clean=total_clean / len(x_all))
 
 
-class _SigintFlag:
-    """Turns SIGINT into a flag checked between steps (main thread only)."""
+class _SignalFlag:
+    """Turns SIGINT and SIGTERM into a flag checked between steps (main thread only).
+
+    SIGTERM is what `kill`, systemd, Slurm and docker stop send: it must save like Ctrl-C.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, enabled):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.raised = False
+        self.signum = None  # the first signal that arrived
+
+    @property
+    def raised(self):
+        return self.signum is not None
 
     def __enter__(self):
         if self.enabled:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        self.raised = True
+        if self.signum is None:
+            self.signum = signum
 
     def __exit__(self, *exc):
         if self.enabled:
-            signal.signal(signal.SIGINT, self.previous)
+            for s, handler in self.previous.items():
+                signal.signal(s, handler)
 
 
 def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", epochs=1,
@@ -115,6 +159,7 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
     state: TrainState to resume from (with model and optimizer restored by the caller)
     checkpoint_path / checkpoint_every: save every N steps, at each epoch end and at the end
     progress: callable(event, info) with event 'step' or 'epoch'
+    handle_sigint: turn SIGINT and SIGTERM into a checkpoint and TrainingInterrupted
     -> TrainState, whose .history holds one dict per epoch:
        epoch, step, train_loss, val_bce_denoise, val_bce_clean (nats per example),
        examples_per_s, wall_s
@@ -124,6 +169,8 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
     for name, x in (("training", x_train), ("validation", x_val)):
         if x is not None and x.shape[1] != model.input_dim:
             raise DataError(f"{name} rows have {x.shape[1]} values; the model expects {model.input_dim}")
+        if x is not None:
+            _check_values(x, name)
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -133,28 +180,45 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
         raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     corruption = Corruption.parse(corruption)
-    model.corruption = str(corruption)  # chains default to the corruption the model learned
-    optimizer = optimizer if optimizer is not None else Adam(model)
     state = state if state is not None else TrainState()
-    backend = model.backend
-    X = backend.to_device(x_train, dtype=model.dtype)  # the whole set lives on the device
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
+    if state.step >= total_steps:  # resuming a finished run would silently do nothing
+        raise ConfigError(f"the run already has {state.epoch} completed epoch(s) (step {state.step}); "
+                          f"epochs={epochs} asks for no more: ask for more epochs (they count the total)")
+    model.corruption = str(corruption)  # chains default to the corruption the model learned
+    optimizer = optimizer if optimizer is not None else Adam(model)
+    backend = model.backend
+    X = backend.to_device(x_train, dtype=model.dtype)  # the whole set lives on the device
+    saved_step = None  # the step of this call's last checkpoint, for honest error messages
+
+    def kept():
+        if saved_step is not None:
+            return f"the last good checkpoint is {checkpoint_path} (step {saved_step})"
+        if os.path.exists(checkpoint_path):  # e.g. the checkpoint this run resumed from
+            return f"no checkpoint was written in this session; {checkpoint_path} is as it was"
+        return "no checkpoint was written"
 
     def save():
+        nonlocal saved_step
         if checkpoint_path is None:
             return
-        if not bool(backend.to_host(backend.xp.isfinite(model.params).all())):
-            raise TrainingDiverged(f"parameters became non-finite by step {state.step}; kept the "
-                                   f"previous checkpoint {checkpoint_path}", state.step)
+        # One read for the parameters and the optimizer's moments together: a save of either
+        # non-finite would be refused by save_checkpoint anyway, but as divergence (exit 3).
+        xp = backend.xp
+        finite = xp.stack([xp.isfinite(b).all() for b in (model.params, *optimizer.buffers.values())]).all()
+        if not bool(backend.to_host(finite)):
+            raise TrainingDiverged(f"parameters or optimizer state became non-finite by step {state.step}; "
+                                   f"{kept()}", state.step)
         saved = dict(asdict(state), rng_seed=seed, rng_train_corruption_counter=state.step)
         save_checkpoint(checkpoint_path, model, optimizer, saved, train_config)
+        saved_step = state.step
 
     order, order_epoch = None, -1
     loss_sum = backend.xp.zeros(1, np.float64)  # each step's loss sum, written on the device
     # Overflow on the way to a NaN is reported by the guard below, not by NumPy warnings.
-    with _SigintFlag(handle_sigint) as sigint, np.errstate(over="ignore", invalid="ignore"):
+    with _SignalFlag(handle_sigint) as signals, np.errstate(over="ignore", invalid="ignore"):
         while state.step < total_steps:
             epoch, i = divmod(state.step, steps_per_epoch)
             if order_epoch != epoch:  # the epoch's permutation depends on (seed, epoch) only
@@ -168,7 +232,7 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
             loss = float(backend.to_host(loss_sum)[0]) / len(x)  # the step's one host read
             if not math.isfinite(loss):
                 optimizer.step_skipped()  # parameters and moments are as they were
-                where = f"; the last good checkpoint is {checkpoint_path}" if checkpoint_path else ""
+                where = f"; {kept()}" if checkpoint_path else ""
                 raise TrainingDiverged(
                     f"training diverged: step {state.step + 1} (epoch {epoch + 1}) gave a non-finite "
                     f"loss ({loss}); lower the learning rate{where}", state.step + 1)
@@ -198,9 +262,10 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
                 save()
             elif checkpoint_every and state.step % checkpoint_every == 0:
                 save()
-            if sigint.raised:
+            if signals.raised:
                 save()
+                name = signal.Signals(signals.signum).name
                 where = f"; checkpoint saved to {checkpoint_path}" if checkpoint_path else ""
-                raise TrainingInterrupted(f"interrupted at step {state.step}{where}", state.step,
-                                          checkpoint_path)
+                raise TrainingInterrupted(f"interrupted at step {state.step} by {name}{where}", state.step,
+                                          checkpoint_path, signals.signum)
     return state
