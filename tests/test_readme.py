@@ -44,13 +44,11 @@ RULES = [
     (r"^python cli\.py build-cuda", "skip", "needs numba-cuda: .ci/run builds in its cuda13 environment "
      "(tests/test_cuda_build.py)"),
     (r"^python cli\.py train --resume ", "run", " --epochs 2"),
-    (r"^python cli\.py train.*--data \S*mnist", "run", " --epochs 1 --limit 1500"),
     (r"^python cli\.py train", "run", " --epochs 1 --limit 1500"),
     (r"^python cli\.py bench kernels", "run", " --sizes 4K --repeats 1"),
     (r"^python cli\.py bench train", "run", " --batches 8 --repeats 1 --no-compile"),
     (r"^python cli\.py bench chain", "run", " --chains 4:2 --repeats 1"),
     (r"^python cli\.py bench all", "skip", "minutes of timing; each section is run above with small sizes"),
-    (r"^python cli\.py reproduce --data", "run", " --quick"),
     (r"^python cli\.py reproduce", "run", " --quick"),
     (r"^python cli\.py evaluate --theorem", "run", " --epochs 1"),
     (r"^python cli\.py (sample|improve|evaluate|info|gradcheck|--help)\b", "run", ""),

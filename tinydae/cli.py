@@ -375,7 +375,7 @@ def info(as_json):
 
 @cli.command("build-cuda")
 @click.option("--arch", default="sm_90", show_default=True, help="GPU architecture, e.g. sm_90 (H100/H200).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--out", "out_dir", default=None,
               help="Directory for the .ptx, .cubin and .json of each kernel variant "
                    "[default: the launch cache, TINYDAE_CUDA_CACHE or ~/.cache/tinydae/cuda].")
 @click.option("--assembler", type=click.Choice(["auto", "ptxas", "nvjitlink"]), default="auto", show_default=True,
@@ -396,16 +396,9 @@ def build_cuda(arch, out_dir, assembler, as_json):
         cc = cuda_build.parse_arch(arch)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    out_dir = cuda_build.cache_dir(out_dir)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"--out {out_dir} is a file; give a directory")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"cannot write to --out {out_dir}: {e.strerror or e}") from None
+    from tinydae.safety import check_output_dir
+
+    out_dir = check_output_dir(cuda_build.cache_dir(out_dir), "--out")
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         raise ConfigError("build-cuda compiles real GPU code; unset NUMBA_ENABLE_CUDASIM")
     try:
