@@ -5,8 +5,8 @@ Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), which is how CI tests this file
 
 Each kernel declares its signatures (``@kernel("void(T[::1], ...)")``, T the data dtype):
 ``python cli.py build-cuda`` compiles every variant for a GPU architecture without a GPU,
-and kernels/cuda_launch.py launches them: by default from cubins through CuPy (a few
-microseconds per launch), or through numba's dispatcher (TINYDAE_CUDA_LAUNCHER=numba, and
+and kernels/cuda_launch.py launches them: by default from cubins through CuPy (expected: a few
+microseconds per launch; not yet measured on a GPU), or through numba's dispatcher (TINYDAE_CUDA_LAUNCHER=numba, and
 always under the simulator).  Launches go on CuPy's current stream: tinydae orders all of
 its work on that one stream, so a launch never blocks the host.
 

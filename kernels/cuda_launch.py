@@ -6,8 +6,9 @@ swappable layer (a move to another compiler changes only this file and cuda_buil
 * ``cupy`` (the default on a GPU with a cubin assembler): each kernel variant is compiled once per machine to a
   cubin for the GPU's own architecture (kernels/cuda_build.py; cached on disk, so the
   driver never JIT-compiles PTX), loaded with ``cupy.RawModule`` and launched by CuPy
-  with its arguments flattened into numba's kernel ABI.  A launch costs a few
-  microseconds of Python, against tens for numba's dispatcher on CuPy arrays.
+  with its arguments flattened into numba's kernel ABI.  A launch should cost a few
+  microseconds of Python, against tens for numba's dispatcher on CuPy arrays (published
+  figures; `python cli.py bench launch` measures both, on a GPU, which has not happened yet).
 * ``numba``: numba-cuda's own dispatcher.  Always used under the simulator
   (NUMBA_ENABLE_CUDASIM=1), which is how CI proves the kernels' logic; selectable on a
   GPU with TINYDAE_CUDA_LAUNCHER=numba, to compare launchers or to fall back.
