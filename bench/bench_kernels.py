@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (median_seconds, save_section, torch_median_seconds,  # noqa: E402
                           torch_or_none)
-from kernels import reference as ref  # noqa: E402
+from tinydae.kernels import reference as ref  # noqa: E402
 from tinydae.backend import get_backend  # noqa: E402
 
 COLS = 1024  # 2-D ops use (N / COLS, COLS)

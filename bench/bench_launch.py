@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import interleaved_times, save_section  # noqa: E402
 from bench.gpu_preflight import compare  # noqa: E402
-from kernels.common import adam_scalars, sgd_scalars  # noqa: E402
+from tinydae.kernels.common import adam_scalars, sgd_scalars  # noqa: E402
 from tinydae.backend import get_backend  # noqa: E402
 from tinydae.errors import ConfigError, TinyDAEError  # noqa: E402
 
@@ -132,7 +132,7 @@ def elementwise_args(op, arrays):
 
 def expected(op, host):
     """The CPU twin's result (kernels.cpu) on copies of the host arrays."""
-    import kernels.cpu as kcpu
+    import tinydae.kernels.cpu as kcpu
 
     out = [a.copy() for a in host]
     twin_call(kcpu, op, out)()
@@ -223,7 +223,7 @@ def summarize(op, per_contender, checks, errors):
 
 def cuda_contenders(op, K, cupy, launchers, stream):
     """{name: (make(arrays) -> one launch, before)} for the GPU contenders of op."""
-    from kernels.cuda_launch import flatten
+    from tinydae.kernels.cuda_launch import flatten
 
     cupy_launcher, numba_launcher = launchers
     nothing = lambda: None  # noqa: E731
@@ -268,7 +268,7 @@ def run(backend="cuda", repeats=20, launches=LAUNCHES, warmup=2, pause_s=0.05, e
     backend = get_backend(backend)
     if backend.name != "cuda":
         raise ConfigError(f"bench launch times CUDA kernel launches; the {backend.name} backend has none")
-    from kernels.cuda_launch import ptx_param_types
+    from tinydae.kernels.cuda_launch import ptx_param_types
 
     cupy, K = backend.xp, backend.kernels
     saved = K.LAUNCHER

@@ -120,6 +120,9 @@ def versions():
     return out
 
 
+RUNS_KEPT = 3
+
+
 def save_section(backend, section, payload, path=None):
     """Merge payload under `section` into bench/results/<device>.json; returns the path."""
     os.makedirs(RESULTS_DIR, exist_ok=True)
@@ -129,8 +132,13 @@ def save_section(backend, section, payload, path=None):
         with open(path) as f:
             data = json.load(f)
     data.update(device=backend.device, backend=backend.name)
-    data[section] = dict(payload, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                         versions=versions())
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    # The last RUNS_KEPT saves' rows stay beside the newest, so that the README's tables give
+    # the median and range over runs (bench/report.py), not one run's figures.
+    old = data.get(section) or {}
+    runs = old.get("runs") or ([dict(date=old["date"], rows=old["rows"])] if "rows" in old and "date" in old else [])
+    runs = (runs + [dict(date=date, rows=payload.get("rows", []))])[-RUNS_KEPT:]
+    data[section] = dict(payload, date=date, versions=versions(), runs=runs)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=2, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))

@@ -115,7 +115,7 @@ def run_case(case, K, to_dev, to_host, seed=0):
 def check_case(case, K, to_dev, to_host, cpu=None):
     """The case on K against the CPU twin (kernels.cpu, or `cpu`) -> (ok, detail)."""
     if cpu is None:
-        import kernels.cpu as cpu
+        import tinydae.kernels.cpu as cpu
     want = run_case(case, cpu, np.ascontiguousarray, np.asarray)
     got = run_case(case, K, to_dev, to_host)
     if set(got) != set(want):
@@ -234,7 +234,7 @@ def build(arch, out_dir):
 
 def compiler_note(driver_version):
     """One line on the PTX the numba launcher hands the driver (which JITs it)."""
-    from kernels import cuda_build
+    from tinydae.kernels import cuda_build
 
     try:
         info = cuda_build.compiler_info()
@@ -255,7 +255,7 @@ def launcher_checks(report, build_dir, built):
     """Every case through each launcher on CuPy arrays, against kernels.cpu."""
     import cupy
 
-    import kernels.cuda as kc
+    import tinydae.kernels.cuda as kc
 
     saved = kc.LAUNCHER
     try:

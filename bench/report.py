@@ -26,18 +26,49 @@ def sections(results, name):
     return [(path, data, data[name]) for path, data in results if data.get(name)]
 
 
+def _values(sec, key, ident, field):
+    """`field` of the row whose key(row) == ident in each kept run of the section (newest
+    last; just the section's own rows for results saved before runs were kept)."""
+    out = []
+    for run in sec.get("runs") or [dict(rows=sec["rows"])]:
+        out += [r[field] for r in run["rows"] if key(r) == ident and field in r]
+    return out
+
+
+def _spread(sec, key, row, field, fmt):
+    """'median (min–max)' over the kept runs, or the one figure when there is one run."""
+    v = _values(sec, key, key(row), field) or [row[field]]
+    if len(v) == 1:
+        return fmt(v[0])
+    v = sorted(v)
+    return f"{fmt(v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2)} " \
+           f"({fmt(v[0])}–{fmt(v[-1])})"
+
+
+def _runs_note(sec):
+    runs = sec.get("runs") or []
+    if len(runs) < 2:
+        return "one run"
+    dates = sorted(r["date"][:10] for r in runs)
+    when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    return f"median (range) over {len(runs)} runs, {when}"
+
+
 def kernels_section(results):
     lines = []
     for path, data, k in sections(results, "kernels"):
         torch = k.get("torch") or "not installed"
         lines += [f"**{data['backend']}: {data['device']}**, {k['date'][:10]}, "
-                  f"PyTorch {torch}, median of {k['repeats']} (`{path}`)", "",
+                  f"PyTorch {torch}; each run the median of {k['repeats']}; {_runs_note(k)} (`{path}`)", "",
                   "| op | elements | ms | GB/s | of copy | x NumPy reference | x PyTorch eager |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
+        key = lambda r: (r["op"], r["n"])  # noqa: E731
         for r in sorted(k["rows"], key=lambda r: (-r["n"], r["op"])):
-            ref = f"{r['speedup_vs_reference']:.2f}" if "speedup_vs_reference" in r else "-"
-            tor = f"{r['speedup_vs_torch']:.2f}" if "speedup_vs_torch" in r else "not installed"
-            lines.append(f"| {r['op']} | {r['n']:,} | {r['ms']:.3g} | {r['GBps']:.1f} | "
+            x2 = lambda v: f"{v:.2f}"  # noqa: E731
+            ref = _spread(k, key, r, "speedup_vs_reference", x2) if "speedup_vs_reference" in r else "-"
+            tor = _spread(k, key, r, "speedup_vs_torch", x2) if "speedup_vs_torch" in r else "not installed"
+            lines.append(f"| {r['op']} | {r['n']:,} | {_spread(k, key, r, 'ms', lambda v: f'{v:.3g}')} | "
+                         f"{_spread(k, key, r, 'GBps', lambda v: f'{v:.1f}')} | "
                          f"{r['frac_copy']:.0%} | {ref} | {tor} |")
         copy = ", ".join(f"{int(n):,} elements: {g:.1f} GB/s" for n, g in k["copy_GBps"].items())
         lines += ["", f"Copy bandwidth: {copy}."]
@@ -57,13 +88,16 @@ def train_section(results):
     lines = []
     for path, data, t in sections(results, "train"):
         lines += [f"**{data['backend']}: {data['device']}**, {t['date'][:10]}, {t['model']}, "
-                  f"PyTorch {t.get('torch') or 'not installed'}, median of {t['repeats']} (`{path}`)", "",
+                  f"PyTorch {t.get('torch') or 'not installed'}; each run the median of {t['repeats']}; "
+                  f"{_runs_note(t)} (`{path}`)", "",
                   "| batch | tinydae ms/step | examples/s | GEMM floor ms (tinydae / floor) | "
                   "PyTorch eager ms (tinydae / eager) | torch.compile ms (tinydae / compiled) |",
                   "| --- | --- | --- | --- | --- | --- |"]
+        key = lambda r: r["batch"]  # noqa: E731
         for r in t["rows"]:
-            lines.append(f"| {r['batch']} | {r['ms']:.3g} | {r['examples_per_s']:,.0f} | "
-                         f"{r['floor_ms']:.3g} ({r['x_floor']:.2f}x) | "
+            lines.append(f"| {r['batch']} | {_spread(t, key, r, 'ms', lambda v: f'{v:.3g}')} | "
+                         f"{_spread(t, key, r, 'examples_per_s', lambda v: f'{v:,.0f}')} | "
+                         f"{r['floor_ms']:.3g} ({_spread(t, key, r, 'x_floor', lambda v: f'{v:.2f}x')}) | "
                          f"{_peer(r, 'torch_eager_ms', 'x_torch_eager')} | "
                          f"{_peer(r, 'torch_compile_ms', 'x_torch_compile', 'torch_compile_error')} |")
         lines.append("")
@@ -74,15 +108,19 @@ def chain_section(results):
     lines = []
     for path, data, c in sections(results, "chain"):
         lines += [f"**{data['backend']}: {data['device']}**, {c['date'][:10]}, {c['model']}, "
-                  f"PyTorch {c.get('torch') or 'not installed'} (`{path}`)", "",
+                  f"PyTorch {c.get('torch') or 'not installed'}; {_runs_note(c)} (`{path}`)", "",
                   "| chains | steps | chain-steps/s | tinydae / GEMM floor | PyTorch chain-steps/s | "
                   "tinydae time / PyTorch time | host syncs per step |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
+        key = lambda r: (r["chains"], r["steps"])  # noqa: E731
         for r in c["rows"]:
-            peer = (f"{r['torch_chain_steps_per_s']:,.0f} | {r['x_torch']:.2f}x" if "torch_s" in r
+            peer = (f"{_spread(c, key, r, 'torch_chain_steps_per_s', lambda v: f'{v:,.0f}')} | "
+                    f"{_spread(c, key, r, 'x_torch', lambda v: f'{v:.2f}x')}" if "torch_s" in r
                     else "not installed | -")
-            lines.append(f"| {r['chains']:,} | {r['steps']} | {r['chain_steps_per_s']:,.0f} | "
-                         f"{r['x_floor']:.2f}x | {peer} | {r['host_syncs_per_step']:.0f} |")
+            lines.append(f"| {r['chains']:,} | {r['steps']} | "
+                         f"{_spread(c, key, r, 'chain_steps_per_s', lambda v: f'{v:,.0f}')} | "
+                         f"{_spread(c, key, r, 'x_floor', lambda v: f'{v:.2f}x')} | {peer} | "
+                         f"{r['host_syncs_per_step']:.0f} |")
         lines.append("")
     return "\n".join(lines) if lines else "No chain results yet.\n"
 

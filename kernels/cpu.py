@@ -16,14 +16,14 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous,
+from .common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous,
                             check_row_sums, check_same_shape, check_total, drop_stale_numba_cache,
                             check_uint32_vector, guard_allows, sgd_scalars)
-from kernels import scalar
-from kernels.philox import MASK32, philox4x32_10, seed_key
-from kernels.reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE,
+from . import scalar
+from .philox import MASK32, philox4x32_10, seed_key
+from .reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE,
                                CORRUPTION_SALT_PEPPER, even_span, normals_from_words)
-from kernels.scalar import ACT_CODES, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
+from .scalar import ACT_CODES, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
 ROW_BLOCK = 64  # rows per parallel task in the bias-gradient reduction (fixed: sets the sum order)
 
 # GNU OpenMP's workers spin after each parallel region and starve OpenBLAS's GEMM threads

@@ -26,15 +26,15 @@ import numpy as np
 from numba import cuda, float64, int32
 from numba.cuda import libdevice
 
-from kernels import cuda_launch, scalar
-from kernels.common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous,
+from . import cuda_launch, scalar
+from .common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous,
                             check_row_sums, check_same_shape, check_total, check_uint32_vector,
                             drop_stale_numba_cache, sgd_scalars)
-from kernels.cuda_launch import kernel
-from kernels.philox import MASK32, philox4x32_10, seed_key
-from kernels.reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE,
+from .cuda_launch import kernel
+from .philox import MASK32, philox4x32_10, seed_key
+from .reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE,
                                CORRUPTION_SALT_PEPPER, LEAKY_SLOPE)
-from kernels.scalar import ACT_CODES
+from .scalar import ACT_CODES
 
 SIMULATOR = cuda_launch.SIMULATOR
 if not SIMULATOR:

@@ -90,7 +90,7 @@ def cache_dir(path=None):
 def _numba_cuda():
     """numba-cuda's `cuda` module, ready to compile (numba's own, deprecated CUDA target
     needs a driver even to compile, so it cannot build here)."""
-    from kernels import cuda_launch
+    from . import cuda_launch
 
     if toolchain()["numba-cuda"] is None:
         raise BuildError("compiling CUDA kernels needs the numba-cuda package (numba's built-in CUDA "
@@ -315,8 +315,8 @@ def cached_build(k, dtype, cc, directory=None, assembler="auto"):
 def build_all(cc, out_dir, assembler="auto", names=None):
     """Every declared variant of every kernel (or of `names`) -> list of build_variant dicts;
     a variant that fails is reported with ok False and its error, the others still built."""
-    import kernels.cuda  # noqa: F401  (declares the kernels)
-    from kernels.cuda_launch import KERNELS
+    from . import cuda  # noqa: F401  (declares the kernels)
+    from .cuda_launch import KERNELS
 
     results = []
     for name, k in KERNELS.items():
@@ -381,9 +381,9 @@ def driver_version():
 def toolchain_report():
     """What `cli.py info` shows about CUDA compilation: the driver, the compiler, the PTX ISA
     it emits and whether the driver could JIT it, the assemblers and the cubin cache."""
-    from kernels.cuda_launch import LAUNCHER_NAMES
+    from .cuda_launch import LAUNCHER_NAMES
 
-    from kernels.cuda_launch import default_launcher
+    from .cuda_launch import default_launcher
 
     report = dict(driver_version=driver_version(), launcher=default_launcher(),
                   launchers=list(LAUNCHER_NAMES), cache_dir=cache_dir(), warnings=[])

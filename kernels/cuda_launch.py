@@ -189,7 +189,7 @@ class CupyLauncher:
     def _load(self, k, args):
         import cupy
 
-        from kernels import cuda_build
+        from . import cuda_build
 
         dtype = k.variant(args)
         arch = cuda_build.device_arch()
@@ -216,7 +216,7 @@ def default_launcher():
         return name
     if SIMULATOR:
         return "numba"
-    from kernels import cuda_build
+    from . import cuda_build
 
     return "cupy" if cuda_build.assemblers() else "numba"
 

@@ -12,8 +12,8 @@ Conventions (shared with kernels/cpu.py and kernels/cuda.py, same signatures):
 """
 import numpy as np
 
-from kernels.common import check_total, guard_allows
-from kernels.philox import philox_words_np
+from .common import check_total, guard_allows
+from .philox import philox_words_np
 
 # ----------------------------------------------------------------------------------------
 # Random numbers: uint32 words -> floats

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from kernels.reference import ACTIVATIONS, LEAKY_SLOPE
+from .reference import ACTIVATIONS, LEAKY_SLOPE
 
 ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}  # identity 0, relu 1, leaky 2, ...
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (ACT_CODES[a] for a in (

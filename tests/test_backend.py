@@ -56,8 +56,8 @@ def test_host_reads_are_counted():
 
 
 def test_reference_kernels_are_cpu_only():
-    assert get_backend("cpu", kernels="reference").kernels.__name__ == "kernels.reference"
-    assert get_backend("cpu").kernels.__name__ == "kernels.cpu"
+    assert get_backend("cpu", kernels="reference").kernels.__name__ == "tinydae.kernels.reference"
+    assert get_backend("cpu").kernels.__name__ == "tinydae.kernels.cpu"
     with pytest.raises(ConfigError, match="fused"):
         get_backend("cuda", kernels="reference")
     with pytest.raises(ConfigError):

@@ -73,3 +73,26 @@ def test_bench_writes_results_only_when_asked(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["bench", "train", "--backend", "cpu", "--batches", "2", "--repeats", "1",
                                  "--out", str(tmp_path / "f" / "t.json")])
     assert r.exit_code == 2 and "which is a file" in r.output and "ms" not in r.output
+
+
+def test_saved_runs_are_kept_and_the_report_gives_median_and_range(tmp_path):
+    """--save keeps the last RUNS_KEPT runs of a section; the README table shows the median
+    and the range over them (issue 10: figures as ranges over three runs)."""
+    from types import SimpleNamespace
+
+    from bench import common, report
+
+    backend = SimpleNamespace(name="cpu", device="test device")
+    path = str(tmp_path / "r.json")
+    for i, ms in enumerate([4.0, 9.0, 5.0, 6.0]):  # four saves: the first falls out
+        rows = [dict(op="adam update", n=1024, ms=ms, GBps=100 / ms, frac_copy=0.5,
+                     speedup_vs_reference=10 / ms)]
+        common.save_section(backend, "kernels", dict(rows=rows, copy_GBps={"1024": 1.0}, repeats=5,
+                                                     torch=None, launch_overhead_us=None), path=path)
+    import json
+    data = json.load(open(path))
+    assert [r["rows"][0]["ms"] for r in data["kernels"]["runs"]] == [9.0, 5.0, 6.0]
+    table = report.kernels_section([("r.json", data)])
+    assert "median (range) over 3 runs" in table
+    assert "| 6 (5–9) |" in table  # ms: median 6 of 9, 5, 6
+    assert "1.67 (1.11–2.00)" in table  # x reference: 10/6, 10/9, 10/5

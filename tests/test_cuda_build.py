@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from kernels import cuda_build, cuda_launch
+from tinydae.kernels import cuda_build, cuda_launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +59,7 @@ def built(tmp_path_factory):
 
 @needs_toolchain
 def test_every_declared_variant_compiles_without_spills_or_local_memory(built):
-    import kernels.cuda  # noqa: F401
+    from tinydae.kernels import cuda  # noqa: F401  (declares the kernels)
 
     declared = {(name, dt) for name, k in cuda_launch.KERNELS.items() for dt in k.variants}
     assert {(r["name"], r["dtype"]) for r in built["kernels"]} == declared
@@ -134,7 +134,7 @@ def ptx_type(value):
 
 @needs_toolchain
 def test_launcher_flattening_matches_every_ptx_entry(built):
-    import kernels.cuda  # noqa: F401
+    from tinydae.kernels import cuda  # noqa: F401  (declares the kernels)
 
     for r in built["kernels"]:
         k = cuda_launch.KERNELS[r["name"]]
@@ -147,7 +147,7 @@ def test_launcher_flattening_matches_every_ptx_entry(built):
 
 @needs_toolchain
 def test_cached_build_is_reused_and_keyed_by_signature(tmp_path):
-    import kernels.cuda  # noqa: F401
+    from tinydae.kernels import cuda  # noqa: F401  (declares the kernels)
 
     k = cuda_launch.KERNELS["_sgd"]
     first = cuda_build.cached_build(k, "float32", (9, 0), str(tmp_path))
@@ -164,7 +164,7 @@ def test_cached_build_is_reused_and_keyed_by_signature(tmp_path):
 def test_numpy_stays_untouched_by_the_row_stack_workaround():
     had = hasattr(np, "row_stack")
     cuda_launch.numpy_compat()
-    import kernels.cuda  # noqa: F401
+    from tinydae.kernels import cuda  # noqa: F401  (declares the kernels)
 
     assert hasattr(np, "row_stack") == had
     if np.lib.NumpyVersion(np.__version__) >= "2.5.0":
@@ -240,7 +240,7 @@ def test_cupy_launcher_loads_each_variant_once_and_passes_the_flat_abi(monkeypat
     per (kernel, argument types, device), the flattened arguments, the grid and block."""
     import types
 
-    from kernels import cuda_build as cb
+    from tinydae.kernels import cuda_build as cb
 
     calls, loads = [], []
 
@@ -290,7 +290,7 @@ def test_cupy_launcher_loads_each_variant_once_and_passes_the_flat_abi(monkeypat
 
 
 def test_default_launcher_is_cupy_only_where_cubins_can_be_built(monkeypatch):
-    from kernels import cuda_build as cb
+    from tinydae.kernels import cuda_build as cb
 
     monkeypatch.delenv("TINYDAE_CUDA_LAUNCHER", raising=False)
     monkeypatch.setattr(cuda_launch, "SIMULATOR", False)

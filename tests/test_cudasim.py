@@ -24,14 +24,14 @@ pytestmark = pytest.mark.cudasim
 def sim():
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         pytest.skip("the simulated CUDA backend needs NUMBA_ENABLE_CUDASIM=1 (as .ci/run sets)")
-    import kernels.cuda as kc
+    import tinydae.kernels.cuda as kc
 
     return Backend("cudasim", np, kc, "Numba CUDA simulator")
 
 
 def train_steps(backend, config, corruption, n_steps=3):
     """-> (model, each step's loss, each step's CUDA kernel launches (0 on the CPU))"""
-    import kernels.cuda as kc
+    import tinydae.kernels.cuda as kc
 
     model = td.DAE(10, hidden=(6, 4), seed=5, backend=backend, **config)
     opt = td.Adam(model, lr=1e-2)
@@ -63,7 +63,7 @@ def test_fit_on_the_cuda_kernels_reads_the_host_once_per_step(sim, tmp_path):
     """fit() reads one number back per step, the loss sum, after queueing the update; the
     launches between two steps are kernel_launches_per_step.  Validation and checkpoints, at
     epoch ends, read more."""
-    import kernels.cuda as kc
+    import tinydae.kernels.cuda as kc
     from tinydae.backend import HOST_READS
 
     data = np.random.default_rng(2).uniform(0.05, 0.95, (13, 10)).astype(np.float32)
@@ -105,7 +105,7 @@ def test_fit_on_the_cuda_kernels_skips_the_update_of_a_non_finite_loss(sim):
 
 @pytest.mark.parametrize("corruption", ["gaussian:0.2", "none"])
 def test_chain_on_the_cuda_kernels_matches_the_reference(sim, corruption):
-    import kernels.cuda as kc
+    import tinydae.kernels.cuda as kc
 
     ref_model = td.DAE(10, hidden=(6, 4), seed=2, backend=get_backend("cpu", kernels="reference"))
     model = td.DAE(10, hidden=(6, 4), seed=2, backend=sim)

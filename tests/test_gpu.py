@@ -44,7 +44,7 @@ def test_float32_stays_float32_on_the_gpu():
 
 
 def test_kernel_launches_per_step_are_as_claimed():
-    import kernels.cuda as kc
+    import tinydae.kernels.cuda as kc
 
     model = td.DAE(784, hidden=(128, 32), seed=0, backend="cuda")
     opt = td.Adam(model)
@@ -59,7 +59,7 @@ def test_kernel_launches_per_step_are_as_claimed():
 def test_a_training_step_reads_the_host_once(tmp_path):
     """fit() on CuPy reads one number back per step (the loss sum, after the update is queued);
     the validation and checkpoint at an epoch end read more."""
-    import kernels.cuda as kc
+    import tinydae.kernels.cuda as kc
     from tinydae.backend import HOST_READS
 
     train, val = td.glyphs(600, seed=0).split(0.2)  # 480 rows: 8 steps of 64 per epoch (the last 32)
@@ -133,8 +133,8 @@ def test_gemm_acc_accumulates_into_c_and_f_ordered_gradients(dtype):
 def test_cpu_and_cuda_draw_identical_streams():
     import cupy
 
-    import kernels.cpu as kcpu
-    import kernels.cuda as kc
+    import tinydae.kernels.cpu as kcpu
+    import tinydae.kernels.cuda as kc
 
     n = 1 << 20
     host = np.empty(n, np.uint32)
@@ -179,7 +179,7 @@ def test_a_kernel_launch_does_not_block_the_host():
 
     import cupy
 
-    import kernels.cuda as kc
+    import tinydae.kernels.cuda as kc
 
     a = cupy.random.random((4096, 4096), dtype=cupy.float32)
     out = cupy.empty(1 << 20, cupy.uint32)
@@ -199,7 +199,7 @@ def test_a_kernel_launch_does_not_block_the_host():
 
 
 def test_chain_on_cuda_matches_cpu():
-    import kernels.cuda as kc
+    import tinydae.kernels.cuda as kc
     from tinydae.sampling import chain, kernel_launches_per_chain_step, noise_start
 
     data = td.load_dataset("gmm:2", limit=4000)

@@ -183,7 +183,7 @@ class Perturbed:
 
 
 def test_preflight_cases_pass_on_a_correct_twin_and_fail_on_a_wrong_one():
-    import kernels.reference as ref
+    import tinydae.kernels.reference as ref
 
     for case in gpu_preflight.CASES:
         ok, detail = gpu_preflight.check_case(case, ref, np.ascontiguousarray, np.asarray)
@@ -203,7 +203,7 @@ def test_preflight_cases_and_launch_contenders_on_the_cuda_kernels_in_the_simula
     numba's dispatcher as the benchmark's contenders do, does the twin's work."""
     code = textwrap.dedent("""
         import numpy as np
-        import kernels.cuda as kc
+        import tinydae.kernels.cuda as kc
         from bench import bench_launch as bl, gpu_preflight as gp
 
         for case in gp.CASES:
@@ -239,8 +239,8 @@ def test_the_whole_launch_benchmark_runs_in_the_simulator():
         import sys, types
         import numpy as np
         sys.path.insert(0, "tests")
-        import kernels.cuda as kc
-        from kernels import cuda_launch
+        import tinydae.kernels.cuda as kc
+        from tinydae.kernels import cuda_launch
         from bench import bench_launch as bl
         from tinydae.backend import Backend
         from test_gpu_scripts import emulate_elementwise
@@ -288,8 +288,8 @@ def test_the_whole_launch_benchmark_runs_in_the_simulator():
 PREFLIGHT_IN_SIMULATOR = """
 import json, os, sys, types
 import numpy as np
-import kernels.cuda as kc
-from kernels import cuda_launch
+import tinydae.kernels.cuda as kc
+from tinydae.kernels import cuda_launch
 from bench import gpu_preflight as gp
 
 out, mode = sys.argv[1], sys.argv[2]
@@ -451,7 +451,7 @@ def test_summarize_format_and_report_of_a_launch_result(tmp_path, monkeypatch):
 
 @pytest.mark.gpu
 def test_launch_benchmark_on_the_gpu():
-    import kernels.cuda as kc
+    import tinydae.kernels.cuda as kc
     from tinydae.cli import cli
 
     before = kc.LAUNCHER
@@ -472,7 +472,7 @@ def test_launch_benchmark_on_the_gpu():
 
 @pytest.mark.gpu
 def test_preflight_launcher_checks_pass_on_the_gpu(tmp_path):
-    from kernels import cuda_build
+    from tinydae.kernels import cuda_build
 
     checks = gpu_preflight.Report()
     gpu_preflight.launcher_checks(checks, cuda_build.cache_dir(), built=False)

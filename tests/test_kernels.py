@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import reference as ref
+from tinydae.kernels import reference as ref
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 ACTS = sorted(ref.ACTIVATIONS)
@@ -21,10 +21,10 @@ class Twin:
     def __init__(self, name):
         self.name = name
         if name == "cpu":
-            import kernels.cpu as module
+            import tinydae.kernels.cpu as module
             self.to_dev, self.to_host = np.ascontiguousarray, np.asarray
         elif SIM:
-            import kernels.cuda as module
+            import tinydae.kernels.cuda as module
             self.to_dev, self.to_host = np.ascontiguousarray, np.asarray
         else:
             from conftest import gpu_unavailable_reason
@@ -33,7 +33,7 @@ class Twin:
                 pytest.skip(f"cuda twin needs NUMBA_ENABLE_CUDASIM=1 (as .ci/run sets) or a GPU: {reason}")
             import cupy
 
-            import kernels.cuda as module
+            import tinydae.kernels.cuda as module
             self.to_dev, self.to_host = cupy.ascontiguousarray, cupy.asnumpy
         self.k = module
         # The simulator runs every GPU thread as a Python thread: keep its cases few and small.
@@ -202,7 +202,7 @@ def test_loss_total_is_checked(twin):
 @pytest.mark.parametrize("loss", ["sigmoid_bce_forward_backward", "sigmoid_mse_forward_backward"])
 def test_cpu_loss_may_write_its_gradient_over_the_logits(loss):
     """The CPU twin uses dlogits as scratch; with dlogits = logits it must not read its own scratch."""
-    import kernels.cpu as K
+    import tinydae.kernels.cpu as K
 
     rng = np.random.default_rng(4)
     z = rng.normal(0, 4, (7, 33)).astype(np.float32)
@@ -292,7 +292,7 @@ def test_bias_gradient_over_many_row_chunks(twin, B):
     """Batches of several 64-row chunks (the Hypothesis cases above stay within one): db against
     the reference, and for the CUDA twin bit for bit against the CPU twin, whose chunks and
     summation order it shares."""
-    import kernels.cpu as kcpu
+    import tinydae.kernels.cpu as kcpu
 
     rng = np.random.default_rng(B)
     for dtype in (np.float32, np.float64):
@@ -377,7 +377,7 @@ def test_cuda_reductions_reuse_their_workspaces_and_reset_their_tickets():
     """The loss and bias-gradient reductions allocate their partials and tickets once per shape
     and leave every ticket at 0 (reset by the last block, no memset per launch), so a repeated
     launch gives the same result from the same arrays."""
-    import kernels.cpu as kcpu
+    import tinydae.kernels.cpu as kcpu
 
     t = Twin("cuda")
     assert t.k.BIAS_ROWS == kcpu.ROW_BLOCK  # the CPU twin's row blocks: the same db sums
@@ -410,7 +410,7 @@ def test_cuda_reductions_reuse_their_workspaces_and_reset_their_tickets():
 def test_cpu_parallel_paths_match_reference():
     """Large enough for every CPU kernel to take its parallel path (the Hypothesis cases above
     are small and run the serial copies)."""
-    import kernels.cpu as K
+    import tinydae.kernels.cpu as K
 
     assert K.PARALLEL_MIN_CHEAP <= 300 * 1000
     rng = np.random.default_rng(7)

@@ -3,7 +3,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gradcheck_helpers import numeric_grad, rel_error
-from kernels import reference as ref
+from tinydae.kernels import reference as ref
 from tinydae.backend import get_backend
 from tinydae.layers import ACTIVATIONS, HIDDEN_ACTIVATIONS, Linear
 

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gradcheck_helpers import numeric_grad, rel_error
-from kernels.reference import sigmoid_bce_forward_backward, sigmoid_mse_forward_backward
+from tinydae.kernels.reference import sigmoid_bce_forward_backward, sigmoid_mse_forward_backward
 from tinydae.backend import get_backend
 from tinydae.losses import loss_forward_backward, loss_sum_forward_backward
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from kernels.reference import ACTIVATIONS
+from tinydae.kernels.reference import ACTIVATIONS
 from tinydae import DAE, ConfigError, DataError
 from tinydae.gradcheck import check_model, random_model
 from tinydae.layers import HIDDEN_ACTIVATIONS

@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernels.philox import philox4x32_10, philox4x32_10_np, philox_words_np
-from kernels.reference import (philox_normal, philox_uniform, uniform_from_words,
+from tinydae.kernels.philox import philox4x32_10, philox4x32_10_np, philox_words_np
+from tinydae.kernels.reference import (philox_normal, philox_uniform, uniform_from_words,
                                uniform_open_from_words)
 
 # Random123's known-answer vectors for philox4x32_10 (kat_vectors).

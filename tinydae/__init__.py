@@ -5,6 +5,30 @@ a CUDA backend.  See README.md for the tour.
 """
 __version__ = "0.1.0"
 
+
+def _kernels_from_checkout():
+    """Installed, kernels/ is the subpackage tinydae.kernels (pyproject's package-dir; an
+    editable install maps it too).  Run from a bare checkout (PYTHONPATH=., as on the offline
+    GPU machines) nothing maps it, so load the checkout's kernels/ under that name here."""
+    import importlib.util
+    import os
+    import sys
+
+    if importlib.util.find_spec("tinydae.kernels") is not None:
+        return
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+    if not os.path.isfile(os.path.join(src, "__init__.py")):
+        return  # nothing to map: the import below fails and names tinydae.kernels
+    spec = importlib.util.spec_from_file_location(
+        "tinydae.kernels", os.path.join(src, "__init__.py"), submodule_search_locations=[src])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tinydae.kernels"] = module
+    spec.loader.exec_module(module)
+    sys.modules[__name__].kernels = module  # as the import system does for a found subpackage
+
+
+_kernels_from_checkout()
+
 from tinydae.backend import Backend, get_backend
 from tinydae.checkpoint import load_checkpoint, load_model, restore_model, save_checkpoint
 from tinydae.corruption import Corruption, gaussian, masking, none, salt_pepper

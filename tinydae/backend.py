@@ -80,9 +80,9 @@ def _cpu(kernel_set):
     import os
 
     if kernel_set == "reference":
-        import kernels.reference as table
+        import tinydae.kernels.reference as table
     else:
-        import kernels.cpu as table
+        import tinydae.kernels.cpu as table
     return Backend("cpu", np, table, f"{cpu_name()}, {os.cpu_count()} cores", kernel_set)
 
 
@@ -121,7 +121,7 @@ def _cuda(kernel_set):
     if not usable:
         raise BackendUnavailable(f"--backend cuda: numba cannot reach the GPU (numba-cuda missing or "
                                  f"mismatched with the driver): {INSTALL_HINT}")
-    import kernels.cuda as table
+    import tinydae.kernels.cuda as table
 
     device = cupy.cuda.Device()
     name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]

@@ -40,8 +40,16 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(tinydae.__version__, prog_name="tinydae")
-def cli():
+@click.option("--threads", envvar="TINYDAE_THREADS", default=None, metavar="N|auto|all",
+              help="CPU threads for kernels and GEMMs [env TINYDAE_THREADS; default: all "
+                   "cores]. 'auto' leaves to other processes the cores the load average says "
+                   "they use (see README, CPU threading).")
+def cli(threads):
     """tinydae: denoising autoencoders trained with binary cross-entropy."""
+    if threads is not None:
+        from tinydae.threads import set_threads
+
+        set_threads(threads)
 
 
 def parse_hidden(text):
@@ -335,11 +343,11 @@ def info(as_json):
         except TinyDAEError as e:
             backends[name] = dict(available=False, reason=str(e))
     backends["auto"] = dict(selects=tinydae.get_backend("auto").name)
-    import kernels.cpu
+    from tinydae.kernels import cpu as kernels_cpu
 
-    cache = kernels.cpu.cache_status()
+    cache = kernels_cpu.cache_status()
     warm = sum(1 for v in cache.values() if v)
-    from kernels import cuda_build
+    from tinydae.kernels import cuda_build
 
     report = dict(versions=versions, backends=backends,
                   cpu_kernel_cache=dict(warm=warm == len(cache), compiled=warm, kernels=len(cache),
@@ -390,7 +398,7 @@ def build_cuda(arch, out_dir, assembler, as_json):
     variant compiles.  Pointing TINYDAE_CUDA_CACHE at OUT makes the GPU launcher load these
     cubins instead of compiling on first use.
     """
-    from kernels import cuda_build
+    from tinydae.kernels import cuda_build
 
     try:
         cc = cuda_build.parse_arch(arch)

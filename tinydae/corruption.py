@@ -12,7 +12,7 @@ so the same (seed, step) corrupts the same batch identically on any backend.
 import math
 from dataclasses import dataclass
 
-from kernels.reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE,
+from tinydae.kernels.reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE,
                                CORRUPTION_SALT_PEPPER)
 from tinydae.errors import ConfigError
 from tinydae.rng import STREAM_TRAIN_CORRUPTION

@@ -7,7 +7,7 @@ The activations themselves (relu, leaky_relu, tanh, sigmoid, softplus, identity)
 forward/backward pairs in kernels/reference.py, re-exported here as ACTIVATIONS; their
 backward is written from the output y alone, so a layer caches only what it produced.
 """
-from kernels.reference import ACTIVATIONS  # noqa: F401  (the activation pairs)
+from tinydae.kernels.reference import ACTIVATIONS  # noqa: F401  (the activation pairs)
 
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
 

@@ -5,7 +5,7 @@ resumed run continues the same streams and backends agree bit for bit.
 """
 import numpy as np
 
-from kernels.reference import philox_normal
+from tinydae.kernels.reference import philox_normal
 
 STREAM_TRAIN_CORRUPTION = 0  # step = training step
 STREAM_VALID_CORRUPTION = 1  # step = 0: the same corrupted validation set every epoch

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels.reference import philox_normal, philox_uniform
+from tinydae.kernels.reference import philox_normal, philox_uniform
 from tinydae.corruption import Corruption
 from tinydae.errors import ConfigError, DataError
 from tinydae.rng import STREAM_CHAIN, STREAM_START
