@@ -37,13 +37,15 @@ from tinydae.errors import (BackendUnavailable, CheckpointError, ConfigError, Da
                             TinyDAEError, TrainingDiverged, TrainingInterrupted)
 from tinydae.model import DAE
 from tinydae.optim import SGD, Adam, AdamW, make_optimizer
+from tinydae.sampling import SAMPLERS, chain, improve, make_sampler
 from tinydae.train import TrainState, evaluate_reconstruction, fit
 from tinydae import checkpoint, images, layers  # noqa: E402  (modules the CLI reaches through)
 
 __all__ = [
     "Adam", "AdamW", "Backend", "BackendUnavailable", "CheckpointError", "ConfigError",
-    "Corruption", "DAE", "DataError", "Dataset", "SGD", "TinyDAEError", "TrainState",
-    "TrainingDiverged", "TrainingInterrupted", "evaluate_reconstruction", "fit", "gaussian",
-    "get_backend", "glyphs", "load_checkpoint", "load_dataset", "load_model", "make_optimizer",
-    "masking", "none", "restore_model", "salt_pepper", "save_checkpoint",
+    "Corruption", "DAE", "DataError", "Dataset", "SAMPLERS", "SGD", "TinyDAEError", "TrainState",
+    "TrainingDiverged", "TrainingInterrupted", "chain", "evaluate_reconstruction", "fit", "gaussian",
+    "get_backend", "glyphs", "improve", "load_checkpoint", "load_dataset", "load_model",
+    "make_optimizer", "make_sampler", "masking", "none", "restore_model", "salt_pepper",
+    "save_checkpoint",
 ]

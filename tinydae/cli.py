@@ -540,12 +540,12 @@ def _strip_memory(rows, columns, side):
     return 24 * (rows * (side + 2) + 2) * (columns * (side + 2) + 2)
 
 
-def _check_chain_memory(model, n, steps, keep_every, batch_size, start, side):
+def _check_chain_memory(model, n, steps, keep_every, batch_size, start, side, sampler="mean"):
     """Refuse chains whose arrays (and PNG strip) would not fit, before drawing or running them."""
     from tinydae import safety
     from tinydae.sampling import chain_memory
 
-    nbytes = chain_memory(model, n, steps, keep_every, KEEP_CHAINS, batch_size, start)
+    nbytes = chain_memory(model, n, steps, keep_every, KEEP_CHAINS, batch_size, start, sampler)
     if side:
         nbytes += _strip_memory(min(n, KEEP_CHAINS), steps // keep_every + 2, side)
     safety.check_memory(nbytes, f"{n:,} chains of {model.input_dim} values x {steps:,} steps",
@@ -568,12 +568,12 @@ def _starts(kind, n, model, ckpt, data, key, limit, seed, option="--start", resc
     return start.x[:n], os.path.basename(kind)
 
 
-def _run_chains(checkpoint, start, n, steps, chain_corruption, keep_every, seed, batch_size, data, key,
-                limit, rescale, out, h5, backend, as_json, verb, option):
+def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, step_size, levels, keep_every,
+                seed, batch_size, data, key, limit, rescale, out, h5, backend, as_json, verb, option):
     import numpy as np
 
     from tinydae import safety
-    from tinydae.sampling import START_KINDS, chain
+    from tinydae.sampling import START_KINDS, chain, make_sampler
 
     if n < 1 or steps < 0 or keep_every < 1 or batch_size < 1:
         raise ConfigError("--n, --keep-every and --batch-size must be >= 1, --steps >= 0")
@@ -582,7 +582,9 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, keep_every, seed,
     corruption = model.corruption if chain_corruption == "model" else chain_corruption
     if corruption is None:
         raise ConfigError(f"{checkpoint} does not record its training corruption; pass --chain-corruption")
-    tinydae.Corruption.parse(corruption)  # a typo here fails now, not after the start points are drawn
+    # A typo in the corruption or sampler options fails now, not after the start points are drawn.
+    sampler_opts = dict(sampler=sampler, final=final, step_size=step_size, levels=levels)
+    chosen = make_sampler(corruption=corruption, **sampler_opts)
     # Every check before any work: output paths, then memory, then the (maybe slow) start points.
     side = int(round(model.input_dim ** 0.5))
     png = out if out and side * side == model.input_dim else None
@@ -591,17 +593,17 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, keep_every, seed,
     if h5:
         safety.check_output_file(h5, "--h5")
     if start in START_KINDS:
-        _check_chain_memory(model, n, steps, keep_every, batch_size, start, side if png else 0)
+        _check_chain_memory(model, n, steps, keep_every, batch_size, start, side if png else 0, sampler)
     x0, start_name = _starts(start, n, model, ckpt, data, key, limit, seed, option, rescale)
     if start not in START_KINDS:
-        _check_chain_memory(model, len(x0), steps, keep_every, batch_size, None, side if png else 0)
+        _check_chain_memory(model, len(x0), steps, keep_every, batch_size, None, side if png else 0, sampler)
     t0 = time.perf_counter()
     # An overflow inside the network is reported once, below, not as NumPy's RuntimeWarnings.
     with safety.out_of_memory(f"running {len(x0):,} chains", "use a smaller --n, fewer --steps or a "
                                                               "larger --keep-every"), \
             np.errstate(over="ignore", invalid="ignore"):
         result = chain(model, x0, steps, corruption=corruption, keep_every=keep_every,
-                       keep_chains=KEEP_CHAINS, seed=seed, batch_size=batch_size)
+                       keep_chains=KEEP_CHAINS, seed=seed, batch_size=batch_size, **sampler_opts)
         seconds = time.perf_counter() - t0
         if png:
             # NaN states (see the warning below) drawn black, not cast to uint8 with a warning
@@ -613,6 +615,8 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, keep_every, seed,
         click.echo(f"warning: {broken} of {len(x0)} chains ended in NaN or infinite values: the model's "
                    f"outputs overflow (its parameters are corrupt or far too large)", err=True)
     summary = dict(chains=len(x0), steps=steps, start=start_name, corruption=str(corruption),
+                   sampler=sampler, final=chosen.final, step_size=chosen.step_size,
+                   sigmas=list(chosen.sigmas),
                    kept_steps=result.kept_steps, mean_abs_change=result.mean_abs_change.tolist(),
                    seconds=seconds, png=png, h5=h5)
     if as_json:
@@ -620,7 +624,11 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, keep_every, seed,
         return
     first = f"{result.mean_abs_change[0]:.4f}" if steps else "-"
     last = f"{result.mean_abs_change[-1]:.4f}" if steps else "-"
-    click.echo(f"{verb} {len(x0)} chains x {steps} steps from {start_name} with corruption {corruption} "
+    how = f"corruption {corruption}"
+    if chosen.sigmas:  # langevin, annealed: the level(s) the score is read at
+        ladder = f"{chosen.sigmas[0]:g}" + (f"..{chosen.sigmas[-1]:g}" if len(chosen.sigmas) > 1 else "")
+        how = f"sigma {ladder}, step size {chosen.step_size:g}"
+    click.echo(f"{verb} {len(x0)} chains x {steps} steps from {start_name} ({sampler} sampler, {how}) "
                f"in {seconds:.1f} s; mean |x_t - x_(t-1)| per pixel: first step {first}, last {last}")
     if png:
         click.echo(f"strip of {len(result.trajectory)} chains at steps {result.kept_steps}: {png}")
@@ -639,7 +647,20 @@ def _chain_options(default_start, default_steps, start_help, default_out):
             click.option("--n", "n", type=int, default=64, show_default=True, help="Number of chains."),
             click.option("--steps", type=int, default=default_steps, show_default=True),
             click.option("--chain-corruption", default="model", show_default=True,
-                         help="model (the training corruption), gaussian:S, masking:P, salt_pepper:P or none."),
+                         help="model (the training corruption), gaussian:S, gaussian:LO..HI, masking:P, "
+                              "salt_pepper:P or none; for langevin/annealed the level(s) of the score."),
+            click.option("--sampler", default="mean", show_default=True,
+                         help="mean: x <- r(c(x)), the paper's chain (mode-seeking); bernoulli: the GSN chain "
+                              "x ~ Bernoulli(r(c(x))); langevin: Langevin dynamics on the score "
+                              "(r(x) - x) / sigma^2; annealed: Langevin over a noise ladder (needs a model "
+                              "trained with --corruption gaussian:LO..HI)."),
+            click.option("--final", default=None,
+                         help="mean (default): show E[x | state] (r(c(x)) for bernoulli, the final denoising "
+                              "r(x) for langevin/annealed); sample: show the chain's states themselves."),
+            click.option("--step-size", type=float, default=None,
+                         help="langevin/annealed: eta as a fraction of sigma^2, in (0, 1] [default: 0.5; 0.1 is more "
+                              "accurate on long chains]."),
+            click.option("--levels", type=int, default=None, help="annealed: noise levels in the ladder [default: 10]."),
             click.option("--keep-every", type=int, default=5, show_default=True,
                          help="Keep (and draw) every k-th state."),
             click.option("--seed", type=SEED, default=0, show_default=True),
@@ -663,7 +684,8 @@ def _chain_options(default_start, default_steps, start_help, default_out):
 @cli.command()
 @_chain_options("noise", 50, "noise | bernoulli | pca | pixels | FILE (.npz, .h5 or IDX samples).", "sample")
 def sample(**kw):
-    """Run sampling chains x_(t+1) = r(c(x_t)) from CHECKPOINT's DAE."""
+    """Run sampling chains from CHECKPOINT's DAE: x_(t+1) = r(c(x_t)) (--sampler mean), or a sampler
+    that really samples (bernoulli, langevin, annealed)."""
     _run_chains(**kw, verb="ran", option="--start")
 
 

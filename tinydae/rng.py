@@ -12,6 +12,9 @@ STREAM_VALID_CORRUPTION = 1  # step = 0: the same corrupted validation set every
 STREAM_INIT = 2              # step = layer index
 STREAM_CHAIN = 3             # step = chain step
 STREAM_START = 4             # noise starting points for chains
+STREAM_GSN = 5               # the GSN chain's Bernoulli draws; step = chain step
+STREAM_LANGEVIN = 6          # Langevin chains' noise; step = chain step
+STREAM_NOISE_LEVEL = 1 << 16  # + a corruption's stream: per-row levels of a noise range
 
 
 def host_normal(shape, seed, step, stream):

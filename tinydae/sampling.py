@@ -1,35 +1,84 @@
-"""Sampling chains: x_{t+1} = r(c(x_t)), the DAE applied again and again.
+"""Sampling chains: the DAE applied again and again, as four samplers.
 
-Legend: N chains, D pixels, T steps.
+Legend: N chains, D pixels, T steps, L noise levels.
 
-With Gaussian corruption of size sigma, r(x) - x ~ sigma^2 grad log p_sigma(x) (PAPER.md),
-so each step climbs the data density: from noise a chain synthesises samples, from another
-model's samples it improves them.  `corruption="none"` gives the deterministic x_{t+1} = r(x_t).
+With Gaussian corruption of size sigma, r(x) - x ~ sigma^2 grad log p_sigma(x) (PAPER.md,
+Tweedie), so (r(x) - x) / sigma^2 estimates the score of the noise-smoothed density p_sigma.
 
-Chains run in batches; the corruption of chain i at step t draws Philox stream STREAM_CHAIN
-at step t, elements i*D .. i*D+D-1, so the random draws do not depend on the batch size (the
-results then differ only by BLAS rounding, which varies with matrix shape: measured 1.5e-7
-after 30 steps), and a chain is bit-reproducible for a given seed and batch size.  The
-trajectory is kept only every `keep_every` steps for the first `keep_chains` chains.
+  mean       x_{t+1} = r(c(x_t)) (the paper's chain; `corruption="none"` gives r(x_t)).  The
+             posterior *mean* each step: mode-seeking, it loses classes and drifts over long runs.
+  bernoulli  the GSN chain of Bengio et al. 2013: x_{t+1} ~ P(X | X~ = c(x_t)), which for a BCE
+             decoder is Bernoulli(r(c(x_t))); any corruption.  Its stationary law estimates the
+             data distribution when the data are binary; glyphs and MNIST are grey-level, and on
+             glyphs the binarised states drift to faint, near-empty images (measured: 76 % of
+             500 chains at 50 steps, 94 % at 200, below the ink of 99.5 % of real glyphs).
+  langevin   unadjusted Langevin dynamics on the DAE's score (Alain & Bengio 2014):
+             x <- x + eta (r(x) - x) / sigma^2 + sqrt(2 eta) n, eta = step_size * sigma^2, so
+             the drift is step_size * (r(x) - x) and the noise sqrt(2 step_size) * sigma.  It
+             samples p_sigma, the data blurred by N(0, sigma^2): sigma is the model's training
+             level (a range's lowest).  States are not clipped: p_sigma lives on all of R^D, and
+             r was trained on exactly such out-of-range inputs x + sigma n.  The step size trades
+             accuracy for mixing: on a Gaussian of variance s^2 the chain's stationary variance
+             is s^2 / (1 - step_size / 2).  Measured on gmm:2 (200 steps from noise), the states'
+             mean log p_sigma is off by 0.005 nats at 0.1 and 0.17 at 0.5; on glyphs, chains
+             from noise first fall into a filled blob, and after 200 annealed steps 51 % are
+             still blobs at 0.1, 12 % at 0.5.  The default is 0.5 (NCSN's last level used 0.2,
+             with 100 steps a level); pass 0.1 for accuracy on long chains.
+  annealed   annealed Langevin (Song & Ermon 2019): the same update over a geometric ladder
+             sigma_1 > ... > sigma_L, eta_i = step_size * sigma_i^2 (= eta * sigma_i^2 /
+             sigma_L^2), T / L steps per level; large levels mix between classes, small ones
+             refine.
+
+What a chain shows (`final`): 'mean' (the default) shows E[x | state], 'sample' the state itself.
+For bernoulli 'mean' is r(c(x_t)), the expected value of the next draw: a Bernoulli draw of a
+grey-level image is salt-and-pepper noise, and showing the expected value is the usual GSN
+practice.  For langevin / annealed 'mean' is r(x_t), the "final denoising" step of score-based
+samplers (Song & Ermon 2019; Jolicoeur-Martineau et al. 2021): without it a sample carries
+noise of size sigma.  The trajectory, quality and mean_abs_change follow the same choice; the
+states themselves evolve the same either way.
+
+Annealing: ONE DAE trained across the levels (`--corruption gaussian:0.05..1`, a level per
+training row, log-uniform), not one checkpoint per level.  A noise-blind denoiser's
+(r(x) - x) / sigma^2 is a score estimate at level sigma only if it can tell sigma from x~; in
+D = 784 it can, as |x~ - x|^2 ~ D sigma^2 concentrates and images lie near a low-dimensional
+set (blind denoisers: Kadkhodaie & Simoncelli 2021; Sun et al. 2025, "Is noise conditioning
+necessary?").  One training run, one checkpoint, and `sample --sampler annealed` reads the
+ladder from it; training L models would cost L times as much for the same purpose.  In low D
+(gmm:2) sigma is not identifiable and the estimate is a blend of levels.  The top level should
+be comparable to the largest distance between data points (Song & Ermon 2020: 15.6 / sqrt(784)
+= 0.56 per pixel on glyphs); measured on glyphs, 0.05..1 kept more classes than 0.1..0.5.
+
+Chains run in batches; every draw of chain i at step t is element i*D + j of its Philox stream
+at step t (corruption STREAM_CHAIN, Bernoulli STREAM_GSN, Langevin noise STREAM_LANGEVIN), so
+the draws do not depend on the batch size (the results then differ only by BLAS rounding,
+which varies with matrix shape: measured 1.5e-7 after 30 steps; a Bernoulli draw flips where
+that rounding moves p across its uniform, about once in 10^7 draws), and a chain is
+bit-reproducible for a given seed and batch size.  Inside the step loop nothing is read back
+to the host but the kept states; Philox words are drawn on the device (philox_uint32, corrupt).  The trajectory is kept only every
+`keep_every` steps for the first `keep_chains` chains.
 """
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinydae.kernels.reference import philox_normal, philox_uniform
-from tinydae.corruption import Corruption
+from tinydae.kernels.reference import TWO_M24, philox_normal, philox_uniform
+from tinydae.corruption import Corruption, gaussian
 from tinydae.errors import ConfigError, DataError
-from tinydae.rng import STREAM_CHAIN, STREAM_START
+from tinydae.rng import STREAM_CHAIN, STREAM_GSN, STREAM_LANGEVIN, STREAM_START
 
 START_KINDS = ("noise", "bernoulli", "pca", "pixels")
 CHANGE_ROWS = 256  # steps of per-chain changes held on the device before they are summed
+SAMPLERS = ("mean", "bernoulli", "langevin", "annealed")
+FINALS = ("mean", "sample")
+STEP_SIZE = 0.5    # Langevin eta as a fraction of sigma^2 (module docstring: why 0.5)
+LEVELS = 10        # annealed: noise levels in the ladder
 
 
 @dataclass
 class ChainResult:
-    samples: np.ndarray          # (N, D) the final states
-    trajectory: np.ndarray       # (min(N, keep_chains), len(kept_steps), D) kept states
+    samples: np.ndarray          # (N, D) the final states (as `final` shows them)
+    trajectory: np.ndarray       # (min(N, keep_chains), len(kept_steps), D) kept states (as shown)
     kept_steps: list             # steps held in trajectory; 0 is the start
     mean_abs_change: np.ndarray  # (T,) mean |x_t - x_{t-1}| over chains and pixels, t = 1..T
     quality: dict = field(default_factory=dict)  # {step: mean quality} at kept steps
@@ -62,14 +111,79 @@ def _check_states(x, dim, what):
     return x
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """A checked sampler: name, the corruption c (mean, bernoulli) or the Gaussian whose
+    level(s) the score is read at (langevin, annealed), final, step_size, and `sigmas`: the
+    Langevin levels, sigma_1 > ... > sigma_L (one for langevin, none for the others)."""
+    name: str
+    corruption: Corruption
+    final: str = "mean"
+    step_size: float | None = None
+    sigmas: tuple = ()
+
+    def sigma(self, t, steps):
+        """The Langevin level of step t = 1..steps: the ladder in equal runs of steps / L."""
+        return self.sigmas[min(len(self.sigmas) - 1, (t - 1) * len(self.sigmas) // steps)]
+
+
+def make_sampler(sampler="mean", corruption="gaussian:0.3", final=None, step_size=None, levels=None):
+    """Check a sampler's options (before any work) and fill in the defaults -> Sampler.
+
+    corruption: a spec or Corruption (already resolved from 'model');
+    final: 'mean' (default) | 'sample'; step_size: langevin / annealed only, eta / sigma^2 in
+    (0, 1], default STEP_SIZE; levels: annealed only, ladder length >= 2, default LEVELS
+    """
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    final = "mean" if final is None else final
+    if final not in FINALS:
+        raise ConfigError(f"unknown final {final!r}; choose mean (E[x | state]) or sample (the state)")
+    if sampler == "mean" and final != "mean":
+        raise ConfigError("the mean sampler's state is already the mean: final='sample' needs "
+                          "sampler bernoulli, langevin or annealed")
+    c = Corruption.parse(corruption)
+    for name, value, takers in (("step_size", step_size, ("langevin", "annealed")),
+                                ("levels", levels, ("annealed",))):
+        if value is not None and sampler not in takers:
+            raise ConfigError(f"{name} applies to the {' and '.join(takers)} sampler{'s' * (len(takers) > 1)}, "
+                              f"not {sampler}")
+    if sampler in ("mean", "bernoulli"):
+        return Sampler(sampler, c, final)
+    step_size = STEP_SIZE if step_size is None else step_size
+    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not 0 < step_size <= 1:
+        raise ConfigError(f"step size must be a number in (0, 1] (eta as a fraction of sigma^2; "
+                          f"default {STEP_SIZE}), got {step_size!r}")
+    if c.mode != "gaussian" or c.level <= 0:
+        raise ConfigError(f"the {sampler} sampler reads the score (r(x) - x) / sigma^2 of a DAE trained "
+                          f"with Gaussian corruption; got corruption {c}: pass gaussian:SIGMA")
+    if sampler == "langevin":
+        return Sampler(sampler, c, final, float(step_size), (c.level,))  # a range: its best score
+    levels = LEVELS if levels is None else levels
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ConfigError(f"levels must be an integer >= 2, got {levels!r}")
+    if c.level_max is None:
+        raise ConfigError(f"annealed sampling needs a range of noise levels, and corruption {c} has one: "
+                          "train with e.g. --corruption gaussian:0.05..1 (one DAE across levels), or "
+                          "pass a range such as gaussian:0.1..0.5")
+    sigmas = tuple(float(v) for v in np.geomspace(c.level_max, c.level, levels))
+    return Sampler(sampler, c, final, float(step_size), sigmas)
+
+
 def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, seed=0,
-          batch_size=1024, quality=None):
+          batch_size=1024, quality=None, sampler="mean", final=None, step_size=None, levels=None):
     """Run N chains for `steps` steps from x0 (N, D).
 
     corruption: 'model' (the model's training corruption), a spec such as 'gaussian:0.3',
-                or 'none' for x_{t+1} = r(x_t)
+                or 'none' for x_{t+1} = r(x_t); for langevin / annealed the Gaussian level
+                (range) the score is read at
     quality:    optional callable (n, D) host array -> (n,) per-sample scores, averaged at the
                 kept steps (e.g. exact log p on known-density data)
+    sampler:    'mean' (the default, x_{t+1} = r(c(x_t))) | 'bernoulli' | 'langevin' | 'annealed'
+    final:      'mean' (default) | 'sample': what samples, trajectory, quality and
+                mean_abs_change show (module docstring)
+    step_size:  langevin / annealed: eta / sigma^2, default STEP_SIZE
+    levels:     annealed: the ladder's length, default LEVELS
     -> ChainResult
     """
     x0 = _check_states(x0, model.input_dim, "chain starting points")
@@ -82,7 +196,7 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
             raise ConfigError("this model does not record its training corruption; pass corruption= "
                               "(e.g. 'gaussian:0.3', or 'none' for x_{t+1} = r(x_t))")
         corruption = model.corruption
-    c = Corruption.parse(corruption)
+    s = make_sampler(sampler, corruption, final, step_size, levels)
     backend, D, N = model.backend, model.input_dim, len(x0)
     kept_steps = sorted(set(range(0, steps + 1, keep_every)) | {steps})
     n_traj = min(N, keep_chains)
@@ -105,27 +219,98 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
         return 1
 
     xp = backend.xp
+    step = STEPS[s.name]
     for start in range(0, N, batch_size):
         x = model.as_input(x0[start:start + batch_size])
         # Per-chain changes of up to CHANGE_ROWS steps stay on the device (no sync per step);
         # each full block is summed over chains into `changes`, still on the device.
         row_changes = xp.empty((min(steps, CHANGE_ROWS), len(x)), np.float64)
         changes = xp.zeros(steps, np.float64)
+        # state: what the next step needs; view: what is shown (x_0 at step 0, module docstring)
+        state = (x, model.reconstruct(x)) if s.sigmas else x
+        view = x
         k = 0
-        keep(x, start, k, 0)
+        keep(view, start, k, 0)
         for t in range(1, steps + 1):
-            x_in = x if c.mode == "none" else c.apply(backend, x, seed, t, STREAM_CHAIN, offset=start * D)
-            x = model.chain_step(x_in, x, row_changes[(t - 1) % CHANGE_ROWS])
+            draw = Draw(seed, t, start * D, s.sigma(t, steps) if s.sigmas else None)
+            state, view = step(model, s, state, view, draw, row_changes[(t - 1) % CHANGE_ROWS])
             if t % CHANGE_ROWS == 0 or t == steps:
                 first = (t - 1) // CHANGE_ROWS * CHANGE_ROWS
                 changes[first:t] = row_changes[:t - first].sum(axis=1)
             if k + 1 < len(kept_steps) and t == kept_steps[k + 1]:
                 k += 1
-                syncs += keep(x, start, k, t)
+                syncs += keep(view, start, k, t)
         change += backend.to_host(changes)
-        samples[start:start + batch_size] = backend.to_host(x)
+        samples[start:start + batch_size] = backend.to_host(view)
     return ChainResult(samples, trajectory, kept_steps, change / (N * D),
-                       {t: s / N for t, s in quality_sum.items()}, syncs)
+                       {t: q / N for t, q in quality_sum.items()}, syncs)
+
+
+# ----------------------------------------------------------------------------------------
+# One step of each sampler: (model, Sampler, state, view, Draw, change) -> (state, view).
+# x: (B, D) on the model's device; change: (B,) float64, receives sum_j |view' - view|.
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Where a step's random draws come from: Philox (seed, step t), stream element
+    offset + i*D + j for chain i, pixel j of the batch; sigma: the step's Langevin level."""
+    seed: int
+    t: int
+    offset: int
+    sigma: float | None = None
+
+
+def _corrupted(model, c, x, draw):
+    """c(x) from STREAM_CHAIN, or x itself for 'none'."""
+    if c.mode == "none":
+        return x
+    return c.apply(model.backend, x, draw.seed, draw.t, STREAM_CHAIN, offset=draw.offset)
+
+
+def _changed(xp, new, old, change):
+    """change[i] = sum_j |new_ij - old_ij| in float64 (as the fused chain step) -> new"""
+    change[...] = xp.abs(new.astype(np.float64) - old).sum(axis=1)
+    return new
+
+
+def uniforms(backend, shape, draw, stream):
+    """Philox uniforms in [0, 1) on the backend, element draw.offset + k of `stream` at step
+    draw.t: (shape) float32, equal to reference.philox_uniform's bit for bit."""
+    words = backend.xp.empty(int(np.prod(shape)), np.uint32)
+    backend.kernels.philox_uint32(words, int(draw.seed), int(draw.t), stream, int(draw.offset))
+    return ((words >> np.uint32(8)).astype(np.float32) * TWO_M24).reshape(shape)
+
+
+def mean_step(model, s, x, view, draw, change):
+    """x_{t+1} = r(c(x_t)): the fused chain step (bias, sigmoid and change in one pass)."""
+    x = model.chain_step(_corrupted(model, s.corruption, x, draw), x, change)
+    return x, x
+
+
+def bernoulli_step(model, s, x, view, draw, change):
+    """p = r(c(x_t)), x_{t+1} = [u < p] ~ Bernoulli(p), u from STREAM_GSN; shows p or x_{t+1}."""
+    x_in = _corrupted(model, s.corruption, x, draw)
+    p = model.chain_step(x_in, view, change) if s.final == "mean" else model.reconstruct(x_in)
+    x = (uniforms(model.backend, p.shape, draw, STREAM_GSN) < p).astype(p.dtype)
+    return x, p if s.final == "mean" else _changed(model.backend.xp, x, view, change)
+
+
+def langevin_step(model, s, state, view, draw, change):
+    """x <- x + eta (r(x) - x) / sigma^2 + sqrt(2 eta) n, eta = step_size * sigma^2, n from
+    STREAM_LANGEVIN (the corrupt kernel adds it); state = (x, r(x)), so r runs once a step
+    and r(x_T) is the final denoising.  Shows r(x) or x."""
+    x, rx = state
+    drift = x + s.step_size * (rx - x)  # x + eta * score, the score (r(x) - x) / sigma^2
+    x = gaussian(math.sqrt(2 * s.step_size) * draw.sigma).apply(
+        model.backend, drift, draw.seed, draw.t, STREAM_LANGEVIN, offset=draw.offset)
+    rx = model.chain_step(x, view, change) if s.final == "mean" else model.reconstruct(x)
+    return (x, rx), rx if s.final == "mean" else _changed(model.backend.xp, x, view, change)
+
+
+STEPS = {"mean": mean_step, "bernoulli": bernoulli_step, "langevin": langevin_step,
+         "annealed": langevin_step}  # annealed: the level changes with the step (Draw.sigma)
 
 
 # Peak bytes per value while (n, D) start points are drawn: Philox's uint64 counters and index
@@ -133,12 +318,19 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
 START_BYTES_PER_VALUE = 48
 
 
-def chain_memory(model, n, steps, keep_every=1, keep_chains=64, batch_size=1024, start=None):
+# Extra bytes per value of a batch for the samplers beyond the fused mean step: the carried
+# r(x), the drift or the uniforms, a float64 change temporary (tracemalloc, float64 model: 16
+# at most, for langevin with final='sample').
+SAMPLER_BYTES_PER_VALUE = {"mean": 0, "bernoulli": 24, "langevin": 24, "annealed": 24}
+
+
+def chain_memory(model, n, steps, keep_every=1, keep_chains=64, batch_size=1024, start=None,
+                 sampler="mean"):
     """Bytes of host memory that chain() on n chains needs at its peak, on the high side, so
     that a caller can refuse a run before it starts instead of failing with MemoryError.
 
     Counts the (n, D) starting points and final samples, the kept trajectory, one batch's
-    activations and corruption draws, the per-step change sums, and, with start= one of
+    activations, corruption draws and sampler temporaries, the per-step change sums, and, with start= one of
     START_KINDS, drawing the starting points (a peak of its own, before the chains run).
     The model's parameters are not counted.
     """
@@ -150,6 +342,7 @@ def chain_memory(model, n, steps, keep_every=1, keep_chains=64, batch_size=1024,
     nbytes += min(n, keep_chains) * kept * D * 4              # trajectory
     nbytes += 2 * B * widths * item                           # a batch's layer inputs and outputs
     nbytes += B * D * START_BYTES_PER_VALUE                   # its corruption draws (NumPy Philox)
+    nbytes += B * D * SAMPLER_BYTES_PER_VALUE[sampler]       # and the sampler's own temporaries
     nbytes += min(steps, CHANGE_ROWS) * B * 8 + 3 * steps * 8 + kept * 100  # changes, kept_steps
     if start in START_KINDS:  # drawn, and its temporaries freed, before the chains run
         nbytes = max(nbytes, n * D * START_BYTES_PER_VALUE)
@@ -165,7 +358,8 @@ def kernel_launches_per_chain_step(model, corruption):
 
 
 def improve(model, samples, steps, **kwargs):
-    """Run the chain from given samples (another model's output) to improve them."""
+    """Run the chain from given samples (another model's output) to improve them; any
+    sampler of chain() (sampler=, final=, step_size=, levels=)."""
     return chain(model, samples, steps, **kwargs)
 
 
