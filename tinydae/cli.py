@@ -959,5 +959,167 @@ def bench_all(ctx, backend, save):
     ctx.invoke(bench_chain, backend=backend, chains=None, repeats=3, **common)
 
 
+# ----------------------------------------------------------------------------------------
+# The feature-space classifier: trained once per data set, it judges samples in its features
+# ----------------------------------------------------------------------------------------
+
+
+@cli.group("classifier")
+def classifier_group():
+    """A small MLP classifier whose penultimate features judge samples: FID, KID, classifier IS,
+    class entropy, precision/recall, density/coverage, 1-NN test and novelty, each beside its
+    real-vs-real floor (pixel-space Parzen and k-NN figures fail simple sanity checks)."""
+
+
+@classifier_group.command("train")
+@click.option("--data", default="glyphs", show_default=True,
+              help="'glyphs' (built-in, labelled) or an image file: IDX (.gz or raw), .npz, .h5")
+@click.option("--labels", default=None, help="Labels of --data, one integer class per row: IDX (e.g. "
+                                             "t10k-labels-idx1-ubyte.gz), .npz or .h5.")
+@click.option("--key", default=None, help="Array name in a .npz, or dataset path in a .h5, of --data.")
+@click.option("--labels-key", default=None, help="The same for --labels.")
+@click.option("--limit", type=int, default=None, help="Use only the first N examples.")
+@click.option("--rescale", is_flag=True, help="Scale data linearly to [0, 1] (min-max).")
+@click.option("--hidden", default="256,128", show_default=True, help="Hidden widths; the last is the feature width.")
+@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Adam, cosine-decayed to 0.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Held out to measure the accuracy saved with the classifier.")
+@click.option("--augment/--no-augment", default=True, show_default=True, help="Shift images by up to 2 pixels.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--out", default="runs/classifier.h5", show_default=True, help="The classifier file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary, no progress.")
+def classifier_train(data, labels, key, labels_key, limit, rescale, hidden, epochs, batch_size, lr, val_fraction,
+                     augment, seed, out, overwrite, as_json):
+    """Train the feature-space classifier on labelled data and save it to OUT."""
+    from tinydae import safety
+    from tinydae.classifier import save_classifier, train_classifier
+
+    hidden = parse_hidden(hidden)
+    if epochs < 1 or batch_size < 1 or not lr > 0 or not 0 < val_fraction < 1:
+        raise ConfigError("--epochs and --batch-size must be >= 1, --lr > 0 and --val-fraction in (0, 1)")
+    safety.check_output_file(out, "--out")  # before loading and training, not after
+    if os.path.exists(out) and not overwrite:
+        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it, or choose another --out")
+    ds = tinydae.load_dataset(data, key=key, limit=limit, rescale=rescale, labels=labels, labels_key=labels_key,
+                              seed=seed)  # seed: the glyphs that train --seed draws
+    if ds.labels is None:
+        raise ConfigError(f"--data {data} has no labels; pass --labels with its labels file "
+                          f"(e.g. t10k-labels-idx1-ubyte.gz for MNIST's t10k-images-idx3-ubyte.gz)")
+
+    def progress(epoch, row):
+        if not as_json:
+            click.echo(f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f}  held-out accuracy "
+                       f"{row['accuracy']:.4f}", err=True)
+
+    model = train_classifier(ds, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
+                             val_fraction=val_fraction, augment=augment, seed=seed, progress=progress)
+    model.info["source"] = dict(data=_data_source(data), labels=labels and os.path.abspath(labels), key=key,
+                                labels_key=labels_key, limit=limit, rescale=rescale)
+    save_classifier(out, model)
+    summary = dict(out=out, classifier=repr(model), **{k: v for k, v in model.info.items() if k != "history"})
+    if as_json:
+        _echo_json(summary)
+        return
+    click.echo(f"{model!r}: held-out accuracy {model.info['accuracy']:.4f} on {model.info['n_heldout']:,} rows "
+               f"(chance {model.info['chance']:.3f}), trained on {model.info['n_train']:,} rows of "
+               f"{model.info['data']} in {model.info['seconds']:.1f} s; saved {out}")
+
+
+def _samples_key(path, key):
+    """--samples-key, or 'samples' for an HDF5 file that holds one (sample --h5 writes several datasets)."""
+    if key is None and str(path).lower().endswith((".h5", ".hdf5")) and os.path.isfile(path):
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                return "samples" if isinstance(f.get("samples"), h5py.Dataset) else None
+        except OSError:
+            return None  # load_dataset says what is wrong with the file
+    return key
+
+
+@classifier_group.command("evaluate")
+@click.argument("classifier_file", metavar="CLASSIFIER", type=click.Path(dir_okay=False))
+@click.argument("samples", type=click.Path(dir_okay=False))
+@click.option("--samples-key", default=None, help="Array name / dataset path of SAMPLES in a .npz or .h5 "
+                                                  "(default: 'samples' in an .h5 written by sample --h5).")
+@click.option("--data", default=None, help="Real data (default: the data the classifier was trained on).")
+@click.option("--labels", default=None, help="Labels of --data, for the feature map's accuracy check.")
+@click.option("--key", default=None)
+@click.option("--labels-key", default=None)
+@click.option("--limit", type=int, default=None)
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Held-out fraction of --data: the DAE's train --val-fraction.")
+@click.option("--split-seed", type=SEED, default=0, show_default=True,
+              help="The DAE's train --seed: with --val-fraction it picks the rows the DAE never saw.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the subsets and KID.")
+@click.option("--json", "as_json", is_flag=True)
+def classifier_evaluate(classifier_file, samples, samples_key, data, labels, key, labels_key, limit, val_fraction,
+                        split_seed, seed, as_json):
+    """Judge SAMPLES in CLASSIFIER's feature space, every figure beside its real-vs-real floor.
+
+    --data is split as train splits it (--val-fraction, --split-seed): its training part is what
+    novelty compares with; its held-out part is cut in two halves, the real reference and the
+    held-out reals that give the floor.  n = min(samples, half) rows of each are used.  With the
+    defaults (and classifier train's defaults) the classifier held out the same rows, so neither it
+    nor the DAE has seen the reals that the samples are compared with.
+    """
+    import numpy as np
+
+    from tinydae.classifier import load_classifier
+    from tinydae.features import FIGURES, feature_report
+
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    model = load_classifier(classifier_file)
+    rescale = False
+    if data is None:
+        source = model.info.get("source") or {}
+        if source.get("data") is None:
+            raise ConfigError(f"{classifier_file} does not record its data; pass --data")
+        if not tinydae.data.is_builtin(source["data"]) and not os.path.exists(source["data"]):
+            raise tinydae.DataError(f"{source['data']}: no such file; this is the data recorded in "
+                                    f"{classifier_file}; pass --data to say where it is now")
+        data, key, limit, rescale = source["data"], source.get("key"), source.get("limit"), source.get("rescale")
+        labels, labels_key = (labels, labels_key) if labels else (source.get("labels"), source.get("labels_key"))
+    full = tinydae.load_dataset(data, key=key, limit=limit, rescale=bool(rescale), labels=labels,
+                                labels_key=labels_key, seed=split_seed)  # the glyphs of the DAE's train --seed
+    fake = tinydae.load_dataset(samples, key=_samples_key(samples, samples_key))
+    for name, d in (("--data", full), ("SAMPLES", fake)):
+        if d.dim != model.input_dim:
+            raise ConfigError(f"{name} rows have {d.dim} values, the classifier expects {model.input_dim}")
+    train, held = full.split(val_fraction, seed=split_seed)
+    half = len(held) // 2
+    if min(half, len(fake)) < 8:
+        raise ConfigError(f"need at least 8 samples and 16 held-out rows, got {len(fake)} and {len(held)}; "
+                          f"use more data or a larger --val-fraction")
+    order = np.random.default_rng([seed, 0x4EA1]).permutation(len(held))
+    real, holdout = held.subset(order[:half]), held.subset(order[half:2 * half])
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = feature_report(fake.x, real.x, holdout.x, model, train=train.x, seed=seed,
+                           holdout_labels=holdout.labels, image_shape=full.image_shape)
+    r.update(classifier=classifier_file, samples_file=samples, data=full.name, n_train=len(train),
+             n_heldout=len(held))
+    for problem in r["check"]["problems"]:
+        click.echo(f"warning: the feature map may be useless: {problem}", err=True)
+    if as_json:
+        _echo_json(r)
+        return
+    accuracy = model.info.get("accuracy")
+    click.echo(f"feature map: {classifier_file}, {model!r}"
+               + (f", held-out accuracy {accuracy:.3f}" if accuracy is not None else "")
+               + f"; check: {'ok' if r['check']['ok'] else 'FAILED'}")
+    click.echo(f"n = {r['n']} rows each: samples ({len(fake):,} in {os.path.basename(samples)}) and, for the "
+               f"floor, held-out reals, both against {r['n']} real rows of {full.name}; novelty against its "
+               f"{len(train):,} training rows")
+    click.echo(f"{'figure':28s} {'samples':>10s} {'floor':>10s}  ideal")
+    for name, label, ideal in FIGURES:
+        if name in r["samples"]:
+            click.echo(f"{label:28s} {r['samples'][name]:>10.4g} {r['floor'][name]:>10.4g}  {ideal}")
+
+
 def main():
     cli(prog_name="tinydae")

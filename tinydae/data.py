@@ -12,6 +12,10 @@ An existing file always wins over a built-in name (a file gmm_samples.npz is a f
   *.npz              one array (or name it with key=)
   *.h5 / *.hdf5      one dataset (or give its path with key=)
 uint8 is scaled by 1/255; float data must already lie in [0, 1] (or pass rescale=True).
+
+Labels (for the feature-space classifier, tinydae/classifier.py): load_labels(path) reads one
+integer class per example from the same formats (MNIST's *-labels-idx1-ubyte.gz, .npz, .h5);
+load_dataset(..., labels=PATH) attaches them after checking that the counts match.
 """
 import gzip
 import math
@@ -297,33 +301,75 @@ def is_builtin(source):
         and not os.path.isfile(source)
 
 
-def load_dataset(source="glyphs", *, limit=None, rescale=False, key=None, seed=0):
-    """'glyphs', 'gmm:D' or a file path -> Dataset of float32 rows in [0, 1].
-
-    limit: keep the first `limit` examples; key: array name (.npz) or dataset path (.h5)
-    """
-    if limit is not None and limit < 1:
-        raise DataError(f"--limit must be >= 1, got {limit}")
-    path = os.fspath(source)
-    if is_builtin(path):
-        if path == "glyphs":
-            return glyphs(limit or 10000, seed=seed)
-        return gmm(limit or 10000, int(path.partition(":")[2] or 2), seed=seed)
+def _read_array(path, key):
+    """A data file (IDX, .npz or .h5) -> its array, as stored."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file, and not a built-in data set ({BUILTINS})")
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory; give a data file (IDX, .npz or .h5)")
     lower = path.lower()
-    labels = None
     if lower.endswith(".npz"):
-        arr = _read_npz(path, key)
-    elif lower.endswith((".h5", ".hdf5")):
-        arr = _read_h5(path, key)
-    elif lower.endswith((".gz", ".idx")) or "ubyte" in lower or "idx" in os.path.basename(lower):
-        arr = read_idx(path)
-    else:
-        raise DataError(f"{path}: unknown data format; use IDX (.gz or raw), .npz or .h5")
+        return _read_npz(path, key)
+    if lower.endswith((".h5", ".hdf5")):
+        return _read_h5(path, key)
+    if lower.endswith((".gz", ".idx")) or "ubyte" in lower or "idx" in os.path.basename(lower):
+        return read_idx(path)
+    raise DataError(f"{path}: unknown data format; use IDX (.gz or raw), .npz or .h5")
+
+
+def load_labels(path, key=None):
+    """A file of class labels (IDX such as MNIST's t10k-labels-idx1-ubyte.gz, .npz or .h5)
+    -> (N,) int64, each >= 0.
+
+    key: array name (.npz) or dataset path (.h5).  Accepts (N,) or (N, 1) integers; floats
+    only when every value is a whole number (labels saved through a float array).
+    """
+    path = os.fspath(path)
+    arr = np.asarray(_read_array(path, key))
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise DataError(f"{path}: labels must be one integer per example, shape (N,), got shape {arr.shape} "
+                        f"(is this an images file?)")
+    if arr.size == 0:
+        raise DataError(f"{path}: holds no labels (empty)")
+    if arr.dtype.kind == "f" and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+        arr = arr.astype(np.int64)  # whole numbers saved as floats
+    if arr.dtype.kind not in "ui":
+        raise DataError(f"{path}: labels must be integers (class numbers 0, 1, ...), got dtype {arr.dtype}"
+                        + (" with fractional or non-finite values" if arr.dtype.kind == "f" else ""))
+    arr = arr.astype(np.int64)
+    if arr.min() < 0:
+        raise DataError(f"{path}: labels must be >= 0, found {int(arr.min())}")
+    return arr
+
+
+def load_dataset(source="glyphs", *, limit=None, rescale=False, key=None, seed=0, labels=None, labels_key=None):
+    """'glyphs', 'gmm:D' or a file path -> Dataset of float32 rows in [0, 1].
+
+    limit: keep the first `limit` examples; key: array name (.npz) or dataset path (.h5)
+    labels: a labels file (see load_labels; labels_key names its array) for a data file, one
+    label per example; the built-in glyphs bring their own labels.
+    """
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be >= 1, got {limit}")
+    path = os.fspath(source)
+    if labels is not None and is_builtin(path):
+        raise DataError(f"{path} is built-in data: " + ("glyphs bring their own labels; drop --labels"
+                        if path == "glyphs" else "it has no classes to label"))
+    if is_builtin(path):
+        if path == "glyphs":
+            return glyphs(limit or 10000, seed=seed)
+        return gmm(limit or 10000, int(path.partition(":")[2] or 2), seed=seed)
+    arr = _read_array(path, key)
+    y = None
+    if labels is not None:
+        y = load_labels(labels, labels_key)
+        if len(y) != len(arr):  # checked before --limit: a shorter labels file is the wrong one
+            raise DataError(f"{os.fspath(labels)}: {len(y):,} labels for the {len(arr):,} examples of {path}; "
+                            f"give the labels file that belongs to this data")
     if limit is not None:
         arr = arr[:limit]
+        y = None if y is None else y[:limit]
     x, shape = to_rows(arr, path, rescale)
-    return Dataset(np.ascontiguousarray(x), shape, os.path.basename(path), labels)
+    return Dataset(np.ascontiguousarray(x), shape, os.path.basename(path), y)
