@@ -133,3 +133,20 @@ def test_checkpoint_remembers_training_corruption(tmp_path):
            checkpoint_path=str(tmp_path / "c.h5"), train_config={"corruption": "masking:0.2"})
     assert model.corruption == "masking:0.2"
     assert td.load_model(tmp_path / "c.h5").corruption == "masking:0.2"
+
+
+def test_keep_steps_keeps_exactly_those_states():
+    """keep_steps= keeps 0, the listed steps and the last; the kept states are the chain's own
+    (the same run with keep_every=1 holds them at the same steps)."""
+    from tinydae import DAE
+    from tinydae.sampling import chain, chain_memory, noise_start
+
+    m = DAE(16, (8,), seed=3)
+    x0 = noise_start(5, 16, seed=1)
+    some = chain(m, x0, 12, corruption="gaussian:0.2", keep_steps=[2, 5, 5, 9], keep_chains=5, seed=4)
+    every = chain(m, x0, 12, corruption="gaussian:0.2", keep_every=1, keep_chains=5, seed=4)
+    assert some.kept_steps == [0, 2, 5, 9, 12]
+    np.testing.assert_array_equal(some.trajectory, every.trajectory[:, [0, 2, 5, 9, 12]])
+    assert chain_memory(m, 5, 12, keep_steps=[2, 5]) < chain_memory(m, 5, 12, keep_every=1)
+    with pytest.raises(ConfigError, match="keep_steps"):
+        chain(m, x0, 12, corruption="gaussian:0.2", keep_steps=[13])

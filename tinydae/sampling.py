@@ -170,8 +170,20 @@ def make_sampler(sampler="mean", corruption="gaussian:0.3", final=None, step_siz
     return Sampler(sampler, c, final, float(step_size), sigmas)
 
 
+def _kept_steps(steps, keep_every, keep_steps):
+    """The steps whose states chain() keeps: 0, every keep_every-th and the last, or exactly
+    0, the given keep_steps and the last."""
+    if keep_steps is None:
+        return sorted(set(range(0, steps + 1, keep_every)) | {steps})
+    keep_steps = sorted(set(keep_steps))
+    if any(not isinstance(t, (int, np.integer)) or t < 0 or t > steps for t in keep_steps):
+        raise ConfigError(f"keep_steps must be integers in [0, {steps}], got {keep_steps}")
+    return sorted({0, steps, *(int(t) for t in keep_steps)})
+
+
 def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, seed=0,
-          batch_size=1024, quality=None, sampler="mean", final=None, step_size=None, levels=None):
+          batch_size=1024, quality=None, sampler="mean", final=None, step_size=None, levels=None,
+          keep_steps=None):
     """Run N chains for `steps` steps from x0 (N, D).
 
     corruption: 'model' (the model's training corruption), a spec such as 'gaussian:0.3',
@@ -184,6 +196,7 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
                 mean_abs_change show (module docstring)
     step_size:  langevin / annealed: eta / sigma^2, default STEP_SIZE
     levels:     annealed: the ladder's length, default LEVELS
+    keep_steps: the steps to keep (0 and `steps` always are), instead of every keep_every-th
     -> ChainResult
     """
     x0 = _check_states(x0, model.input_dim, "chain starting points")
@@ -198,7 +211,7 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
         corruption = model.corruption
     s = make_sampler(sampler, corruption, final, step_size, levels)
     backend, D, N = model.backend, model.input_dim, len(x0)
-    kept_steps = sorted(set(range(0, steps + 1, keep_every)) | {steps})
+    kept_steps = _kept_steps(steps, keep_every, keep_steps)
     n_traj = min(N, keep_chains)
     trajectory = np.empty((n_traj, len(kept_steps), D), np.float32)
     samples = np.empty((N, D), np.float32)
@@ -325,7 +338,7 @@ SAMPLER_BYTES_PER_VALUE = {"mean": 0, "bernoulli": 24, "langevin": 24, "annealed
 
 
 def chain_memory(model, n, steps, keep_every=1, keep_chains=64, batch_size=1024, start=None,
-                 sampler="mean"):
+                 sampler="mean", keep_steps=None):
     """Bytes of host memory that chain() on n chains needs at its peak, on the high side, so
     that a caller can refuse a run before it starts instead of failing with MemoryError.
 
@@ -335,7 +348,7 @@ def chain_memory(model, n, steps, keep_every=1, keep_chains=64, batch_size=1024,
     The model's parameters are not counted.
     """
     D, B = model.input_dim, min(n, batch_size)
-    kept = steps // keep_every + 2
+    kept = steps // keep_every + 2 if keep_steps is None else len(set(keep_steps)) + 2
     item = np.dtype(model.dtype).itemsize
     widths = 2 * sum(model.config["hidden"]) + D              # every layer's output, once
     nbytes = 2 * n * D * 4                                    # x0 and samples (float32)
