@@ -1,0 +1,358 @@
+"""Known densities with mass at and near the edges of [0, 1]^D, and claim 1 checked on them.
+
+Legend: n points, K mixture components, D dimensions, J quadrature atoms per 1-D factor.
+
+Claim 1 (Creswell et al., after Alain & Bengio): a DAE trained with Gaussian corruption sigma
+learns r(x~) -> E[x | x~], and by Tweedie's formula E[x | x~] = x~ + sigma^2 grad log p_sigma(x~),
+so (r(x) - x) / sigma^2 follows the score of the smoothed density.  The Gaussian mixture of
+`gmm:D` sits inside [0.3, 0.7]^D, where a sigmoid output is linear enough that BCE and MSE
+cannot differ, and on gmm:16 "pull to the nearest component mean" is already the exact score
+(cosine 1.000 at sigma = 0.1).
+
+The density here, `BoundaryMixture`, is a mixture of K product laws, each 1-D factor a
+spike-and-Beta law
+    f_kd = p0_kd delta_0 + p1_kd delta_1 + (1 - p0_kd - p1_kd) Beta(a_kd, b_kd).
+Why this one:
+  - exact zeros and ones (the spikes), as in MNIST (82% of its pixels are exactly 0): there the
+    ideal r(x~) is close to 0 or 1, BCE must drive the logits far out and MSE's gradient
+    (r - x) r (1 - r) fades, which is where the two losses can differ;
+  - Beta parts with a < 1 or b < 1 pile continuous mass against an edge (faint ink, saturation);
+  - a "stroke" factor is bimodal inside one component (0, or near 1), so the score at a point
+    is not a pull towards any mean: the trivial controls of the old check fail here;
+  - and it stays exactly computable: given the component, the factors are independent, so
+    p_sigma(x~) = sum_k w_k prod_d Z_kd(x~_d) with 1-D integrals
+    Z_kd(t) = int f_kd(x) N(t; x, sigma^2) dx, and E[x_d | x~] = sum_k gamma_k(x~) m_kd(x~_d)
+    with m_kd(t) = int x f_kd(x) N(t; x, sigma^2) dx / Z_kd(t) and gamma the responsibilities.
+Each Beta part is replaced once by J weighted atoms (a quadrature rule, `beta_rule`, built so
+that the edge singularity x^(a-1) disappears); with the two spikes every factor is then a
+discrete measure, and Z, m and log p_sigma are log-sum-exps over atoms: float64, vectorised,
+no overflow for any x~.  E[x | x~] minimises both the MSE and the BCE pointwise, so it is what
+an unconstrained DAE converges to for either loss.
+
+claim1_check trains BCE and MSE DAEs on draws from such a density and compares
+v = (r(x) - x) / sigma^2 with the exact score beside trivial controls (nearest-mean pull,
+single-Gaussian score) and the ideal DAE (the exact posterior mean, a check of the instrument).
+"""
+import math
+import time
+
+import numpy as np
+
+from tinydae.corruption import gaussian
+from tinydae.data import Dataset
+from tinydae.errors import ConfigError
+from tinydae.metrics import _rows, logsumexp
+from tinydae.model import DAE
+from tinydae.optim import Adam
+from tinydae.train import fit
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+# ----------------------------------------------------------------------------------------
+# The density
+# ----------------------------------------------------------------------------------------
+
+
+def _gauss_legendre(lo, hi, panels, order):
+    """Composite Gauss-Legendre rule on [lo, hi]: nodes, weights, both (panels * order,)."""
+    z, w = np.polynomial.legendre.leggauss(order)
+    edges = np.linspace(lo, hi, panels + 1)
+    half = np.diff(edges)[:, None] / 2
+    return (edges[:-1, None] + half * (z + 1)).ravel(), (half * w).ravel()
+
+
+def beta_rule(a, b, panels=16, order=8):
+    """Atoms x: (J,) in (0, 1) and log-weights: (J,), J = 2 * panels * order, such that
+    sum_j exp(logw_j) h(x_j) ~= int Beta(x; a, b) h(x) dx for smooth h.
+
+    On [0, 1/2] the substitution x = s^p turns x^(a-1) dx into p s^(pa - 1) ds: with p = 1/a
+    when a < 1 that is constant (the integrable singularity at 0 is gone); with p = 2 when
+    a >= 1 it is at least s^1, and smoother than x^(a-1) for non-integer a, so the composite
+    Gauss-Legendre rule converges faster.  [1/2, 1] is done the same way in y = 1 - x with b.
+
+    >>> x, lw = beta_rule(0.5, 2.0)
+    >>> round(float(np.exp(lw).sum()), 10), round(float(np.exp(lw) @ x), 10)  # mass, mean a/(a+b)
+    (1.0, 0.2)
+    """
+    log_beta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    xs, lws = [], []
+    for near, far, flip in ((a, b, False), (b, a, True)):  # exponents at the near and far edge
+        p = 1.0 / near if near < 1 else 2.0
+        s, w = _gauss_legendre(0.0, 0.5 ** (1 / p), panels, order)
+        y = s**p  # distance from the near edge
+        lws.append(np.log(w) + math.log(p) + (p * near - 1) * np.log(s) + (far - 1) * np.log1p(-y) - log_beta)
+        xs.append(1 - y if flip else y)
+    return np.concatenate(xs), np.concatenate(lws)
+
+
+class BoundaryMixture:
+    """p(x) = sum_k w_k prod_d f_kd(x_d) on [0, 1]^D, each factor a spike-and-Beta law
+        f_kd = p0_kd delta_0 + p1_kd delta_1 + (1 - p0_kd - p1_kd) Beta(a_kd, b_kd).
+
+    a, b: (K, D) > 0;  p0, p1: (K, D) >= 0 with p0 + p1 <= 1 (default 0);  weights: (K,)
+    summing to 1 (default equal);  panels, order: the Beta quadrature (`beta_rule`).
+    The smoothed density is p_sigma = p * N(0, sigma^2 I), the law of x~ = x + sigma eps.
+    """
+
+    def __init__(self, a, b, p0=None, p1=None, weights=None, panels=16, order=8):
+        self.a, self.b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        K, D = self.a.shape if self.a.ndim == 2 else (0, 0)
+        zero = np.zeros((K, D))
+        self.p0 = zero if p0 is None else np.asarray(p0, np.float64)
+        self.p1 = zero if p1 is None else np.asarray(p1, np.float64)
+        self.weights = np.full(K, 1.0 / max(K, 1)) if weights is None else np.asarray(weights, np.float64)
+        if K == 0 or any(v.shape != (K, D) for v in (self.b, self.p0, self.p1)) or self.weights.shape != (K,):
+            raise ConfigError(f"BoundaryMixture needs a, b, p0, p1 of one shape (K, D) and K weights; got "
+                              f"{[np.shape(v) for v in (self.a, self.b, self.p0, self.p1, self.weights)]}")
+        if not ((self.a > 0).all() and (self.b > 0).all() and np.isfinite(self.a + self.b).all()):
+            raise ConfigError("BoundaryMixture needs finite Beta parameters a, b > 0")
+        if (self.p0 < 0).any() or (self.p1 < 0).any() or (self.p0 + self.p1 > 1 + 1e-12).any():
+            raise ConfigError("BoundaryMixture needs spike masses p0, p1 >= 0 with p0 + p1 <= 1")
+        if (self.weights <= 0).any() or abs(self.weights.sum() - 1) > 1e-9:
+            raise ConfigError("BoundaryMixture needs positive component weights summing to 1")
+        self.panels, self.order = int(panels), int(order)
+        # Every factor becomes a discrete measure: J Beta atoms, then the spikes at 0 and 1.
+        J = 2 * self.panels * self.order
+        self.atoms = np.empty((K, D, J + 2))                          # (K, D, J + 2)
+        self.log_mass = np.empty((K, D, J + 2))
+        with np.errstate(divide="ignore"):  # a spike of mass 0 is an atom of log-mass -inf
+            for k in range(K):
+                for d in range(D):
+                    x, lw = beta_rule(self.a[k, d], self.b[k, d], self.panels, self.order)
+                    c = 1 - self.p0[k, d] - self.p1[k, d]
+                    self.atoms[k, d] = np.concatenate([x, [0.0, 1.0]])
+                    self.log_mass[k, d] = np.concatenate([lw + np.log(max(c, 0.0)),
+                                                          [np.log(self.p0[k, d]), np.log(self.p1[k, d])]])
+
+    def __repr__(self):
+        return f"BoundaryMixture(K={self.components}, D={self.dim}, J={self.atoms.shape[-1]})"
+
+    @property
+    def dim(self):
+        return self.a.shape[1]
+
+    @property
+    def components(self):
+        return self.a.shape[0]
+
+    def with_quadrature(self, panels, order=None):
+        """The same density with another quadrature rule (to check the rule's error)."""
+        return BoundaryMixture(self.a, self.b, self.p0, self.p1, self.weights, panels, order or self.order)
+
+    def factor_moments(self):
+        """Mean and variance of every factor, from the Beta formulas: two (K, D) arrays."""
+        a, b, c = self.a, self.b, 1 - self.p0 - self.p1
+        m1 = self.p1 + c * a / (a + b)
+        m2 = self.p1 + c * a * (a + 1) / ((a + b) * (a + b + 1))
+        return m1, m2 - m1**2
+
+    def mean(self):
+        """E[x]: (D,)"""
+        return self.weights @ self.factor_moments()[0]
+
+    def sample(self, n, seed=0):
+        """-> (n, D) float64 draws in [0, 1], exact 0s and 1s included."""
+        rng = np.random.default_rng([seed, 0xBE7A])
+        k = rng.choice(self.components, size=n, p=self.weights)
+        u = rng.random((n, self.dim))
+        cont = rng.beta(self.a[k], self.b[k])
+        return np.where(u < self.p0[k], 0.0, np.where(u < self.p0[k] + self.p1[k], 1.0, cont))
+
+    def _smoothed(self, x, sigma, chunk_elems=1 << 22):
+        """x~: (n, D) -> log p_sigma(x~): (n,), E[x | x~]: (n, D)."""
+        x = _rows(x, "points", self.dim)
+        if not sigma > 0:
+            raise ConfigError(f"the smoothed density needs sigma > 0 (p itself has atoms), got {sigma}")
+        n, (K, D, J) = len(x), self.atoms.shape
+        log_p, post = np.empty(n), np.empty((n, D))
+        step = max(1, chunk_elems // (K * D * J))  # rows per chunk: bounded (n, K, D, J) temporaries
+        for i in range(0, n, step):
+            t = x[i:i + step, None, :, None]                                         # (c, 1, D, 1)
+            e = self.log_mass[None] - (t - self.atoms[None]) ** 2 / (2 * sigma**2)  # (c, K, D, J)
+            top = e.max(-1, keepdims=True)  # factor out the largest atom: no underflow far from [0, 1]
+            p = np.exp(e - top)
+            s = p.sum(-1)
+            log_z = top[..., 0] + np.log(s) - LOG_SQRT_2PI - math.log(sigma)         # (c, K, D)
+            m = (p * self.atoms[None]).sum(-1) / s          # E[x_d | x~_d, component k]: (c, K, D)
+            lk = np.log(self.weights)[None] + log_z.sum(-1)                          # (c, K)
+            log_p[i:i + step] = logsumexp(lk, 1)
+            gamma = np.exp(lk - log_p[i:i + step, None])                             # responsibilities
+            post[i:i + step] = np.einsum("ck,ckd->cd", gamma, m)
+        return log_p, post
+
+    def log_prob(self, x, sigma):
+        """log p_sigma(x~): (n, D) -> (n,)"""
+        return self._smoothed(x, sigma)[0]
+
+    def posterior_mean(self, x, sigma):
+        """E[x | x~]: (n, D) -> (n, D), values in [0, 1]: the ideal DAE's r(x~)."""
+        return self._smoothed(x, sigma)[1]
+
+    def score(self, x, sigma):
+        """grad log p_sigma(x~): (n, D) -> (n, D), by Tweedie: (E[x | x~] - x~) / sigma^2
+        (d/dt log Z(t) = int (x - t)/sigma^2 N(t; x, sigma^2) dF(x) / Z(t), atoms included)."""
+        x = _rows(x, "points", self.dim)
+        return (self._smoothed(x, sigma)[1] - x) / sigma**2
+
+
+def make_boundary_mixture(dim, components=4, stroke_fraction=0.4):
+    """The built-in boundary density for D = dim (parameters drawn once, fixed seed), MNIST-like:
+    each factor is a 'background' one (p0 in [0.5, 0.8], Beta(a < 1, b in [2, 5]): exact zeros
+    and faint values piled at 0) or, with probability stroke_fraction, a 'stroke' one (p0, p1 in
+    [0.1, 0.3], Beta(a in [2, 5], b < 1): off, saturated or nearly saturated)."""
+    if dim < 1 or components < 1:
+        raise ConfigError(f"make_boundary_mixture needs dim >= 1 and components >= 1, got {dim}, {components}")
+    rng = np.random.default_rng([dim, components, 0xB0DA])
+    shape = (components, dim)
+    stroke = rng.random(shape) < stroke_fraction
+    u = lambda lo, hi: rng.uniform(lo, hi, shape)  # noqa: E731
+    small, large = u(0.4, 0.9), u(2.0, 5.0)
+    a, b = np.where(stroke, large, small), np.where(stroke, small, large)
+    p0 = np.where(stroke, u(0.1, 0.3), u(0.5, 0.8))
+    p1 = np.where(stroke, u(0.1, 0.3), 0.0)
+    return BoundaryMixture(a, b, p0, p1)
+
+
+# ----------------------------------------------------------------------------------------
+# Claim 1 on a known density: the DAE against the exact score and trivial controls
+# ----------------------------------------------------------------------------------------
+
+METRICS = ("cosine_mean", "cosine_median", "slope", "norm_ratio_median", "rel_error_median")
+GROUPS = ("all", "boundary", "rest")
+CONTROLS = ("nearest_mean", "gaussian", "posterior_mean")
+
+CLAIM1_DEFAULT = dict(dims=(2, 16), sigma=0.1, seeds=(0, 1, 2), n_train=10000, n_eval=2000,
+                      hidden={2: (64, 64), 16: (128, 128)}, epochs=15, batch_size=128, lr=1e-3)
+CLAIM1_QUICK = dict(dims=(2,), sigma=0.1, seeds=(0, 1), n_train=2000, n_eval=400,
+                    hidden={2: (32, 32)}, epochs=2, batch_size=128, lr=1e-3)
+
+
+def score_agreement(v, g, mask=None):
+    """How well v: (n, D) follows the exact score g: (n, D), over the coordinates where the
+    (n, D) bool mask is true (all by default); points with no such coordinate are left out.
+
+    -> {cosine_mean, cosine_median (per point), slope (sum v.g / sum g.g: the least-squares
+        step size of v on g, 1 for an exact step), norm_ratio_median (|v| / |g|),
+        rel_error_median (|v - g| / |g|), points}
+    """
+    if mask is not None:
+        keep = mask.any(1)
+        v, g = np.where(mask, v, 0.0)[keep], np.where(mask, g, 0.0)[keep]
+    if len(v) == 0:
+        return dict({m: float("nan") for m in METRICS}, points=0)
+    nv, ng = np.linalg.norm(v, axis=1), np.maximum(np.linalg.norm(g, axis=1), 1e-300)
+    cos = (v * g).sum(1) / np.maximum(nv * ng, 1e-300)
+    return dict(cosine_mean=float(cos.mean()), cosine_median=float(np.median(cos)),
+                slope=float((v * g).sum() / (g * g).sum()), norm_ratio_median=float(np.median(nv / ng)),
+                rel_error_median=float(np.median(np.linalg.norm(v - g, axis=1) / ng)), points=int(len(v)))
+
+
+def nearest_mean_pull(density, x, sigma):
+    """The old check's trivial control: the exact score were every component a Gaussian of its
+    own mean and per-coordinate variance, with only the nearest component: (n, D) -> (n, D)."""
+    means, var = density.factor_moments()                                  # (K, D) each
+    k = np.argmin(((x[:, None, :] - means[None]) ** 2).sum(-1), 1)
+    return (means[k] - x) / (var[k] + sigma**2)
+
+
+def gaussian_score(train, x, sigma):
+    """Score of the single Gaussian fitted to the training rows, smoothed by sigma:
+    -(C + sigma^2 I)^-1 (x - m).  train: (N, D), x: (n, D) -> (n, D)"""
+    m = train.mean(0)
+    cov = np.atleast_2d(np.cov(train, rowvar=False)) + sigma**2 * np.eye(train.shape[1])
+    return -np.linalg.solve(cov, (x - m).T).T
+
+
+def _mean_sd(values):
+    a = np.asarray(values, np.float64)
+    return dict(mean=float(a.mean()), sd=float(a.std(ddof=1)) if len(a) > 1 else 0.0, per_seed=a.tolist())
+
+
+def claim1_check(density, sigma=0.1, seeds=(0, 1, 2), losses=("bce", "mse"), n_train=10000, n_eval=2000,
+                 hidden=(64, 64), activation="relu", epochs=15, batch_size=128, lr=1e-3, backend="cpu"):
+    """Per seed: train one DAE per loss (of 'bce', 'mse') on n_train draws of `density` (a
+    BoundaryMixture) with gaussian:sigma, then compare v = (r(x) - x) / sigma^2 with the exact
+    score g = grad log p_sigma(x) at n_eval held-out points, both corrupted (x~ = x + sigma eps:
+    what the DAE sees in training) and clean, beside the controls nearest_mean, gaussian (the
+    single-Gaussian score) and posterior_mean (the ideal DAE: E[x | x~] from a second, coarser
+    quadrature rule, rounded to float32 like a DAE's output).  Groups: all coordinates;
+    'boundary', the coordinates within 2 sigma of 0 or 1 (where BCE and MSE can differ); 'rest',
+    the others (inside, or more than 2 sigma outside [0, 1]).
+
+    -> {'dim', 'sigma', 'seeds', ..., 'seconds',
+        'boundary_fraction': {at: fraction of coordinates in the boundary group},
+        'results': {at: {method: {group: {metric: {'mean', 'sd', 'per_seed'}}}}}}
+       at in ('corrupted', 'clean'), method in losses + CONTROLS, group in GROUPS, metric in METRICS
+    """
+    if not sigma > 0 or len(seeds) < 1:
+        raise ConfigError(f"claim1_check needs sigma > 0 and at least one seed, got {sigma}, {seeds}")
+    t0 = time.perf_counter()
+    ideal = density.with_quadrature(max(1, density.panels // 2))
+    methods = tuple(losses) + CONTROLS
+    rows = {at: {m: {g: {k: [] for k in METRICS} for g in GROUPS} for m in methods} for at in ("corrupted", "clean")}
+    fraction = {at: [] for at in rows}
+    train_seconds = {loss: [] for loss in losses}
+    for seed in seeds:
+        train = density.sample(n_train, seed).astype(np.float32)
+        clean = density.sample(n_eval, 2**32 + seed)  # 2**32 + seed: apart from every training stream
+        noisy = clean + sigma * np.random.default_rng([seed, 0xC1A1]).standard_normal(clean.shape)
+        # Points rounded to float32 once: the DAE, the score and the controls see the same numbers.
+        points = {at: p.astype(np.float32).astype(np.float64) for at, p in (("corrupted", noisy), ("clean", clean))}
+        models = {}
+        for loss in losses:
+            t1 = time.perf_counter()
+            models[loss] = DAE(density.dim, hidden, activation, loss=loss, seed=seed, backend=backend)
+            fit(models[loss], Dataset(train, None, "boundary density"), None, optimizer=Adam(models[loss], lr=lr),
+                corruption=gaussian(sigma), epochs=epochs, batch_size=batch_size, seed=seed)
+            train_seconds[loss].append(time.perf_counter() - t1)
+        for at, x in points.items():
+            g = density.score(x, sigma)
+            v = {loss: (m.backend.to_host(m.reconstruct(x.astype(np.float32))).astype(np.float64) - x) / sigma**2
+                 for loss, m in models.items()}
+            v["nearest_mean"] = nearest_mean_pull(density, x, sigma)
+            v["gaussian"] = gaussian_score(train.astype(np.float64), x, sigma)
+            v["posterior_mean"] = (ideal.posterior_mean(x, sigma).astype(np.float32) - x) / sigma**2
+            boundary = np.minimum(np.abs(x), np.abs(x - 1)) < 2 * sigma
+            fraction[at].append(float(boundary.mean()))
+            for method, vm in v.items():
+                for group, mask in zip(GROUPS, (None, boundary, ~boundary)):
+                    agreement = score_agreement(vm, g, mask)
+                    for k in METRICS:
+                        rows[at][method][group][k].append(agreement[k])
+    results = {at: {m: {g: {k: _mean_sd(vals) for k, vals in by_metric.items()} for g, by_metric in by_group.items()}
+                    for m, by_group in by_method.items()} for at, by_method in rows.items()}
+    return dict(density=repr(density), dim=density.dim, sigma=sigma, seeds=list(seeds), losses=list(losses),
+                n_train=n_train, n_eval=n_eval, hidden=list(hidden), activation=activation, epochs=epochs,
+                batch_size=batch_size, lr=lr, boundary_fraction={at: float(np.mean(f)) for at, f in fraction.items()},
+                train_seconds={loss: float(np.mean(s)) for loss, s in train_seconds.items()},
+                seconds=time.perf_counter() - t0, results=results)
+
+
+def run_claim1(quick=False, backend="cpu", log=print, **overrides):
+    """claim1_check on make_boundary_mixture(D) for each D of the config (CLAIM1_QUICK or
+    CLAIM1_DEFAULT, entries replaced by overrides) -> [claim1_check result per D]."""
+    cfg = dict(CLAIM1_QUICK if quick else CLAIM1_DEFAULT, **overrides)
+    out = []
+    for dim in cfg["dims"]:
+        log(f"claim 1 on the boundary density, D = {dim} ({len(cfg['seeds'])} seeds, BCE and MSE)")
+        out.append(claim1_check(make_boundary_mixture(dim), cfg["sigma"], tuple(cfg["seeds"]), n_train=cfg["n_train"],
+                                n_eval=cfg["n_eval"], hidden=tuple(cfg["hidden"][dim]), epochs=cfg["epochs"],
+                                batch_size=cfg["batch_size"], lr=cfg["lr"], backend=backend))
+    return out
+
+
+def claim1_table(result, at="corrupted"):
+    """Markdown table of one claim1_check result at 'corrupted' or 'clean' points:
+    cosine (mean), slope and median norm ratio, all coordinates and the boundary ones,
+    mean +- sd over seeds."""
+    res = result["results"][at]
+    f = lambda s: f"{s['mean']:.3f} ± {s['sd']:.3f}"  # noqa: E731
+    lines = [f"D = {result['dim']}, sigma = {result['sigma']}, {at} points, {len(result['seeds'])} seeds; boundary "
+             f"coordinates (within 2 sigma of 0 or 1): {result['boundary_fraction'][at]:.0%}", "",
+             "| method | cosine | slope | norm ratio | cosine (boundary) | slope (boundary) | norm ratio (boundary) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for method, by_group in res.items():
+        cells = [f(by_group[g][k]) for g in ("all", "boundary") for k in ("cosine_mean", "slope", "norm_ratio_median")]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
