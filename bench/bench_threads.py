@@ -59,12 +59,14 @@ def run(busy_levels=(0, 1), settings=("all", "1", "auto"), rounds=5, steps=40, s
         procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
         try:
             time.sleep(settle if busy else 1)
-            resolved = {s: (auto_threads() if s == "auto" else set_threads(s)["threads"]) for s in settings}
+            # 'N/M': numba N threads, OpenBLAS M
+            resolved = {s: (auto_threads() if s == "auto" else s if "/" in s else set_threads(s)["threads"])
+                        for s in settings}
             load = os.getloadavg()[0]
             rates = {s: [] for s in settings}
             for _ in range(rounds):
                 for s in settings:
-                    set_threads(resolved[s])
+                    set_threads(*str(resolved[s]).split("/"))
                     step()
                     t0 = time.perf_counter()
                     for _ in range(steps):

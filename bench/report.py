@@ -40,9 +40,7 @@ def _spread(sec, key, row, field, fmt):
     v = _values(sec, key, key(row), field) or [row[field]]
     if len(v) == 1:
         return fmt(v[0])
-    v = sorted(v)
-    return f"{fmt(v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2)} " \
-           f"({fmt(v[0])}–{fmt(v[-1])})"
+    return f"{fmt(_median(v))} ({fmt(min(v))}–{fmt(max(v))})"
 
 
 def _runs_note(sec):
@@ -78,9 +76,22 @@ def kernels_section(results):
     return "\n".join(lines) if lines else "No kernel results yet.\n"
 
 
-def _peer(row, ms_key, ratio_key, error_key=None):
+def _median(v):
+    v = sorted(v)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def _ms_and_ratio(sec, key, row, ms_key, ratio_key):
+    """'ms (ratio x)' with medians over the kept runs, and the ratio's range when there are several."""
+    ms = _median(_values(sec, key, key(row), ms_key) or [row[ms_key]])
+    ratios = _values(sec, key, key(row), ratio_key) or [row[ratio_key]]
+    spread = f", {min(ratios):.2f}–{max(ratios):.2f}" if len(ratios) > 1 else ""
+    return f"{ms:.3g} ({_median(ratios):.2f}x{spread})"
+
+
+def _peer(sec, key, row, ms_key, ratio_key, error_key=None):
     if ms_key in row:
-        return f"{row[ms_key]:.3g} ({row[ratio_key]:.2f}x)"
+        return _ms_and_ratio(sec, key, row, ms_key, ratio_key)
     return "failed" if error_key and error_key in row else "not installed"
 
 
@@ -97,9 +108,9 @@ def train_section(results):
         for r in t["rows"]:
             lines.append(f"| {r['batch']} | {_spread(t, key, r, 'ms', lambda v: f'{v:.3g}')} | "
                          f"{_spread(t, key, r, 'examples_per_s', lambda v: f'{v:,.0f}')} | "
-                         f"{r['floor_ms']:.3g} ({_spread(t, key, r, 'x_floor', lambda v: f'{v:.2f}x')}) | "
-                         f"{_peer(r, 'torch_eager_ms', 'x_torch_eager')} | "
-                         f"{_peer(r, 'torch_compile_ms', 'x_torch_compile', 'torch_compile_error')} |")
+                         f"{_ms_and_ratio(t, key, r, 'floor_ms', 'x_floor')} | "
+                         f"{_peer(t, key, r, 'torch_eager_ms', 'x_torch_eager')} | "
+                         f"{_peer(t, key, r, 'torch_compile_ms', 'x_torch_compile', 'torch_compile_error')} |")
         lines.append("")
     return "\n".join(lines) if lines else "No training-step results yet.\n"
 

@@ -178,7 +178,8 @@ def _check_train_out(out, resume, overwrite):
 @click.option("--loss", type=click.Choice(["bce", "mse"]), default="bce", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--corruption", default="gaussian:0.3", show_default=True,
-              help="gaussian:SIGMA | masking:P | salt_pepper:P | none")
+              help="gaussian:SIGMA | gaussian:LO..HI (a level per row, log-uniform: for "
+                   "sample --sampler annealed) | masking:P | salt_pepper:P | none")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD only.")

@@ -78,20 +78,23 @@ def parse_threads(value):
     return n
 
 
-def set_threads(value):
+def set_threads(value, blas=None):
     """Use n threads for numba's kernels and OpenBLAS's GEMMs (capped at numba's pool size).
 
-    value: an int, 'auto' (auto_threads()) or 'all' (every core) -> dict(threads, openblas)
-    where openblas says whether the GEMM pool was set too.
+    value: an int, 'auto' (auto_threads()) or 'all' (every core); blas: the GEMMs' own count
+    if it should differ (same forms) -> dict(threads, blas_threads, openblas) where openblas
+    says whether the GEMM pool could be set.
     """
     import numba
 
-    n = parse_threads(value)
-    if n == "auto":
-        n = auto_threads()
-    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    def resolve(v):
+        n = parse_threads(v)
+        return auto_threads() if n == "auto" else n
+
+    n = min(resolve(value), numba.config.NUMBA_NUM_THREADS)
+    m = n if blas is None else resolve(blas)
     numba.set_num_threads(n)
     setter = _openblas_setter()
     if setter is not None:
-        setter(n)
-    return dict(threads=n, openblas=setter is not None)
+        setter(m)
+    return dict(threads=n, blas_threads=m, openblas=setter is not None)
