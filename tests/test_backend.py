@@ -46,6 +46,18 @@ def test_gemm_acc_on_numpy_is_the_plain_accumulation(rng):
         assert out.flags.c_contiguous == out0.flags.c_contiguous
 
 
+def test_gemm_acc_write_ignores_what_out_held(rng):
+    """accumulate=False: the GEMM writes out = a.T @ b itself (no temporary), equal to the
+    accumulation into zeros, into C- and F-ordered outputs holding NaN."""
+    cpu = get_backend("cpu")
+    a, b = rng.normal(size=(9, 5)).astype(np.float32), rng.normal(size=(9, 4)).astype(np.float32)
+    for out in (np.full((5, 4), np.nan, np.float32), np.full((4, 5), np.nan, np.float32).T):
+        zeros = np.zeros_like(out, order="K")
+        cpu.gemm_acc(a, b, zeros)
+        cpu.gemm_acc(a, b, out, accumulate=False)
+        np.testing.assert_array_equal(out, zeros)
+
+
 def test_host_reads_are_counted():
     from tinydae.backend import HOST_READS
 

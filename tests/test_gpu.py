@@ -130,6 +130,20 @@ def test_gemm_acc_accumulates_into_c_and_f_ordered_gradients(dtype):
     np.testing.assert_array_equal(cupy.asnumpy(f_base.T), cupy.asnumpy(out))  # written through the view
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_acc_writes_with_beta_zero(dtype):
+    """accumulate=False: out = a.T @ b, whatever out held (NaN here), C- and F-ordered."""
+    import cupy
+
+    backend = td.get_backend("cuda")
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(64, 300)).astype(dtype), rng.normal(size=(64, 200)).astype(dtype)
+    tol = dict(rtol=1e-4, atol=1e-3) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-11)
+    for out in (cupy.full((300, 200), np.nan, dtype), cupy.full((200, 300), np.nan, dtype).T):
+        backend.gemm_acc(cupy.asarray(a), cupy.asarray(b), out, accumulate=False)
+        np.testing.assert_allclose(cupy.asnumpy(out), a.T @ b, **tol)
+
+
 def test_cpu_and_cuda_draw_identical_streams():
     import cupy
 

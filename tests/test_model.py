@@ -126,3 +126,25 @@ def test_bad_input_shape():
         m.reconstruct(np.zeros((3, 9)))
     with pytest.raises(DataError):
         m.loss_and_grad(np.zeros(10), np.zeros(10))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("hidden", [(7,), (9, 5)])
+def test_backward_overwrites_stale_gradients(tied, hidden):
+    """Backward writes each dW with its first GEMM and zeroes only the accumulated biases, so
+    whatever the gradient buffer held before (here NaN) cannot leak into the result: the
+    gradient equals that of a fresh model, bit for bit (issue 12: no full-buffer zeroing)."""
+    from tinydae import DAE
+
+    rng = np.random.default_rng(5)
+    x = rng.random((6, 12), dtype=np.float32)
+    fresh = DAE(12, hidden, tied=tied, seed=2)
+    stale = DAE(12, hidden, tied=tied, seed=2)
+    loss_fresh = fresh.loss_and_grad(x, x)
+    stale.grads[...] = np.nan
+    loss_stale = stale.loss_and_grad(x, x)
+    assert loss_stale == loss_fresh
+    np.testing.assert_array_equal(stale.grads, fresh.grads)
+    # and a second step on the same model gives the same gradient again (nothing accumulates)
+    stale.loss_and_grad(x, x)
+    np.testing.assert_array_equal(stale.grads, fresh.grads)

@@ -38,20 +38,25 @@ class Backend:
         HOST_READS["count"] += 1
         return np.asarray(a) if isinstance(a, (np.ndarray, np.generic)) else self.xp.asnumpy(a)
 
-    def gemm_acc(self, a, b, out):
-        """out += a.T @ b, in place.  a: (B, I), b: (B, O), out: (I, O), one dtype.
+    def gemm_acc(self, a, b, out, accumulate=True):
+        """out += a.T @ b (accumulate) or out = a.T @ b, in place.  a: (B, I), b: (B, O),
+        out: (I, O), one dtype.
 
-        NumPy: exactly ``out += a.T @ b`` (a temporary, then the add).  CuPy: one cuBLAS GEMM
-        with beta = 1 accumulates into out itself (no temporary, no separate add kernel); out
-        may be C- or F-ordered (a tied decoder's dW is the transpose view of the encoder's),
-        anything else takes the NumPy-style path.
+        NumPy: ``out += a.T @ b`` (a temporary, then the add), or the GEMM writing straight
+        into out (``matmul(..., out=out)``: no temporary, no add, and out need not be zeroed
+        first).  CuPy: one cuBLAS GEMM with beta = 1 or 0, into out itself; out may be C- or
+        F-ordered (a tied decoder's dW is the transpose view of the encoder's), anything else
+        takes the NumPy-style path.
         """
         if self.xp is np or not (out.flags.c_contiguous or out.flags.f_contiguous):
-            out += self.xp.matmul(a.T, b)
+            if accumulate:
+                out += self.xp.matmul(a.T, b)
+            else:
+                self.xp.matmul(a.T, b, out=out)
             return
         from cupy import cublas
 
-        cublas.gemm("T", "N", a, b, out=out, alpha=1.0, beta=1.0)
+        cublas.gemm("T", "N", a, b, out=out, alpha=1.0, beta=1.0 if accumulate else 0.0)
 
     def sync(self):
         """Wait for queued device work (a no-op on the CPU)."""

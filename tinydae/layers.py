@@ -1,5 +1,7 @@
 """Layers: each a forward/backward pair.  Backprop is the local derivative times the
-upstream gradient, *added* into the gradient buffers (zeroed once per step).
+upstream gradient, *added* into the gradient buffers (zeroed once per step), except that a
+weight's first use in backward may have its GEMM *write* dW (``write_dW``): then that slot
+needs no zeroing and no temporary.
 
 Legend: B batch, I input width, O output width.
 
@@ -20,10 +22,11 @@ class Linear:
     another layer's W (and dW of its dW), so gradients from both uses simply add up.
     """
 
-    def __init__(self, W, b, dW, db, activation, backend):
+    def __init__(self, W, b, dW, db, activation, backend, write_dW=False):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}")
         self.W, self.b, self.dW, self.db = W, b, dW, db
+        self.write_dW = write_dW  # backward writes dW instead of adding (its first use)
         self.activation = activation
         self.backend = backend
         self.kernels = backend.kernels
@@ -36,11 +39,13 @@ class Linear:
         return y, (x, y)
 
     def backward(self, dy, cache, need_dx=True):
-        """dy: (B, O) -> dx: (B, I) (None if not needed); adds into dW, db."""
+        """dy: (B, O) -> dx: (B, I) (None if not needed); adds into db, and into dW (or
+        writes dW when write_dW)."""
         x, y = cache
         dz = self.xp.empty_like(dy)
         self.kernels.bias_act_backward(dz, self.db, dy, y, self.activation)  # dz, db += sum dz
-        self.backend.gemm_acc(x, dz, self.dW)  # dL/dW += x^T dz (on CuPy by the GEMM itself)
+        # dL/dW (+)= x^T dz, by the GEMM itself: no temporary, and no add when it writes
+        self.backend.gemm_acc(x, dz, self.dW, accumulate=not self.write_dW)
         return self.xp.matmul(dz, self.W.T) if need_dx else None  # dL/dx = dz W^T
 
     def __repr__(self):

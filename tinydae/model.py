@@ -100,15 +100,20 @@ class DAE:
         k = len(self.config["hidden"])
         P, G = self.named_params, self.named_grads
         act = self.config["activation"]
-        layers = [Linear(P[f"enc{i}.W"], P[f"enc{i}.b"], G[f"enc{i}.W"], G[f"enc{i}.b"], act, self.backend)
+        # Backward runs the decoder first, so each weight's first use there writes its dW
+        # (write_dW) and only a tied encoder, the second use, adds: zero_grad then clears
+        # just the biases, which the bias kernels accumulate.
+        tied = self.config["tied"]
+        layers = [Linear(P[f"enc{i}.W"], P[f"enc{i}.b"], G[f"enc{i}.W"], G[f"enc{i}.b"], act, self.backend,
+                         write_dW=not tied)
                   for i in range(k)]
         for j in range(k):
-            if self.config["tied"]:
+            if tied:
                 W, dW = P[f"enc{k - 1 - j}.W"].T, G[f"enc{k - 1 - j}.W"].T
             else:
                 W, dW = P[f"dec{j}.W"], G[f"dec{j}.W"]
             layers.append(Linear(W, P[f"dec{j}.b"], dW, G[f"dec{j}.b"],
-                                 "identity" if j == k - 1 else act, self.backend))
+                                 "identity" if j == k - 1 else act, self.backend, write_dW=True))
         return layers
 
     def init_params(self):
@@ -203,6 +208,18 @@ class DAE:
     def zero_grad(self):
         self.grads[...] = 0
 
+    def _clear_accumulated(self):
+        """Zero what backward accumulates into, before a backward pass.  On the CPU that is
+        the biases only (every dW is written by its first GEMM, see _build_layers; zeroing the
+        whole 3.6M-value buffer cost ~1 ms of a 12 ms batch-64 step); on a GPU one memset of
+        the whole buffer is cheaper than a launch per bias."""
+        if self.backend.xp is np:
+            for name, g in self.named_grads.items():
+                if name.endswith(".b"):
+                    g[...] = 0
+        else:
+            self.grads[...] = 0
+
     def loss_and_grad(self, x_in, target):
         """Loss of reconstructing `target` from `x_in`, and its gradient in ``self.grads``.
 
@@ -225,7 +242,7 @@ class DAE:
         device if the loss is not finite.
         """
         x_in, target = self.as_input(x_in), self.as_input(target)
-        self.zero_grad()
+        self._clear_accumulated()
         logits, caches = self._forward(x_in, self.layers)
         dy = self.backend.xp.empty_like(logits)
         loss_sum_forward_backward(self.backend, self.config["loss"], dy, logits, target, total)
