@@ -22,6 +22,84 @@ def torch_or_none():
     return torch
 
 
+def jax_or_none():
+    try:
+        import jax
+    except ImportError:
+        return None
+    return jax
+
+
+def strongest_peer(row, peers, unit="ms"):
+    """-> (id, time) of the fastest peer timed in `row` (its time under f"{id}_{unit}"), or
+    (None, None) when none was: the peer the headline ratio is taken against."""
+    timed = {p: row[f"{p}_{unit}"] for p in peers if f"{p}_{unit}" in row}
+    if not timed:
+        return None, None
+    best = min(timed, key=timed.get)
+    return best, timed[best]
+
+
+# Adam reads params, grads, m and v and writes params, m and v: 7 buffers of P values per step.
+ADAM_BUFFERS_MOVED = 7
+
+
+def lower_bound_ms(gemm_floor_ms, n_params, bandwidth_GBps, itemsize=4):
+    """A training step's lower bound in ms: its matrix products alone (the GEMM floor, timed)
+    plus the optimizer's memory traffic at the measured streaming bandwidth,
+
+        bound = gemm_floor + 7 * itemsize * P / bandwidth
+
+    (Adam: 7 buffers of P parameters, ADAM_BUFFERS_MOVED; the bandwidth counts read + write
+    bytes, bandwidth_entries).  Everything else in a step (corruption, activations, the loss)
+    is left out.
+    >>> round(lower_bound_ms(7.0, 1_000_000, 28.0), 6)   # 28 MB at 28 GB/s = 1 ms
+    8.0
+    """
+    return gemm_floor_ms + ADAM_BUFFERS_MOVED * itemsize * n_params / (bandwidth_GBps * 1e9) * 1e3
+
+
+def _all_cores_streams():
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def copy(dst, src):
+        for i in prange(src.size):
+            dst[i] = src[i]
+
+    @njit(parallel=True)
+    def add_into(dst, src):
+        for i in prange(src.size):
+            dst[i] += src[i]
+    return copy, add_into
+
+
+def bandwidth_entries(backend, n):
+    """-> ({name: (fn, timer)} streaming passes over two n-element float32 arrays, to time with
+    the other contenders; {name: bytes one call reads + writes}).
+
+    A lower bound needs the fastest of them: np.copyto runs on one core while tinydae's Adam
+    runs on all; and a copy's writes first read the destination's cache lines (uncounted
+    traffic) where `dst += src`, like Adam, writes only lines it has read.  Two quick
+    measurements on the 2-core Xeon (idle / loaded), GB/s: np.copyto 30 / 22, all-cores copy
+    60 / 26, all-cores dst += src 85 / 39, and tinydae's own Adam 66 / 30: a copy alone would
+    not give a bound."""
+    xp = backend.xp
+    src = xp.ones(n, np.float32)
+    dst = xp.zeros_like(src)
+    timer = backend_timer(backend)
+    if backend.name == "cpu":
+        copy, add_into = _all_cores_streams()
+        entries = {"np.copyto": (lambda: np.copyto(dst, src), timer),
+                   "copy all cores": (lambda: copy(dst, src), timer),
+                   "dst += src all cores": (lambda: add_into(dst, src), timer)}
+    else:
+        entries = {"copyto": (lambda: xp.copyto(dst, src), timer),
+                   "dst += src": (lambda: xp.add(dst, src, out=dst), timer)}
+    nbytes = {name: (3 if "+=" in name else 2) * src.nbytes for name in entries}
+    return entries, nbytes
+
+
 def one_call_timer(sync, events=None):
     """-> time(fn): seconds of one fn() call, on the host clock after sync(), or between device
     events (`events` () -> (start, stop, elapsed_s)) on a GPU."""
@@ -112,7 +190,7 @@ def versions():
     import platform
 
     out = {"python": platform.python_version()}
-    for pkg in ("tinydae", "numpy", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x", "torch"):
+    for pkg in ("tinydae", "numpy", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x", "torch", "jax", "jaxlib"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -11,6 +11,9 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import strongest_peer  # noqa: E402
 
 
 def load_results():
@@ -81,36 +84,94 @@ def _median(v):
     return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
-def _ms_and_ratio(sec, key, row, ms_key, ratio_key):
+def _ms_and_ratio(sec, key, row, ms_key, ratio_key, fmt=lambda v: f"{v:.3g}"):
     """'ms (ratio x)' with medians over the kept runs, and the ratio's range when there are several."""
     ms = _median(_values(sec, key, key(row), ms_key) or [row[ms_key]])
     ratios = _values(sec, key, key(row), ratio_key) or [row[ratio_key]]
     spread = f", {min(ratios):.2f}–{max(ratios):.2f}" if len(ratios) > 1 else ""
-    return f"{ms:.3g} ({_median(ratios):.2f}x{spread})"
+    return f"{fmt(ms)} ({_median(ratios):.2f}x{spread})"
 
 
-def _peer(sec, key, row, ms_key, ratio_key, error_key=None):
-    if ms_key in row:
-        return _ms_and_ratio(sec, key, row, ms_key, ratio_key)
-    return "failed" if error_key and error_key in row else "not installed"
+# Sections saved before the peers were named (issue 12) had these; their strongest peer is
+# worked out here from the row's own figures.
+LEGACY_PEERS = {"train": {"torch_eager": "eager for-loop Adam", "torch_compile": "torch.compile of the model only"},
+                "chain": {"torch": "PyTorch eager"}}
+
+
+def _with_peers(sec, section):
+    """-> (the section, its peers {id: label}); an old section's rows get the strongest-peer
+    fields that newer benchmarks store (strongest, strongest_<unit>, x_strongest)."""
+    if sec.get("peers"):
+        return sec, sec["peers"]
+    peers = LEGACY_PEERS[section]
+    unit, own = ("ms", "ms") if section == "train" else ("s", "seconds")
+
+    def fill(row):
+        best, time = strongest_peer(row, peers, unit)
+        if best is None:
+            return row
+        row = dict(row, strongest=best, x_strongest=row[own] / time, **{f"strongest_{unit}": time})
+        if section == "chain":
+            row["strongest_chain_steps_per_s"] = row["chains"] * row["steps"] / time
+        return row
+    runs = [dict(run, rows=[fill(r) for r in run["rows"]]) for run in sec.get("runs") or []]
+    return dict(sec, rows=[fill(r) for r in sec["rows"]], runs=runs), peers
+
+
+def _strongest(sec, key, row, peers, value_key, fmt):
+    """'label: value (tinydae / it)' for the strongest peer; every label that was strongest in a
+    kept run, the newest first."""
+    if "strongest" not in row:
+        return "none timed"
+    names = []
+    for p in reversed(_values(sec, key, key(row), "strongest")):
+        if peers.get(p, p) not in names:
+            names.append(peers.get(p, p))
+    return f"{' / '.join(names)}: {_ms_and_ratio(sec, key, row, value_key, 'x_strongest', fmt)}"
+
+
+def _others(sec, key, row, peers):
+    """The other peers' tinydae / peer ratios, medians over the kept runs, compactly."""
+    parts = []
+    for p, label in peers.items():
+        if p == row.get("strongest"):
+            continue
+        if f"x_{p}" in row:
+            parts.append(f"{label} {_median(_values(sec, key, key(row), f'x_{p}')):.2f}")
+        elif f"{p}_error" in row:
+            parts.append(f"{label} failed")
+    return ", ".join(parts) or "-"
+
+
+def _versions(sec):
+    jax = "" if "peers" not in sec else f", JAX {sec.get('jax') or 'not installed'}"
+    return f"PyTorch {sec.get('torch') or 'not installed'}{jax}"
 
 
 def train_section(results):
     lines = []
     for path, data, t in sections(results, "train"):
+        t, peers = _with_peers(t, "train")
         lines += [f"**{data['backend']}: {data['device']}**, {t['date'][:10]}, {t['model']}, "
-                  f"PyTorch {t.get('torch') or 'not installed'}; each run the median of {t['repeats']}; "
-                  f"{_runs_note(t)} (`{path}`)", "",
-                  "| batch | tinydae ms/step | examples/s | GEMM floor ms (tinydae / floor) | "
-                  "PyTorch eager ms (tinydae / eager) | torch.compile ms (tinydae / compiled) |",
+                  f"{_versions(t)}; each run the median of {t['repeats']}; {_runs_note(t)} (`{path}`)", "",
+                  "| batch | tinydae ms/step | examples/s | lower bound ms (tinydae / bound) | "
+                  "strongest peer: ms (tinydae / it) | other peers, tinydae / peer |",
                   "| --- | --- | --- | --- | --- | --- |"]
         key = lambda r: r["batch"]  # noqa: E731
         for r in t["rows"]:
+            bound = (_ms_and_ratio(t, key, r, "bound_ms", "x_bound") if "bound_ms" in r
+                     else "GEMM floor only: " + _ms_and_ratio(t, key, r, "floor_ms", "x_floor"))
             lines.append(f"| {r['batch']} | {_spread(t, key, r, 'ms', lambda v: f'{v:.3g}')} | "
-                         f"{_spread(t, key, r, 'examples_per_s', lambda v: f'{v:,.0f}')} | "
-                         f"{_ms_and_ratio(t, key, r, 'floor_ms', 'x_floor')} | "
-                         f"{_peer(t, key, r, 'torch_eager_ms', 'x_torch_eager')} | "
-                         f"{_peer(t, key, r, 'torch_compile_ms', 'x_torch_compile', 'torch_compile_error')} |")
+                         f"{_spread(t, key, r, 'examples_per_s', lambda v: f'{v:,.0f}')} | {bound} | "
+                         f"{_strongest(t, key, r, peers, 'strongest_ms', lambda v: f'{v:.3g}')} | "
+                         f"{_others(t, key, r, peers)} |")
+        if any("bound_ms" in r for r in t["rows"]):
+            bw = _median([r["bandwidth_GBps"] for r in t["rows"] if "bandwidth_GBps" in r])
+            floors = ", ".join(f"{r['batch']}: {_median(_values(t, key, r['batch'], 'x_floor')):.2f}x"
+                               for r in t["rows"])
+            lines += ["", f"Lower bound = GEMM floor + Adam's 7 × 4 bytes × {t['n_params']:,} parameters at the "
+                          f"fastest streaming bandwidth measured in the run (median {bw:.1f} GB/s). "
+                          f"tinydae / GEMM floor alone: {floors}."]
         lines.append("")
     return "\n".join(lines) if lines else "No training-step results yet.\n"
 
@@ -118,20 +179,20 @@ def train_section(results):
 def chain_section(results):
     lines = []
     for path, data, c in sections(results, "chain"):
+        c, peers = _with_peers(c, "chain")
         lines += [f"**{data['backend']}: {data['device']}**, {c['date'][:10]}, {c['model']}, "
-                  f"PyTorch {c.get('torch') or 'not installed'}; {_runs_note(c)} (`{path}`)", "",
-                  "| chains | steps | chain-steps/s | tinydae / GEMM floor | PyTorch chain-steps/s | "
-                  "tinydae time / PyTorch time | host syncs per step |",
+                  f"{_versions(c)}; {_runs_note(c)} (`{path}`)", "",
+                  "| chains | steps | chain-steps/s | tinydae / lower bound (GEMM floor) | "
+                  "strongest peer: chain-steps/s (tinydae time / its) | other peers, tinydae time / peer's | "
+                  "host syncs per step |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         key = lambda r: (r["chains"], r["steps"])  # noqa: E731
         for r in c["rows"]:
-            peer = (f"{_spread(c, key, r, 'torch_chain_steps_per_s', lambda v: f'{v:,.0f}')} | "
-                    f"{_spread(c, key, r, 'x_torch', lambda v: f'{v:.2f}x')}" if "torch_s" in r
-                    else "not installed | -")
             lines.append(f"| {r['chains']:,} | {r['steps']} | "
                          f"{_spread(c, key, r, 'chain_steps_per_s', lambda v: f'{v:,.0f}')} | "
-                         f"{_spread(c, key, r, 'x_floor', lambda v: f'{v:.2f}x')} | {peer} | "
-                         f"{r['host_syncs_per_step']:.0f} |")
+                         f"{_spread(c, key, r, 'x_floor', lambda v: f'{v:.2f}x')} | "
+                         f"{_strongest(c, key, r, peers, 'strongest_chain_steps_per_s', lambda v: f'{v:,.0f}')} | "
+                         f"{_others(c, key, r, peers)} | {r['host_syncs_per_step']:.0f} |")
         lines.append("")
     return "\n".join(lines) if lines else "No chain results yet.\n"
 

@@ -120,7 +120,8 @@ def test_bench_train_and_chain_tables():
     assert r.exit_code == 0, r.output
     row = json.loads(r.stdout)["rows"][0]
     assert row["batch"] == 8 and row["ms"] > 0 and row["floor_ms"] > 0 and row["x_floor"] > 0
-    r = invoke("bench", "chain", "--backend", "cpu", "--chains", "4:3", "--repeats", "1", "--no-save", "--json")
+    r = invoke("bench", "chain", "--backend", "cpu", "--chains", "4:3", "--repeats", "1", "--no-compile", "--no-save",
+               "--json")
     assert r.exit_code == 0, r.output
     row = json.loads(r.stdout)["rows"][0]
     assert row["chains"] == 4 and row["steps"] == 3 and row["host_syncs_per_step"] == 0

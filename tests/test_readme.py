@@ -48,7 +48,7 @@ RULES = [
     (r"^python cli\.py --threads \d+ train", "run", " --epochs 1 --limit 1500 --out runs/threads"),
     (r"^python cli\.py bench kernels", "run", " --sizes 4K --repeats 1"),
     (r"^python cli\.py bench train", "run", " --batches 8 --repeats 1 --no-compile"),
-    (r"^python cli\.py bench chain", "run", " --chains 4:2 --repeats 1"),
+    (r"^python cli\.py bench chain", "run", " --chains 4:2 --repeats 1 --no-compile"),
     (r"^python cli\.py bench all", "skip", "minutes of timing; each section is run above with small sizes"),
     (r"^python cli\.py reproduce", "run", " --quick"),
     (r"^python cli\.py classifier train", "run", " --epochs 1 --limit 1500"),

@@ -880,7 +880,8 @@ def _bench_run(name, section, backend, as_json, save, out_file, **kwargs):
         click.echo(mod.HEADER)
     result = mod.run(backend, log=(lambda line: None) if as_json else click.echo, **kwargs)
     if not as_json:
-        click.echo(f"{result['device']} ({result['backend']}), PyTorch {result['torch'] or 'not installed'}")
+        click.echo(f"{result['device']} ({result['backend']}), PyTorch {result['torch'] or 'not installed'}, "
+                   f"JAX {result.get('jax') or 'not installed'}")
     _emit(mod, backend, section, result, save, out_file, as_json)
 
 
@@ -889,10 +890,11 @@ def _bench_run(name, section, backend, as_json, save, out_file, **kwargs):
 @click.option("--batches", default="64,256,1024", show_default=True)
 @click.option("--repeats", type=int, default=20, show_default=True)
 @click.option("--compile/--no-compile", "compile_peer", default=True, show_default=True,
-              help="Also time torch.compile (slow to compile on the CPU).")
+              help="Also time torch.compile of the whole step (slow to compile on the CPU).")
 @_result_options
 def bench_train(backend, batches, repeats, compile_peer, save, out_file, as_json):
-    """Time per training step vs PyTorch (eager, torch.compile) and the GEMM-only floor."""
+    """Time per training step vs PyTorch (eager Adam for-loop / foreach / fused, torch.compile of
+    the whole step), JAX (jit of the whole step) and a lower bound (GEMM floor + Adam's bytes)."""
     try:
         sizes = [int(b) for b in batches.split(",")]
     except ValueError:
@@ -907,9 +909,11 @@ def bench_train(backend, batches, repeats, compile_peer, save, out_file, as_json
 @click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
 @click.option("--chains", default=None, help="chains:steps pairs, e.g. 64:100,1024:100,16384:10.")
 @click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--compile/--no-compile", "compile_peer", default=True, show_default=True,
+              help="Also time torch.compile of the chain step (slow to compile on the CPU).")
 @_result_options
-def bench_chain(backend, chains, repeats, save, out_file, as_json):
-    """Sampling-chain throughput vs a PyTorch chain and the GEMM-only floor."""
+def bench_chain(backend, chains, repeats, compile_peer, save, out_file, as_json):
+    """Sampling-chain throughput vs PyTorch (eager, torch.compile) and JAX (jit) chains and the GEMM-only floor."""
     if chains is not None:
         try:
             valid = all(int(a) > 0 and int(b) > 0 for a, b in (c.split(":") for c in chains.split(",")))
@@ -919,7 +923,8 @@ def bench_chain(backend, chains, repeats, save, out_file, as_json):
             raise ConfigError(f"--chains takes chains:steps pairs like 64:100,1024:100, got {chains!r}")
     if repeats < 1:
         raise ConfigError("--repeats must be positive")
-    _bench_run("bench_chain", "chain", backend, as_json, save, out_file, sizes=chains, repeats=repeats)
+    _bench_run("bench_chain", "chain", backend, as_json, save, out_file, sizes=chains, repeats=repeats,
+               compile_peer=compile_peer)
 
 
 @bench.command("launch")
