@@ -1,12 +1,17 @@
+import copy
 import json
+import math
 
 import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tinydae import experiments
 from tinydae.cli import cli
-from tinydae.experiments import theorem_check
+from tinydae.experiments import (Judge, evaluate_targets, headline_figures, headline_steps, parzen_legacy,
+                                 render_report, theorem_check)
+from tinydae.metrics import parzen_evaluate
 
 
 def invoke(*args):
@@ -78,14 +83,227 @@ def test_cli_science_errors(checkpoint, tmp_path):
         assert r.exit_code == 2 and fragment in r.stderr and "Traceback" not in r.output, (args, r.output)
 
 
-def test_cli_reproduce_quick_writes_a_report(tmp_path):
-    r = invoke("reproduce", "--quick", "--out", tmp_path, "--backend", "cpu")
-    assert r.exit_code == 0, r.output
-    report = json.loads((tmp_path / "report.json").read_text())
-    theorem = {t["dim"]: t["results"]["bce"]["cosine_mean"] for t in report["claims"]["theorem"]}
-    assert theorem[2] > 0.8 and theorem[16] > 0.8
-    noise = report["claims"]["chains_from_noise"]["bce"]
-    assert noise[-1]["parzen_ll"] > noise[0]["parzen_ll"]  # claim 2 on the built-in data
-    md = (tmp_path / "report.md").read_text()
-    assert "## Claim 1" in md and "## Claim 3" in md and "chains_from_noise_bce.png" in md
-    assert (tmp_path / "improve_pca_mse.png").exists()
+# ----------------------------------------------------------------------------------------
+# reproduce (issue 11): the protocol on tiny settings
+# ----------------------------------------------------------------------------------------
+
+# Test-only settings: every stage of the protocol, in seconds (not a result of any worth).
+TINY = dict(experiments.QUICK, mode="test", n_data=900, n_val=100, n_test=100, seeds=2, hidden=(32,), epochs=1,
+            n_samples=200, steps=4, keep_steps=(0, 1, 2, 4), levels=2, classifier=dict(hidden=(32, 16), epochs=2),
+            claim1=dict(quick=True, n_train=600, n_eval=100, epochs=1),
+            sweep_corruptions=("gaussian:0.1", "gaussian:0.3"), sweep_step_sizes=(0.5, 1.0), strip_chains=3)
+
+DOCUMENTED = {"config", "command", "data", "seeds", "kept_steps", "seconds", "timings", "feature_map", "claim1",
+              "floor", "curves", "headline", "baselines", "best_from_noise", "legacy_parzen", "sweep", "targets",
+              "strips"}
+
+
+def strict_json(text):
+    def refuse(constant):
+        raise AssertionError(f"bare {constant} in JSON output")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    lines = []
+    returned = experiments.reproduce(out, config=TINY, backend="cpu", log=lines.append, command="tiny")
+    return out, returned, lines
+
+
+def test_reproduce_writes_the_documented_report_with_finite_figures(tiny_report):
+    out, returned, lines = tiny_report
+    report = strict_json((out / "report.json").read_text())
+    assert DOCUMENTED <= set(report), DOCUMENTED - set(report)
+    assert "non_finite" not in report
+    kept = report["kept_steps"]
+    assert kept == [0, 1, 2, 4] and report["seeds"] == [0, 1]
+    assert report["data"] == dict(name="glyphs", n_train=700, n_val=100, n_test=100, image_shape=[28, 28],
+                                  split_seed=0)
+    assert set(report["headline"]) == set(experiments.RUNS) == set(report["curves"]) == set(report["strips"])
+    for run, h in report["headline"].items():
+        assert h["step"] in kept[1:]
+        for figure, stats in h["test"].items():
+            assert len(stats["per_seed"]) == 2 and all(math.isfinite(v) for v in stats["per_seed"]), (run, figure)
+        assert set(h["test"]) >= {"fid", "kid", "inception_score", "class_entropy", "precision", "recall",
+                                  "novelty_median_ratio"}
+        assert all(len(report["curves"][run][f]) == len(kept) for f in report["curves"][run])
+        assert (out / report["strips"][run]).stat().st_size > 0
+    assert report["floor"]["n"] == 100 and report["floor"]["test"]["fid"] > 0
+    assert set(report["baselines"]) == {"noise", "pca"}
+    assert report["best_from_noise"].startswith("noise_")
+    assert set(report["sweep"]["chain_corruption"]) == {"gaussian:0.1", "gaussian:0.3"}
+    assert set(report["sweep"]["annealed_step_size"]) == {"0.5", "1.0"}
+    assert {"real training rows", "blurred real training rows", "uniform noise", "PCA Gaussian"} <= set(
+        report["legacy_parzen"])
+    assert [t["name"] for t in report["targets"]] == ["feature_map", "noise_fid", "noise_entropy", "noise_is",
+                                                      "pca_halved", "claim1_d2"]
+    assert all(isinstance(t["met"], bool) and (t["met"] or t["why"]) for t in report["targets"])
+    md = (out / "report.md").read_text()
+    for section in ("TEST MODE", "## Feature map", "## Targets", "## Claim 1", "## Claims 2 and 3",
+                    "## Legacy", "## Curves", "## Sweeps", "noise_annealed_bce.png", "Command: `tiny`"):
+        assert section in md, section
+    assert ("FAILED its sanity check" in md) == (not report["feature_map"]["trusted"])
+    assert any("claim 1" in line for line in lines) and all(line.startswith("[") or line.startswith(" ")
+                                                             for line in lines)
+
+
+def test_reproduce_headline_steps_are_the_validation_minimum(tiny_report):
+    """What the report calls the headline step is the validation curve's minimum over steps >= 1."""
+    report = tiny_report[1]
+    for run, curves in report["curves"].items():
+        means = [s["mean"] for s in curves["fid"]]
+        assert report["headline"][run]["step"] == report["kept_steps"][1 + int(np.argmin(means[1:]))]
+        k = report["kept_steps"].index(report["headline"][run]["step"])
+        assert report["headline"][run]["validation"]["fid"] == curves["fid"][k]
+
+
+def test_headline_step_is_chosen_on_validation_and_test_is_asked_once():
+    kept = [0, 1, 2, 5, 10]
+    # validation FID (two seeds per step): best mean at step 2; step 0 is lower still but is the start
+    val = {"run": {"fid": [[1.0, 1.0], [50.0, 52.0], [30.0, 34.0], [40.0, 41.0], [33.0, 31.0]],
+                   "inception_score": [[1.0, 2.0]] * 5}}
+    test_fid = {1: 70.0, 2: 60.0, 5: 10.0, 10: 20.0}  # the test rows would pick step 5
+    asked = []
+
+    def test_at(run, step):
+        asked.append((run, step))
+        return [dict(fid=test_fid[step], inception_score=3.0), dict(fid=test_fid[step] + 2, inception_score=5.0)]
+
+    assert headline_steps(val, kept) == {"run": 2}
+    out = headline_figures(val, kept, test_at)
+    assert asked == [("run", 2)]
+    assert out["run"]["step"] == 2 and out["run"]["test"]["fid"]["mean"] == 61.0
+    assert out["run"]["validation"]["fid"]["mean"] == 32.0
+    # a tie goes to the earlier step
+    val["run"]["fid"][4] = [32.0, 32.0]
+    assert headline_steps(val, kept) == {"run": 2}
+
+
+class LinearMap:
+    """A feature map for tests: fixed random projection, softmax of a second one."""
+    input_dim = 6
+
+    def __init__(self):
+        rng = np.random.default_rng(5)
+        self.W, self.V = rng.standard_normal((6, 4)), rng.standard_normal((4, 3))
+
+    def features(self, x):
+        return np.asarray(x, np.float64) @ self.W
+
+    def probs(self, x):
+        z = self.features(x) @ self.V
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+
+def test_judge_averages_disjoint_chunks_and_its_floor_is_the_holdout():
+    rng = np.random.default_rng(0)
+    real, holdout, train = rng.random((30, 6)), rng.random((40, 6)), rng.random((50, 6))
+    judge = Judge(LinearMap(), real, holdout, train, k=3)
+    assert judge.n == 30
+    samples = rng.random((65, 6))  # two chunks of 30; the last 5 rows are left out
+    both = judge.figures(samples)
+    halves = [judge.figures(samples[:30]), judge.figures(samples[30:60])]
+    for name, value in both.items():
+        assert value == pytest.approx((halves[0][name] + halves[1][name]) / 2, rel=1e-12), name
+    assert Judge(LinearMap(), real, real, k=3).floor["fid"] < 1e-9  # the floor judges the holdout rows
+    with pytest.raises(experiments.DataError):
+        judge.figures(samples[:29])
+
+
+def test_parzen_legacy_matches_parzen_evaluate():
+    rng = np.random.default_rng(1)
+    samples, valid, test = rng.random((40, 5)), rng.random((20, 5)), rng.random((25, 5))
+    ours, theirs = parzen_legacy(samples, valid, test), parzen_evaluate(samples, valid, test)
+    assert ours["bandwidth"] == theirs["bandwidth"]
+    assert ours["mean_ll"] == pytest.approx(theirs["mean_ll"], rel=1e-10)
+    assert ours["stderr"] == pytest.approx(theirs["stderr"], rel=1e-10)
+
+
+def _stats(mean, sd=0.0):
+    return dict(mean=mean, sd=sd, per_seed=[mean])
+
+
+def fake_report(best_fid=40.0, pca_fid=50.0, entropy=2.25, inception=8.5, improved_fid=20.0, slope=1.02,
+                cosine=0.9, controls=0.8, trusted=True):
+    figures = lambda fid, ent=2.3, iscore=9.0: dict(  # noqa: E731
+        fid=_stats(fid), class_entropy=_stats(ent), inception_score=_stats(iscore), precision=_stats(0.7),
+        recall=_stats(0.7))
+    metric = lambda v: dict(mean=v, sd=0.0, per_seed=[v])  # noqa: E731
+    claim1 = dict(dim=16, results=dict(corrupted=dict(
+        bce=dict(all=dict(slope=metric(slope), cosine_mean=metric(cosine))),
+        nearest_mean=dict(all=dict(cosine_mean=metric(controls))),
+        gaussian=dict(all=dict(cosine_mean=metric(controls - 0.1))))))
+    return dict(feature_map=dict(trusted=trusted, test_accuracy=0.97, check=dict(problems=[] if trusted else ["x"])),
+                floor=dict(test=dict(fid=3.0, class_entropy=2.3, inception_score=9.5, precision=0.75, recall=0.75)),
+                best_from_noise="noise_annealed_bce",
+                headline=dict(noise_annealed_bce=dict(step=200, test=figures(best_fid, entropy, inception)),
+                              pca_mean_bce=dict(step=2, test=figures(improved_fid))),
+                baselines=dict(pca=dict(test=figures(pca_fid))), claim1=[claim1])
+
+
+def test_targets_are_met_or_missed_as_the_figures_say(tiny_report):
+    def verdicts(**kw):
+        return {t["name"]: t["met"] for t in evaluate_targets(fake_report(**kw))}
+
+    assert all(verdicts().values())
+    assert verdicts(best_fid=50.1)["noise_fid"] is False and verdicts(best_fid=50.0)["noise_fid"] is True
+    assert verdicts(entropy=2.19)["noise_entropy"] is False
+    assert verdicts(inception=7.9)["noise_is"] is False
+    assert verdicts(improved_fid=25.1)["pca_halved"] is False and verdicts(improved_fid=25.0)["pca_halved"] is True
+    assert verdicts(slope=0.94)["claim1_d16"] is False and verdicts(slope=1.049)["claim1_d16"] is True
+    assert verdicts(controls=0.95)["claim1_d16"] is False
+    assert verdicts(trusted=False)["feature_map"] is False
+    missed = {t["name"]: t for t in evaluate_targets(fake_report(slope=0.9, improved_fid=60.0))}
+    assert "short of 1" in missed["claim1_d16"]["why"] and "worse" in missed["pca_halved"]["why"]
+    assert missed["noise_fid"]["why"] is None
+    # and the report renders each verdict: met, or **missed** with the why
+    out, report, _ = tiny_report
+    report = copy.deepcopy(report)
+    report["targets"] = evaluate_targets(fake_report(slope=0.9))
+    md = render_report(report)
+    table = md[md.index("## Targets"):md.index("## Claim 1")]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "verdict" not in line and "---" not in line]
+    assert len(rows) == 6
+    assert sum("| **missed** |" in r for r in rows) == 1 and sum("| met |" in r for r in rows) == 5
+    assert "short of 1" in next(r for r in rows if "**missed**" in r)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("work started before the checks")
+    for name in ("run_claim1", "train_classifier", "fit", "chain"):
+        monkeypatch.setattr(experiments, name, refuse)
+
+
+def test_reproduce_without_labels_for_a_file_is_one_error_before_any_work(tmp_path, no_work):
+    x = np.random.default_rng(0).random((400, 784)).astype(np.float32)
+    np.savez(tmp_path / "images.npz", x=x)
+    r = invoke("reproduce", "--quick", "--data", tmp_path / "images.npz", "--out", tmp_path / "r")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--labels" in lines[0], r.stderr
+    np.savez(tmp_path / "labels.npz", y=np.arange(300) % 10)
+    r = invoke("reproduce", "--quick", "--data", tmp_path / "images.npz", "--labels", tmp_path / "labels.npz",
+               "--out", tmp_path / "r")
+    assert r.exit_code == 2 and "300 labels for the 400 examples" in r.stderr, r.output
+    r = invoke("reproduce", "--quick", "--labels", tmp_path / "labels.npz", "--out", tmp_path / "r")
+    assert r.exit_code == 2 and "glyphs bring their own labels" in r.stderr, r.output
+    np.savez(tmp_path / "labels.npz", y=np.arange(400) % 10)  # labels fit, but too few rows for the splits
+    r = invoke("reproduce", "--quick", "--data", tmp_path / "images.npz", "--labels", tmp_path / "labels.npz",
+               "--out", tmp_path / "r")
+    assert r.exit_code == 2 and "reproduce needs at least 1,200" in r.stderr, r.output
+
+
+def test_reproduce_that_cannot_fit_is_refused_before_any_work(tmp_path, no_work, monkeypatch):
+    from tinydae import safety
+
+    monkeypatch.setattr(safety, "available_memory", lambda: 2**30)  # 1 GiB: the full run keeps ~1.2 GiB of states
+    r = invoke("reproduce", "--out", tmp_path / "r")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs about" in lines[0] and "use --quick" in lines[0], r.stderr
+    assert experiments.reproduce_memory(experiments.QUICK, 784, 4000) < 2**30 * 0.8  # --quick fits in 1 GiB

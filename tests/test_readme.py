@@ -50,6 +50,8 @@ RULES = [
     (r"^python cli\.py bench train", "run", " --batches 8 --repeats 1 --no-compile"),
     (r"^python cli\.py bench chain", "run", " --chains 4:2 --repeats 1 --no-compile"),
     (r"^python cli\.py bench all", "skip", "minutes of timing; each section is run above with small sizes"),
+    (r"^python cli\.py reproduce --quick$", "skip",
+     "the same run as `python cli.py reproduce`, which runs here with --quick appended"),
     (r"^python cli\.py reproduce", "run", " --quick"),
     (r"^python cli\.py classifier train", "run", " --epochs 1 --limit 1500"),
     (r"^python cli\.py classifier evaluate", "run", ""),

@@ -69,7 +69,9 @@ def no_chains(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a chain ran before the checks")
     monkeypatch.setattr(sampling, "chain", refuse)
-    monkeypatch.setattr(experiments, "theorem_check", refuse)  # reproduce's claim 1
+    monkeypatch.setattr(experiments, "theorem_check", refuse)  # evaluate --theorem
+    monkeypatch.setattr(experiments, "run_claim1", refuse)  # reproduce's first work: claim 1, the classifier
+    monkeypatch.setattr(experiments, "train_classifier", refuse)
 
 
 # -- item 4: output paths ------------------------------------------------------------------
@@ -200,21 +202,24 @@ def test_evaluate_refuses_overflowing_chains_and_its_json_is_strict(overflowing_
 
 
 def test_reproduce_report_json_is_strict(tmp_path, monkeypatch):
-    tiny = dict(n_data=300, hidden=(16,), epochs=1, n_chains=20, steps=(0, 1, 2), theorem_epochs=1,
-                theorem_train=200, theorem16_hidden=(8,))
+    tiny = dict(experiments.QUICK, n_data=600, n_val=60, n_test=60, seeds=1, hidden=(16,), epochs=1, n_samples=60,
+                steps=2, keep_steps=(0, 1, 2), levels=2, classifier=dict(hidden=(16,), epochs=1),
+                claim1=dict(quick=True, seeds=(0,), n_train=200, n_eval=50, epochs=1), sweep_corruptions=(),
+                sweep_step_sizes=(), strip_chains=2)
     monkeypatch.setattr(experiments, "QUICK", tiny)
-    real = experiments.theorem_check
+    real = experiments.run_claim1
 
-    def nan_theorem(*a, **k):
+    def nan_claim1(*a, **k):
         t = real(*a, **k)
-        t["results"]["bce"]["cosine_mean"] = float("nan")
+        t[0]["results"]["corrupted"]["bce"]["all"]["slope"]["mean"] = float("nan")
         return t
-    monkeypatch.setattr(experiments, "theorem_check", nan_theorem)
+    monkeypatch.setattr(experiments, "run_claim1", nan_claim1)
     r = invoke("reproduce", "--quick", "--out", tmp_path, "--backend", "cpu")
     assert r.exit_code == 0, r.output
     report = strict_json((tmp_path / "report.json").read_text())
-    assert report["claims"]["theorem"][0]["results"]["bce"]["cosine_mean"] is None
-    assert "claims.theorem[0].results.bce.cosine_mean" in report["non_finite"]
+    assert report["claim1"][0]["results"]["corrupted"]["bce"]["all"]["slope"]["mean"] is None
+    assert "claim1[0].results.corrupted.bce.all.slope.mean" in report["non_finite"]
+    assert {t["name"]: t["met"] for t in report["targets"]}["claim1_d2"] is False  # NaN meets no target
 
 
 # -- item 7: typos in --start / --from; reproduce checks --data first ------------------------
@@ -263,4 +268,4 @@ def test_default_outputs_go_under_runs(ckpt, tmp_path):
 def test_reproduce_help_states_measured_times():
     text = " ".join(invoke("reproduce", "--help").stdout.split())  # unwrap click's lines
     assert "a few minutes" not in text  # it said so of a 6 s run
-    assert "5-9 s instead of 46-50 s on 2 idle CPU cores" in text
+    assert "17-28 s instead of 7.5-8.5 min for the full run on 2 idle CPU cores" in text
