@@ -29,7 +29,7 @@ import numpy as np
 
 from tinydae.backend import get_backend
 from tinydae.errors import CheckpointError, ConfigError, DataError
-from tinydae.layers import Linear
+from tinydae.layers import Linear, flat_buffers
 from tinydae.rng import STREAM_INIT, host_normal
 
 FORMAT = "tinydae-classifier"
@@ -131,15 +131,7 @@ class Classifier:
         self.backend = get_backend("cpu")
         self.dtype = np.dtype(self.config["dtype"])
         self.layout = classifier_layout(self.config)
-        sizes = [math.prod(shape) for _, shape in self.layout]
-        self.params = np.zeros(sum(sizes), self.dtype)
-        self.grads = np.zeros(sum(sizes), self.dtype)
-        self.named_params, self.named_grads = {}, {}
-        offset = 0
-        for (name, shape), size in zip(self.layout, sizes):
-            self.named_params[name] = self.params[offset:offset + size].reshape(shape)
-            self.named_grads[name] = self.grads[offset:offset + size].reshape(shape)
-            offset += size
+        self.params, self.grads, self.named_params, self.named_grads = flat_buffers(np, self.layout, self.dtype)
         P, G = self.named_params, self.named_grads
         names = [n[:-2] for n, _ in self.layout[::2]]
         self.layers = [Linear(P[f"{n}.W"], P[f"{n}.b"], G[f"{n}.W"], G[f"{n}.b"],

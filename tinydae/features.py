@@ -32,21 +32,14 @@ import math
 import numpy as np
 
 from tinydae.errors import ConfigError, DataError
-from tinydae.metrics import _covered, knn_radii, sq_distances
+from tinydae.metrics import _covered, _rows, knn_radii, sq_distances
 
 BATCH = 512  # rows per block of a distance matrix: BATCH x N float64 at a time
 
 
 def _features(x, name, dim=None):
     """Check a feature (or probability) set: (N, F) finite, N >= 2 -> float64"""
-    x = np.asarray(x, np.float64)
-    if x.ndim != 2 or len(x) < 2:
-        raise DataError(f"{name} must be an (N, F) array with N >= 2, got shape {x.shape}")
-    if dim is not None and x.shape[1] != dim:
-        raise DataError(f"{name} has {x.shape[1]} columns, expected {dim}")
-    if not np.isfinite(x).all():
-        raise DataError(f"{name} holds NaN or infinite values")
-    return x
+    return _rows(x, name, dim, min_rows=2)
 
 
 # ----------------------------------------------------------------------------------------

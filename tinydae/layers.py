@@ -9,9 +9,28 @@ The activations themselves (relu, leaky_relu, tanh, sigmoid, softplus, identity)
 forward/backward pairs in kernels/reference.py, re-exported here as ACTIVATIONS; their
 backward is written from the output y alone, so a layer caches only what it produced.
 """
+import math
+
 from tinydae.kernels.reference import ACTIVATIONS  # noqa: F401  (the activation pairs)
 
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
+
+
+def flat_buffers(xp, layout, dtype):
+    """One flat parameter buffer and one flat gradient buffer, and a named view of each
+    tensor in both, so that an optimizer updates everything in one pass.
+
+    layout: [(name, shape), ...] in buffer order -> (params, grads, {name: view}, {name: view})
+    """
+    sizes = [math.prod(shape) for _, shape in layout]
+    params, grads = xp.zeros(sum(sizes), dtype), xp.zeros(sum(sizes), dtype)
+    named_params, named_grads = {}, {}
+    offset = 0
+    for (name, shape), size in zip(layout, sizes):
+        named_params[name] = params[offset:offset + size].reshape(shape)
+        named_grads[name] = grads[offset:offset + size].reshape(shape)
+        offset += size
+    return params, grads, named_params, named_grads
 
 
 class Linear:

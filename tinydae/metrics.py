@@ -34,10 +34,12 @@ def sq_distances(a, b):
     return np.maximum(d, 0.0)
 
 
-def _rows(x, name, dim=None):
+def _rows(x, name, dim=None, min_rows=1):
+    """Check a set of rows: (N, D) finite, N >= min_rows -> float64."""
     x = np.asarray(x, np.float64)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise DataError(f"{name} must be a non-empty (N, D) array, got shape {x.shape}")
+    if x.ndim != 2 or x.shape[0] < min_rows:
+        need = "non-empty" if min_rows == 1 else f"N >= {min_rows}"
+        raise DataError(f"{name} must be an (N, D) array with {need} rows, got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
         raise DataError(f"{name} has {x.shape[1]} dimensions, expected {dim}")
     if not np.isfinite(x).all():

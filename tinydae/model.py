@@ -17,7 +17,7 @@ import numpy as np
 
 from tinydae.backend import get_backend
 from tinydae.errors import ConfigError, DataError
-from tinydae.layers import HIDDEN_ACTIVATIONS, Linear
+from tinydae.layers import HIDDEN_ACTIVATIONS, Linear, flat_buffers
 from tinydae.losses import LOSSES, loss_sum_forward_backward
 from tinydae.rng import STREAM_INIT, host_normal
 
@@ -81,15 +81,9 @@ class DAE:
         self.dtype = np.dtype(self.config["dtype"])
         xp = self.backend.xp
         self.layout = param_layout(self.config)
-        sizes = [math.prod(shape) for _, shape in self.layout]
-        self.params = xp.zeros(sum(sizes), self.dtype)
-        self.grads = xp.zeros(sum(sizes), self.dtype)
-        self.named_params, self.named_grads = {}, {}
-        offset = 0
-        for (name, shape), size in zip(self.layout, sizes):
-            self.named_params[name] = self.params[offset:offset + size].reshape(shape)
-            self.named_grads[name] = self.grads[offset:offset + size].reshape(shape)
-            offset += size
+        self.params, self.grads, self.named_params, self.named_grads = flat_buffers(xp, self.layout, self.dtype)
+        # what backward accumulates into (the bias kernels add; every dW is written)
+        self._bias_grads = [g for name, g in self.named_grads.items() if name.endswith(".b")]
         self.layers = self._build_layers()
         self.corruption = None  # the training corruption, once fit() or a checkpoint sets it
         self.init_params()
@@ -214,9 +208,8 @@ class DAE:
         whole 3.6M-value buffer cost ~1 ms of a 12 ms batch-64 step); on a GPU one memset of
         the whole buffer is cheaper than a launch per bias."""
         if self.backend.xp is np:
-            for name, g in self.named_grads.items():
-                if name.endswith(".b"):
-                    g[...] = 0
+            for g in self._bias_grads:
+                g[...] = 0
         else:
             self.grads[...] = 0
 
