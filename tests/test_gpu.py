@@ -229,3 +229,27 @@ def test_chain_on_cuda_matches_cpu():
     np.testing.assert_allclose(b.samples, a.samples, atol=1e-4)  # same Philox draws, float32 rounding
     np.testing.assert_allclose(b.mean_abs_change, a.mean_abs_change, rtol=1e-3, atol=1e-6)
     assert b.quality[10] == pytest.approx(a.quality[10], rel=1e-3)
+
+
+def test_gpu_arrays_go_in_without_a_copy():
+    """CuPy arrays and torch CUDA tensors are read where they are (DLPack): no copy, same results."""
+    import cupy
+
+    m = td.DAE(12, hidden=16, seed=3, backend="cuda")
+    host = np.random.default_rng(13).uniform(0.05, 0.95, (20, 12)).astype(np.float32)
+    want = m.backend.to_host(m.reconstruct(host))
+    arrays = [cupy.asarray(host)]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            arrays.append(torch.from_numpy(host).cuda())
+    except ImportError:
+        pass
+    for a in arrays:
+        ptr = a.data.ptr if isinstance(a, cupy.ndarray) else a.data_ptr()
+        assert m.backend.to_device(a, np.float32).data.ptr == ptr, type(a)
+        assert m.as_input(a).data.ptr == ptr, type(a)
+        np.testing.assert_array_equal(m.backend.to_host(m.reconstruct(a)), want)
+        np.testing.assert_array_equal(td.chain(m, a, 2, corruption="gaussian:0.3").samples,
+                                      td.chain(m, host, 2, corruption="gaussian:0.3").samples)

@@ -7,15 +7,21 @@ Backend, never to numpy, cupy or numba directly.
 
 Every device -> host read goes through ``Backend.to_host``, which counts it in HOST_READS:
 on a GPU each one waits for the queued work, so tests count them per training step.
+
+``get_backend("numpy")`` is the CPU with the NumPy reference kernels: the one backend that
+imports neither numba nor CuPy, for embedding a trained model where only numpy and h5py are
+installed (tests/test_embed_runtime.py).  It is not a third kind of device, so its Backend is
+named "cpu" (code that asks ``backend.name == "cpu"`` means NumPy arrays on the host, which it
+is) with kernel_set "reference".
 """
 from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
 
-from tinydae.errors import BackendUnavailable, ConfigError
+from tinydae.errors import BackendUnavailable, ConfigError, DataError
 
-BACKEND_NAMES = ("cpu", "cuda", "auto")
+BACKEND_NAMES = ("cpu", "cuda", "auto", "numpy")
 HOST_READS = {"count": 0}  # calls of Backend.to_host since import, on every backend
 KERNEL_CHOICES = ("fused", "reference")
 
@@ -28,9 +34,35 @@ class Backend:
     device: str
     kernel_set: str = "fused"  # "fused" twins, or the NumPy "reference"
 
-    def to_device(self, a, dtype=None):
-        """Host (or device) array -> backend array, C-contiguous, of `dtype` if given."""
-        return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
+    def as_array(self, a, what="the batch", keep_host=False):
+        """Any array -> a backend array with the same values, dtype and layout, without a copy
+        where it can be shared: NumPy, PyTorch, CuPy, JAX ... (``__dlpack__``), the array
+        interfaces, the buffer protocol, nested lists.
+
+        NumPy backend: as_host_array (a GPU array raises DataError).  CuPy backend: a GPU
+        array is imported by DLPack or ``__cuda_array_interface__`` (same GPU: no copy);
+        anything in host memory is copied to the device, unless keep_host (then it comes back as
+        a NumPy array, for callers that copy it to the device a batch at a time).
+        """
+        xp = self.xp
+        if xp is np:
+            return as_host_array(a, what, gpu_hint=" or use the cuda backend (--backend cuda)")
+        if isinstance(a, xp.ndarray):
+            return _numbers(a, what)
+        if _dlpack_device_type(a) in DLPACK_CUDA:
+            try:
+                return _numbers(xp.from_dlpack(a), what)
+            except (BufferError, TypeError, ValueError, RuntimeError) as e:
+                raise DataError(f"{what} cannot be shared through DLPack: {e}") from None
+        if hasattr(a, "__cuda_array_interface__"):
+            return _numbers(xp.asarray(a), what)
+        host = as_host_array(a, what)
+        return host if keep_host else xp.asarray(host)  # host memory: one copy to the device
+
+    def to_device(self, a, dtype=None, what="the batch"):
+        """Any array (see as_array) -> backend array, C-contiguous, of `dtype` if given.
+        Copies only where the dtype, the layout or the memory (host vs device) differ."""
+        return self.xp.ascontiguousarray(self.as_array(a, what), dtype=dtype)
 
     def to_host(self, a):
         """Backend array -> numpy array.  Counted in HOST_READS (a host sync on a GPU), also
@@ -65,6 +97,61 @@ class Backend:
 
     def __repr__(self):
         return f"Backend({self.name}, {self.kernel_set} kernels, {self.device})"
+
+
+# DLPack device types (dlpack.h): memory the CPU can read, and memory a CUDA GPU can read
+DLPACK_HOST = (1, 3, 11)  # kDLCPU, kDLCUDAHost (pinned), kDLROCMHost
+DLPACK_CUDA = (2, 13)     # kDLCUDA, kDLCUDAManaged
+
+
+def _dlpack_device_type(a):
+    """The DLPack device type of `a` (an int), or None when it does not speak DLPack."""
+    if not hasattr(a, "__dlpack__"):
+        return None
+    try:
+        return int(a.__dlpack_device__()[0])
+    except Exception:  # no __dlpack_device__ (pre-2022 exporters): let from_dlpack decide
+        return DLPACK_HOST[0]
+
+
+def _numbers(x, what):
+    """Refuse arrays that are not numbers (strings, objects, complex): np.asarray('abc') is a
+    0-d string array, which would otherwise fail far from the call with a cryptic message."""
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{what} must be an array of real numbers, got dtype {x.dtype}")
+    return x
+
+
+def as_host_array(a, what="the batch", dtype=None, gpu_hint=""):
+    """Any array in host memory -> a NumPy array, sharing its memory where possible.
+
+    NumPy arrays pass as they are (read-only and strided views included); objects with
+    ``__dlpack__`` (PyTorch tensors, JAX arrays ...) through np.from_dlpack, a view; the rest
+    (``__array_interface__``, ``__array__``, the buffer protocol, nested lists) through
+    np.asarray.  Then `dtype` if given (a copy only when it differs).  Arrays on a GPU, arrays
+    DLPack cannot share (a tensor that requires grad) and non-numbers raise DataError.
+    """
+    if isinstance(a, np.ndarray):
+        x = a
+    elif hasattr(a, "__dlpack__"):
+        device = _dlpack_device_type(a)
+        if device not in DLPACK_HOST:
+            raise DataError(f"{what} is in device memory (DLPack device type {device}); move it to "
+                            f"the CPU first (tensor.cpu(), cupy.asnumpy(a)){gpu_hint}")
+        try:
+            x = np.from_dlpack(a)
+        except (BufferError, TypeError, ValueError, RuntimeError) as e:
+            # e.g. torch: "Can't export tensors that require gradient, use tensor.detach()"
+            raise DataError(f"{what} cannot be shared through DLPack: {e}") from None
+    elif hasattr(a, "__cuda_array_interface__"):
+        raise DataError(f"{what} is in GPU memory; move it to the CPU first (tensor.cpu(), "
+                        f"cupy.asnumpy(a)){gpu_hint}")
+    else:
+        try:
+            x = np.asarray(a)
+        except (TypeError, ValueError, RuntimeError) as e:  # ragged lists, odd objects
+            raise DataError(f"{what} is not an array of numbers ({type(a).__name__}: {e})") from None
+    return np.asarray(_numbers(x, what), dtype=dtype)
 
 
 def cpu_name():
@@ -134,18 +221,27 @@ def _cuda(kernel_set):
     return Backend("cuda", cupy, table, f"{name} (CUDA device {device.id})", kernel_set)
 
 
-def get_backend(name="auto", kernels="fused"):
-    """'cpu' -> NumPy; 'cuda' -> CuPy + numba-cuda kernels; 'auto' -> cuda if usable, else cpu.
+def get_backend(name="auto", kernels=None):
+    """'cpu' -> NumPy; 'cuda' -> CuPy + numba-cuda kernels; 'auto' -> cuda if usable, else cpu;
+    'numpy' -> the CPU with the reference kernels only (never imports numba or CuPy).
 
     kernels: 'fused' (numba twins, the default) or 'reference' (plain NumPy, CPU only:
-    slower, for teaching and debugging).
+    slower, for teaching, debugging and the numba-free 'numpy' backend).  None picks the
+    backend's own: 'reference' for 'numpy', 'fused' for the others.  'numpy' with 'fused' is a
+    ConfigError, not a quiet switch to numba: whoever asks for 'numpy' may have no numba.
     """
     if isinstance(name, Backend):
         return name
     if name not in BACKEND_NAMES:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
-    if kernels not in KERNEL_CHOICES:
+    if kernels is not None and kernels not in KERNEL_CHOICES:
         raise ConfigError(f"unknown kernel set {kernels!r}; choose one of {', '.join(KERNEL_CHOICES)}")
+    if name == "numpy":
+        if kernels == "fused":
+            raise ConfigError("--backend numpy runs the NumPy reference kernels only; use --backend cpu "
+                              "for the fused (numba) kernels")
+        return _cpu("reference")
+    kernels = kernels or "fused"
     if name == "cuda":
         return _cuda(kernels)
     if name == "auto" and kernels == "fused":

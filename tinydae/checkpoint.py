@@ -345,5 +345,6 @@ def restore_model(ckpt, backend="cpu"):
 
 
 def load_model(path, backend="cpu"):
-    """Path -> DAE, the shortest way to use a trained model."""
+    """Path -> DAE, the shortest way to use a trained model.  backend="numpy" runs it on
+    numpy and h5py alone: nothing on that path imports numba, llvmlite, click or CuPy."""
     return restore_model(load_checkpoint(path), backend)

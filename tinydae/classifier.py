@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from tinydae.backend import get_backend
+from tinydae.backend import as_host_array, get_backend
 from tinydae.errors import CheckpointError, ConfigError, DataError
 from tinydae.layers import Linear, flat_buffers
 from tinydae.rng import STREAM_INIT, host_normal
@@ -170,9 +170,9 @@ class Classifier:
 
     def as_input(self, x):
         """Check and convert a batch: (B, D) finite values in the model's dtype."""
-        shape = getattr(x, "shape", None)
-        if shape is None or len(shape) != 2 or shape[1] != self.input_dim:
-            raise DataError(f"expected a batch of shape (B, {self.input_dim}), got {shape}")
+        x = as_host_array(x)  # any array in host memory (see tinydae.backend), a view
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise DataError(f"expected a batch of shape (B, {self.input_dim}), got {x.shape}")
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if not np.isfinite(x).all():
             raise DataError("the batch holds NaN or infinite values")
@@ -208,7 +208,7 @@ class Classifier:
 
     def accuracy(self, x, labels):
         """Fraction of rows of x: (N, D) whose predicted class equals labels: (N,)."""
-        labels = np.asarray(labels)
+        x, labels = as_host_array(x), as_host_array(labels, "labels")
         if labels.shape != (len(x),):
             raise DataError(f"{len(labels)} labels for {len(x)} rows")
         return float((self.predict(x) == labels).mean())
@@ -225,7 +225,7 @@ class Classifier:
         (same signature as DAE.loss_and_grad, so tinydae.gradcheck.check_model applies)
         """
         x = self.as_input(x)
-        labels = np.asarray(labels, np.int64)
+        labels = as_host_array(labels, "labels", np.int64)
         self.zero_grad()
         caches = []
         h = x
@@ -252,8 +252,7 @@ def _labelled(data, labels):
     if labels is None:
         raise DataError(f"{getattr(data, 'name', 'the data')} has no labels; a classifier needs one class "
                         f"per example (pass --labels with a labels file)")
-    x = np.asarray(x)
-    labels = np.asarray(labels)
+    x, labels = as_host_array(x, "the data"), as_host_array(labels, "labels")  # see tinydae.backend
     if x.ndim != 2 or len(x) < 2:
         raise DataError(f"expected at least 2 examples as rows (N, D), got shape {x.shape}")
     if labels.shape != (len(x),):

@@ -674,7 +674,8 @@ def _chain_options(default_start, default_steps, start_help, default_out):
             click.option("--out", default=f"runs/{default_out}.png", show_default=True,
                          help=f"PNG strip of {KEEP_CHAINS} chains at the kept steps."),
             click.option("--h5", default=None, help="Also write the chain to this HDF5 file."),
-            click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True),
+            click.option("--backend", type=click.Choice(["cpu", "cuda", "auto", "numpy"]), default="auto",
+                         show_default=True, help="numpy: the NumPy reference kernels, no numba."),
             click.option("--json", "as_json", is_flag=True),
         ]):
             f = opt(f)
@@ -711,7 +712,8 @@ def improve(**kw):
 @click.option("--dims", default="2,16", show_default=True, help="gmm dimensions for --theorem.")
 @click.option("--sigma", type=float, default=0.1, show_default=True, help="Corruption for --theorem.")
 @click.option("--epochs", type=int, default=10, show_default=True, help="Training epochs for --theorem.")
-@click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "auto", "numpy"]), default="auto", show_default=True,
+              help="numpy: the NumPy reference kernels, no numba.")
 @click.option("--json", "as_json", is_flag=True)
 def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theorem, dims, sigma, epochs,
              backend, as_json):

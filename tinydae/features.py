@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 
+from tinydae.backend import as_host_array
 from tinydae.errors import ConfigError, DataError
 from tinydae.metrics import _covered, _rows, knn_radii, sq_distances
 
@@ -120,7 +121,8 @@ def kid(a, b, subset_size=1000, subsets=10, seed=0):
     a: (N, F), b: (M, F) -> {'kid': mean, 'std': over subsets (0 for one subset), 'subset_size', 'subsets'}
     When subset_size >= both set sizes there is one subset: everything.
     """
-    a, b = _features(a, "first feature set"), _features(b, "second feature set", a.shape[1])
+    a = _features(a, "first feature set")  # first: b's check reads a's width from the array
+    b = _features(b, "second feature set", a.shape[1])
     if subset_size < 2 or subsets < 1:
         raise ConfigError(f"KID needs subset_size >= 2 and subsets >= 1, got {subset_size}, {subsets}")
     s = min(subset_size, len(a), len(b))
@@ -212,6 +214,7 @@ def one_nn_accuracy(a, b):
 
 def nearest_distances(x, ref):
     """Distance from each row of x: (N, F) to its nearest row of ref: (M, F) -> (N,)"""
+    x, ref = as_host_array(x, "rows"), as_host_array(ref, "reference rows")  # see tinydae.backend
     out = np.empty(len(x))
     for start in range(0, len(x), BATCH):
         out[start:start + BATCH] = np.sqrt(sq_distances(x[start:start + BATCH], ref).min(1))
@@ -243,7 +246,8 @@ def box_blur(x, image_shape, size=3):
     """Mean over a size x size window, edges replicated.  x: (N, H*W) -> (N, H*W) float32"""
     H, W = image_shape
     p = size // 2
-    img = np.pad(np.asarray(x, np.float32).reshape(-1, H, W), ((0, 0), (p, p), (p, p)), mode="edge")
+    x = as_host_array(x, "the images", np.float32)  # any array in host memory, see tinydae.backend
+    img = np.pad(x.reshape(-1, H, W), ((0, 0), (p, p), (p, p)), mode="edge")
     out = np.zeros((len(x), H, W), np.float32)
     for dy in range(size):
         for dx in range(size):
@@ -277,7 +281,7 @@ def check_feature_map(feature_map, x, labels=None, image_shape=None, seed=0):
     -> {'ok', 'problems': [str], 'accuracy', 'chance', 'recorded_accuracy', 'inception_score',
         'class_entropy', 'fid_floor', 'fid_blurred'}
     """
-    x = np.asarray(x)
+    x = as_host_array(x, "the real rows")  # any array in host memory, see tinydae.backend
     if x.ndim != 2 or len(x) < 20:
         raise DataError(f"checking a feature map needs at least 20 real rows (N, D), got shape {x.shape}")
     problems = []
@@ -285,7 +289,7 @@ def check_feature_map(feature_map, x, labels=None, image_shape=None, seed=0):
     C = probs.shape[1]
     out = dict(accuracy=None, chance=None, recorded_accuracy=None, fid_floor=None, fid_blurred=None)
     if labels is not None:
-        labels = np.asarray(labels)
+        labels = as_host_array(labels, "labels")
         if labels.shape != (len(x),) or labels.dtype.kind not in "ui" or labels.min() < 0:
             raise DataError(f"labels must be {len(x)} non-negative integers, one per row, got "
                             f"{labels.dtype} of shape {labels.shape}")
@@ -371,7 +375,7 @@ def feature_report(samples, real, holdout, feature_map, train=None, seed=0, hold
     named = samples if isinstance(samples, dict) else {"samples": samples}
     sets = {}
     for name, rows in (*named.items(), ("real", real), ("holdout", holdout)):
-        rows = np.asarray(rows)
+        rows = as_host_array(rows, name)  # any array in host memory, see tinydae.backend
         if rows.ndim != 2 or rows.shape[1] != feature_map.input_dim:
             raise DataError(f"{name} must be rows (N, {feature_map.input_dim}) for this feature map, "
                             f"got shape {rows.shape}")

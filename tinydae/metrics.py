@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from tinydae.backend import as_host_array
 from tinydae.errors import ConfigError, DataError
 
 
@@ -28,15 +29,15 @@ def logsumexp(a, axis):
 
 def sq_distances(a, b):
     """||a_i - b_j||^2 for a: (n, D), b: (m, D) -> (n, m) float64 (never negative)."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
+    a = as_host_array(a, "the first rows", np.float64)
+    b = as_host_array(b, "the second rows", np.float64)
     d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
     return np.maximum(d, 0.0)
 
 
 def _rows(x, name, dim=None, min_rows=1):
     """Check a set of rows: (N, D) finite, N >= min_rows -> float64."""
-    x = np.asarray(x, np.float64)
+    x = as_host_array(x, name, np.float64)  # any array in host memory, see tinydae.backend
     if x.ndim != 2 or x.shape[0] < min_rows:
         need = "non-empty" if min_rows == 1 else f"N >= {min_rows}"
         raise DataError(f"{name} must be an (N, D) array with {need} rows, got shape {x.shape}")

@@ -145,10 +145,12 @@ class DAE:
     # -- forward -----------------------------------------------------------------------
 
     def as_input(self, x):
-        """Check and convert a batch: (B, D) in the model's dtype on the model's device."""
-        shape = getattr(x, "shape", None)
-        if shape is None or len(shape) != 2 or shape[1] != self.input_dim:
-            raise DataError(f"expected a batch of shape (B, {self.input_dim}), got {shape}")
+        """Check and convert a batch: (B, D) in the model's dtype on the model's device.
+        x: any array (NumPy, PyTorch, CuPy ..., see Backend.as_array), shared without a copy
+        when it already has the model's dtype, device and a C-contiguous layout."""
+        x = self.backend.as_array(x)  # a view: the shape is checked before any dtype copy
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise DataError(f"expected a batch of shape (B, {self.input_dim}), got {x.shape}")
         return self.backend.to_device(x, dtype=self.dtype)
 
     def _forward(self, x, layers):
@@ -221,6 +223,7 @@ class DAE:
            ``self.grads`` holds d(loss)/d(params) on return.
         One host read (on a GPU, a wait for the whole pass); fit() uses loss_sum_and_grad.
         """
+        target = self.as_input(target)  # for B below; converting twice copies nothing
         total = self.backend.xp.empty(1, np.float64)
         self.loss_sum_and_grad(x_in, target, total)
         return float(self.backend.to_host(total)[0]) / target.shape[0]  # checked: (B, D)

@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinydae.kernels.reference import TWO_M24, philox_normal, philox_uniform
+from tinydae.backend import as_host_array
 from tinydae.corruption import Corruption, gaussian
 from tinydae.errors import ConfigError, DataError
 from tinydae.rng import STREAM_CHAIN, STREAM_GSN, STREAM_LANGEVIN, STREAM_START
@@ -102,8 +103,9 @@ class ChainResult:
         atomic_write(path, write)
 
 
-def _check_states(x, dim, what):
-    x = np.asarray(x)
+def _check_states(x, dim, what, backend=None):
+    # any array (Backend.as_array); host arrays stay on the host, chain() copies a batch at a time
+    x = backend.as_array(x, what, keep_host=True) if backend is not None else as_host_array(x, what)
     if x.ndim != 2 or x.shape[1] != dim or x.shape[0] == 0:
         raise DataError(f"{what} must have shape (N, {dim}), got {x.shape}")
     if not np.isfinite(x).all():
@@ -199,7 +201,7 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
     keep_steps: the steps to keep (0 and `steps` always are), instead of every keep_every-th
     -> ChainResult
     """
-    x0 = _check_states(x0, model.input_dim, "chain starting points")
+    x0 = _check_states(x0, model.input_dim, "chain starting points", model.backend)
     if not isinstance(steps, int) or steps < 0:
         raise ConfigError(f"steps must be an integer >= 0, got {steps!r}")
     if keep_every < 1 or keep_chains < 0 or batch_size < 1:
@@ -403,7 +405,7 @@ class PCABaseline:
         self.components = components
 
     def fit(self, data, max_rows=5000):
-        x = np.asarray(data, np.float64)[:max_rows]
+        x = as_host_array(data, "baseline training data", np.float64)[:max_rows]
         self.mean = x.mean(0)
         _, s, vt = np.linalg.svd(x - self.mean, full_matrices=False)
         k = min(self.components, len(s))
@@ -423,7 +425,7 @@ class PixelBernoulliBaseline:
     name = "pixels"
 
     def fit(self, data):
-        self.p = np.asarray(data, np.float64).mean(0)
+        self.p = as_host_array(data, "baseline training data", np.float64).mean(0)
         return self
 
     def sample(self, n, seed=0):

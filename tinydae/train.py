@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tinydae.backend import as_host_array
 from tinydae.checkpoint import save_checkpoint
 from tinydae.corruption import Corruption
 from tinydae.data import Dataset
@@ -58,9 +59,11 @@ class TrainState:
         return cls(**{k: ckpt.state[k] for k in keys if k in ckpt.state}, history=list(ckpt.history))
 
 
-def _rows(data, name):
+def _rows(data, name, backend=None):
     x = data.x if isinstance(data, Dataset) else data
-    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[0] == 0:
+    # any array (Backend.as_array): a GPU array stays on the GPU (cuda backend), the rest on the host
+    x = backend.as_array(x, f"{name} data", keep_host=True) if backend else as_host_array(x, f"{name} data")
+    if x.ndim != 2 or x.shape[0] == 0:
         raise DataError(f"{name} data must be a non-empty (N, D) array or Dataset, got "
                         f"{getattr(x, 'shape', type(x).__name__)}")
     return x
@@ -105,7 +108,7 @@ def evaluate_reconstruction(model, data, corruption, seed, batch_size=1000):
     element offset of each batch, so it is the same every epoch and for any batch size.
     data: (N, D) -> {'val_bce_denoise': float, 'val_bce_clean': float}
     """
-    x_all = _rows(data, "validation")
+    x_all = _rows(data, "validation", model.backend)
     backend, D = model.backend, x_all.shape[1]
     total_denoise = total_clean = 0.0
     for start in range(0, len(x_all), batch_size):
@@ -164,8 +167,8 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
        epoch, step, train_loss, val_bce_denoise, val_bce_clean (nats per example),
        examples_per_s, wall_s
     """
-    x_train = _rows(train, "training")
-    x_val = _rows(val, "validation") if val is not None else None
+    x_train = _rows(train, "training", model.backend)
+    x_val = _rows(val, "validation", model.backend) if val is not None else None
     for name, x in (("training", x_train), ("validation", x_val)):
         if x is not None and x.shape[1] != model.input_dim:
             raise DataError(f"{name} rows have {x.shape[1]} values; the model expects {model.input_dim}")
