@@ -148,3 +148,27 @@ def test_backward_overwrites_stale_gradients(tied, hidden):
     # and a second step on the same model gives the same gradient again (nothing accumulates)
     stale.loss_and_grad(x, x)
     np.testing.assert_array_equal(stale.grads, fresh.grads)
+
+
+def test_params_given_are_used_and_nothing_is_drawn(monkeypatch, tmp_path):
+    """DAE(params=...) starts from the given values without drawing initial weights, and
+    restoring a checkpoint goes that way (no second copy of the weights at load, issue 13)."""
+    from tinydae import load_model, save_checkpoint
+
+    src = DAE(12, hidden=(5,), tied=True, seed=3)
+    src.params[...] = np.random.default_rng(1).standard_normal(src.num_params)
+    path = tmp_path / "m.h5"
+    save_checkpoint(path, src)
+
+    def no_draw(self):
+        raise AssertionError("init_params ran although params were given")
+
+    monkeypatch.setattr(DAE, "init_params", no_draw)
+    copy = DAE(12, hidden=(5,), tied=True, seed=3, params=src.params.astype(np.float64))
+    np.testing.assert_array_equal(copy.params, src.params)  # float64 given, cast to float32
+    loaded = load_model(path, backend="numpy")
+    np.testing.assert_array_equal(loaded.params, src.params)
+    x = np.random.default_rng(2).random((3, 12), dtype=np.float32)
+    np.testing.assert_array_equal(loaded.reconstruct(x), src.reconstruct(x))
+    with pytest.raises(ConfigError, match=r"params must have shape \(77,\)"):
+        DAE(12, hidden=(5,), tied=True, params=np.ones(76))

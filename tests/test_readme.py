@@ -56,6 +56,16 @@ RULES = [
     (r"^python cli\.py classifier train", "run", " --epochs 1 --limit 1500"),
     (r"^python cli\.py classifier evaluate", "run", ""),
     (r"^python cli\.py evaluate --theorem", "run", " --epochs 1"),
+    (r'^python -m pip install -e "\.\[onnx\]"$', "skip",
+     "installs the onnx extra, which the test extra includes: CI has installed it"),
+    (r'^python -m pip install numpy h5py && python -m pip install --no-deps \.$', "skip",
+     "installs into the running environment; tests/test_embed_runtime.py::"
+     "test_no_deps_install_runs_on_numpy_and_h5py_alone installs the same way beside numpy and h5py alone"),
+    (r"^python bench/bench_embed\.py", "run", " --repeats 1 --quick"),
+    (r"^python cli\.py export", "run", ""),
+    (r"^(cc |runs/dae )", "skip", "needs a C compiler and examples/ (not linked into the README's working "
+     "folder); tests/test_export.py builds examples/embed/dae.c and checks its output against "
+     "model.reconstruct"),
     (r"^python cli\.py (sample|improve|evaluate|info|gradcheck|--help)\b", "run", ""),
     (r"^python bench/report\.py", "run", ""),
 ]

@@ -338,8 +338,7 @@ def restore_model(ckpt, backend="cpu"):
     """Checkpoint -> DAE with the saved parameters (on the given backend)."""
     from tinydae.model import DAE
 
-    model = DAE(**ckpt.model_config, backend=backend)
-    model.params[...] = model.backend.to_device(ckpt.params, dtype=model.dtype)
+    model = DAE(**ckpt.model_config, backend=backend, params=ckpt.params)
     model.corruption = ckpt.train_config.get("corruption")
     return model
 

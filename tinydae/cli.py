@@ -498,6 +498,32 @@ def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, as_js
         sys.exit(1)
 
 
+@cli.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|npz",
+              help="onnx: a graph for ONNX Runtime and friends; npz: plain weight arrays and a JSON "
+                   "description (examples/embed/dae.c runs it in a page of C).")
+@click.option("--out", required=True, help="The file to write.")
+@click.option("--what", default=None, metavar="reconstruct|encode|logits",
+              help="ONNX only: the graph's output, r(x), the code or the logits [default: reconstruct].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def export_command(checkpoint, fmt, out, what, overwrite):
+    """Export CHECKPOINT's DAE for use without tinydae: ONNX, or an npz of plain arrays.
+
+    The formats are described in tinydae/export.py; the batch size of the ONNX graph is free.
+    """
+    from tinydae import export, safety
+
+    what = export.check_options(fmt, what)  # every check before loading the checkpoint
+    safety.check_output_file(out, "--out")
+    if os.path.exists(out) and not overwrite:
+        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it, or choose another --out")
+    model = tinydae.restore_model(_load_checkpoint(checkpoint), backend="cpu")
+    export.export(model, out, fmt, what)
+    shown = f"{what}(x) as ONNX" if fmt == "onnx" else "weights and description as npz"
+    click.echo(f"exported {model!r} {shown}: {out} ({os.path.getsize(out):,} bytes)")
+
+
 # ----------------------------------------------------------------------------------------
 # The paper's science: sample, improve, evaluate, reproduce
 # ----------------------------------------------------------------------------------------

@@ -75,7 +75,10 @@ class DAE:
     """
 
     def __init__(self, input_dim, hidden=(1000,), activation="relu", tied=False, loss="bce",
-                 dtype="float32", seed=0, backend="cpu"):
+                 dtype="float32", seed=0, backend="cpu", params=None):
+        """params: (num_params,) values to start from (a checkpoint's); None draws them
+        (init_params).  Given, no initial weights are drawn: restoring a model then needs no
+        second copy of them (the NumPy runtime's peak memory, issue 13)."""
         self.config = check_config(input_dim, hidden, activation, tied, loss, dtype, seed)
         self.backend = get_backend(backend)
         self.dtype = np.dtype(self.config["dtype"])
@@ -86,7 +89,14 @@ class DAE:
         self._bias_grads = [g for name, g in self.named_grads.items() if name.endswith(".b")]
         self.layers = self._build_layers()
         self.corruption = None  # the training corruption, once fit() or a checkpoint sets it
-        self.init_params()
+        if params is None:
+            self.init_params()
+        else:
+            params = self.backend.as_array(params, "params")
+            if params.shape != self.params.shape:
+                raise ConfigError(f"params must have shape {self.params.shape} for this configuration, "
+                                  f"got {params.shape}")
+            self.params[...] = params  # cast to the model's dtype in place
 
     # -- structure ---------------------------------------------------------------------
 

@@ -1,0 +1,266 @@
+"""Export a trained DAE for use outside tinydae: an ONNX graph, or plain arrays in an .npz.
+
+Legend: B batch, D input width (pixels), H_k hidden widths, k = len(hidden).
+
+The network (tinydae/model.py), as 2k layers in forward order, n = 0 .. 2k-1:
+
+    h_0 = x                                   (B, D)
+    h_(n+1) = act_n(h_n @ W_n + b_n)          W_n: (fan_in, fan_out), b_n: (fan_out,)
+    encode(x)      = h_k                      (after the last hidden activation)
+    logits(x)      = h_2k                     (act_(2k-1) is identity)
+    reconstruct(x) = sigmoid(logits(x))
+
+act_n is the model's hidden activation for n < 2k-1:
+    relu        max(z, 0)
+    leaky_relu  z if z > 0 else leaky_slope * z          (leaky_slope = 0.01)
+    tanh        tanh(z)
+    sigmoid     1 / (1 + exp(-z))
+    softplus    max(z, 0) + log1p(exp(-|z|))             (= log(1 + exp(z)), without overflow)
+    identity    z
+With tied weights the decoder's layer k+j uses the transpose of the encoder's layer k-1-j
+weight: W_(k+j) = W_(k-1-j)^T.  Both formats keep that one copy, as the model does.
+
+ONNX (export_onnx)
+------------------
+One input "x": (batch, D) and one output, "reconstruction" (batch, D), "code" (batch, H_k) or
+"logits" (batch, D) for what = reconstruct, encode, logits.  The batch size is symbolic, so one
+file serves any batch.  Weights are initializers named as in the checkpoint (enc0.W, dec0.b, ...)
+in the model's dtype, float32 or float64 (tensor(float) or tensor(double) throughout).  Each
+layer is one Gemm (h @ W + b); a tied decoder layer is Gemm(h, enc{k-1-j}.W, b, transB=1), which
+reads the shared initializer transposed: no Transpose node at run time and no second copy in
+the file.  Activations: Relu, Tanh, Sigmoid; leaky_relu is PRelu with a (1,) slope initializer
+in the model's dtype (LeakyRelu's alpha is a 32-bit float attribute: a float64 model would get
+0.0099999998); softplus is Softplus for float32 and, for float64 (which ONNX Runtime does not
+implement), the composition Max(z, 0) + Log(1 + Exp(-Abs(z))).  The model's metadata_props hold
+tinydae_version, what and the model config (JSON).
+
+npz (export_npz)
+----------------
+An uncompressed .npz (np.savez: every member a STORED, i.e. not compressed, zip entry holding a
+.npy file) with:
+
+    "model.json"      (L,) uint8: the description below, UTF-8 JSON text
+    "enc{i}.W"        (fan_in, fan_out) C-order, float32 or float64 (little-endian: '<f4', '<f8')
+    "enc{i}.b"        (fan_out,)
+    "dec{j}.W"        (fan_in, fan_out), only when the weights are not tied
+    "dec{j}.b"        (fan_out,)
+
+Python: ``z = np.load(path); desc = json.loads(z["model.json"].tobytes())``.  The description:
+
+    {"format": "tinydae-npz", "format_version": 1, "tinydae_version": "0.1.0",
+     "dtype": "float32", "input_dim": 784, "hidden": [32], "activation": "relu",
+     "tied": false, "leaky_slope": 0.01, "output": "sigmoid", "encoder_layers": 1,
+     "model_config": {...the checkpoint's model config...},
+     "layers": [
+      {"W": "enc0.W", "transposed": false, "b": "enc0.b", "fan_in": 784, "fan_out": 32, "activation": "relu"},
+      {"W": "dec0.W", "transposed": false, "b": "dec0.b", "fan_in": 32, "fan_out": 784, "activation": "identity"}]}
+
+"layers" lists the 2k layers in forward order: h = activation(h @ W + b), where W is the array
+named "W", used as stored (fan_in, fan_out) when "transposed" is false, and as the transpose of
+the stored (fan_out, fan_in) array when true (a tied decoder layer names its encoder's W): element
+(i, o) of the layer's weight is W[i * fan_out + o] when not transposed, W[o * fan_in + i] when
+transposed.  The first "encoder_layers" layers give encode(x); after the last layer apply "output"
+(sigmoid) to get reconstruct(x).  "layers" is the last key, and each layer's keys come in the
+order shown, so a reader without a JSON parser may scan for them in order (examples/embed/dae.c
+does, in a page of C that also finds the .npy members by walking the zip's local headers).
+A reader should refuse a format_version it does not know.
+
+Both writes are atomic (checkpoint.atomic_write): a killed export leaves no partial file.
+"""
+import json
+
+import numpy as np
+
+from tinydae.checkpoint import atomic_write
+from tinydae.errors import ConfigError
+from tinydae.kernels.reference import LEAKY_SLOPE
+
+FORMATS = ("onnx", "npz")
+WHATS = ("reconstruct", "encode", "logits")
+ONNX_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}  # the others: see onnx_graph
+OUTPUT_NAMES = {"reconstruct": "reconstruction", "encode": "code", "logits": "logits"}
+NPZ_FORMAT, NPZ_FORMAT_VERSION = "tinydae-npz", 1
+DESCRIPTION = "model.json"  # the npz member that holds the JSON description
+DEFAULT_OPSET = 17  # old enough for every current runtime; every op used here is older still
+MIN_OPSET = 13
+PROTOBUF_LIMIT = 2**31 - 2**24  # an ONNX file is one protobuf message: < 2 GiB, with room for the graph
+INSTALL_ONNX = 'pip install -e ".[onnx]"'
+
+
+def check_options(fmt, what=None):
+    """Validate an export request before any work.  -> what, defaulted for ONNX.
+
+    fmt: "onnx" or "npz"; what: reconstruct | encode | logits, or None (reconstruct).  An npz
+    holds the whole model, so it takes no `what`; ONNX needs the onnx package.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if what is not None and what not in WHATS:
+        raise ConfigError(f"unknown --what {what!r}; choose one of {', '.join(WHATS)}")
+    if fmt == "npz":
+        if what not in (None, "reconstruct"):
+            raise ConfigError(f"--what {what} is for --format onnx; an npz holds the whole model, and its "
+                              f"description's encoder_layers says which layers encode")
+        return what
+    require_onnx()
+    return what or "reconstruct"
+
+
+def layer_table(model):
+    """The model's 2k layers in forward order, as [dict(W, transposed, b, fan_in, fan_out,
+    activation)], W and b naming parameters of model.named_params (see DAE._build_layers)."""
+    k, tied = len(model.config["hidden"]), model.config["tied"]
+    names = [(f"enc{i}.W", False, f"enc{i}.b") for i in range(k)]
+    names += [(f"enc{k - 1 - j}.W", True, f"dec{j}.b") if tied else (f"dec{j}.W", False, f"dec{j}.b")
+              for j in range(k)]
+    table = []
+    for (W, transposed, b), layer in zip(names, model.layers):
+        fan_in, fan_out = layer.W.shape  # the layer's effective weight, a transpose view if tied
+        table.append(dict(W=W, transposed=transposed, b=b, fan_in=int(fan_in), fan_out=int(fan_out),
+                          activation=layer.activation))
+    return table
+
+
+def _host_params(model):
+    """{name: C-contiguous host copy} of every parameter, in buffer order."""
+    return {name: np.ascontiguousarray(model.backend.to_host(model.named_params[name]))
+            for name, _ in model.layout}
+
+
+def _metadata(model):
+    from tinydae import __version__
+
+    return dict(tinydae_version=__version__, model_config=model.config)
+
+
+# ----------------------------------------------------------------------------------------
+# ONNX
+# ----------------------------------------------------------------------------------------
+
+
+def require_onnx():
+    """-> (onnx, onnx.helper, onnx.numpy_helper), or a ConfigError saying how to install them."""
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError as e:
+        raise ConfigError(f"ONNX export needs the onnx package ({e}): {INSTALL_ONNX}") from None
+    return onnx, helper, numpy_helper
+
+
+def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
+    """-> the checked onnx.ModelProto computing model.<what>(x) for x: (batch, D)."""
+    what = check_options("onnx", what)
+    onnx, helper, numpy_helper = require_onnx()
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, (int, np.integer)) or not MIN_OPSET <= opset <= newest:
+        raise ConfigError(f"opset must be an integer from {MIN_OPSET} to {newest} (this onnx package's "
+                          f"newest), got {opset!r}")
+    params = _host_params(model)
+    if sum(a.nbytes for a in params.values()) > PROTOBUF_LIMIT:
+        raise ConfigError("the model's weights exceed ONNX's 2 GiB file limit; export --format npz instead")
+    elem = helper.np_dtype_to_tensor_dtype(model.dtype)
+    table = layer_table(model)
+    k = len(model.config["hidden"])
+    layers = table[:k] if what == "encode" else table
+    inits = {}  # name -> TensorProto, each parameter once (a tied W serves two layers)
+    nodes = []
+
+    def node(op, inputs, **attrs):
+        out = f"t{len(nodes)}"
+        nodes.append(helper.make_node(op, inputs, [out], name=f"{op.lower()}{len(nodes)}", **attrs))
+        return out
+
+    def const(name, value):
+        if name not in inits:
+            inits[name] = numpy_helper.from_array(np.asarray(value, model.dtype), name)
+        return name
+
+    h = "x"
+    for layer in layers:
+        for name in (layer["W"], layer["b"]):
+            const(name, params[name])
+        # Gemm: h @ W + b, or h @ W^T + b (transB) for a tied decoder reading its encoder's W
+        h = node("Gemm", [h, layer["W"], layer["b"]], transB=int(layer["transposed"]))
+        act = layer["activation"]
+        if act in ONNX_OPS:
+            h = node(ONNX_OPS[act], [h])
+        elif act == "leaky_relu":
+            h = node("PRelu", [h, const("leaky_slope", [LEAKY_SLOPE])])
+        elif act == "softplus" and model.dtype == np.float32:
+            h = node("Softplus", [h])
+        elif act == "softplus":  # max(z, 0) + log(1 + exp(-|z|)), as tinydae computes it
+            tail = node("Log", [node("Add", [const("one", 1), node("Exp", [node("Neg", [node("Abs", [h])])])])])
+            h = node("Add", [node("Max", [h, const("zero", 0)]), tail])
+        elif act != "identity":
+            raise ConfigError(f"no ONNX mapping for activation {act!r}")
+    if what == "reconstruct":
+        h = node("Sigmoid", [h])
+    output = OUTPUT_NAMES[what]
+    nodes[-1].output[0] = output  # the last node writes the graph's output
+    width = layers[-1]["fan_out"]
+    graph = helper.make_graph(
+        nodes, f"tinydae_{what}",
+        [helper.make_tensor_value_info("x", elem, ["batch", model.input_dim])],
+        [helper.make_tensor_value_info(output, elem, ["batch", width])],
+        list(inits.values()))
+    meta = _metadata(model)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(opset))],
+                              producer_name="tinydae", producer_version=meta["tinydae_version"],
+                              doc_string=f"{model!r}: {what}(x), x (batch, {model.input_dim}) in [0, 1]")
+    # The oldest IR version that can hold this opset, so older runtimes load the file too.
+    proto.ir_version = helper.find_min_ir_version_for(list(proto.opset_import))
+    helper.set_model_props(proto, dict(tinydae_version=meta["tinydae_version"], what=what,
+                                       model_config=json.dumps(meta["model_config"])))
+    onnx.checker.check_model(proto, full_check=True)  # full_check: also infers and checks every shape
+    return proto
+
+
+def export_onnx(model, path, what="reconstruct", opset=DEFAULT_OPSET):
+    """Write model.<what> as an ONNX file (see the module docstring), atomically.  -> path"""
+    proto = onnx_graph(model, what, opset)
+    data = proto.SerializeToString()
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
+    return path
+
+
+# ----------------------------------------------------------------------------------------
+# npz
+# ----------------------------------------------------------------------------------------
+
+
+def npz_description(model):
+    """The JSON-able description stored in the npz (see the module docstring)."""
+    meta = _metadata(model)
+    c = model.config
+    return dict(format=NPZ_FORMAT, format_version=NPZ_FORMAT_VERSION, tinydae_version=meta["tinydae_version"],
+                dtype=c["dtype"], input_dim=c["input_dim"], hidden=list(c["hidden"]), activation=c["activation"],
+                tied=c["tied"], leaky_slope=LEAKY_SLOPE, output="sigmoid", encoder_layers=len(c["hidden"]),
+                model_config=meta["model_config"], layers=layer_table(model))  # layers last: see above
+
+
+def export_npz(model, path):
+    """Write the model's weights and description as an uncompressed .npz, atomically.  -> path"""
+    desc = json.dumps(npz_description(model))
+    arrays = {DESCRIPTION: np.frombuffer(desc.encode(), np.uint8)}
+    arrays.update((name, a.astype(a.dtype.newbyteorder("<"), copy=False)) for name, a in _host_params(model).items())
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+    return path
+
+
+def export(model, path, fmt="onnx", what=None, opset=DEFAULT_OPSET):
+    """export_onnx or export_npz by name; `what` is for ONNX only (see check_options).  -> path"""
+    what = check_options(fmt, what)
+    if fmt == "npz":
+        return export_npz(model, path)
+    return export_onnx(model, path, what, opset)
