@@ -153,6 +153,16 @@ def test_no_deps_install_runs_on_numpy_and_h5py_alone(tmp_path):
     want = td.load_model(ckpt, backend="numpy").reconstruct(
         np.random.default_rng(0).random((5, 36), dtype=np.float32))
     np.testing.assert_array_equal(got["reconstruct"], want)
+    # the mistakes a user makes there: the default backend (cpu: fused, numba) and "auto" say
+    # what is missing and what to use instead, as BackendUnavailable (the CLI's error: line)
+    mistakes = ("import json, sys, tinydae\nout = []\nfor b in ('cpu', 'auto'):\n"
+                "    try:\n        tinydae.load_model(sys.argv[1], backend=b)\n"
+                "    except tinydae.BackendUnavailable as e:\n        out.append(str(e))\n"
+                "print(json.dumps(out))\n")
+    messages = _run([sys.executable, "-S", "-c", probe + mistakes, str(ckpt)], tmp_path, env)
+    assert len(messages) == 2, messages
+    for message in messages:
+        assert "numba" in message and 'backend="numpy"' in message, message
 
 
 def test_bench_embed_smoke(tmp_path):

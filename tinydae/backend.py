@@ -174,7 +174,15 @@ def _cpu(kernel_set):
     if kernel_set == "reference":
         import tinydae.kernels.reference as table
     else:
-        import tinydae.kernels.cpu as table
+        try:
+            import tinydae.kernels.cpu as table
+        except ImportError as e:  # an embedding install (pip install --no-deps) has no numba
+            if (e.name or "").split(".")[0] not in ("numba", "llvmlite"):
+                raise
+            raise BackendUnavailable(
+                f"the fused CPU kernels need numba, which cannot be imported ({e}): use "
+                f"backend=\"numpy\" (--backend numpy) to run on NumPy alone, or install numba "
+                f"(pip install numba) to train and use the fused kernels") from None
     return Backend("cpu", np, table, f"{cpu_name()}, {os.cpu_count()} cores", kernel_set)
 
 
