@@ -308,3 +308,14 @@ def test_cli_user_errors_are_one_line(trained, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     assert_user_error(invoke("export", trained, "--out", out), 'pip install -e ".[onnx]"')
     assert not out.exists()
+
+
+def test_readme_shows_the_c_page_as_it_is():
+    """The README shows the C page (issue 13); the copy there must be the file the tests build."""
+    import re
+
+    with open(os.path.join(REPO, "README.md")) as f:
+        blocks = re.findall(r"^```c\n(.*?)^```", f.read(), flags=re.S | re.M)
+    assert len(blocks) == 1, f"expected one ```c block in README.md, found {len(blocks)}"
+    with open(C_PAGE) as f:
+        assert blocks[0] == f.read()
