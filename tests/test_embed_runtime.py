@@ -128,13 +128,16 @@ def test_no_deps_install_runs_on_numpy_and_h5py_alone(tmp_path):
     numba, off sys.path); it must be unable to import numba and still run every call."""
     ckpt = _checkpoint(tmp_path / "m.h5")
     # Built from a copy (as tests/test_packaging.py does): setuptools writes build/ and
-    # *.egg-info into the source folder.  No build isolation: it would download setuptools.
+    # *.egg-info into the source folder.  With build isolation, as the README's command: an
+    # environment's own setuptools may be too old for pyproject.toml (a fresh 3.11 venv's is).
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         ".git", "runs", "build", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache", "results"))
     target = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                         "--target", str(target), str(src)], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0 and ("No matching distribution" in r.stderr or "connection" in r.stderr.lower()):
+        pytest.skip(f"cannot fetch the build backend offline here: {r.stderr.strip().splitlines()[-1]}")
     assert r.returncode == 0, r.stderr
     deps = tmp_path / "deps"  # numpy and h5py, linked from this environment (h5py needs only numpy)
     deps.mkdir()
