@@ -10,7 +10,8 @@ What a user embedding a trained DAE pays, each figure from fresh processes (no w
   env MiB           the installed files (importlib.metadata RECORDs) of each runtime's
                     dependency closure, from the `requires` metadata; tinydae itself counted
                     as its unpacked wheel
-Model: 784-1000-784 relu, float32 (an MNIST-sized DAE), random weights.  The fused backend is
+Model: 784-1000-784 relu, float32 (an MNIST-sized DAE), random weights, saved with Adam's
+state as `train` saves it (load_model does not read that state).  The fused backend is
 timed with numba's cache warm (the normal case after the first run) and, unless --quick, cold
 (a fresh NUMBA_CACHE_DIR: the first run after an install).  Runs are interleaved, one of each
 runtime per round; figures are medians with [min-max] over --repeats rounds.  Timings need a
@@ -106,7 +107,12 @@ def make_models(folder, with_torch):
 
     model = tinydae.DAE(INPUT_DIM, hidden=(HIDDEN,), activation="relu", seed=0, backend="numpy")
     ckpt = os.path.join(folder, "dae.h5")
-    tinydae.save_checkpoint(ckpt, model, train_config={"corruption": "gaussian:0.3"})
+    # with Adam's state, as `python cli.py train` writes it (load_model leaves it unread)
+    opt = tinydae.Adam(model)
+    x = np.random.default_rng(0).random((8, INPUT_DIM), dtype=np.float32)
+    model.loss_and_grad(x, x)
+    opt.step()
+    tinydae.save_checkpoint(ckpt, model, optimizer=opt, train_config={"corruption": "gaussian:0.3"})
     if not with_torch:
         return ckpt, None
     import torch

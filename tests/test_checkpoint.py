@@ -117,3 +117,27 @@ def test_kill_during_save_leaves_a_valid_checkpoint(tmp_path):
             proc.send_signal(signal.SIGKILL)
         ck = load_checkpoint(path)  # never a half-written file
         assert (ck.params == ck.state["step"]).all()
+
+
+def test_load_model_leaves_the_optimizer_state_unread(tmp_path):
+    """load_model reads the parameters only: Adam's m and v (twice the parameters) are neither
+    read nor needed, so even a damaged optimizer buffer does not stop inference; a full
+    load_checkpoint still reads and verifies them."""
+    import h5py
+    import numpy as np
+
+    from tinydae import DAE, Adam, CheckpointError, load_checkpoint, load_model, save_checkpoint
+
+    model = DAE(12, hidden=(5,), seed=1)
+    opt = Adam(model)
+    x = np.random.default_rng(0).random((4, 12), dtype=np.float32)
+    model.loss_and_grad(x, x)
+    opt.step()
+    path = tmp_path / "m.h5"
+    save_checkpoint(path, model, optimizer=opt)
+    assert load_checkpoint(path, optimizer=False).optimizer is None
+    with h5py.File(path, "r+") as f:  # damage the optimizer's m (its checksum now fails)
+        f["optimizer"]["m"][0] += 1.0
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(path)
+    np.testing.assert_array_equal(load_model(path).reconstruct(x), model.reconstruct(x))

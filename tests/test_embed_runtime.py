@@ -69,7 +69,8 @@ def _fused_outputs(ckpt):
     return out
 
 
-@pytest.mark.parametrize("activation,tied", [("relu", False), ("sigmoid", True)])
+@pytest.mark.parametrize("activation,tied", [("relu", False), ("sigmoid", True), ("tanh", False),
+                                             ("leaky_relu", True), ("softplus", False)])
 def test_numpy_backend_imports_no_numba_and_matches_the_fused_cpu(tmp_path, activation, tied):
     ckpt = _checkpoint(tmp_path / "m.h5", activation=activation, tied=tied)
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
@@ -80,9 +81,14 @@ def test_numpy_backend_imports_no_numba_and_matches_the_fused_cpu(tmp_path, acti
     want = _fused_outputs(ckpt)
     assert set(got.files) == set(want)
     # The fused twins run the reference's arithmetic (same GEMMs, same Philox draws, same
-    # Box-Muller; sigmoid through the same NumPy exp), so one forward pass is bit-identical.
+    # Box-Muller; sigmoid through the same NumPy exp), so a relu or sigmoid forward pass is
+    # bit-identical; for tanh, leaky_relu and softplus layers numba's compiled scalar code and
+    # NumPy's code may round differently: the last bit may differ (the README says so).
     for name in ("reconstruct", "encode", "logits"):
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        if activation in ("relu", "sigmoid"):
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        else:
+            np.testing.assert_allclose(got[name], want[name], rtol=2e-6, atol=1e-6, err_msg=name)
     # Chains: the states agree to float32 rounding (a Bernoulli draw could flip where rounding
     # moves p across its uniform, about once in 10^7 draws: not at this size).  The per-step
     # change is a float64 row sum the CPU twin may add in another order (fastmath reassoc).

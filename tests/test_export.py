@@ -125,7 +125,10 @@ def test_onnx_graph_has_a_free_batch_one_copy_of_tied_weights_and_provenance(ort
     gemms = [n for n in proto.graph.node if n.op_type == "Gemm"]
     assert [n.input[1] for n in gemms] == ["enc0.W", "enc1.W", "enc1.W", "enc0.W"]
     assert [onnx.helper.get_attribute_value(n.attribute[0]) for n in gemms] == [0, 0, 1, 1]  # transB
-    assert [n.op_type for n in proto.graph.node].count("PRelu") == 3  # hidden layers only
+    ops = [n.op_type for n in proto.graph.node]  # float64 leaky_relu: Max(z,0) + slope*Min(z,0)
+    assert ops.count("Min") == 3 and ops.count("PRelu") == 0  # hidden layers only
+    float32 = [n.op_type for n in onnx_graph(random_model("leaky_relu", True, "float32")).graph.node]
+    assert float32.count("PRelu") == 3 and float32.count("Min") == 0
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["model_config"]) == model.config and props["what"] == "reconstruct"
     assert props["tinydae_version"] == tinydae.__version__
@@ -319,3 +322,56 @@ def test_readme_shows_the_c_page_as_it_is():
     assert len(blocks) == 1, f"expected one ```c block in README.md, found {len(blocks)}"
     with open(C_PAGE) as f:
         assert blocks[0] == f.read()
+
+
+def test_cli_never_writes_over_its_checkpoint_nor_leaves_folders(trained, tmp_path):
+    """Review findings: --out naming the checkpoint (directly or through a link) is refused even
+    with --overwrite, the checkpoint unchanged; an empty or missing --out is one error line; a
+    bad checkpoint leaves no new folders behind."""
+    import shutil as _shutil
+
+    ckpt = tmp_path / "ck.h5"
+    _shutil.copy(trained, ckpt)
+    before = ckpt.read_bytes()
+    for fmt in ("onnx", "npz"):
+        assert_user_error(invoke("export", ckpt, "--format", fmt, "--out", ckpt, "--overwrite"), "itself")
+    link = tmp_path / "link.h5"
+    link.symlink_to(ckpt)
+    assert_user_error(invoke("export", ckpt, "--format", "npz", "--out", link, "--overwrite"), "itself")
+    assert ckpt.read_bytes() == before
+    tinydae.load_model(ckpt)  # still a checkpoint
+    assert_user_error(invoke("export", ckpt, "--format", "npz", "--out", ""), "--out")
+    assert_user_error(invoke("export", ckpt, "--format", "npz"), "--out")
+    assert_user_error(invoke("export", tmp_path / "missing.h5", "--format", "npz",
+                             "--out", tmp_path / "left" / "over" / "m.npz"), "missing.h5")
+    assert not (tmp_path / "left").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_leaky_relu_runs_at_every_opset(ort, dtype, tmp_path):
+    """Review finding: double PRelu runs in ONNX Runtime only at opsets 16-18, so a float64
+    leaky_relu layer is composed from Max, Min and Mul instead; every opset the onnx package
+    offers from 13 on must load and agree."""
+    import onnx
+
+    model = random_model("leaky_relu", False, dtype)
+    x = np.random.default_rng(3).standard_normal((5, model.input_dim)).astype(dtype)
+    for opset in range(13, onnx.defs.onnx_opset_version() + 1):
+        path = tmp_path / f"m{opset}.onnx"
+        export_onnx(model, path, "logits", opset=opset)
+        np.testing.assert_allclose(run_onnx(ort, path, x), model.logits(x), **tolerance(dtype),
+                                   err_msg=f"opset {opset}")
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "softplus"])
+def test_c_page_passes_nan_on_as_tinydae_does(dae_c, tmp_path, act):
+    """Review finding: `z > 0 ? z : 0` turned a NaN input into an ordinary-looking number; the
+    C page now gives NaN where tinydae does (and ordinary numbers elsewhere)."""
+    model = random_model(act, False, "float32")
+    x = random_rows(2, model.input_dim, "float32")
+    x[0, 3] = np.nan
+    want = model.reconstruct(x)
+    assert np.isnan(want[0]).all() and np.isfinite(want[1]).all()
+    y = run_c(dae_c, export_npz(model, tmp_path / "m.npz"), x, tmp_path)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    np.testing.assert_allclose(y[1], want[1], rtol=1e-5, atol=2e-6)

@@ -258,8 +258,10 @@ def _check_model_config(path, config):
         raise CheckpointError(f"{path}: bad model config in the checkpoint: {e}") from None
 
 
-def load_checkpoint(path):
-    """Read and verify a checkpoint.  Raises CheckpointError naming the file and problem."""
+def load_checkpoint(path, optimizer=True):
+    """Read and verify a checkpoint.  Raises CheckpointError naming the file and problem.
+    optimizer=False leaves the optimizer's buffers (Adam's m and v: twice the parameters) unread
+    and unverified, for inference (load_model); the returned optimizer is then None."""
     import h5py
 
     from tinydae.model import param_layout
@@ -287,8 +289,8 @@ def load_checkpoint(path):
             config = json.loads(f.attrs["model_config"])
             layout = [(n, tuple(s)) for n, s in json.loads(f["params"].attrs["layout"])]
             params = _read(path, f["params"], checked)
-            optimizer = None
-            if "optimizer" in f:
+            want_optimizer, optimizer = optimizer, None
+            if want_optimizer and "optimizer" in f:
                 g = f["optimizer"]
                 optimizer = dict(name=str(g.attrs["name"]), hyper=json.loads(g.attrs["hyper"]),
                                  t=int(g.attrs["t"]), buffers={k: _read(path, g[k], checked) for k in g.keys()})
@@ -345,5 +347,7 @@ def restore_model(ckpt, backend="cpu"):
 
 def load_model(path, backend="cpu"):
     """Path -> DAE, the shortest way to use a trained model.  backend="numpy" runs it on
-    numpy and h5py alone: nothing on that path imports numba, llvmlite, click or CuPy."""
-    return restore_model(load_checkpoint(path), backend)
+    numpy and h5py alone: nothing on that path imports numba, llvmlite, click or CuPy.  The
+    optimizer state is not read (nor verified): a model loaded here is for inference or a fresh
+    optimizer; resume training from load_checkpoint."""
+    return restore_model(load_checkpoint(path, optimizer=False), backend)

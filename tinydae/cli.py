@@ -503,7 +503,7 @@ def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, as_js
 @click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|npz",
               help="onnx: a graph for ONNX Runtime and friends; npz: plain weight arrays and a JSON "
                    "description (examples/embed/dae.c runs it in a page of C).")
-@click.option("--out", required=True, help="The file to write.")
+@click.option("--out", default=None, help="The file to write (required; missing folders are created).")
 @click.option("--what", default=None, metavar="reconstruct|encode|logits",
               help="ONNX only: the graph's output, r(x), the code or the logits [default: reconstruct].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
@@ -514,11 +514,17 @@ def export_command(checkpoint, fmt, out, what, overwrite):
     """
     from tinydae import export, safety
 
-    what = export.check_options(fmt, what)  # every check before loading the checkpoint
-    safety.check_output_file(out, "--out")
+    what = export.check_options(fmt, what)  # the options first, then the checkpoint
+    if not out:
+        raise ConfigError("export needs --out FILE, the file to write (e.g. --out runs/dae.onnx)")
+    if os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a directory; give a file name")
+    if os.path.exists(out) and os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
+        raise ConfigError(f"--out {out} is the checkpoint {checkpoint} itself; choose another --out")
     if os.path.exists(out) and not overwrite:
         raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it, or choose another --out")
     model = tinydae.restore_model(_load_checkpoint(checkpoint), backend="cpu")
+    safety.check_output_file(out, "--out")  # after the load: a bad checkpoint leaves no new folders
     export.export(model, out, fmt, what)
     shown = f"{what}(x) as ONNX" if fmt == "onnx" else "weights and description as npz"
     click.echo(f"exported {model!r} {shown}: {out} ({os.path.getsize(out):,} bytes)")

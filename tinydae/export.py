@@ -29,8 +29,9 @@ in the model's dtype, float32 or float64 (tensor(float) or tensor(double) throug
 layer is one Gemm (h @ W + b); a tied decoder layer is Gemm(h, enc{k-1-j}.W, b, transB=1), which
 reads the shared initializer transposed: no Transpose node at run time and no second copy in
 the file.  Activations: Relu, Tanh, Sigmoid; leaky_relu is PRelu with a (1,) slope initializer
-in the model's dtype (LeakyRelu's alpha is a 32-bit float attribute: a float64 model would get
-0.0099999998); softplus is Softplus for float32 and, for float64 (which ONNX Runtime does not
+for float32 and, for float64, Max(z, 0) + slope * Min(z, 0), exact with the slope in float64
+(LeakyRelu's alpha is a 32-bit float attribute: a float64 model would get 0.0099999998; and ONNX
+Runtime 1.32 runs double PRelu only at opsets 16-18); softplus is Softplus for float32 and, for float64 (which ONNX Runtime does not
 implement), the composition Max(z, 0) + Log(1 + Exp(-Abs(z))).  The model's metadata_props hold
 tinydae_version, what and the model config (JSON).
 
@@ -185,8 +186,11 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
         act = layer["activation"]
         if act in ONNX_OPS:
             h = node(ONNX_OPS[act], [h])
-        elif act == "leaky_relu":
+        elif act == "leaky_relu" and model.dtype == np.float32:
             h = node("PRelu", [h, const("leaky_slope", [LEAKY_SLOPE])])
+        elif act == "leaky_relu":  # max(z, 0) + slope * min(z, 0): exact, and runs at every opset
+            neg = node("Mul", [node("Min", [h, const("zero", 0)]), const("leaky_slope", LEAKY_SLOPE)])
+            h = node("Add", [node("Max", [h, const("zero", 0)]), neg])
         elif act == "softplus" and model.dtype == np.float32:
             h = node("Softplus", [h])
         elif act == "softplus":  # max(z, 0) + log(1 + exp(-|z|)), as tinydae computes it

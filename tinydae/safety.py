@@ -31,6 +31,8 @@ def check_output_file(path, what="--out"):
     """`path` can be created or replaced as a file: not a directory, its folder exists (or can be
     made) and is writable.  Creates missing parent folders.  -> the path"""
     path = os.fspath(path)
+    if not path:
+        raise ConfigError(f"{what} is empty; give a file name")
     if os.path.isdir(path):
         raise ConfigError(f"{what} {path} is a directory; give a file name")
     _under_a_file(path, what)

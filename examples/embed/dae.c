@@ -71,11 +71,11 @@ static char *field(const char **p, const char *key) {
 }
 
 static double act(const char *name, double z, double slope) {
-    if (!strcmp(name, "relu")) return z > 0 ? z : 0;
-    if (!strcmp(name, "leaky_relu")) return z > 0 ? z : slope * z;
+    if (!strcmp(name, "relu")) return z < 0 ? 0 : z;  /* written so that NaN passes, as in tinydae */
+    if (!strcmp(name, "leaky_relu")) return z < 0 ? slope * z : z;
     if (!strcmp(name, "tanh")) return tanh(z);
     if (!strcmp(name, "sigmoid")) return 1 / (1 + exp(-z));
-    if (!strcmp(name, "softplus")) return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
+    if (!strcmp(name, "softplus")) return (z < 0 ? 0 : z) + log1p(exp(-fabs(z)));
     if (strcmp(name, "identity")) die("unknown activation", name);
     return z;
 }
