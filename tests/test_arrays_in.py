@@ -246,6 +246,15 @@ def test_a_tensor_that_requires_grad_says_detach(x):
     np.testing.assert_array_equal(dae().reconstruct(t.detach()), dae().reconstruct(x))  # the fix works
 
 
+def test_a_dtype_numpy_lacks_says_convert(x):
+    """bfloat16 has no NumPy dtype, so DLPack refuses it: the error says how to go on."""
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(x.copy()).to(torch.bfloat16)
+    with pytest.raises(td.DataError, match=r"DLPack.*tensor\.float\(\)"):
+        dae().reconstruct(t)
+    assert dae().reconstruct(t.float()).shape == x.shape  # the fix works
+
+
 @pytest.mark.parametrize("bad, message", [
     ("abc", "real numbers"),                               # a str, not a 0-d string array
     ([[0.5, 0.5], [0.5]], "not an array of numbers"),      # ragged

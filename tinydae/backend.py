@@ -53,7 +53,7 @@ class Backend:
             try:
                 return _numbers(xp.from_dlpack(a), what)
             except (BufferError, TypeError, ValueError, RuntimeError) as e:
-                raise DataError(f"{what} cannot be shared through DLPack: {e}") from None
+                raise DataError(f"{what} cannot be shared through DLPack: {e}{_dlpack_hint(e)}") from None
         if hasattr(a, "__cuda_array_interface__"):
             return _numbers(xp.asarray(a), what)
         host = as_host_array(a, what)
@@ -114,6 +114,12 @@ def _dlpack_device_type(a):
         return DLPACK_HOST[0]
 
 
+def _dlpack_hint(error):
+    """What to do when DLPack refused an array for its dtype (bfloat16, float8 ...: NumPy and
+    CuPy have no such dtype); other refusals (requires_grad) carry their own advice."""
+    return "; convert it first, e.g. tensor.float()" if "dtype" in str(error).lower() else ""
+
+
 def _numbers(x, what):
     """Refuse arrays that are not numbers (strings, objects, complex): np.asarray('abc') is a
     0-d string array, which would otherwise fail far from the call with a cryptic message."""
@@ -142,7 +148,7 @@ def as_host_array(a, what="the batch", dtype=None, gpu_hint=""):
             x = np.from_dlpack(a)
         except (BufferError, TypeError, ValueError, RuntimeError) as e:
             # e.g. torch: "Can't export tensors that require gradient, use tensor.detach()"
-            raise DataError(f"{what} cannot be shared through DLPack: {e}") from None
+            raise DataError(f"{what} cannot be shared through DLPack: {e}{_dlpack_hint(e)}") from None
     elif hasattr(a, "__cuda_array_interface__"):
         raise DataError(f"{what} is in GPU memory; move it to the CPU first (tensor.cpu(), "
                         f"cupy.asnumpy(a)){gpu_hint}")
