@@ -246,6 +246,17 @@ def test_a_tensor_that_requires_grad_says_detach(x):
     np.testing.assert_array_equal(dae().reconstruct(t.detach()), dae().reconstruct(x))  # the fix works
 
 
+def test_a_tensor_with_the_negative_bit_arrives_with_its_sign(x):
+    """Review finding: DLPack exports a tensor's memory without its lazy negation bit, so
+    z.conj().imag came in with every sign flipped; it is resolved before the export."""
+    torch = pytest.importorskip("torch")
+    z = torch.complex(torch.zeros(x.shape), -torch.from_numpy(x.copy()))
+    t = z.conj().imag  # values +x, stored as -x with the negative bit set
+    assert t.is_neg()
+    np.testing.assert_array_equal(td.backend.as_host_array(t), x)
+    np.testing.assert_array_equal(dae().reconstruct(t), dae().reconstruct(x))
+
+
 def test_a_dtype_numpy_lacks_says_convert(x):
     """bfloat16 has no NumPy dtype, so DLPack refuses it: the error says how to go on."""
     torch = pytest.importorskip("torch")

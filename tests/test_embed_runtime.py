@@ -174,6 +174,24 @@ def test_no_deps_install_runs_on_numpy_and_h5py_alone(tmp_path):
         assert "numba" in message and 'backend="numpy"' in message, message
 
 
+def test_a_numba_that_fails_to_import_is_named_with_the_way_out(tmp_path):
+    """Review finding: numba's own version checks raise ImportError with no module name (e.g.
+    "Numba needs NumPy 2.5 or less"); the default backend must still say what to do."""
+    fake = tmp_path / "fake" / "numba"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("Numba needs NumPy 2.5 or less. Got NumPy 9.9.")\n')
+    probe = ("import tinydae\nfor b in ('cpu', 'auto'):\n    try:\n        tinydae.get_backend(b)\n"
+             "    except tinydae.BackendUnavailable as e:\n        print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "fake"), str(ROOT)])
+    r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("Numba needs NumPy" in line and 'backend="numpy"' in line
+                                   for line in lines), r.stdout
+
+
 def test_bench_embed_smoke(tmp_path):
     """bench/bench_embed.py runs end to end (one repeat, no cold-cache row, torch if present)."""
     env = dict(os.environ, TINYDAE_BENCH_RESULTS=str(tmp_path))

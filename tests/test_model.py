@@ -172,3 +172,13 @@ def test_params_given_are_used_and_nothing_is_drawn(monkeypatch, tmp_path):
     np.testing.assert_array_equal(loaded.reconstruct(x), src.reconstruct(x))
     with pytest.raises(ConfigError, match=r"params must have shape \(77,\)"):
         DAE(12, hidden=(5,), tied=True, params=np.ones(76))
+
+
+def test_params_given_must_be_finite_in_the_model_dtype():
+    """A float64 value beyond float32's range would become inf in a float32 model: refused."""
+    n = DAE(12, hidden=(5,)).num_params
+    big = np.full(n, 0.01)
+    big[3] = 1e39
+    with pytest.raises(DataError, match="NaN or infinite"):
+        DAE(12, hidden=(5,), params=big)
+    assert DAE(12, hidden=(5,), dtype="float64", params=big).params[3] == 1e39

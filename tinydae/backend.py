@@ -34,35 +34,39 @@ class Backend:
     device: str
     kernel_set: str = "fused"  # "fused" twins, or the NumPy "reference"
 
-    def as_array(self, a, what="the batch", keep_host=False):
-        """Any array -> a backend array with the same values, dtype and layout, without a copy
+    def as_array(self, a, what="the batch", keep_host=False, dtype=None):
+        """Any array -> a backend array with the same values and layout, without a copy
         where it can be shared: NumPy, PyTorch, CuPy, JAX ... (``__dlpack__``), the array
         interfaces, the buffer protocol, nested lists.
 
-        NumPy backend: as_host_array (a GPU array raises DataError).  CuPy backend: a GPU
-        array is imported by DLPack or ``__cuda_array_interface__`` (same GPU: no copy);
-        anything in host memory is copied to the device, unless keep_host (then it comes back as
-        a NumPy array, for callers that copy it to the device a batch at a time).
+        NumPy backend: as_host_array (a GPU array raises DataError).  CuPy backend: an array
+        on the current GPU is imported by DLPack or ``__cuda_array_interface__`` without a
+        copy (one on another GPU raises DataError); anything in host memory is copied to the
+        device, unless keep_host (then it comes back as a NumPy array, for callers that copy it
+        to the device a batch at a time).  dtype: what host memory is cast to before it leaves
+        the host (one upload of the final dtype, not two device arrays); device arrays and
+        NumPy-backend arrays keep theirs (to_device casts them).
         """
         xp = self.xp
         if xp is np:
             return as_host_array(a, what, gpu_hint=" or use the cuda backend (--backend cuda)")
         if isinstance(a, xp.ndarray):
-            return _numbers(a, what)
+            return _same_gpu(xp, _numbers(a, what), what)
         if _dlpack_device_type(a) in DLPACK_CUDA:
             try:
-                return _numbers(xp.from_dlpack(a), what)
+                x = xp.from_dlpack(_resolve_views(a))
             except (BufferError, TypeError, ValueError, RuntimeError) as e:
                 raise DataError(f"{what} cannot be shared through DLPack: {e}{_dlpack_hint(e)}") from None
+            return _same_gpu(xp, _numbers(x, what), what)
         if hasattr(a, "__cuda_array_interface__"):
-            return _numbers(xp.asarray(a), what)
-        host = as_host_array(a, what)
+            return _same_gpu(xp, _numbers(xp.asarray(a), what), what)
+        host = as_host_array(a, what, dtype=dtype)
         return host if keep_host else xp.asarray(host)  # host memory: one copy to the device
 
     def to_device(self, a, dtype=None, what="the batch"):
         """Any array (see as_array) -> backend array, C-contiguous, of `dtype` if given.
         Copies only where the dtype, the layout or the memory (host vs device) differ."""
-        return self.xp.ascontiguousarray(self.as_array(a, what), dtype=dtype)
+        return self.xp.ascontiguousarray(self.as_array(a, what, dtype=dtype), dtype=dtype)
 
     def to_host(self, a):
         """Backend array -> numpy array.  Counted in HOST_READS (a host sync on a GPU), also
@@ -117,7 +121,27 @@ def _dlpack_device_type(a):
 def _dlpack_hint(error):
     """What to do when DLPack refused an array for its dtype (bfloat16, float8 ...: NumPy and
     CuPy have no such dtype); other refusals (requires_grad) carry their own advice."""
-    return "; convert it first, e.g. tensor.float()" if "dtype" in str(error).lower() else ""
+    text = str(error).lower()
+    return "; convert it first, e.g. tensor.float()" if "dtype" in text or "bfloat16" in text else ""
+
+
+def _resolve_views(a):
+    """A PyTorch tensor with its lazy negation bit set (e.g. ``z.conj().imag``) exports its
+    memory through DLPack without the negation: resolve it first, or the values arrive with
+    the wrong sign.  (Its conjugation bit makes DLPack refuse, which is reported.)"""
+    is_neg = getattr(a, "is_neg", None)
+    if callable(is_neg) and is_neg():
+        return a.resolve_neg()
+    return a
+
+
+def _same_gpu(xp, x, what):
+    """A CuPy array must live on the current device: the kernels run there."""
+    here = xp.cuda.Device().id
+    if x.device.id != here:
+        raise DataError(f"{what} is on GPU {x.device.id}, the model on GPU {here}; move it there "
+                        f"first (e.g. tensor.to('cuda:{here}'))")
+    return x
 
 
 def _numbers(x, what):
@@ -145,7 +169,7 @@ def as_host_array(a, what="the batch", dtype=None, gpu_hint=""):
             raise DataError(f"{what} is in device memory (DLPack device type {device}); move it to "
                             f"the CPU first (tensor.cpu(), cupy.asnumpy(a)){gpu_hint}")
         try:
-            x = np.from_dlpack(a)
+            x = np.from_dlpack(_resolve_views(a))
         except (BufferError, TypeError, ValueError, RuntimeError) as e:
             # e.g. torch: "Can't export tensors that require gradient, use tensor.detach()"
             raise DataError(f"{what} cannot be shared through DLPack: {e}{_dlpack_hint(e)}") from None
@@ -180,15 +204,14 @@ def _cpu(kernel_set):
     if kernel_set == "reference":
         import tinydae.kernels.reference as table
     else:
-        try:
-            import tinydae.kernels.cpu as table
+        try:  # numba itself first: its import also fails on a mismatched NumPy or llvmlite
+            import numba  # noqa: F401
         except ImportError as e:  # an embedding install (pip install --no-deps) has no numba
-            if (e.name or "").split(".")[0] not in ("numba", "llvmlite"):
-                raise
             raise BackendUnavailable(
                 f"the fused CPU kernels need numba, which cannot be imported ({e}): use "
                 f"backend=\"numpy\" (--backend numpy) to run on NumPy alone, or install numba "
                 f"(pip install numba) to train and use the fused kernels") from None
+        import tinydae.kernels.cpu as table
     return Backend("cpu", np, table, f"{cpu_name()}, {os.cpu_count()} cores", kernel_set)
 
 

@@ -101,10 +101,11 @@ class Progress:
             self.bar = None
 
 
-def _load_checkpoint(path):
+def _load_checkpoint(path, optimizer=True):
     """tinydae.load_checkpoint, plus one `note:` line on stderr when the user should know
-    something about the file (a format-1 checkpoint carries no checksums)."""
-    ckpt = tinydae.load_checkpoint(path)
+    something about the file (a format-1 checkpoint carries no checksums).  optimizer=False
+    for the commands that only run the model: the optimizer state stays unread."""
+    ckpt = tinydae.load_checkpoint(path, optimizer=optimizer)
     if ckpt.note:
         click.echo(f"note: {ckpt.note}", err=True)
     return ckpt
@@ -523,7 +524,7 @@ def export_command(checkpoint, fmt, out, what, overwrite):
         raise ConfigError(f"--out {out} is the checkpoint {checkpoint} itself; choose another --out")
     if os.path.exists(out) and not overwrite:
         raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it, or choose another --out")
-    model = tinydae.restore_model(_load_checkpoint(checkpoint), backend="cpu")
+    model = tinydae.restore_model(_load_checkpoint(checkpoint, optimizer=False), backend="cpu")
     safety.check_output_file(out, "--out")  # after the load: a bad checkpoint leaves no new folders
     export.export(model, out, fmt, what)
     shown = f"{what}(x) as ONNX" if fmt == "onnx" else "weights and description as npz"
@@ -610,7 +611,7 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, s
 
     if n < 1 or steps < 0 or keep_every < 1 or batch_size < 1:
         raise ConfigError("--n, --keep-every and --batch-size must be >= 1, --steps >= 0")
-    ckpt = _load_checkpoint(checkpoint)
+    ckpt = _load_checkpoint(checkpoint, optimizer=False)
     model = tinydae.restore_model(ckpt, backend=backend)
     corruption = model.corruption if chain_corruption == "model" else chain_corruption
     if corruption is None:
@@ -780,7 +781,7 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
         raise ConfigError(f"--start {start}: choose one of {', '.join(START_KINDS)}")
     if n_samples < 4 or steps < 0:  # k-NN precision/recall (k = 3) needs 4 samples
         raise ConfigError("--n-samples must be >= 4 and --steps >= 0")
-    ckpt = _load_checkpoint(checkpoint)
+    ckpt = _load_checkpoint(checkpoint, optimizer=False)
     model = tinydae.restore_model(ckpt, backend=backend)
     if data:
         held = tinydae.load_dataset(data, key=key, limit=limit)

@@ -92,11 +92,15 @@ class DAE:
         if params is None:
             self.init_params()
         else:
-            params = self.backend.as_array(params, "params")
-            if params.shape != self.params.shape:
-                raise ConfigError(f"params must have shape {self.params.shape} for this configuration, "
-                                  f"got {params.shape}")
-            self.params[...] = params  # cast to the model's dtype in place
+            with np.errstate(over="ignore", invalid="ignore"):  # reported below, as a DataError
+                params = self.backend.as_array(params, "params", dtype=self.dtype)
+                if params.shape != self.params.shape:
+                    raise ConfigError(f"params must have shape {self.params.shape} for this "
+                                      f"configuration, got {params.shape}")
+                self.params[...] = params  # cast to the model's dtype in place
+            if not bool(self.backend.xp.isfinite(self.params).all()):  # incl. float64 beyond float32's range
+                raise DataError("params hold NaN or infinite values (in the model's dtype, "
+                                f"{self.dtype.name})")
 
     # -- structure ---------------------------------------------------------------------
 
@@ -158,7 +162,9 @@ class DAE:
         """Check and convert a batch: (B, D) in the model's dtype on the model's device.
         x: any array (NumPy, PyTorch, CuPy ..., see Backend.as_array), shared without a copy
         when it already has the model's dtype, device and a C-contiguous layout."""
-        x = self.backend.as_array(x)  # a view: the shape is checked before any dtype copy
+        # CPU: a view, so the shape is checked before any dtype copy; GPU: host memory is cast
+        # on the host and uploaded once, device arrays are shared
+        x = self.backend.as_array(x, dtype=self.dtype)
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise DataError(f"expected a batch of shape (B, {self.input_dim}), got {x.shape}")
         return self.backend.to_device(x, dtype=self.dtype)

@@ -20,13 +20,13 @@ static unsigned long u16(const unsigned char *p) { return p[0] | (unsigned long)
 static unsigned long u32(const unsigned char *p) { return u16(p) | u16(p + 2) << 16; }
 
 /* The data of member NAME.npy, after its .npy header; descr gets the header's dtype ('<f4', ...). */
-static const unsigned char *npy(const char *name, char *descr, unsigned long *nbytes) {
+static const unsigned char *npy(const char *name, char *descr, unsigned long long *nbytes) {
     char want[256];
     snprintf(want, sizeof want, "%s.npy", name);
-    for (long at = 0; at + 30 <= zip_len && u32(zip + at) == 0x04034b50;) {  /* "PK\3\4" */
+    for (long long at = 0; at + 30 <= zip_len && u32(zip + at) == 0x04034b50;) {  /* "PK\3\4" */
         const unsigned char *h = zip + at, *extra = h + 30 + u16(h + 26), *data = extra + u16(h + 28);
-        unsigned long size = u32(h + 18), nlen = u16(h + 26);
-        if (size == 0xFFFFFFFFul) size = u32(extra + 12);  /* zip64 extra: id, len, usize, csize */
+        unsigned long long size = u32(h + 18), nlen = u16(h + 26);  /* zip64 extra: id, len, usize, csize */
+        if (size == 0xFFFFFFFFull) size = u32(extra + 12) | (unsigned long long)u32(extra + 16) << 32;
         if (nlen == strlen(want) && !memcmp(h + 30, want, nlen)) {
             if (u16(h + 8) != 0) die("compressed member (use np.savez, not savez_compressed):", want);
             unsigned long start = data[6] == 1 ? 10 : 12;  /* .npy version 1: 2-byte header length, else 4 */
@@ -36,7 +36,7 @@ static const unsigned char *npy(const char *name, char *descr, unsigned long *nb
             *nbytes = size - skip;
             return data + skip;
         }
-        at = (long)(data - zip) + (long)size;
+        at = (long long)(data - zip) + (long long)size;
     }
     die("no member", want);
     return NULL;
@@ -45,7 +45,7 @@ static const unsigned char *npy(const char *name, char *descr, unsigned long *nb
 /* Array member NAME of COUNT values, converted to double. */
 static const double *array(const char *name, unsigned long count) {
     char descr[8];
-    unsigned long nbytes;
+    unsigned long long nbytes;
     const unsigned char *p = npy(name, descr, &nbytes);
     int f4 = !strcmp(descr, "<f4");
     if ((!f4 && strcmp(descr, "<f8")) || nbytes != count * (f4 ? 4 : 8)) die("unexpected dtype or size:", name);
@@ -89,7 +89,7 @@ int main(int argc, char **argv) {
     rewind(f);
     if (fread(zip, 1, zip_len, f) != (size_t)zip_len) die("cannot read", argv[1]);
     char descr[8], W[64], b[64];
-    unsigned long len;
+    unsigned long long len;
     const unsigned char *text = npy("model.json", descr, &len);
     char *json = calloc(len + 1, 1);
     const char *p = memcpy(json, text, len);
