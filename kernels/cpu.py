@@ -106,9 +106,12 @@ def _philox_uint32(out, k0, k1, step, stream, offset):
         nblocks = ((offset + i1 - 1) >> 2) - b0 + 1
         words = np.empty(4 * nblocks, np.uint32)
         _fill_words(words, b0, nblocks, step, stream, k0, k1)
-        base = offset - 4 * b0  # element i uses words[i + base]
-        for i in range(i0, i1):
-            out[i] = words[i + base]
+        # element i uses words[i + base]; the loops run over views from 0, because a loop index
+        # with a runtime start keeps numba's negative-index checks, which stop vectorisation
+        w = words[offset - 4 * b0 + i0:]
+        o = out[i0:i1]
+        for j in range(o.size):
+            o[j] = w[j]
 
 
 _philox_uint32 = kernel(_philox_uint32)
@@ -146,17 +149,20 @@ def _corrupt(out, x, mode, level, zero, one, k0, k1, step, stream, offset):
         nblocks = ((offset + i1 - 1) >> 2) - b0 + 1
         words = np.empty(4 * nblocks, np.uint32)
         _fill_words(words, b0, nblocks, step, stream, k0, k1)
-        base = offset - 4 * b0  # element i uses words[i + base]
+        # element i uses words[i + offset - 4 b0]; views from 0, as in _philox_uint32
+        w = words[offset - 4 * b0 + i0:]
+        o = of[i0:i1]
+        xs = xf[i0:i1]
         if mode == CORRUPTION_MASKING:
-            for i in range(i0, i1):
-                of[i] = zero if _uniform(words[i + base]) < level else xf[i]
+            for j in range(o.size):
+                o[j] = zero if _uniform(w[j]) < level else xs[j]
         elif mode == CORRUPTION_SALT_PEPPER:
-            for i in range(i0, i1):
-                u = _uniform(words[i + base])
-                of[i] = zero if u < half else (one if u < level else xf[i])
+            for j in range(o.size):
+                u = _uniform(w[j])
+                o[j] = zero if u < half else (one if u < level else xs[j])
         else:
-            for i in range(i0, i1):
-                of[i] = xf[i]
+            for j in range(o.size):
+                o[j] = xs[j]
 
 
 _corrupt = kernel(_corrupt)

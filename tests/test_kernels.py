@@ -454,3 +454,29 @@ def test_cpu_parallel_paths_match_reference():
     ref.philox_uint32(words_ref, 3, 4, 5, 6)
     K.philox_uint32(words, 3, 4, 5, 6)
     np.testing.assert_array_equal(words, words_ref)
+
+
+@pytest.mark.parametrize("path", [0, 1])  # the serial and the parallel copy
+def test_cpu_rng_kernels_over_many_chunks_and_unaligned_offsets(path):
+    """The Philox word and masking kernels work chunk by chunk (CHUNK elements per task, each
+    chunk's loop over views from 0): several chunks, a partial last one and stream offsets that
+    are not multiples of 4 must give the reference's words and masks exactly, on both copies."""
+    import tinydae.kernels.cpu as K
+    from tinydae.kernels.philox import seed_key
+
+    k0, k1 = (np.uint32(v) for v in seed_key(11))
+    n = 2 * K.CHUNK + 777
+    for offset in (0, 3, 4 * K.CHUNK + 1, 10**9 + 2):
+        want = np.empty(n, np.uint32)
+        ref.philox_uint32(want, 11, 5, 2, offset)
+        got = np.zeros(n, np.uint32)
+        K._philox_uint32[path](got, k0, k1, np.int64(5), np.int64(2), np.int64(offset))
+        np.testing.assert_array_equal(got, want)
+        x = np.random.default_rng(offset % 97).uniform(0.05, 0.95, (3, n // 3)).astype(np.float32)
+        for mode in (ref.CORRUPTION_MASKING, ref.CORRUPTION_SALT_PEPPER, ref.CORRUPTION_NONE):
+            want_x = np.empty_like(x)
+            ref.corrupt(want_x, x, mode, 0.3, 11, 5, 2, offset)
+            got_x = np.full_like(x, np.nan)
+            K._corrupt[path](got_x, x, mode, np.float32(0.3), np.float32(0), np.float32(1), k0, k1,
+                             np.int64(5), np.int64(2), np.int64(offset))
+            np.testing.assert_array_equal(got_x, want_x)
