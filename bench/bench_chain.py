@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_train import SIGMA, add_peer, jax_logits, jax_params, make_model, torch_model  # noqa: E402
 from bench.common import (backend_timer, interleaved_medians, jax_or_none, one_call_timer,  # noqa: E402
-                          save_section, strongest_peer, torch_or_none, torch_timer)
+                          peer_ratios, save_section, strongest_peer, torch_or_none, torch_timer)
 from tinydae import get_backend  # noqa: E402
 from tinydae.sampling import chain, noise_start  # noqa: E402
 
@@ -149,8 +149,7 @@ def format_row(r):
         best = f"{PEERS[r['strongest']]:>15s} {r['strongest_s']:>9.3f} {r['x_strongest']:>6.2f}"
     else:
         best = f"{'n/a':>15s} {'':>9s} {'':>6s}"
-    each = ", ".join(f"{label} {r[f'x_{name}']:.2f}" if f"x_{name}" in r else f"{label} failed"
-                     for name, label in PEERS.items() if f"x_{name}" in r or f"{name}_error" in r)
+    each = peer_ratios(r, PEERS)
     return (f"{r['chains']:>7d} {r['steps']:>6d} {r['seconds']:>9.3f} {r['chain_steps_per_s']:>14,.0f} "
             f"{r['x_floor']:>8.2f} {best} {r['host_syncs_per_step']:>11.2f}  {each}")
 

@@ -50,8 +50,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (backend_timer, bandwidth_entries, interleaved_medians,  # noqa: E402
-                          jax_or_none, lower_bound_ms, one_call_timer, save_section, strongest_peer,
-                          torch_or_none, torch_timer)
+                          jax_or_none, lower_bound_ms, one_call_timer, peer_ratios, save_section,
+                          strongest_peer, torch_or_none, torch_timer)
 from tinydae import DAE, Adam, get_backend  # noqa: E402
 from tinydae.corruption import Corruption  # noqa: E402
 
@@ -266,8 +266,7 @@ def format_row(r):
         best = f"{PEERS[r['strongest']]:>22s} {r['strongest_ms']:>8.2f} {r['x_strongest']:>6.2f}"
     else:
         best = f"{'n/a':>22s} {'':>8s} {'':>6s}"
-    each = ", ".join(f"{label} {r[f'x_{name}']:.2f}" if f"x_{name}" in r else f"{label} failed"
-                     for name, label in PEERS.items() if f"x_{name}" in r or f"{name}_error" in r)
+    each = peer_ratios(r, PEERS)
     return (f"{r['batch']:>6d} {r['ms']:>11.2f} {r['examples_per_s']:>9,.0f} {r['bound_ms']:>9.2f} "
             f"{r['x_bound']:>8.2f} {best}  {each}")
 

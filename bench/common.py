@@ -40,6 +40,13 @@ def strongest_peer(row, peers, unit="ms"):
     return best, timed[best]
 
 
+def peer_ratios(row, peers):
+    """The console's "x each peer" column: "label ratio" per peer timed in `row` (x_{id}),
+    "label failed" per peer that raised ({id}_error)."""
+    return ", ".join(f"{label} {row[f'x_{name}']:.2f}" if f"x_{name}" in row else f"{label} failed"
+                     for name, label in peers.items() if f"x_{name}" in row or f"{name}_error" in row)
+
+
 # Adam reads params, grads, m and v and writes params, m and v: 7 buffers of P values per step.
 ADAM_BUFFERS_MOVED = 7
 

@@ -45,3 +45,18 @@ def mnist_path():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def cli_checkpoint(tmp_path_factory):
+    """A small checkpoint made by `python cli.py train` (glyphs, 784-16-784, one epoch), shared
+    by the modules that only need a real trained file; none of them may write to it."""
+    from click.testing import CliRunner
+
+    from tinydae.cli import cli
+
+    out = tmp_path_factory.mktemp("cli-run")
+    r = CliRunner().invoke(cli, ["train", "--limit", "300", "--hidden", "16", "--epochs", "1",
+                                 "--backend", "cpu", "--out", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out / "checkpoint.h5"

@@ -42,12 +42,10 @@ def in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    r = invoke("train", "--limit", "300", "--hidden", "16", "--epochs", "1", "--backend", "cpu", "--out", out)
-    assert r.exit_code == 0, r.output
-    return out / "checkpoint.h5"
+@pytest.fixture
+def ckpt(cli_checkpoint):
+    """A checkpoint made by `python cli.py train` (conftest.cli_checkpoint)."""
+    return cli_checkpoint
 
 
 @pytest.fixture(scope="module")

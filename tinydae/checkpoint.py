@@ -153,6 +153,23 @@ def _create(group, name, data):
     return group.create_dataset(name, data=data, fletcher32=checked)
 
 
+def _stamp(f, fmt, version):
+    """The attributes every tinydae HDF5 file starts with: format tag, version, who, when."""
+    from tinydae import __version__
+
+    f.attrs["format"] = fmt
+    f.attrs["format_version"] = version
+    f.attrs["tinydae_version"] = __version__
+    f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def _create_params(f, params, layout):
+    """/params: the flat buffer, with its layout [[name, shape], ...] (buffer order) as JSON."""
+    d = _create(f, "params", params)
+    d.attrs["layout"] = json.dumps([[n, list(s)] for n, s in layout])
+    return d
+
+
 def _nonfinite(name, a):
     bad = int(a.size - np.count_nonzero(np.isfinite(a)))
     return f"{name} has {bad} of {a.size} values NaN or infinite" if bad else None
@@ -166,8 +183,6 @@ def save_checkpoint(path, model, optimizer=None, state=None, train_config=None, 
     previous, good checkpoint.
     """
     import h5py
-
-    from tinydae import __version__
 
     params = model.backend.to_host(model.params)
     opt = optimizer.state_dict() if optimizer is not None else None
@@ -184,14 +199,10 @@ def save_checkpoint(path, model, optimizer=None, state=None, train_config=None, 
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["tinydae_version"] = __version__
-            f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            _stamp(f, FORMAT, FORMAT_VERSION)
             f.attrs["model_config"] = json.dumps(model.config)
             f.attrs["train_config"] = json.dumps(train_config or {})
-            d = _create(f, "params", params)
-            d.attrs["layout"] = json.dumps([[n, list(s)] for n, s in model.layout])
+            _create_params(f, params, model.layout)
             if opt is not None:
                 g = f.create_group("optimizer")
                 g.attrs["name"] = opt["name"]

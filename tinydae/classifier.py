@@ -19,7 +19,6 @@ atomic write, Fletcher-32 on /params, SHA-256 of /params and of the attributes:
                       seconds, per-epoch history), attrs_sha256
     /params    (P,) float32|float64; attrs: layout (JSON), sha256, attrs_sha256
 """
-import datetime
 import json
 import math
 import os
@@ -29,8 +28,7 @@ import numpy as np
 
 from tinydae.backend import as_host_array, get_backend
 from tinydae.errors import CheckpointError, ConfigError, DataError
-from tinydae.layers import Linear, flat_buffers
-from tinydae.rng import STREAM_INIT, host_normal
+from tinydae.layers import Linear, flat_buffers, init_normal
 
 FORMAT = "tinydae-classifier"
 FORMAT_VERSION = 1
@@ -141,14 +139,8 @@ class Classifier:
 
     def init_params(self):
         """He-normal weights for the relu layers, Glorot-normal for the logits layer, zero biases."""
-        for index, (name, shape) in enumerate(self.layout):
-            view = self.named_params[name]
-            if name.endswith(".b"):
-                view[...] = 0
-                continue
-            fan_in, fan_out = shape
-            std = math.sqrt(2.0 / (fan_in + fan_out)) if name == "out.W" else math.sqrt(2.0 / fan_in)
-            view[...] = host_normal(shape, self.config["seed"], INIT_STEP0 + index, STREAM_INIT) * std
+        init_normal(self.named_params, self.layout, self.config["seed"], he=lambda name: name != "out.W",
+                    step0=INIT_STEP0)
 
     @property
     def input_dim(self):
@@ -344,8 +336,7 @@ def save_classifier(path, model):
     """Write a Classifier (config, parameters, info) to an HDF5 file, atomically."""
     import h5py
 
-    from tinydae import __version__
-    from tinydae.checkpoint import _attrs_digest, _create, _nonfinite, atomic_write, buffer_digest
+    from tinydae.checkpoint import _attrs_digest, _create_params, _nonfinite, _stamp, atomic_write, buffer_digest
 
     problem = _nonfinite("/params", model.params)
     if problem:
@@ -353,14 +344,10 @@ def save_classifier(path, model):
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["tinydae_version"] = __version__
-            f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            _stamp(f, FORMAT, FORMAT_VERSION)
             f.attrs["config"] = json.dumps(model.config)
             f.attrs["info"] = json.dumps(model.info)
-            d = _create(f, "params", model.params)
-            d.attrs["layout"] = json.dumps([[n, list(s)] for n, s in model.layout])
+            d = _create_params(f, model.params, model.layout)
             d.attrs["sha256"] = buffer_digest(model.params)
             for obj in (f, d):
                 obj.attrs["attrs_sha256"] = _attrs_digest(obj)

@@ -515,17 +515,15 @@ def export_command(checkpoint, fmt, out, what, overwrite):
     """
     from tinydae import export, safety
 
-    what = export.check_options(fmt, what)  # the options first, then the checkpoint
-    if not out:
+    what = export.check_options(fmt, what)  # every check before loading the checkpoint
+    if out is None:
         raise ConfigError("export needs --out FILE, the file to write (e.g. --out runs/dae.onnx)")
-    if os.path.isdir(out):
-        raise ConfigError(f"--out {out} is a directory; give a file name")
+    safety.check_output_file(out, "--out")
     if os.path.exists(out) and os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
         raise ConfigError(f"--out {out} is the checkpoint {checkpoint} itself; choose another --out")
     if os.path.exists(out) and not overwrite:
         raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it, or choose another --out")
     model = tinydae.restore_model(_load_checkpoint(checkpoint, optimizer=False), backend="cpu")
-    safety.check_output_file(out, "--out")  # after the load: a bad checkpoint leaves no new folders
     export.export(model, out, fmt, what)
     shown = f"{what}(x) as ONNX" if fmt == "onnx" else "weights and description as npz"
     click.echo(f"exported {model!r} {shown}: {out} ({os.path.getsize(out):,} bytes)")

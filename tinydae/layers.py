@@ -33,6 +33,22 @@ def flat_buffers(xp, layout, dtype):
     return params, grads, named_params, named_grads
 
 
+def init_normal(named_params, layout, seed, he, step0=0, to_device=lambda w: w):
+    """Zero biases; each weight (fan_in, fan_out) N(0, 1) from Philox stream STREAM_INIT (step
+    = step0 + its index in layout) times sqrt(2 / fan_in) (He, where he(name)) or
+    sqrt(2 / (fan_in + fan_out)) (Glorot).  to_device: host array -> what the view takes."""
+    from tinydae.rng import STREAM_INIT, host_normal
+
+    for index, (name, shape) in enumerate(layout):
+        view = named_params[name]
+        if name.endswith(".b"):
+            view[...] = 0
+            continue
+        fan_in, fan_out = shape
+        std = math.sqrt(2.0 / fan_in) if he(name) else math.sqrt(2.0 / (fan_in + fan_out))
+        view[...] = to_device(host_normal(shape, seed, step0 + index, STREAM_INIT) * std)
+
+
 class Linear:
     """y = act(x @ W + b), with the bias add and activation fused into one kernel.
 

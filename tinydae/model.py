@@ -11,15 +11,13 @@ Every parameter is a view into ``model.params`` and every gradient a view into
 each one operation over one buffer.  Tied weights: decoder layer j uses the transpose
 view of encoder layer k-1-j's W, so there is literally one copy of the weights.
 """
-import math
 
 import numpy as np
 
 from tinydae.backend import get_backend
 from tinydae.errors import ConfigError, DataError
-from tinydae.layers import HIDDEN_ACTIVATIONS, Linear, flat_buffers
+from tinydae.layers import HIDDEN_ACTIVATIONS, Linear, flat_buffers, init_normal
 from tinydae.losses import LOSSES, loss_sum_forward_backward
-from tinydae.rng import STREAM_INIT, host_normal
 
 DTYPES = ("float32", "float64")
 
@@ -127,19 +125,11 @@ class DAE:
     def init_params(self):
         """He-normal weights for (leaky) relu, Glorot-normal otherwise (and for the logits
         layer); zero biases.  Drawn from Philox stream STREAM_INIT, step = layer index."""
-        for index, (name, shape) in enumerate(self.layout):
-            view = self.named_params[name]
-            if name.endswith(".b"):
-                view[...] = 0
-                continue
-            fan_in, fan_out = shape
-            logits_layer = name == f"dec{len(self.config['hidden']) - 1}.W"
-            if self.config["activation"] in ("relu", "leaky_relu") and not logits_layer:
-                std = math.sqrt(2.0 / fan_in)
-            else:
-                std = math.sqrt(2.0 / (fan_in + fan_out))
-            w = host_normal(shape, self.config["seed"], index, STREAM_INIT) * std
-            view[...] = self.backend.to_device(w.astype(self.dtype))
+        logits_W = f"dec{len(self.config['hidden']) - 1}.W"
+        relu = self.config["activation"] in ("relu", "leaky_relu")
+        init_normal(self.named_params, self.layout, self.config["seed"],
+                    he=lambda name: relu and name != logits_W,
+                    to_device=lambda w: self.backend.to_device(w.astype(self.dtype)))
 
     @property
     def input_dim(self):
