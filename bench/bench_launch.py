@@ -235,7 +235,8 @@ def cuda_contenders(op, K, cupy, launchers, stream):
 
     def raw(arrays):
         k, blocks, threads, args = recorded_launch(K, op, arrays)
-        fn, flat = cupy_launcher._load(k, args), tuple(flatten(args))  # the launcher's own cubin
+        fn, plan = cupy_launcher.function(k, args)  # the launcher's own cubin
+        flat = tuple(flatten(args, plan))
         return lambda: fn((blocks,), (threads,), flat)
 
     def launcher_call(arrays):

@@ -6,9 +6,10 @@ The first thing to run on a GPU machine (``bash bench/run_on_gpu.sh preflight`` 
    tests and benchmarks import, the CUDA driver and runtime, the device's name and compute
    capability;
 2. runs ``python3 cli.py build-cuda --arch sm_XY --out DIR`` for the device's own architecture
-   (DIR: --build-out, default $TINYDAE_CUDA_CACHE, else OUT/cuda-build) and points the CuPy
-   launcher's cache at DIR, so that its launches below load those cubins (checked: no variant
-   is compiled again);
+   (DIR: --build-out, default $TINYDAE_CUDA_CUBINS, else OUT/cuda-build; --no-build loads a
+   bundle already there, e.g. one built without a GPU and carried) and points the CuPy launcher
+   at DIR (TINYDAE_CUDA_CUBINS), so that its launches below load those cubins (checked: every
+   case ran and no variant was compiled again);
 3. launches a few kernels through each launcher, ``cupy`` (the cubins, through cupy.RawModule)
    and ``numba`` (numba-cuda's dispatcher), on CuPy arrays, and compares each result with the
    CPU twin's (kernels.cpu).  The kernels cover every kind of kernel parameter: 1-D and 2-D
@@ -22,7 +23,6 @@ Exit status: 0 when every check passed, 1 when one failed, 2 when there is no us
     python3 bench/gpu_preflight.py --require-gpu   # exit 2 with one error: line when there is no GPU
 """
 import argparse
-import glob
 import json
 import os
 import platform
@@ -99,6 +99,14 @@ CASES = (
          lambda K, a: K.sigmoid_bce_forward_backward(a["d"], a["z"], a["t"], 0.5),
          rtol=1e-12, atol=1e-14, returned_rtol=1e-10),  # the sum's order differs from the CPU's
 )
+
+
+def cupy_to_dev(a):
+    """Host array -> a C-contiguous CuPy array.  Not cupy.ascontiguousarray: in CuPy 14 it is
+    ``cpdef ascontiguousarray(_ndarray_base a, ...)`` and raises TypeError for a NumPy array."""
+    import cupy
+
+    return cupy.asarray(np.ascontiguousarray(a))
 
 
 def run_case(case, K, to_dev, to_host, seed=0):
@@ -251,6 +259,21 @@ def compiler_note(driver_version):
             f"{accepts}: {verdict}; cubin assemblers here: {', '.join(info['assemblers']) or 'none'}")
 
 
+def bundle_reuse(launcher, build_dir, launched):
+    """-> (ok, detail): every case ran on the cupy launcher and every variant it loaded came from
+    the bundle (none compiled again: a different key, or a bundle that was not found)."""
+    loaded = getattr(launcher, "loaded", {})
+    if launched < len(CASES) or not loaded:  # nothing launched proves nothing was reused
+        return False, (f"only {launched} of {len(CASES)} cases ran to the end on the cupy launcher ({len(loaded)} variants "
+                       f"loaded): the reuse of build-cuda's cubins is unproven")
+    root = os.path.join(os.path.abspath(build_dir), "")
+    elsewhere = sorted(f"{n} {d}" for (n, d, _), path in loaded.items() if not os.path.abspath(path).startswith(root))
+    if elsewhere:
+        return False, (f"{len(elsewhere)} of {len(loaded)} variants were not found in {build_dir} and were compiled "
+                       f"again (the bundle's keys differ from this machine's): {', '.join(elsewhere)[:300]}")
+    return True, f"{len(loaded)} variants loaded from {build_dir}, none compiled again"
+
+
 def launcher_checks(report, build_dir, built):
     """Every case through each launcher on CuPy arrays, against kernels.cpu."""
     import cupy
@@ -261,19 +284,16 @@ def launcher_checks(report, build_dir, built):
     try:
         for name in LAUNCHERS:
             kc.set_launcher(name)
-            cubins = set(glob.glob(os.path.join(build_dir, "*.cubin")))
+            launched = 0
             for case in CASES:
                 try:
-                    ok, detail = check_case(case, kc, cupy.ascontiguousarray, cupy.asnumpy)
+                    ok, detail = check_case(case, kc, cupy_to_dev, cupy.asnumpy)
+                    launched += 1  # it ran (its result may still be wrong)
                 except Exception as e:
                     ok, detail = False, _one_line(e)
                 report.add(f"{name} launcher, {case.name}", ok, detail)
-            if name == "cupy" and built:
-                fresh = set(glob.glob(os.path.join(build_dir, "*.cubin"))) - cubins
-                report.add("cupy launcher loaded build-cuda's cubins", not fresh,
-                           "no variant compiled again" if not fresh else
-                           f"compiled {len(fresh)} variant(s) again (the launch cache's key differs from "
-                           f"build-cuda's): {', '.join(sorted(os.path.basename(f) for f in fresh))[:300]}")
+            if name == "cupy":
+                report.add("cupy launcher loaded build-cuda's cubins", *bundle_reuse(kc.LAUNCHER, build_dir, launched))
     finally:
         kc.LAUNCHER = saved
 
@@ -283,8 +303,9 @@ def main(argv=None):
     ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/tinydae-gpu",
                     help="where preflight-<device>.json goes [$OUT or /tmp/tinydae-gpu]")
     ap.add_argument("--build-out", default=None,
-                    help="build-cuda's output, the launcher's cache [$TINYDAE_CUDA_CACHE or OUT/cuda-build]")
-    ap.add_argument("--no-build", action="store_true", help="skip build-cuda (the launcher compiles on demand)")
+                    help="build-cuda's output, the bundle the cupy launcher loads [$TINYDAE_CUDA_CUBINS or OUT/cuda-build]")
+    ap.add_argument("--no-build", action="store_true",
+                    help="skip build-cuda: load the bundle already in --build-out (e.g. one carried from CI)")
     ap.add_argument("--device-slug", action="store_true", help="print the device's name for file names; exit")
     ap.add_argument("--require-gpu", action="store_true", help="exit 2 with one error line if there is no GPU")
     args = ap.parse_args(argv)
@@ -321,9 +342,9 @@ def main(argv=None):
     report.add("numba-cuda sees the GPU", numba_sees, "cuda.is_available() is " + str(numba_sees))
     print("note: " + compiler_note(info["driver_version"]), flush=True)
 
-    build_dir = os.path.abspath(args.build_out or os.environ.get("TINYDAE_CUDA_CACHE")
+    build_dir = os.path.abspath(args.build_out or os.environ.get("TINYDAE_CUDA_CUBINS")
                                 or os.path.join(args.out, "cuda-build"))
-    os.environ["TINYDAE_CUDA_CACHE"] = build_dir  # the CuPy launcher loads what build-cuda wrote
+    os.environ["TINYDAE_CUDA_CUBINS"] = build_dir  # the CuPy launcher loads what build-cuda wrote
     built = False
     if not args.no_build:
         built, detail = build(info["arch"], build_dir)

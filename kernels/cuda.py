@@ -79,6 +79,151 @@ def set_launcher(name):
     return old
 
 
+# ----------------------------------------------------------------------------------------
+# The self-check: known-answer launches before any real work, with a fallback
+# ----------------------------------------------------------------------------------------
+#
+# A first launch can fail in ways no import reveals: a cubin the driver refuses, an entry
+# whose parameters moved, a numba-cuda whose dispatcher cannot reach this driver.  And an
+# illegal-address fault poisons the CUDA context for the rest of the process, so the check
+# must run before real work, while the CPU is still a way out.  Verdicts are kept per
+# process and on disk (per device, toolchain, kernel sources and launcher), so that later
+# processes skip the launches; TINYDAE_CUDA_SELFCHECK=always re-runs them, =off trusts.
+
+SELF_CHECK_MODES = ("once", "always", "off")
+_VERDICTS = {}  # verdict key -> (ok, detail), this process
+
+
+def self_check():
+    """Known-answer launches through the current LAUNCHER: Philox words (exact), a float32 SGD
+    update and a float64 BCE loss over 2-D arrays (block sums, tickets) against the reference
+    twin.  -> None; raises cuda_launch.LaunchError naming the case and the exception."""
+    from . import reference as ref
+
+    xp = np if SIMULATOR else __import__("cupy")
+    host = np.asarray if SIMULATOR else xp.asnumpy
+    rng = np.random.default_rng(7)
+
+    def words():
+        got, want = xp.zeros(1001, np.uint32), np.zeros(1001, np.uint32)
+        philox_uint32(got, 123, 7, 1, 5)
+        ref.philox_uint32(want, 123, 7, 1, 5)
+        return [(host(got), want, 0.0)]
+
+    def sgd():
+        p, g, vel = (rng.normal(size=1000).astype(np.float32) for _ in range(3))
+        dev = [xp.array(a) for a in (p, g, vel)]  # copies (np.asarray would share p with the reference)
+        sgd_update(*dev, 0.05, 0.9, True, 0.01)
+        ref.sgd_update(p, g, vel, 0.05, 0.9, True, 0.01)
+        return [(host(dev[0]), p, 2e-6), (host(dev[2]), vel, 2e-6)]  # a GPU may contract a*b+c: ulps
+
+    def bce():
+        z, t = rng.normal(0, 3, (5, 130)), rng.uniform(0, 1, (5, 130))
+        d, want_d = xp.zeros((5, 130)), np.zeros((5, 130))
+        total = sigmoid_bce_forward_backward(d, xp.array(z), xp.array(t), 0.5)
+        want = ref.sigmoid_bce_forward_backward(want_d, z, t, 0.5)
+        return [(host(d), want_d, 1e-12), (np.float64(total), np.float64(want), 1e-10)]
+
+    for name, case in (("philox_uint32 words", words), ("sgd_update float32", sgd),
+                       ("sigmoid_bce_forward_backward float64", bce)):
+        try:
+            pairs = case()
+        except Exception as e:
+            raise cuda_launch.LaunchError(f"{name}: {type(e).__name__}: {cuda_launch._first_line(e)}") from e
+        for got, want, rtol in pairs:
+            bad = ~np.isclose(got, want, rtol=rtol, atol=rtol * 0.5, equal_nan=False) if rtol else got != want
+            if np.any(bad):
+                raise cuda_launch.LaunchError(f"{name}: {int(np.sum(bad))} of {np.size(want)} values differ "
+                                              f"from the reference twin's")
+
+
+def _verdict_key(launcher):
+    """What a verdict holds for: the launcher, where its cubins come from, the device and driver,
+    the toolchain and the kernels' sources."""
+    import hashlib
+    import json
+    from importlib import metadata
+
+    from . import cuda_build
+
+    device = "simulator"
+    if not SIMULATOR:
+        import cupy
+
+        dev = cupy.cuda.Device()
+        name = cupy.cuda.runtime.getDeviceProperties(dev.id)["name"]
+        device = [name.decode() if isinstance(name, bytes) else name, dev.compute_capability,
+                  cupy.cuda.runtime.driverGetVersion(), cupy.__version__]
+    versions = []
+    for pkg in ("numba", "numba-cuda", "cuda-bindings"):
+        try:
+            versions.append(metadata.version(pkg))
+        except metadata.PackageNotFoundError:
+            versions.append(None)
+    bundle = None
+    if launcher.name == "cupy":  # its cubins: the bundle's, else the cache's
+        bundle = getattr(launcher, "bundle", None) or os.environ.get("TINYDAE_CUDA_CUBINS") or cuda_build.cache_dir()
+        bundle = os.path.abspath(bundle)
+    text = json.dumps([launcher.name, bundle, device, versions, cuda_build.source_digest()])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _verdict(launcher, mode):
+    """(ok, detail) for the launcher: remembered in this process, read from disk (mode 'once'),
+    or found by self_check() now (and written to disk)."""
+    import json
+
+    from . import cuda_build
+
+    key = _verdict_key(launcher)
+    if key in _VERDICTS and mode != "always":
+        return _VERDICTS[key]
+    path = os.path.join(cuda_build.cache_dir(), f"selfcheck-{launcher.name}-{key}.json")
+    verdict = None
+    if mode == "once":
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            verdict = (bool(saved["ok"]), f"{saved['detail']} (cached verdict: {path})")
+        except (OSError, ValueError, KeyError, TypeError):
+            verdict = None
+    if verdict is None:
+        try:
+            self_check()
+            verdict = (True, "known answers match")
+        except cuda_launch.LaunchError as e:
+            verdict = (False, str(e))
+        try:  # a verdict that cannot be saved is only re-checked next time
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            cuda_build._write_atomic(path, json.dumps(dict(ok=verdict[0], detail=verdict[1])).encode())
+        except OSError:
+            pass
+    _VERDICTS[key] = verdict
+    return verdict
+
+
+def ensure_launcher():
+    """Self-check the current launcher (once per process, verdicts cached on disk); if it fails,
+    switch to numba's dispatcher and check that.  -> warnings (strings) for the user: one when
+    it switched.  Raises cuda_launch.LaunchError, naming each launcher's failure, when none passes.
+    TINYDAE_CUDA_SELFCHECK: once (default) | always | off."""
+    mode = os.environ.get("TINYDAE_CUDA_SELFCHECK", "once").strip() or "once"
+    if mode not in SELF_CHECK_MODES:
+        raise ValueError(f"TINYDAE_CUDA_SELFCHECK must be one of {', '.join(SELF_CHECK_MODES)}, got {mode!r}")
+    if mode == "off":
+        return []
+    failures = []
+    for name in dict.fromkeys([LAUNCHER.name, "numba"]):
+        if LAUNCHER.name != name:
+            set_launcher(name)
+        ok, detail = _verdict(LAUNCHER, mode)
+        if ok:
+            return [f"the {f[0]} launcher failed its self-check ({f[1]}); using numba's dispatcher "
+                    f"(slower launches) instead" for f in failures]
+        failures.append((name, detail))
+    raise cuda_launch.LaunchError("; ".join(f"{n} launcher: {d}" for n, d in failures))
+
+
 def _grid(n, threads=None):
     threads = threads or LAUNCH["threads"]
     return max(1, min(-(-n // threads), LAUNCH["max_blocks"])), threads
@@ -97,9 +242,31 @@ def _xp(a):
     return cupy
 
 
+_DEVICE_ARRAY = []  # [the array type the twins take]: cupy.ndarray, or np.ndarray in the simulator
+
+
+def _device_array_type():
+    if not _DEVICE_ARRAY:
+        if SIMULATOR:
+            _DEVICE_ARRAY.append(np.ndarray)
+        else:
+            import cupy
+
+            _DEVICE_ARRAY.append(cupy.ndarray)
+    return _DEVICE_ARRAY[0]
+
+
 def check_arrays(**arrays):
-    check_contiguous(arrays, lambda a: hasattr(a, "__cuda_array_interface__")
-                     or (SIMULATOR and isinstance(a, np.ndarray)), "a CuPy array")
+    """The twins take CuPy arrays (NumPy arrays in the simulator), C-contiguous.  Another
+    library's device array (a torch CUDA tensor ...) is refused here, clearly: the launchers read
+    CuPy's own attributes.  The public API converts such arrays first (Backend.as_array)."""
+    kind = _device_array_type()
+    for name, a in arrays.items():
+        if not isinstance(a, kind) and hasattr(a, "__cuda_array_interface__"):
+            raise TypeError(f"{name}: the CUDA twins take CuPy arrays, got a {type(a).__module__}."
+                            f"{type(a).__name__} in device memory; convert it without a copy first: "
+                            f"cupy.asarray({name})")
+    check_contiguous(arrays, lambda a: isinstance(a, kind), "a CuPy array")
 
 
 

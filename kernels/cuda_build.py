@@ -7,9 +7,11 @@ PTX ISA: a CUDA 13.0 driver takes ISA 9.0, which NVVM 13.0 emits, but not the 9.
 the `cuda13` extra pins the 13.0 compiler wheels so numba's own dispatcher stays safe too.)
 
 Built variants are cached on disk (TINYDAE_CUDA_CACHE, default ~/.cache/tinydae/cuda), keyed by
-the kernels' sources, the kernel, its signature, the architecture and the toolchain's versions;
-`python cli.py build-cuda --out DIR` writes the same layout, so pointing TINYDAE_CUDA_CACHE at
-DIR makes a machine's first launches load instead of compile.
+the kernels' sources, the kernel, its signature, the architecture and numba-cuda's version (not by
+this machine's paths or toolchain).  `python cli.py build-cuda --arch sm_90 --out DIR` writes the
+same layout plus a manifest.json, every path in it relative to DIR: a portable bundle.  Pointing
+TINYDAE_CUDA_CUBINS at DIR (on any machine, with the same sources and numba-cuda) makes the CuPy
+launcher load its cubins without NVVM or an assembler there.
 """
 import hashlib
 import json
@@ -21,7 +23,8 @@ import tempfile
 from importlib import metadata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ("cuda.py", "cuda_launch.py", "scalar.py", "philox.py", "common.py", "reference.py")
+# What the kernels are compiled from (cuda_launch.py is not: the signatures enter the key themselves).
+SOURCES = ("cuda.py", "scalar.py", "philox.py", "common.py", "reference.py")
 TOOLCHAIN_PACKAGES = ("numba", "numba-cuda", "nvidia-nvvm", "nvidia-nvjitlink", "cuda-bindings")
 # Data movement and selects in f64 are not f64 arithmetic; everything else typed .f64 is.
 _F64_NOT_ARITHMETIC = {"ld", "st", "mov", "selp", "cvta", "shfl", "atom", "red"}
@@ -252,64 +255,129 @@ def resources(log):
 # ----------------------------------------------------------------------------------------
 
 
-def variant_key(k, dtype, cc, assembler):
-    """The cache key of one built variant: sources, kernel, signature, arch, toolchain."""
-    text = json.dumps([source_digest(), k.name, k.variants[dtype], arch_name(cc), assembler,
-                       toolchain()], sort_keys=True)
+def numba_cuda_version():
+    try:
+        return metadata.version("numba-cuda")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def variant_key(k, dtype, cc):
+    """The key of one built variant: the kernels' sources, the kernel, its signature, the
+    architecture and numba-cuda's version (whose kernel ABI the cubin follows).  Nothing of
+    this machine (paths, CUDA_HOME, the assembler) enters it, so a bundle built on one machine
+    is found on another (kernels/cuda_launch.py checks each entry's parameters on load)."""
+    text = json.dumps([source_digest(), k.name, k.variants[dtype], arch_name(cc), numba_cuda_version()])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _stem(k, dtype, cc, key):
-    return f"{k.name}-{dtype or 'any'}-{arch_name(cc)}-{key}"
+def _stem(k, dtype, cc):
+    return f"{k.name}-{dtype or 'any'}-{arch_name(cc)}-{variant_key(k, dtype, cc)}"
 
 
 def _write_atomic(path, data):
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# Absolute paths are added when a record is read or built, never stored: a bundle is
+# self-contained and can be moved or carried to another machine.
+_LOCAL = ("cubin_path", "ptx_path", "json_path")
 
 
 def build_variant(k, dtype, cc, out_dir, assembler="auto", keep_ptx=True):
     """Compile, assemble and describe one kernel variant, writing its files to out_dir.
 
     -> {'name', 'dtype', 'ok', 'registers', 'spills', 'local_bytes', 'shared_bytes', 'f64_ops',
-        'entry', 'ptx_isa', 'nvvm_release', 'assembler', 'cubin_path', 'ptx_params'}
+        'entry', 'ptx_isa', 'nvvm_release', 'assembler', 'ptx_params', 'cubin' (file name, relative
+        to out_dir), 'cubin_path', 'json_path' (absolute, not stored) ...}
     """
     if assembler == "auto":
         usable = assemblers()
         assembler = usable[0] if usable else "auto"  # assemble() then says what is missing
-    key = variant_key(k, dtype, cc, assembler)
-    stem = os.path.join(out_dir, _stem(k, dtype, cc, key))
+    stem = _stem(k, dtype, cc)
     ptx, entry = compile_ptx(k, dtype, cc)
     cubin, log, used = assemble(ptx, cc, assembler)
     info = dict(name=k.name, dtype=dtype, ok=True, **resources(log), f64_ops=count_f64_ops(ptx),
                 f64_by_opcode=f64_ops_by_opcode(ptx),
                 entry=entry, **ptx_header(ptx), assembler=used, arch=arch_name(cc),
-                signature=k.variants[dtype], ptx_params=entry_params(ptx), cubin_path=stem + ".cubin")
+                signature=k.variants[dtype], ptx_params=entry_params(ptx), key=variant_key(k, dtype, cc),
+                source_digest=source_digest(), numba_cuda=numba_cuda_version(), cubin=stem + ".cubin")
     os.makedirs(out_dir, exist_ok=True)
     if keep_ptx:
-        _write_atomic(stem + ".ptx", ptx.encode())
-        info["ptx_path"] = stem + ".ptx"
-    _write_atomic(stem + ".cubin", cubin)
-    _write_atomic(stem + ".json", json.dumps(info, indent=1).encode())  # written last: marks it complete
+        _write_atomic(os.path.join(out_dir, stem + ".ptx"), ptx.encode())
+        info["ptx"] = stem + ".ptx"
+    _write_atomic(os.path.join(out_dir, stem + ".cubin"), cubin)
+    # the record is written last: it marks the variant complete
+    _write_atomic(os.path.join(out_dir, stem + ".json"), json.dumps(info, indent=1).encode())
+    return _localize(info, out_dir, stem)
+
+
+def _localize(info, directory, stem):
+    directory = os.path.abspath(directory)
+    info = dict(info, cubin_path=os.path.join(directory, info["cubin"]),
+                json_path=os.path.join(directory, stem + ".json"))
+    if info.get("ptx"):
+        info["ptx_path"] = os.path.join(directory, info["ptx"])
     return info
+
+
+def read_built(directory, k, dtype, cc):
+    """The record of a variant built into `directory` (a bundle or the cache), with absolute
+    paths added, or None when it is not there (or its cubin is missing)."""
+    stem = _stem(k, dtype, cc)
+    try:
+        with open(os.path.join(directory, stem + ".json")) as f:
+            info = json.load(f)
+        info = _localize(info, directory, stem)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if os.path.isfile(info["cubin_path"]) else None
 
 
 def cached_build(k, dtype, cc, directory=None, assembler="auto"):
     """The cached build of a variant (built now if absent) -> build_variant's dict."""
     directory = cache_dir(directory)
-    usable = assemblers()
-    chosen = usable[0] if assembler == "auto" and usable else assembler
-    path = os.path.join(directory, _stem(k, dtype, cc, variant_key(k, dtype, cc, chosen)) + ".json")
+    return read_built(directory, k, dtype, cc) or build_variant(k, dtype, cc, directory, assembler, keep_ptx=False)
+
+
+def find_built(k, dtype, cc, cache=None, bundle=None, assembler="auto"):
+    """A variant's cubin for the launcher: from the bundle (`bundle`, else $TINYDAE_CUDA_CUBINS:
+    a ``build-cuda --out DIR`` folder, read only, needing neither NVVM nor an assembler), else
+    from the launch cache, built there if absent.  BuildError says what was looked for."""
+    bundle = bundle if bundle is not None else os.environ.get("TINYDAE_CUDA_CUBINS", "").strip()
+    if not bundle:
+        return cached_build(k, dtype, cc, cache, assembler)
+    info = read_built(bundle, k, dtype, cc)
+    if info is not None:
+        return info
+    if not os.path.isdir(bundle):
+        where = f"TINYDAE_CUDA_CUBINS={bundle} is not a folder"
+    else:
+        where = (f"{k.name} {dtype} for {arch_name(cc)} is not in the bundle {os.path.abspath(bundle)} "
+                 f"(looked for {_stem(k, dtype, cc)}.json: built from other kernel sources or another "
+                 f"numba-cuda than {numba_cuda_version()}? see its manifest.json)")
     try:
-        with open(path) as f:
-            info = json.load(f)
-        if os.path.exists(info["cubin_path"]):
-            return info
-    except (OSError, ValueError, KeyError):
-        pass
-    return build_variant(k, dtype, cc, directory, chosen, keep_ptx=False)
+        return cached_build(k, dtype, cc, cache, assembler)
+    except Exception as e:
+        raise BuildError(f"{where}, and it cannot be built here ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+
+
+def write_manifest(out_dir, cc, results):
+    """manifest.json of a build: what it was built from and each variant's record, with paths
+    relative to out_dir only (the bundle can be moved)."""
+    manifest = dict(format=1, arch=arch_name(cc), source_digest=source_digest(),
+                    numba_cuda=numba_cuda_version(), toolchain=toolchain(),
+                    kernels=[{k: v for k, v in r.items() if k not in _LOCAL} for r in results])
+    _write_atomic(os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=2).encode())
+    return manifest
 
 
 def build_all(cc, out_dir, assembler="auto", names=None):

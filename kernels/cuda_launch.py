@@ -71,6 +71,11 @@ def ptx_param_types(params):
     return out
 
 
+class LaunchError(RuntimeError):
+    """A launcher could not load or launch a kernel; the message names the kernel, the variant
+    and the underlying exception (the self-check in kernels/cuda.py reports it and falls back)."""
+
+
 def arg_key(args):
     """Runtime arguments -> the parsed-signature form they would need (for matching)."""
     key = []
@@ -86,18 +91,51 @@ def arg_key(args):
     return tuple(key)
 
 
-def flatten(args):
+# The launch-time check, cheaply.  Reading ``a.dtype.name`` costs ~3 us per array on CuPy and
+# arg_key's isinstance tests add up: an Adam launch spent ~51 us checking its 16 arguments.
+# fast_key reads only what is cheap (a scalar's type; an array's dtype number, ndim and
+# C-contiguity), and Kernel.plan memoizes, per such key, the declared variant it matches and
+# how to flatten it: the full check runs once per distinct key, not once per launch.
+_SCALAR = {np.int32: 0, np.int64: 0, np.uint32: 0, np.uint64: 0, np.float32: 0, np.float64: 0,
+           np.bool_: 0, bool: 1}  # scalar type -> its flatten code (1: a Python bool, made np.bool_)
+ARRAY = 2  # the flatten code of an array
+
+
+def _array_key(a):
+    try:  # CuPy: C-level attributes (~40 ns each; ``a.flags`` would build an object)
+        return a.dtype.num, a.ndim, a._c_contiguous
+    except AttributeError:
+        pass
+    try:
+        return a.dtype.num, a.ndim, a.flags.c_contiguous  # NumPy (the simulator)
+    except AttributeError:
+        arg_key([a])  # not an array at all (a Python float ...): its TypeError says so
+        raise
+
+
+def fast_key(args):
+    """Arguments -> a hashable key that tells declared variants apart: a scalar's type, an
+    array's (dtype number, ndim, C-contiguous).  Costs ~0.1-0.2 us per argument."""
+    return tuple([t if (t := type(a)) in _SCALAR else _array_key(a) for a in args])
+
+
+def flatten(args, plan=None):
     """Arguments -> numba's kernel ABI, as CuPy launches it: Python ints are passed as 64-bit
-    values (pointers, sizes, shapes, strides), NumPy scalars in their own type."""
+    values (pointers, sizes, shapes, strides), NumPy scalars in their own type.
+
+    plan: the flatten codes from Kernel.plan (one per argument: 0 scalar, 1 Python bool, 2
+    array); without it they are worked out here (slower).  Arrays are CuPy arrays, or objects
+    with CuPy's attributes (``.data.ptr``, ``.size``, ``.itemsize``, ``.shape``, ``.strides``)."""
+    if plan is None:
+        plan = tuple(_SCALAR.get(type(a), ARRAY) for a in args)
     flat = []
-    for a in args:
-        if isinstance(a, np.generic):
-            flat.append(a)
-        elif isinstance(a, bool):
+    for a, code in zip(args, plan):
+        if code == ARRAY:
+            flat += (0, 0, a.size, a.itemsize, a.data.ptr, *a.shape, *a.strides)
+        elif code:
             flat.append(np.bool_(a))
         else:
-            ptr = a.data.ptr if hasattr(a.data, "ptr") else a.__cuda_array_interface__["data"][0]
-            flat += [0, 0, a.size, a.itemsize, ptr, *a.shape, *a.strides]
+            flat.append(a)
     return flat
 
 
@@ -120,6 +158,7 @@ class Kernel:
             self.variants[dt] = re.sub(r"\bT\b", dt, signature) if dt else signature
         self.parsed = {dt: tuple(parse_signature(s)) for dt, s in self.variants.items()}
         self._by_key = {p: dt for dt, p in self.parsed.items()}
+        self._plans = {}  # fast_key -> (variant dtype, flatten codes)
 
     def variant(self, args):
         """-> the dtype key of the declared variant these arguments match (TypeError if none)."""
@@ -129,6 +168,21 @@ class Kernel:
         except KeyError:
             raise TypeError(f"CUDA kernel {self.name} launched with {key}, which matches none of its "
                             f"declared signatures {list(self.variants.values())}") from None
+
+    def plan(self, args, key=None):
+        """-> (variant dtype, flatten codes) for these arguments: the full check (variant, and
+        C-contiguous arrays, as the signatures declare) the first time a fast_key is seen,
+        a dict lookup after.  TypeError when they match no declared variant."""
+        key = fast_key(args) if key is None else key
+        hit = self._plans.get(key)
+        if hit is None:
+            dtype = self.variant(args)
+            for i, a in enumerate(args):
+                if _SCALAR.get(type(a), ARRAY) == ARRAY and not _array_key(a)[2]:
+                    raise TypeError(f"CUDA kernel {self.name}: argument {i} is not C-contiguous, as its "
+                                    f"declared signature {self.variants[dtype]} needs")
+            hit = self._plans[key] = (dtype, tuple(_SCALAR.get(type(a), ARRAY) for a in args))
+        return hit
 
     def __repr__(self):
         return f"Kernel({self.name}, {list(self.variants.values())})"
@@ -172,45 +226,108 @@ class NumbaLauncher:
         return stream
 
     def launch(self, k, blocks, threads, args):
-        k.variant(args)  # the same declared-signature check as the CuPy launcher
+        k.plan(args)  # the same declared-signature check as the CuPy launcher
         k.dispatcher[blocks, threads, self._stream()](*args)
 
 
+def check_entry(k, dtype, info):
+    """A built variant's PTX .entry parameter list must be what the declared signature
+    flattens to (numba's kernel ABI), or every launch would pass misplaced arguments."""
+    want = ptx_param_types(k.parsed[dtype])
+    got = info.get("ptx_params")
+    if got != want:
+        raise LaunchError(f"{k.name} {dtype or 'any'}: the cubin's .entry takes {len(got or [])} parameters "
+                          f"{_types(got)}, the declared signature {k.variants[dtype]} flattens to "
+                          f"{len(want)} {_types(want)} ({info.get('json_path', 'built now')}); rebuild it")
+
+
+def _types(types):
+    return "(" + ",".join(types or []) + ")" if types is not None else "(unknown)"
+
+
 class CupyLauncher:
-    """Cubins from cuda_build, loaded by cupy.RawModule, launched by CuPy on its current stream."""
+    """Cubins from cuda_build, loaded by cupy.RawModule, launched by CuPy on its current stream.
+
+    Where the cubins come from: the bundle in TINYDAE_CUDA_CUBINS (``build-cuda --out DIR``,
+    possibly made on another machine), else the launch cache (built on first use).  Every load
+    checks the entry's parameter list against the declared signature (check_entry)."""
 
     name = "cupy"
 
-    def __init__(self, cache_dir=None):
+    def __init__(self, cache_dir=None, bundle=None):
         self.cache_dir = cache_dir
-        self._functions = {}  # (kernel, arg key, device) -> cupy RawKernel from a RawModule
+        self.bundle = bundle  # None: TINYDAE_CUDA_CUBINS when a variant is first loaded
+        self._functions = {}  # (kernel, device, fast_key) -> (RawKernel, flatten codes)
         self._modules = []    # the RawModules, kept loaded for as long as their functions are used
+        self._arch = {}       # device -> (major, minor)
+        self.loaded = {}      # (kernel name, dtype, arch) -> the cubin file it was loaded from
 
-    def _load(self, k, args):
+    def _device(self):
         import cupy
 
+        return cupy.cuda.runtime.getDevice()
+
+    def _device_arch(self, device):
+        arch = self._arch.get(device)
+        if arch is None:
+            from . import cuda_build
+
+            arch = self._arch[device] = cuda_build.device_arch()
+        return arch
+
+    def _built(self, k, dtype, arch):
+        """-> the built variant's record (cuda_build.find_built): bundle first, else the cache."""
         from . import cuda_build
 
-        dtype = k.variant(args)
-        arch = cuda_build.device_arch()
-        built = cuda_build.cached_build(k, dtype, arch, self.cache_dir)
-        module = cupy.RawModule(path=built["cubin_path"])  # a cubin: loaded as is, no JIT
-        self._modules.append(module)
-        return module.get_function(built["entry"])
+        return cuda_build.find_built(k, dtype, arch, cache=self.cache_dir, bundle=self.bundle)
 
-    def launch(self, k, blocks, threads, args):
+    def _module_function(self, info):
         import cupy
 
-        key = (k.name, arg_key(args), cupy.cuda.runtime.getDevice())
-        fn = self._functions.get(key)
-        if fn is None:
-            fn = self._functions[key] = self._load(k, args)
-        fn((blocks,), (threads,), tuple(flatten(args)))
+        module = cupy.RawModule(path=info["cubin_path"])  # a cubin: loaded as is, no JIT
+        self._modules.append(module)
+        return module.get_function(info["entry"])
+
+    def _load(self, k, dtype, device):
+        from . import cuda_build
+
+        arch = self._device_arch(device)
+        try:
+            info = self._built(k, dtype, arch)
+            check_entry(k, dtype, info)
+            fn = self._module_function(info)
+            self.loaded[(k.name, dtype, cuda_build.arch_name(arch))] = info["cubin_path"]
+            return fn
+        except LaunchError:
+            raise
+        except Exception as e:  # BuildError, a missing file, CuPy's load error: say which and why
+            raise LaunchError(f"the cupy launcher could not load {k.name} {dtype} for "
+                              f"{cuda_build.arch_name(arch)}: {type(e).__name__}: {_first_line(e)}") from e
+
+    def function(self, k, args):
+        """-> (the loaded RawKernel, the flatten codes) for these arguments (loaded once)."""
+        key = fast_key(args)
+        device = self._device()
+        hit = self._functions.get((k, device, key))
+        if hit is None:
+            dtype, plan = k.plan(args, key)
+            hit = self._functions[(k, device, key)] = (self._load(k, dtype, device), plan)
+        return hit
+
+    def launch(self, k, blocks, threads, args):
+        fn, plan = self.function(k, args)
+        fn((blocks,), (threads,), tuple(flatten(args, plan)))
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else "(no message)"
 
 
 def default_launcher():
-    """TINYDAE_CUDA_LAUNCHER if set; else numba under the simulator, cupy where a cubin
-    assembler (ptxas or nvJitLink) is found, numba's dispatcher otherwise."""
+    """TINYDAE_CUDA_LAUNCHER if set; else numba under the simulator, cupy where its cubins can
+    be had (a bundle in TINYDAE_CUDA_CUBINS, or a cubin assembler: ptxas or nvJitLink), numba's
+    dispatcher otherwise."""
     name = os.environ.get("TINYDAE_CUDA_LAUNCHER", "").strip()
     if name:
         return name
@@ -218,7 +335,7 @@ def default_launcher():
         return "numba"
     from . import cuda_build
 
-    return "cupy" if cuda_build.assemblers() else "numba"
+    return "cupy" if os.environ.get("TINYDAE_CUDA_CUBINS") or cuda_build.assemblers() else "numba"
 
 
 def make_launcher(name=None):

@@ -111,6 +111,7 @@ class FakeDeviceArray:
                                          "typestr": self.dtype.str, "version": 3}
         self.data = self  # CuPy: a.data.ptr
         self.ptr = 0x7F0000001000
+        self._c_contiguous = True  # CuPy's C-level flag, which the launcher's memo key reads
 
 
 def example_args(params):
@@ -268,7 +269,8 @@ def test_cupy_launcher_loads_each_variant_once_and_passes_the_flat_abi(monkeypat
 
     def fake_build(k, dtype, cc, directory=None, assembler="auto"):
         built.append((k.name, dtype, cc))
-        return {"cubin_path": str(tmp_path / f"{k.name}-{dtype}.cubin"), "entry": f"entry_{k.name}_{dtype}"}
+        return {"cubin_path": str(tmp_path / f"{k.name}-{dtype}.cubin"), "entry": f"entry_{k.name}_{dtype}",
+                "ptx_params": cuda_launch.ptx_param_types(k.parsed[dtype])}
 
     monkeypatch.setattr(cb, "cached_build", fake_build)
     k = cuda_launch.Kernel(lambda out, x, s: None, "void(T[::1], T[:, ::1], T)")
@@ -316,3 +318,84 @@ def test_a_misspelt_launcher_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("TINYDAE_CUDA_LAUNCHER", "cuppy")
     r = CliRunner().invoke(cli, ["train", "--backend", "cuda", "--epochs", "1", "--limit", "100"])
     assert r.exit_code == 2 and r.output.strip() == "error: TINYDAE_CUDA_LAUNCHER must be cupy or numba, got 'cuppy'", r.output
+
+
+# -- portable bundles: build-cuda --out DIR, loaded elsewhere through TINYDAE_CUDA_CUBINS ---------
+
+
+@needs_toolchain
+def test_a_bundle_loads_after_it_moved_from_another_directory_without_a_compiler(built, tmp_path, monkeypatch):
+    """build-cuda's folder is self-contained: its manifest holds no absolute path, and copied
+    elsewhere (as carried to a GPU machine) every variant is found through a relative
+    TINYDAE_CUDA_CUBINS from another working directory, with no compiler or assembler at hand,
+    its .entry parameters checked against the declared signature."""
+    import shutil
+
+    from tinydae.kernels import cuda  # noqa: F401  (declares the kernels)
+
+    manifest = json.loads(open(os.path.join(built["out"], "manifest.json")).read())
+    assert manifest["format"] == 1 and manifest["arch"] == "sm_90"
+    assert manifest["source_digest"] == cuda_build.source_digest()
+    for r in manifest["kernels"]:
+        assert r["cubin"] == os.path.basename(r["cubin"]) and not set(r) & {"cubin_path", "ptx_path", "json_path"}
+    carried = tmp_path / "carried" / "bundle"
+    shutil.copytree(built["out"], carried)
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("TINYDAE_CUDA_CUBINS", os.path.join("..", "carried", "bundle"))
+    monkeypatch.setattr(cuda_build, "compile_ptx", lambda *a: pytest.fail("compiled instead of loading"))
+    monkeypatch.setattr(cuda_build, "assemblers", lambda: [])
+    n = 0
+    for k in cuda_launch.KERNELS.values():
+        for dtype in k.variants:
+            info = cuda_build.find_built(k, dtype, (9, 0), cache=str(tmp_path / "cache"))
+            assert info["cubin_path"] == str(carried / info["cubin"]) and os.path.getsize(info["cubin_path"]) > 0
+            cuda_launch.check_entry(k, dtype, info)
+            n += 1
+    assert n == len(manifest["kernels"]) and not (tmp_path / "cache").exists()
+
+
+def test_a_variant_missing_from_the_bundle_is_one_clear_error(tmp_path, monkeypatch):
+    """A bundle without the variant (built from other sources, another numba-cuda, another arch)
+    falls back to compiling; where that is impossible the error names both."""
+    k = cuda_launch.Kernel(lambda out, s: None, "void(T[::1], T)")
+    monkeypatch.setattr(cuda_build, "cached_build", lambda *a, **kw: (_ for _ in ()).throw(
+        cuda_build.BuildError("no cubin assembler")))
+    (tmp_path / "bundle").mkdir()
+    with pytest.raises(cuda_build.BuildError) as info:
+        cuda_build.find_built(k, "float32", (9, 0), bundle=str(tmp_path / "bundle"))
+    text = str(info.value)
+    assert text.startswith(f"{k.name} float32 for sm_90 is not in the bundle {tmp_path / 'bundle'} (looked for ")
+    assert text.endswith("and it cannot be built here (BuildError: no cubin assembler)")
+    with pytest.raises(cuda_build.BuildError, match="TINYDAE_CUDA_CUBINS=.*nowhere is not a folder"):
+        cuda_build.find_built(k, "float32", (9, 0), bundle=str(tmp_path / "nowhere"))
+
+
+def test_a_bundle_entry_with_other_parameters_is_refused_on_load():
+    k = cuda_launch.Kernel(lambda out, s: None, "void(T[::1], T)")
+    good = {"ptx_params": ["u64"] * 7 + ["f32"]}
+    cuda_launch.check_entry(k, "float32", good)
+    for bad in ({"ptx_params": ["u64"] * 7 + ["f64"]}, {"ptx_params": ["u64"] * 7}, {}):
+        with pytest.raises(cuda_launch.LaunchError, match="rebuild it"):
+            cuda_launch.check_entry(k, "float32", bad)
+
+
+def test_the_launch_memo_checks_once_per_argument_kind():
+    """Kernel.plan: the full check on a new kind of arguments (dtype, ndim, contiguity, scalar
+    types), a lookup after; a non-contiguous array or a Python float is refused every time."""
+    k = cuda_launch.Kernel(lambda out, x, s: None, "void(T[::1], T[:, ::1], T)")
+    a, b = np.ones(6, np.float32), np.ones((2, 3), np.float32)
+    assert k.plan((a, b, np.float32(1))) == ("float32", (2, 2, 0))
+    assert len(k._plans) == 1
+    k.plan((a + 1, b * 2, np.float32(3)))
+    assert len(k._plans) == 1  # same kinds: no new check
+    assert k.plan((a.astype(np.float64), b.astype(np.float64), np.float64(1)))[0] == "float64"
+    with pytest.raises(TypeError, match="argument 1 is not C-contiguous"):
+        k.plan((a, np.ones((3, 2), np.float32).T, np.float32(1)))
+    with pytest.raises(TypeError, match="NumPy scalars"):
+        k.plan((a, b, 1.0))
+    with pytest.raises(TypeError, match="declared"):
+        k.plan((a, b, np.float64(1)))
+    assert len(k._plans) == 2
+    assert cuda_launch.flatten((FakeDeviceArray("float32", (7,)), True), (2, 1))[-1] is np.True_

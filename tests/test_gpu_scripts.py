@@ -254,7 +254,7 @@ def test_the_whole_launch_benchmark_runs_in_the_simulator():
 
         class CupyStandIn(Counting):
             name = "cupy"
-            def _load(self, k, args):
+            def function(self, k, args):
                 raise RuntimeError("no cubins in the simulator")
 
         kc.set_launcher = lambda name: setattr(kc, "LAUNCHER", CupyStandIn() if name == "cupy" else Counting())
@@ -290,17 +290,25 @@ import json, os, sys, types
 import numpy as np
 import tinydae.kernels.cuda as kc
 from tinydae.kernels import cuda_launch
-from bench import gpu_preflight as gp
+from bench import cupy_standin, gpu_preflight as gp
 
 out, mode = sys.argv[1], sys.argv[2]
-sys.modules["cupy"] = types.SimpleNamespace(ascontiguousarray=np.ascontiguousarray, asnumpy=np.asarray)
 
-class CupyStandIn(cuda_launch.NumbaLauncher):
-    name = "cupy"
-    def launch(self, k, blocks, threads, args):
-        if mode == "rebuilds":  # as if the launcher compiled a variant build-cuda had built
-            open(os.path.join(os.environ["TINYDAE_CUDA_CACHE"], k.name + ".cubin"), "w").close()
-        super().launch(k, blocks, threads, args)
+def ascontiguousarray(a, dtype=None):  # CuPy 14: cpdef ascontiguousarray(_ndarray_base a, ...)
+    if not isinstance(a, cupy_standin.DeviceArray):
+        raise TypeError("Argument 'a' has incorrect type (expected cupy._core.core._ndarray_base, got numpy.ndarray)")
+    return np.ascontiguousarray(a).view(cupy_standin.DeviceArray)
+
+sys.modules["cupy"] = types.SimpleNamespace(ascontiguousarray=ascontiguousarray, asarray=cupy_standin.to_device,
+                                            asnumpy=np.asarray)
+
+class CupyStandIn(cupy_standin.EmulatedCupyLauncher):
+    # The real CupyLauncher, kernels run in the simulator; each variant's record is the one a
+    # bundle in TINYDAE_CUDA_CUBINS holds, or (mode rebuilds) one compiled into another folder.
+    def _built(self, k, dtype, arch):
+        where = os.environ["TINYDAE_CUDA_CUBINS"] if mode != "rebuilds" else os.path.join(out, "cache")
+        return dict(name=k.name, dtype=dtype, entry=k.name, cubin_path=os.path.join(where, k.name + ".cubin"),
+                    ptx_params=cuda_launch.ptx_param_types(k.parsed[dtype]))
 
 kc.set_launcher = lambda name: setattr(kc, "LAUNCHER", CupyStandIn() if name == "cupy" else cuda_launch.NumbaLauncher())
 if mode == "wrong":
@@ -309,6 +317,8 @@ if mode == "wrong":
         right(p, *args, **kw)
         p[0] += 1
     kc.sgd_update = wrong
+if mode == "old-to-dev":  # what the preflight passed before: cupy.ascontiguousarray on NumPy arrays
+    gp.cupy_to_dev = lambda a: sys.modules["cupy"].ascontiguousarray(a)
 gp.gpu_unavailable_reason = lambda: None
 gp.device_info = lambda: dict(name="Sim GPU", id=0, compute_capability="9.0", arch="sm_90", memory_gib=80.0,
                               driver="13.0", driver_version=13000, runtime="13.0", runtime_version=13000)
@@ -317,29 +327,48 @@ sys.exit(gp.main(["--out", out]))
 """
 
 
-@pytest.mark.parametrize("mode,status", [("right", 0), ("wrong", 1), ("rebuilds", 1)])
+@pytest.mark.parametrize("mode,status", [("right", 0), ("wrong", 1), ("rebuilds", 1), ("old-to-dev", 1)])
 def test_preflight_main_in_the_simulator(tmp_path, mode, status):
-    """gpu_preflight.main end to end under NUMBA_ENABLE_CUDASIM=1, the device and build-cuda
-    stood in for: one PASS line per check and exit 0, or FAIL lines and exit 1 when a twin is
-    wrong or the CuPy launcher compiles what build-cuda had built."""
-    env = {"NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": ROOT, "TINYDAE_CUDA_CACHE": None}
+    """gpu_preflight.main end to end under NUMBA_ENABLE_CUDASIM=1, the device, CuPy and build-cuda
+    stood in for (the cupy launcher is the real CupyLauncher on stand-in arrays, its kernels run
+    in the simulator): one PASS line per check and exit 0, or FAIL lines and exit 1 when a twin
+    is wrong, the CuPy launcher compiles what build-cuda had built, or the host-to-device copy
+    is CuPy 14's ascontiguousarray, which refuses NumPy arrays."""
+    env = {"NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": ROOT, "TINYDAE_CUDA_CUBINS": None}
     r = run_python("-c", PREFLIGHT_IN_SIMULATOR, str(tmp_path), mode, env=env)
     assert r.returncode == status, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads((tmp_path / "preflight-sim-gpu.json").read_text())
-    assert summary["build_dir"] == str(tmp_path / "cuda-build")  # the launcher's cache: OUT/cuda-build
+    assert summary["build_dir"] == str(tmp_path / "cuda-build")  # the launcher's bundle: OUT/cuda-build
     checks = summary["checks"]
     n_cases = len(gpu_preflight.CASES)
     assert len(checks) == 3 + len(gpu_preflight.LAUNCHERS) * n_cases  # numba sees it, build, cases, cubins
     failed = [c["check"] for c in checks if not c["ok"]]
     lines = [line for line in r.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
     assert len(lines) == len(checks) and sum(line.startswith("FAIL") for line in lines) == len(failed)
+    reuse = "cupy launcher loaded build-cuda's cubins"
     if mode == "right":
         assert not failed and "checks passed on Sim GPU" in r.stdout
+        assert f"{n_cases} variants loaded from {tmp_path / 'cuda-build'}, none compiled again" in r.stdout
     elif mode == "wrong":
         assert failed == [f"{name} launcher, sgd_update float32 nesterov (boolean scalar)"
                           for name in gpu_preflight.LAUNCHERS]
-    else:
-        assert failed == ["cupy launcher loaded build-cuda's cubins"]
+    elif mode == "rebuilds":
+        assert failed == [reuse]
+    else:  # every case fails on both launchers, and the reuse check does not pass on nothing
+        assert len(failed) == 1 + len(gpu_preflight.LAUNCHERS) * n_cases and reuse in failed
+        assert "Argument 'a' has incorrect type" in r.stdout and "reuse of build-cuda's cubins is unproven" in r.stdout
+
+
+def test_the_preflights_host_to_device_copy_takes_numpy_arrays(monkeypatch):
+    """gpu_preflight.cupy_to_dev hands cupy.asarray a C-contiguous NumPy array (CuPy 14's
+    ascontiguousarray would raise TypeError on it)."""
+    import types
+
+    seen = []
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(asarray=lambda a: seen.append(a) or "dev"))
+    x = np.arange(12.0).reshape(3, 4)[:, ::2]
+    assert gpu_preflight.cupy_to_dev(x) == "dev"
+    assert type(seen[0]) is np.ndarray and seen[0].flags.c_contiguous and np.array_equal(seen[0], x)
 
 
 # -- bench/bench_launch.py without a GPU -------------------------------------------------------

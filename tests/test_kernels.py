@@ -34,7 +34,8 @@ class Twin:
             import cupy
 
             import tinydae.kernels.cuda as module
-            self.to_dev, self.to_host = cupy.ascontiguousarray, cupy.asnumpy
+            from bench.gpu_preflight import cupy_to_dev  # cupy.ascontiguousarray refuses NumPy arrays
+            self.to_dev, self.to_host = cupy_to_dev, cupy.asnumpy
         self.k = module
         # The simulator runs every GPU thread as a Python thread: keep its cases few and small.
         self.examples = 8 if (name == "cuda" and SIM) else 40

@@ -33,6 +33,9 @@ class Backend:
     kernels: ModuleType
     device: str
     kernel_set: str = "fused"  # "fused" twins, or the NumPy "reference"
+    # cuBLAS-style gemm(transa, transb, a, b, out=, alpha=, beta=) for gemm_acc; None: cupy.cublas.gemm
+    # on CuPy arrays, NumPy's matmul on the host.  (Set by the CI emulation of the CuPy backend.)
+    gemm: object = None
 
     def as_array(self, a, what="the batch", keep_host=False, dtype=None):
         """Any array -> a backend array with the same values and layout, without a copy
@@ -84,15 +87,16 @@ class Backend:
         F-ordered (a tied decoder's dW is the transpose view of the encoder's), anything else
         takes the NumPy-style path.
         """
-        if self.xp is np or not (out.flags.c_contiguous or out.flags.f_contiguous):
+        gemm = self.gemm
+        if (gemm is None and self.xp is np) or not (out.flags.c_contiguous or out.flags.f_contiguous):
             if accumulate:
                 out += self.xp.matmul(a.T, b)
             else:
                 self.xp.matmul(a.T, b, out=out)
             return
-        from cupy import cublas
-
-        cublas.gemm("T", "N", a, b, out=out, alpha=1.0, beta=1.0 if accumulate else 0.0)
+        if gemm is None:
+            from cupy.cublas import gemm
+        gemm("T", "N", a, b, out=out, alpha=1.0, beta=1.0 if accumulate else 0.0)
 
     def sync(self):
         """Wait for queued device work (a no-op on the CPU)."""
@@ -228,6 +232,20 @@ def _cuda(kernel_set):
     launcher = os.environ.get("TINYDAE_CUDA_LAUNCHER", "").strip()
     if launcher and launcher not in ("cupy", "numba"):
         raise ConfigError(f"TINYDAE_CUDA_LAUNCHER must be cupy or numba, got {launcher!r}")
+    cupy, table = _cuda_probe()
+    _self_check(table)  # known-answer launches before any real work: fall back, or GPUUnusable
+    device = cupy.cuda.Device()
+    name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
+    name = name.decode() if isinstance(name, bytes) else name
+    return Backend("cuda", cupy, table, f"{name} (CUDA device {device.id})", kernel_set)
+
+
+def _cuda_probe():
+    """-> (cupy, the CUDA kernels module) once CuPy, a device, numba-cuda and the kernels'
+    declarations are found usable; else BackendUnavailable (nothing CUDA here) or GPUUnusable (a
+    GPU, but something in the way), each with the underlying exception's text."""
+    import os
+
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         raise BackendUnavailable("--backend cuda is unavailable: NUMBA_ENABLE_CUDASIM=1 simulates "
                                  "kernels on the CPU, it cannot run CuPy; unset it")
@@ -244,18 +262,56 @@ def _cuda(kernel_set):
         raise BackendUnavailable("--backend cuda found no CUDA device; use --backend cpu")
     try:
         from numba import cuda
-        usable = cuda.is_available()
-    except Exception:
-        usable = False
+        usable, why = cuda.is_available(), "numba.cuda.is_available() is False"
+    except Exception as e:  # e.g. numba-cuda < 0.30.4 beside numba >= 0.66: AttributeError NPDatetime
+        usable, why = False, f"{type(e).__name__}: {_first_line(e)}"
     if not usable:
-        raise BackendUnavailable(f"--backend cuda: numba cannot reach the GPU (numba-cuda missing or "
-                                 f"mismatched with the driver): {INSTALL_HINT}")
-    import tinydae.kernels.cuda as table
+        raise GPUUnusable(f"--backend cuda: numba cannot reach the GPU ({why}); numba-cuda must be "
+                          f"installed and match numba (numba >= 0.66 needs numba-cuda >= 0.30.4) and "
+                          f"the driver: {INSTALL_HINT}")
+    try:
+        import tinydae.kernels.cuda as table
+    except Exception as e:  # a compiler that fails while the kernels are declared
+        raise GPUUnusable(f"--backend cuda: the CUDA kernels cannot be declared ({type(e).__name__}: "
+                          f"{_first_line(e)})") from None
+    return cupy, table
 
-    device = cupy.cuda.Device()
-    name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
-    name = name.decode() if isinstance(name, bytes) else name
-    return Backend("cuda", cupy, table, f"{name} (CUDA device {device.id})", kernel_set)
+
+class GPUUnusable(BackendUnavailable):
+    """A GPU is there, but tinydae cannot run on it (a compiler, launcher or self-check failed):
+    --backend auto says so in a warning before it falls back to the CPU."""
+
+
+class BackendWarning(UserWarning):
+    """Something about the backend the user should know (a fallback); the CLI prints it as one
+    ``warning:`` line."""
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else "no detail"
+
+
+_CHECKED = {}  # launcher object -> its warnings, once the self-check passed in this process
+
+
+def _self_check(table):
+    """The kernels' self-check before any real work (kernels/cuda.py: ensure_launcher): a
+    launcher that fails falls back to numba's dispatcher with a warning; if that fails too,
+    GPUUnusable with both reasons."""
+    import warnings
+
+    if table.LAUNCHER in _CHECKED:
+        return
+    try:
+        notes = table.ensure_launcher()
+    except ValueError as e:  # a bad TINYDAE_CUDA_SELFCHECK
+        raise ConfigError(str(e)) from None
+    except Exception as e:  # LaunchError: every launcher failed
+        raise GPUUnusable(f"--backend cuda: the GPU failed its self-check ({e})") from None
+    _CHECKED[table.LAUNCHER] = notes
+    for note in notes:
+        warnings.warn(note, BackendWarning, stacklevel=3)
 
 
 def get_backend(name="auto", kernels=None):
@@ -284,6 +340,10 @@ def get_backend(name="auto", kernels=None):
     if name == "auto" and kernels == "fused":
         try:
             return _cuda(kernels)
+        except GPUUnusable as e:  # a GPU that does not work is news; no GPU at all is not
+            import warnings
+
+            warnings.warn(f"--backend auto runs on the CPU: {e}", BackendWarning, stacklevel=2)
         except BackendUnavailable:
             pass
     return _cpu(kernels)

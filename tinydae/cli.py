@@ -28,8 +28,21 @@ class Group(click.Group):
     """Turns tinydae's errors into one clear line and an exit code."""
 
     def invoke(self, ctx):
+        import warnings
+
+        from tinydae.backend import BackendWarning
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, BackendWarning):  # a fallback the user should know of: one line
+                click.echo(f"warning: {message}", err=True)
+            else:
+                default_show(message, category, *args, **kwargs)
+
+        default_show = warnings.showwarning
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = show
+                return super().invoke(ctx)
         except TinyDAEError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
@@ -397,8 +410,9 @@ def build_cuda(arch, out_dir, assembler, as_json):
     numba-cuda compiles each kernel's declared signatures (float32 and float64) to PTX, the
     assembler to a cubin for ARCH; the report gives each variant's registers, spill bytes,
     local-memory bytes, shared-memory bytes and f64 instructions.  Exit 0 only when every
-    variant compiles.  Pointing TINYDAE_CUDA_CACHE at OUT makes the GPU launcher load these
-    cubins instead of compiling on first use.
+    variant compiles.  OUT is a self-contained bundle (cubins and a manifest.json with paths
+    relative to it): TINYDAE_CUDA_CUBINS=OUT makes the GPU launcher load these cubins, on this
+    machine or another one with the same sources and numba-cuda, without compiling there.
     """
     from tinydae.kernels import cuda_build
 
@@ -418,9 +432,9 @@ def build_cuda(arch, out_dir, assembler, as_json):
     except ImportError as e:
         raise ConfigError(f"build-cuda needs numba-cuda with NVVM ({e}): pip install -e \".[cuda13]\"") from None
     failed = [r for r in results if not r["ok"]]
+    cuda_build.write_manifest(out_dir, cc, results)  # paths relative to out_dir: a movable bundle
     report = dict(arch=cuda_build.arch_name(cc), out=os.path.abspath(out_dir),
                   toolchain=cuda_build.toolchain(), kernels=results)
-    _write_json(os.path.join(out_dir, "manifest.json"), report)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
