@@ -7,7 +7,7 @@ those values back finds its arrays.  This module stands in for exactly the GPU p
 
 * ``DeviceArray``: a NumPy array with the attributes the launcher reads from a CuPy array
   (``.data.ptr``, ``._c_contiguous``, ``__cuda_array_interface__``), so the real
-  ``CupyLauncher.launch`` (its memo key, plan and ``flatten``) runs on it unchanged.
+  ``CupyLauncher.launch`` (its memo key, check and flattening) runs on it unchanged.
 * ``EmulatedCupyLauncher``: the real CupyLauncher, with only the cubin load replaced.  Each
   launch's flat values are packed by CuPy's own scalar packer (``cupy._core._scalar.CScalar``,
   importable without a GPU), the packed types compared with the variant's PTX ``.entry`` list
@@ -103,7 +103,7 @@ def _unpack(descr, raw):
 
 
 class EmulatedCupyLauncher(cuda_launch.CupyLauncher):
-    """The real CupyLauncher (memo key, plan, flatten), launching into numba's simulator.
+    """The real CupyLauncher (memo key, check, flattening), launching into numba's simulator.
 
     bundle: a ``build-cuda`` folder; its records give each variant's PTX .entry parameters (and
     the launcher's own check_entry compares them with the declared signature, as on a GPU).

@@ -93,12 +93,11 @@ def arg_key(args):
 
 # The launch-time check, cheaply.  Reading ``a.dtype.name`` costs ~3 us per array on CuPy and
 # arg_key's isinstance tests add up: an Adam launch spent ~51 us checking its 16 arguments.
-# fast_key reads only what is cheap (a scalar's type; an array's dtype number, ndim and
-# C-contiguity), and Kernel.plan memoizes, per such key, the declared variant it matches and
-# how to flatten it: the full check runs once per distinct key, not once per launch.
-_SCALAR = {np.int32: 0, np.int64: 0, np.uint32: 0, np.uint64: 0, np.float32: 0, np.float64: 0,
-           np.bool_: 0, bool: 1}  # scalar type -> its flatten code (1: a Python bool, made np.bool_)
-ARRAY = 2  # the flatten code of an array
+# The launcher reads only what is cheap (a scalar's type; an array's dtype number, ndim and
+# C-contiguity: the "fast key"), and Kernel.checked_variant memoizes, per fast key, the declared
+# variant it matches: the full check runs once per distinct key, not once per launch.  The key
+# is built in the same pass over the arguments as their flattening (key_and_flatten).
+_SCALAR = frozenset({np.int32, np.int64, np.uint32, np.uint64, np.float32, np.float64, np.bool_, bool})
 
 
 def _array_key(a):
@@ -115,28 +114,36 @@ def _array_key(a):
 
 def fast_key(args):
     """Arguments -> a hashable key that tells declared variants apart: a scalar's type, an
-    array's (dtype number, ndim, C-contiguous).  Costs ~0.1-0.2 us per argument."""
+    array's (dtype number, ndim, C-contiguous)."""
     return tuple([t if (t := type(a)) in _SCALAR else _array_key(a) for a in args])
 
 
-def flatten(args, plan=None):
-    """Arguments -> numba's kernel ABI, as CuPy launches it: Python ints are passed as 64-bit
-    values (pointers, sizes, shapes, strides), NumPy scalars in their own type.
+def key_and_flatten(args):
+    """-> (fast_key(args), the flat values of numba's kernel ABI as CuPy launches them), in one pass.
 
-    plan: the flatten codes from Kernel.plan (one per argument: 0 scalar, 1 Python bool, 2
-    array); without it they are worked out here (slower).  Arrays are CuPy arrays, or objects
-    with CuPy's attributes (``.data.ptr``, ``.size``, ``.itemsize``, ``.shape``, ``.strides``)."""
-    if plan is None:
-        plan = tuple(_SCALAR.get(type(a), ARRAY) for a in args)
-    flat = []
-    for a, code in zip(args, plan):
-        if code == ARRAY:
-            flat += (0, 0, a.size, a.itemsize, a.data.ptr, *a.shape, *a.strides)
-        elif code:
-            flat.append(np.bool_(a))
-        else:
-            flat.append(a)
-    return flat
+    Flat values: an array becomes (meminfo 0, parent 0, nitems, itemsize, data pointer,
+    shape..., strides...), each a Python int, which CuPy packs as 64 bits; a NumPy scalar
+    stays itself (packed in its own type); a Python bool becomes np.bool_ (one byte).  Arrays
+    are CuPy arrays, or objects with CuPy's attributes (``.data.ptr``, ``._c_contiguous``,
+    ``.size``, ``.itemsize``, ``.shape``, ``.strides``; bench/cupy_standin.py)."""
+    key, flat = [], []
+    for a in args:
+        t = type(a)
+        if t in _SCALAR:
+            key.append(t)
+            flat.append(np.bool_(a) if t is bool else a)
+            continue
+        try:
+            key.append((a.dtype.num, a.ndim, a._c_contiguous))
+        except AttributeError:
+            key.append(_array_key(a))
+        flat += (0, 0, a.size, a.itemsize, a.data.ptr, *a.shape, *a.strides)
+    return tuple(key), flat
+
+
+def flatten(args):
+    """Arguments -> numba's kernel ABI as CuPy launches it (see key_and_flatten)."""
+    return key_and_flatten(args)[1]
 
 
 class Kernel:
@@ -158,7 +165,7 @@ class Kernel:
             self.variants[dt] = re.sub(r"\bT\b", dt, signature) if dt else signature
         self.parsed = {dt: tuple(parse_signature(s)) for dt, s in self.variants.items()}
         self._by_key = {p: dt for dt, p in self.parsed.items()}
-        self._plans = {}  # fast_key -> (variant dtype, flatten codes)
+        self._checked = {}  # fast_key -> variant dtype
 
     def variant(self, args):
         """-> the dtype key of the declared variant these arguments match (TypeError if none)."""
@@ -169,25 +176,26 @@ class Kernel:
             raise TypeError(f"CUDA kernel {self.name} launched with {key}, which matches none of its "
                             f"declared signatures {list(self.variants.values())}") from None
 
-    def plan(self, args, key=None):
-        """-> (variant dtype, flatten codes) for these arguments: the full check (variant, and
-        C-contiguous arrays, as the signatures declare) the first time a fast_key is seen,
-        a dict lookup after.  TypeError when they match no declared variant."""
+    def checked_variant(self, args, key=None):
+        """-> the declared variant (dtype key) these arguments match, checked in full (variant,
+        and C-contiguous arrays, as the signatures declare) the first time their fast_key is
+        seen, looked up after.  TypeError when they match no declared variant."""
         key = fast_key(args) if key is None else key
-        hit = self._plans.get(key)
-        if hit is None:
+        dtype = self._checked.get(key, _UNSEEN)
+        if dtype is _UNSEEN:
             dtype = self.variant(args)
             for i, a in enumerate(args):
-                if _SCALAR.get(type(a), ARRAY) == ARRAY and not _array_key(a)[2]:
+                if type(a) not in _SCALAR and not _array_key(a)[2]:
                     raise TypeError(f"CUDA kernel {self.name}: argument {i} is not C-contiguous, as its "
                                     f"declared signature {self.variants[dtype]} needs")
-            hit = self._plans[key] = (dtype, tuple(_SCALAR.get(type(a), ARRAY) for a in args))
-        return hit
+            self._checked[key] = dtype
+        return dtype
 
     def __repr__(self):
         return f"Kernel({self.name}, {list(self.variants.values())})"
 
 
+_UNSEEN = object()
 KERNELS = {}  # name -> Kernel, in definition order: what build-cuda compiles
 
 
@@ -226,7 +234,7 @@ class NumbaLauncher:
         return stream
 
     def launch(self, k, blocks, threads, args):
-        k.plan(args)  # the same declared-signature check as the CuPy launcher
+        k.checked_variant(args)  # the same declared-signature check as the CuPy launcher
         k.dispatcher[blocks, threads, self._stream()](*args)
 
 
@@ -257,7 +265,7 @@ class CupyLauncher:
     def __init__(self, cache_dir=None, bundle=None):
         self.cache_dir = cache_dir
         self.bundle = bundle  # None: TINYDAE_CUDA_CUBINS when a variant is first loaded
-        self._functions = {}  # (kernel, device, fast_key) -> (RawKernel, flatten codes)
+        self._functions = {}  # (kernel, device, fast_key) -> RawKernel
         self._modules = []    # the RawModules, kept loaded for as long as their functions are used
         self._arch = {}       # device -> (major, minor)
         self.loaded = {}      # (kernel name, dtype, arch) -> the cubin file it was loaded from
@@ -304,19 +312,19 @@ class CupyLauncher:
             raise LaunchError(f"the cupy launcher could not load {k.name} {dtype} for "
                               f"{cuda_build.arch_name(arch)}: {type(e).__name__}: {_first_line(e)}") from e
 
-    def function(self, k, args):
-        """-> (the loaded RawKernel, the flatten codes) for these arguments (loaded once)."""
-        key = fast_key(args)
+    def function(self, k, args, key=None):
+        """-> the loaded RawKernel for these arguments (checked and loaded once per fast key)."""
+        key = fast_key(args) if key is None else key
         device = self._device()
-        hit = self._functions.get((k, device, key))
-        if hit is None:
-            dtype, plan = k.plan(args, key)
-            hit = self._functions[(k, device, key)] = (self._load(k, dtype, device), plan)
-        return hit
+        fn = self._functions.get((k, device, key))
+        if fn is None:
+            fn = self._functions[(k, device, key)] = self._load(k, k.checked_variant(args, key), device)
+        return fn
 
     def launch(self, k, blocks, threads, args):
-        fn, plan = self.function(k, args)
-        fn((blocks,), (threads,), tuple(flatten(args, plan)))
+        key, flat = key_and_flatten(args)
+        fn = self._functions.get((k, self._device(), key)) or self.function(k, args, key)
+        fn((blocks,), (threads,), tuple(flat))
 
 
 def _first_line(e):

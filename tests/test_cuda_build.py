@@ -382,20 +382,24 @@ def test_a_bundle_entry_with_other_parameters_is_refused_on_load():
 
 
 def test_the_launch_memo_checks_once_per_argument_kind():
-    """Kernel.plan: the full check on a new kind of arguments (dtype, ndim, contiguity, scalar
-    types), a lookup after; a non-contiguous array or a Python float is refused every time."""
+    """Kernel.checked_variant: the full check on a new kind of arguments (dtype, ndim, contiguity,
+    scalar types), a lookup after; a non-contiguous array or a Python float is refused every time."""
     k = cuda_launch.Kernel(lambda out, x, s: None, "void(T[::1], T[:, ::1], T)")
     a, b = np.ones(6, np.float32), np.ones((2, 3), np.float32)
-    assert k.plan((a, b, np.float32(1))) == ("float32", (2, 2, 0))
-    assert len(k._plans) == 1
-    k.plan((a + 1, b * 2, np.float32(3)))
-    assert len(k._plans) == 1  # same kinds: no new check
-    assert k.plan((a.astype(np.float64), b.astype(np.float64), np.float64(1)))[0] == "float64"
+    assert k.checked_variant((a, b, np.float32(1))) == "float32"
+    assert len(k._checked) == 1
+    k.checked_variant((a + 1, b * 2, np.float32(3)))
+    assert len(k._checked) == 1  # same kinds: no new check
+    assert k.checked_variant((a.astype(np.float64), b.astype(np.float64), np.float64(1))) == "float64"
     with pytest.raises(TypeError, match="argument 1 is not C-contiguous"):
-        k.plan((a, np.ones((3, 2), np.float32).T, np.float32(1)))
+        k.checked_variant((a, np.ones((3, 2), np.float32).T, np.float32(1)))
     with pytest.raises(TypeError, match="NumPy scalars"):
-        k.plan((a, b, 1.0))
+        k.checked_variant((a, b, 1.0))
     with pytest.raises(TypeError, match="declared"):
-        k.plan((a, b, np.float64(1)))
-    assert len(k._plans) == 2
-    assert cuda_launch.flatten((FakeDeviceArray("float32", (7,)), True), (2, 1))[-1] is np.True_
+        k.checked_variant((a, b, np.float64(1)))
+    assert len(k._checked) == 2
+    key, flat = cuda_launch.key_and_flatten((FakeDeviceArray("float32", (7,)), True, np.float32(2)))
+    assert key == ((np.dtype(np.float32).num, 1, True), bool, np.float32)
+    assert flat[:7] == [0, 0, 7, 4, 0x7F0000001000, 7, 4] and flat[7] is np.True_ and flat[8].dtype == np.float32
+    with pytest.raises(TypeError, match="NumPy scalars"):
+        cuda_launch.key_and_flatten((FakeDeviceArray("float32", (7,)), 2.0))

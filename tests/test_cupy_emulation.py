@@ -2,7 +2,7 @@
 
 Until a GPU runs tinydae, this is the strongest evidence that `--backend cuda` will: every
 launch of whole training runs and of every sampler goes through the real CupyLauncher (its
-memo key, plan and flatten), each flat value is packed by CuPy's own scalar packer and
+memo key, check and flattening), each flat value is packed by CuPy's own scalar packer and
 compared with the variant's PTX .entry from a real ``build-cuda --arch sm_90`` bundle, the
 kernel's arguments are rebuilt from the packed bytes alone and the kernel runs in numba's
 CUDA simulator (bench/cupy_standin.py); every gemm goes through CuPy 14.2.0's cublas.gemm
@@ -154,25 +154,25 @@ def test_a_wrong_flat_value_or_entry_is_caught(emulated, monkeypatch):
     kc.corrupt(out, x, 1, 0.3, 9, 3, 0, 0)  # the right path runs
     assert not np.array_equal(out, x)
 
-    real = cuda_launch.flatten
-    monkeypatch.setattr(cuda_launch, "flatten", lambda args, plan=None: real(args, plan)[:-1])
+    real = cuda_launch.key_and_flatten
+
+    def patched(change):
+        def key_and_flatten(args):
+            key, flat = real(args)
+            return key, change(flat)
+        monkeypatch.setattr(cuda_launch, "key_and_flatten", key_and_flatten)
+    patched(lambda flat: flat[:-1])
     with pytest.raises(TypeError, match="flat values for"):
         kc.corrupt(np.zeros_like(x), x, 1, 0.3, 9, 3, 0, 0)
-    monkeypatch.setattr(cuda_launch, "flatten", lambda args, plan=None: [
-        np.int64(v) if isinstance(v, np.int32) else v for v in real(args, plan)])
+    patched(lambda flat: [np.int64(v) if isinstance(v, np.int32) else v for v in flat])
     with pytest.raises(TypeError, match="the .entry declares .u32"):
         kc.corrupt(np.zeros_like(x), x, 1, 0.3, 9, 3, 0, 0)
-    monkeypatch.setattr(cuda_launch, "flatten", real)
-
     # pointers off by one element: the rebuilt arrays read the wrong memory, results differ
-    def shifted(args, plan=None):
-        flat = real(args, plan)
-        return [v + 4 if i == 4 else v for i, v in enumerate(flat)]  # the first array's data pointer
-    monkeypatch.setattr(cuda_launch, "flatten", shifted)
+    patched(lambda flat: [v + 4 if i == 4 else v for i, v in enumerate(flat)])  # the first array's data pointer
     y = np.zeros_like(x)
     kc.corrupt(y, np.ascontiguousarray(x), 1, 0.3, 9, 3, 0, 0)
     assert not np.array_equal(y, out)
-    monkeypatch.setattr(cuda_launch, "flatten", real)
+    monkeypatch.setattr(cuda_launch, "key_and_flatten", real)
 
     fresh = cupy_standin.EmulatedCupyLauncher(launcher.bundle)
     real_built = fresh._built

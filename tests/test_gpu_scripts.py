@@ -507,3 +507,21 @@ def test_preflight_launcher_checks_pass_on_the_gpu(tmp_path):
     gpu_preflight.launcher_checks(checks, cuda_build.cache_dir(), built=False)
     assert len(checks.checks) == len(gpu_preflight.LAUNCHERS) * len(gpu_preflight.CASES)
     assert not checks.failed, checks.failed
+
+
+# -- bench/bench_launch_host.py: the launcher's host cost without a GPU ----------------------------
+
+
+def test_the_host_launch_cost_benchmark_runs_in_the_simulator():
+    """It records the twins' launches (SGD, Adam and a whole training step) and times the launcher
+    on them; the timings are printed, never asserted.  Without the simulator: one error line."""
+    r = run_python("bench/bench_launch_host.py", "--repeats", "2", "--launches", "20", "--hidden", "16",
+                   env={"NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": ROOT, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = {line.split("  ")[0]: line for line in r.stdout.splitlines()}
+    assert set(rows) >= {"sgd update", "adam update"}
+    step = next(line for line in r.stdout.splitlines() if line.startswith("train step 784-16-..."))
+    assert step.split()[4] == "7"  # 784-16-784: corruption, 2 forward, loss, 2 backward, Adam (2 L + 3)
+    assert re.search(r"^per training step \(7 launches\): before \d+ us, launcher \d+ us", r.stdout, re.M)
+    r = run_python("bench/bench_launch_host.py", env={"NUMBA_ENABLE_CUDASIM": None, "PYTHONPATH": ROOT})
+    assert r.returncode == 2 and r.stderr.startswith("error: run under NUMBA_ENABLE_CUDASIM=1")
