@@ -3,10 +3,22 @@
 #
 #   bash bench/run_on_gpu.sh STEP [ARGS...]
 #
+#   smoke          THE FIRST CALL: everything below that is short, in one command that ends within
+#                  8 minutes by itself (each stage has a time budget; the budgets add up to 450 s).
+#                  In order: versions (python, numpy, numba, numba-cuda, cuda-bindings, cupy, driver,
+#                  device, CUDA_HOME, ptxas); the carried wheels in .whl/ installed into
+#                  /tmp/tinydae-site when the machine's numba-cuda is older than 0.30.4; the carried
+#                  bundle .cuda-bundle/ (cli.py build-cuda --arch sm_90 --out .cuda-bundle,
+#                  made without a GPU) loaded, or a build here; the preflight on both launchers;
+#                  train on cuda and on cpu with one seed, losses and parameters compared; sample and
+#                  improve on cuda from that checkpoint; pytest -x tests/test_gpu.py; a short
+#                  bench launch.  Writes at most 6 files to $OUT: smoke-<device>.log,
+#                  smoke-<device>.json (each stage: exit, seconds, budget), preflight-<device>.json,
+#                  bench-launch-<device>.json.  Caches and runs go to /tmp, outside $OUT.
 #   preflight      versions (python, numpy, numba, numba-cuda, cupy, driver), the device and its
-#                  compute capability; build-cuda for its arch into $OUT/cuda-build; a few kernels
-#                  through each launcher (cupy, numba) on CuPy arrays against the CPU twin:
-#                  PASS/FAIL each, non-zero exit if one fails (bench/gpu_preflight.py)
+#                  compute capability; build-cuda for its arch (into $TINYDAE_CUDA_CACHE/bundle-ARCH);
+#                  a few kernels through each launcher (cupy, numba) on CuPy arrays against the CPU
+#                  twin: PASS/FAIL each, non-zero exit if one fails (bench/gpu_preflight.py)
 #   tests          pytest -m gpu, then the CUDA twin tests of tests/test_kernels.py on CuPy arrays
 #                  (pytest -m cudasim tests/test_kernels.py), on the default cupy launcher
 #   tests-numba    the same CUDA twin tests on numba's dispatcher (TINYDAE_CUDA_LAUNCHER=numba)
@@ -14,22 +26,25 @@
 #   bench-launch   python3 cli.py bench launch --backend cuda [ARGS]
 #   bench-train    python3 cli.py bench train --backend cuda [ARGS]
 #   bench-chain    python3 cli.py bench chain --backend cuda [ARGS]
-#   all            every step above in turn (longer than one device call); the failed ones are
-#                  named at the end, and the exit status is non-zero if any failed
+#   all            every step above but smoke in turn (much longer than one device call: later
+#                  calls run single steps); the failed ones are named at the end, and the exit
+#                  status is non-zero if any failed
 #
 # For the GPU machine: Python 3.12, NumPy 2.5, cupy-cuda13x and numba-cuda preinstalled, no
-# network, so nothing is installed: it runs from this copy of the repository (PYTHONPATH) with
-# python3.  Everything goes to $OUT (default /tmp/tinydae-gpu), named with the device:
+# network: nothing is downloaded; it runs from this copy of the repository (PYTHONPATH) with
+# python3, and only carried wheels are installed (pip install --no-index, into /tmp).  Output
+# goes to $OUT (default /tmp/tinydae-gpu), named with the device:
 #   STEP-<device>.log               each step's whole output
 #   preflight-<device>.json         versions, device, every check
-#   cuda-build/                     build-cuda's cubins and manifest.json (the launch cache:
-#                                   TINYDAE_CUDA_CACHE points here for every step)
 #   cuda-<device>.json              bench/results/ after a bench step (copy it back there)
 #   report-<device>.md              python3 bench/report.py after a bench step
+# The launch cache (TINYDAE_CUDA_CACHE) defaults to /tmp/tinydae-gpu-cache, outside $OUT: the
+# device tool brings back at most 8 files per command.
 # Each step is stopped after $STEP_TIMEOUT_S seconds (default 470, under 8 minutes).
 set -euo pipefail
 
-STEPS="preflight tests tests-numba bench-kernels bench-launch bench-train bench-chain"
+STEPS="smoke preflight tests tests-numba bench-kernels bench-launch bench-train bench-chain"
+ALL_STEPS="preflight tests tests-numba bench-kernels bench-launch bench-train bench-chain"  # all: not smoke
 
 usage() {
   sed -n '2,/^set -euo pipefail/p' "$SELF" | sed '$d; s/^# \{0,1\}//'
@@ -56,7 +71,93 @@ collect_results() {  # after a bench step: its results file and the rendered tab
 
 step_preflight() {
   python3 cli.py info
-  python3 bench/gpu_preflight.py --out "$OUT" --build-out "$TINYDAE_CUDA_CACHE" "$@"
+  local arch
+  arch=$(python3 -c "from tinydae.kernels import cuda_build as b; print(b.arch_name(b.device_arch()))" 2> /dev/null || echo sm_unknown)
+  python3 bench/gpu_preflight.py --out "$OUT" --build-out "$TINYDAE_CUDA_CACHE/bundle-$arch" "$@"
+}
+
+# -- smoke: stages with time budgets ---------------------------------------------------------------
+
+SMOKE_BUDGETS=${SMOKE_BUDGETS:-"versions:20 wheels:40 bundle:60 preflight:70 train:70 sample:40 pytest:110 bench:40"}
+SMOKE_WORK=${SMOKE_WORK:-/tmp/tinydae-smoke}  # training runs, samples, the stage table: outside $OUT
+SITE=/tmp/tinydae-site                         # where carried wheels are installed
+
+stage() {  # stage NAME COMMAND...: run under the stage's budget, record exit and seconds
+  local name=$1 budget rc=0 start ms
+  shift
+  budget=$(tr ' ' '\n' <<< "$SMOKE_BUDGETS" | sed -n "s/^$name://p")
+  echo "== stage $name (budget ${budget} s): $*"
+  start=$(date +%s%N)
+  # a child bash, so that the smoke_* functions (exported) run under timeout too
+  timeout --kill-after=5 "$budget" bash -c '"$@"' stage "$@" || rc=$?
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then echo "error: stage $name ran past its budget of $budget s"; fi
+  ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  printf '%s %d %d.%03d %d\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) "$budget" >> "$SMOKE_WORK/stages"
+  return "$rc"
+}
+
+smoke_wheels() {
+  if ! compgen -G ".whl/*.whl" > /dev/null; then
+    echo "no wheels carried in .whl/ (see the README: The first 15 minutes on a GPU)"
+    python3 bench/gpu_smoke.py needs-wheels && { echo "error: numba-cuda must be >= 0.30.4 and no wheel was carried"; return 1; }
+    return 0
+  fi
+  python3 bench/gpu_smoke.py needs-wheels || return 0
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+}
+
+smoke_bundle() {  # the carried bundle if it fits this device, else build one here
+  local carried=${TINYDAE_CUDA_CUBINS:-$ROOT/.cuda-bundle} arch
+  if python3 bench/gpu_smoke.py bundle "$carried"; then
+    echo "$carried" > "$SMOKE_WORK/bundle"
+    return 0
+  fi
+  arch=$(python3 -c "from tinydae.kernels import cuda_build as b; print(b.arch_name(b.device_arch()))") || return 1
+  echo "building the kernels here instead: python3 cli.py build-cuda --arch $arch"
+  python3 cli.py build-cuda --arch "$arch" --out "$TINYDAE_CUDA_CACHE/bundle-$arch" > "$SMOKE_WORK/build.log" 2>&1 \
+    || { tail -5 "$SMOKE_WORK/build.log"; return 1; }
+  tail -1 "$SMOKE_WORK/build.log"
+  echo "$TINYDAE_CUDA_CACHE/bundle-$arch" > "$SMOKE_WORK/bundle"
+}
+
+smoke_train() {  # one small training on cuda and on cpu, same seed and data: compared
+  local args=(train --data glyphs --limit 1280 --hidden 128 --epochs 2 --batch-size 64 --seed 3 --overwrite --json)
+  python3 cli.py "${args[@]}" --backend cuda --out "$SMOKE_WORK/cuda" || return 1
+  python3 cli.py "${args[@]}" --backend cpu --out "$SMOKE_WORK/cpu" || return 1
+  python3 bench/gpu_smoke.py compare "$SMOKE_WORK/cuda/checkpoint.h5" "$SMOKE_WORK/cpu/checkpoint.h5"
+}
+
+smoke_sample() {
+  local ck=$SMOKE_WORK/cuda/checkpoint.h5
+  rm -f "$SMOKE_WORK"/sample.png "$SMOKE_WORK"/improve.png
+  python3 cli.py sample "$ck" --backend cuda --n 256 --steps 20 --out "$SMOKE_WORK/sample.png" --json || return 1
+  python3 cli.py improve "$ck" --backend cuda --from pca --n 256 --steps 5 --out "$SMOKE_WORK/improve.png" --json
+}
+
+step_smoke() {
+  rm -rf "$SMOKE_WORK"
+  mkdir -p "$SMOKE_WORK"
+  export SMOKE_WORK SITE ROOT
+  export -f smoke_wheels smoke_bundle smoke_train smoke_sample
+  local failed=0 bundle
+  stage versions python3 bench/gpu_smoke.py versions || failed=1
+  if python3 bench/gpu_preflight.py --require-gpu; then
+    stage wheels smoke_wheels || failed=1
+    if [ -d "$SITE" ]; then export PYTHONPATH=$SITE:$PYTHONPATH; echo "PYTHONPATH=$PYTHONPATH"; fi
+    stage bundle smoke_bundle || failed=1
+    bundle=$(cat "$SMOKE_WORK/bundle" 2> /dev/null || true)
+    if [ -n "$bundle" ]; then export TINYDAE_CUDA_CUBINS=$bundle; fi
+    stage preflight python3 bench/gpu_preflight.py --out "$OUT" --build-out "${bundle:-$TINYDAE_CUDA_CACHE/none}" --no-build || failed=1
+    stage train smoke_train || failed=1
+    stage sample smoke_sample || failed=1
+    stage pytest python3 -m pytest -x -q -rs -p no:cacheprovider tests/test_gpu.py || failed=1
+    stage bench python3 cli.py bench launch --backend cuda --repeats 5 --launches 100 --no-save \
+      --out "$OUT/bench-launch-$TINYDAE_GPU_DEVICE.json" || failed=1
+  else
+    failed=2
+  fi
+  python3 bench/gpu_smoke.py summary "$OUT/smoke-$TINYDAE_GPU_DEVICE.json" "$SMOKE_WORK/stages" || true
+  return "$failed"
 }
 
 require_pytest() {
@@ -137,7 +238,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}  # no install (and none possible offline)
 export PYTHONUNBUFFERED=1  # the logs keep stdout and stderr in order
-export TINYDAE_CUDA_CACHE=${TINYDAE_CUDA_CACHE:-$OUT/cuda-build}
+export TINYDAE_CUDA_CACHE=${TINYDAE_CUDA_CACHE:-/tmp/tinydae-gpu-cache}  # outside $OUT: few files come back
 unset NUMBA_ENABLE_CUDASIM  # the simulator would take the CUDA tests off the GPU
 export STEP_TIMEOUT_S=${STEP_TIMEOUT_S:-470}
 TINYDAE_GPU_DEVICE=$(python3 bench/gpu_preflight.py --device-slug 2> /dev/null || echo no-gpu)
@@ -162,7 +263,7 @@ if [ "$step" != all ]; then
   exit
 fi
 failed=()
-for s in $STEPS; do
+for s in $ALL_STEPS; do
   run_step "$s" || failed+=("$s")
 done
 if [ "${#failed[@]}" -gt 0 ]; then

@@ -24,7 +24,8 @@ from conftest import gpu_unavailable_reason
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "run_on_gpu.sh")
-STEPS = ["preflight", "tests", "tests-numba", "bench-kernels", "bench-launch", "bench-train", "bench-chain"]
+STEPS = ["smoke", "preflight", "tests", "tests-numba", "bench-kernels", "bench-launch", "bench-train", "bench-chain"]
+ALL_STEPS = STEPS[1:]  # `all` runs every step but smoke
 no_gpu_here = pytest.mark.skipif(gpu_unavailable_reason() is None,
                                  reason="checks the behaviour without a GPU, and this machine has one")
 
@@ -57,7 +58,8 @@ def test_run_on_gpu_sh_is_valid_bash_with_a_function_for_every_step():
     functions = set(re.findall(r"^(step_\w+)\(\)", text, re.M))
     assert functions == {"step_" + s.replace("-", "_") for s in STEPS}
     assert not re.search(r"(^|[\s;(|&])python\s", text, re.M), "the GPU machine promises python3 only"
-    assert "pip install" not in text  # no network there
+    installs = re.findall(r"pip install[^\n]*", text)  # no network there: carried wheels only
+    assert installs and all("--no-index" in line or line.startswith("pip install --no-index") for line in installs)
 
 
 def test_run_on_gpu_sh_refuses_unknown_steps_in_one_line():
@@ -87,8 +89,8 @@ def test_a_gpu_step_without_a_gpu_fails_clearly_and_keeps_its_log(tmp_path):
 def test_all_runs_every_step_and_names_the_failed_ones(tmp_path):
     r = run_script("all", out=tmp_path, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert f"failed steps: {' '.join(STEPS)}" in r.stderr
-    assert sorted(p.name for p in tmp_path.glob("*.log")) == sorted(f"{s}-no-gpu.log" for s in STEPS)
+    assert f"failed steps: {' '.join(ALL_STEPS)}" in r.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.log")) == sorted(f"{s}-no-gpu.log" for s in ALL_STEPS)
     preflight = (tmp_path / "preflight-no-gpu.log").read_text()
     assert "numpy" in preflight and "FAIL  gpu: no usable CUDA GPU" in preflight
 
@@ -525,3 +527,75 @@ def test_the_host_launch_cost_benchmark_runs_in_the_simulator():
     assert re.search(r"^per training step \(7 launches\): before \d+ us, launcher \d+ us", r.stdout, re.M)
     r = run_python("bench/bench_launch_host.py", env={"NUMBA_ENABLE_CUDASIM": None, "PYTHONPATH": ROOT})
     assert r.returncode == 2 and r.stderr.startswith("error: run under NUMBA_ENABLE_CUDASIM=1")
+
+
+# -- bash bench/run_on_gpu.sh smoke: stage budgets and what comes back -----------------------------
+
+
+def smoke_budgets():
+    text = open(SCRIPT).read()
+    default = re.search(r'^SMOKE_BUDGETS=\$\{SMOKE_BUDGETS:-"([^"]*)"\}', text, re.M).group(1)
+    return {name: int(b) for name, b in (part.split(":") for part in default.split())}
+
+
+def test_smoke_stages_have_budgets_that_fit_one_device_call():
+    budgets = smoke_budgets()
+    assert list(budgets) == ["versions", "wheels", "bundle", "preflight", "train", "sample", "pytest", "bench"]
+    # the stages' own limits end the step before run_step's (470 s), well inside 8 minutes
+    assert sum(budgets.values()) <= 450 and all(b > 0 for b in budgets.values())
+    text = open(SCRIPT).read()
+    body = text[text.index("step_smoke() {"):]
+    assert [m for m in re.findall(r"stage (\w+) ", body) if m in budgets] == list(budgets)
+    assert re.search(r'^export STEP_TIMEOUT_S=\$\{STEP_TIMEOUT_S:-470\}', text, re.M)
+
+
+@no_gpu_here
+def test_smoke_without_a_gpu_stops_after_the_versions_with_two_files(tmp_path):
+    r = run_script("smoke", out=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke-no-gpu.json", "smoke-no-gpu.log"]
+    summary = json.loads((tmp_path / "smoke-no-gpu.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["versions"]
+    assert "numba-cuda" in r.stdout and "error: no usable CUDA GPU here" in r.stdout + r.stderr
+
+
+FAKE_PYTHON3 = """#!/usr/bin/env bash
+# python3 for the smoke's dry run: a 'GPU' that answers every stage at once, except that the
+# versions stage hangs past its budget; summaries are made by the real interpreter.
+case "$*" in
+  *"gpu_preflight.py --device-slug"*) echo fake-gpu ;;
+  *"gpu_preflight.py --require-gpu"*) exit 0 ;;
+  *"gpu_smoke.py versions"*) sleep 30 ;;
+  *"gpu_smoke.py summary"*) exec REAL "$@" ;;
+  *"gpu_smoke.py needs-wheels"*) echo "numba-cuda 0.30.4: new enough"; exit 1 ;;
+  *"gpu_smoke.py bundle"*) echo "bundle $3: fake"; exit 0 ;;
+  *) echo "fake python3 $*" ;;
+esac
+"""
+
+
+def test_smoke_runs_every_stage_under_its_budget_and_writes_few_files(tmp_path):
+    """A dry run with a stand-in python3: every stage runs in order, a stage past its budget is
+    stopped and reported as TIMEOUT (exit 124) while the others go on, the stage table comes
+    back as JSON, and $OUT holds at most 6 files."""
+    bin_dir, out, work = tmp_path / "bin", tmp_path / "out", tmp_path / "work"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"
+    fake.write_text(FAKE_PYTHON3.replace("REAL", sys.executable))
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", OUT=str(out), SMOKE_WORK=str(work),
+               SMOKE_BUDGETS="versions:1 wheels:5 bundle:5 preflight:5 train:5 sample:5 pytest:5 bench:5")
+    env.pop("TINYDAE_CUDA_CUBINS", None)
+    t = time.time()
+    r = subprocess.run(["bash", SCRIPT, "smoke"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert time.time() - t < 40, "the versions stage was not stopped at its budget"
+    assert r.returncode == 1, r.stdout + r.stderr
+    summary = json.loads((out / "smoke-fake-gpu.json").read_text())
+    stages = {s["stage"]: s for s in summary["stages"]}
+    assert list(stages) == list(smoke_budgets())
+    assert stages["versions"]["timed_out"] and stages["versions"]["rc"] == 124
+    assert all(s["ok"] for name, s in stages.items() if name != "versions"), summary
+    assert "error: stage versions ran past its budget of 1 s" in r.stdout
+    assert "TINYDAE_CUDA_CUBINS" not in r.stdout or str(work) not in r.stdout
+    assert len(list(out.iterdir())) <= 6 and not (out / "cuda-build").exists()
+    assert "fake python3 bench/gpu_preflight.py --out" in r.stdout and "--no-build" in r.stdout
