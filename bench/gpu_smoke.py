@@ -2,8 +2,9 @@
 
     python3 bench/gpu_smoke.py versions                 # python, numpy, numba, numba-cuda, cuda-bindings,
                                                         # cupy, driver, device, CUDA_HOME, ptxas
-    python3 bench/gpu_smoke.py needs-wheels             # exit 0 when numba-cuda is missing or older than
+    python3 bench/gpu_smoke.py needs-wheels BUNDLE      # exit 0 when numba-cuda is missing, older than
                                                         # 0.30.4 (the first to import beside numba >= 0.66)
+                                                        # or not the one BUNDLE was built with
     python3 bench/gpu_smoke.py bundle DIR               # exit 0 when DIR is a build-cuda bundle for this
                                                         # device, these kernel sources and this numba-cuda
     python3 bench/gpu_smoke.py compare CUDA.h5 CPU.h5   # the same training on cuda and cpu: losses and
@@ -70,11 +71,24 @@ def versions():
     return 0 if reason is None else 2
 
 
-def needs_wheels():
+def needs_wheels(bundle=None):
+    """Exit 0 (install the carried wheels) when numba-cuda is missing, older than 0.30.4, or not
+    the version the carried bundle was built with (its cubins' keys name that version)."""
     have = _version("numba-cuda")
-    need = have is None or _tuple(have) < MIN_NUMBA_CUDA
-    print(f"numba-cuda {have or 'missing'}: " + ("install the carried wheels" if need else "new enough, nothing to install"))
-    return 0 if need else 1
+    want = None
+    try:
+        with open(os.path.join(bundle or "", "manifest.json")) as f:
+            want = json.load(f).get("numba_cuda")
+    except (OSError, ValueError):
+        pass
+    if have is None or _tuple(have) < MIN_NUMBA_CUDA:
+        print(f"numba-cuda {have or 'missing'}: older than 0.30.4, install the carried wheels")
+        return 0
+    if want and have != want:
+        print(f"numba-cuda {have}, the carried bundle was built with {want}: install the carried wheels")
+        return 0
+    print(f"numba-cuda {have}: nothing to install")
+    return 1
 
 
 def bundle(directory):
@@ -150,7 +164,7 @@ def summary(out_path, table):
 
 
 def main(argv):
-    cmds = {"versions": (versions, 0), "needs-wheels": (needs_wheels, 0), "bundle": (bundle, 1),
+    cmds = {"versions": (versions, 0), "needs-wheels": (needs_wheels, 1), "bundle": (bundle, 1),
             "compare": (compare, 2), "summary": (summary, 2)}
     if not argv or argv[0] not in cmds or len(argv) - 1 != cmds[argv[0]][1]:
         print(f"error: usage: {__doc__.strip().splitlines()[2].strip()} ... (see the docstring)", file=sys.stderr)

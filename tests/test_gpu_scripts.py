@@ -567,7 +567,7 @@ case "$*" in
   *"gpu_preflight.py --require-gpu"*) exit 0 ;;
   *"gpu_smoke.py versions"*) sleep 30 ;;
   *"gpu_smoke.py summary"*) exec REAL "$@" ;;
-  *"gpu_smoke.py needs-wheels"*) echo "numba-cuda 0.30.4: new enough"; exit 1 ;;
+  *"gpu_smoke.py needs-wheels"*) echo "numba-cuda 0.30.4: nothing to install"; exit 1 ;;
   *"gpu_smoke.py bundle"*) echo "bundle $3: fake"; exit 0 ;;
   *) echo "fake python3 $*" ;;
 esac
@@ -599,3 +599,29 @@ def test_smoke_runs_every_stage_under_its_budget_and_writes_few_files(tmp_path):
     assert "TINYDAE_CUDA_CUBINS" not in r.stdout or str(work) not in r.stdout
     assert len(list(out.iterdir())) <= 6 and not (out / "cuda-build").exists()
     assert "fake python3 bench/gpu_preflight.py --out" in r.stdout and "--no-build" in r.stdout
+
+
+def test_smoke_helpers_compare_wheels_and_bundles(cli_checkpoint, tmp_path, monkeypatch, capsys):
+    """gpu_smoke: two runs compared (a run against itself passes, against another seed fails), when
+    the carried wheels are needed, and a folder that is no bundle."""
+    from bench import gpu_smoke
+    from tinydae.cli import cli
+
+    assert gpu_smoke.compare(str(cli_checkpoint), str(cli_checkpoint)) == 0
+    other = tmp_path / "other"
+    r = CliRunner().invoke(cli, ["train", "--limit", "300", "--hidden", "16", "--epochs", "1", "--seed", "9",
+                                 "--backend", "cpu", "--out", str(other)])
+    assert r.exit_code == 0, r.output
+    assert gpu_smoke.compare(str(cli_checkpoint), str(other / "checkpoint.h5")) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  parameters after training: max |cuda - cpu|" in out
+
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "manifest.json").write_text(json.dumps({"numba_cuda": "0.30.4"}))
+    for have, need in ((None, 0), ("0.28.1", 0), ("0.30.4", 1), ("0.31.0", 0)):
+        monkeypatch.setattr(gpu_smoke, "_version", lambda pkg, have=have: have)
+        assert gpu_smoke.needs_wheels(str(tmp_path / "bundle")) == need, have
+    monkeypatch.setattr(gpu_smoke, "_version", lambda pkg: "0.31.0")
+    assert gpu_smoke.needs_wheels(str(tmp_path / "no-bundle")) == 1  # new enough, no bundle to match
+    assert gpu_smoke.bundle(str(tmp_path / "no-bundle")) == 1
+    assert gpu_smoke.main(["compare", "one"]) == 2

@@ -37,6 +37,8 @@ RULES = [
      ".ci/run installs the cuda13 extra into its Python 3.12 environment and runs this build there "
      "(tests/test_cuda_build.py)"),
     (r'^python -m venv ', "skip", "creates an environment; .ci/run does the same"),
+    (r'^python3 -m pip download ', "skip", "downloads a wheel for the GPU machine (network); the smoke's wheel "
+     "stage that installs it is tested in tests/test_gpu_scripts.py"),
     (r"^bash bench/run_on_gpu\.sh", "skip", "needs a GPU (tests/test_gpu_scripts.py covers the script)"),
     (r"--backend cuda", "skip", "needs a GPU (tests/test_gpu.py)"),
     (r"^python cli\.py bench launch", "skip", "needs a GPU (tests/test_gpu_scripts.py)"),
