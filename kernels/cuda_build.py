@@ -468,6 +468,13 @@ def toolchain_report():
         report["cached_cubins"] = sum(1 for n in os.listdir(report["cache_dir"]) if n.endswith(".cubin"))
     except OSError:
         report["cached_cubins"] = 0
+    report["bundle"] = os.environ.get("TINYDAE_CUDA_CUBINS") or None
+    if report["bundle"]:
+        try:
+            report["bundle_cubins"] = sum(1 for n in os.listdir(report["bundle"]) if n.endswith(".cubin"))
+        except OSError:
+            report["bundle_cubins"] = 0
+            report["warnings"].append(f"TINYDAE_CUDA_CUBINS={report['bundle']} is not a readable folder")
     isa, dmax = isa_tuple(report.get("ptx_isa")), isa_tuple(report["driver_ptx_isa"])
     if isa and dmax and isa > dmax:
         report["warnings"].append(

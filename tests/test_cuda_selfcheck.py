@@ -210,3 +210,18 @@ def test_the_cli_ends_cuda_with_one_error_line_and_auto_on_the_cpu_with_one_warn
     assert len(warnings) == 1 and warnings[0].startswith("warning: --backend auto runs on the CPU: --backend cuda: "
                                                          "the GPU failed its self-check"), r.stderr
     assert (gpu_found / "run-auto" / "checkpoint.h5").exists()
+
+
+def test_the_twins_refuse_another_librarys_device_array_clearly():
+    """A device array that is not CuPy's (here an object with only __cuda_array_interface__, as a
+    torch CUDA tensor has) is refused with the fix in the message, not misread by the launcher."""
+    class TorchLike:
+        __cuda_array_interface__ = {"data": (0x7F0000001000, False), "shape": (4,), "typestr": "<f4", "version": 3}
+        dtype, shape, ndim = np.dtype(np.float32), (4,), 1
+
+    good = np.ones(4, np.float32)
+    with pytest.raises(TypeError, match=r"grads: the CUDA twins take CuPy arrays, got a .*TorchLike in device "
+                                        r"memory; convert it without a copy first: cupy.asarray\(grads\)"):
+        kc.sgd_update(good, TorchLike(), good.copy(), 0.1, 0.0, False, 0.0)
+    with pytest.raises(TypeError, match="expected a CuPy array, got list"):
+        kc.sgd_update(good, [1.0] * 4, good.copy(), 0.1, 0.0, False, 0.0)

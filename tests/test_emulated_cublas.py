@@ -159,3 +159,35 @@ def test_contiguity_flags_match_numpy():
         for view in [x[:20].reshape(4, 5), x[:20].reshape(5, 4).T, x.reshape(6, 20)[::2, 1:6], x[::3][:20].reshape(4, 5)]:
             v = view[:shape[0], :shape[1]]
             assert (_c_contiguous(v), _f_contiguous(v)) == (v.flags.c_contiguous, v.flags.f_contiguous), (shape, v.strides)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("B,I,O", SHAPES)
+def test_backend_gemm_acc_through_the_emulated_cublas(dtype, order, accumulate, B, I, O):
+    """Backend.gemm_acc itself, as the CUDA backend calls cupy.cublas.gemm, with the emulation in
+    its place (Backend.gemm): the same results as the host path, C- or F-ordered out (a tied
+    decoder's dW is a transpose view), beta 0 over NaN and beta 1, every dimension down to 1."""
+    import tinydae.kernels.reference as ref
+    from tinydae.backend import Backend
+
+    calls = []
+
+    def counting_gemm(*args, **kw):
+        calls.append(kw["beta"])
+        return gemm(*args, **kw)
+
+    backend = Backend("cupy-emulated", np, ref, "emulated cuBLAS", gemm=counting_gemm)
+    rng = np.random.default_rng(B * 100 + I * 10 + O + 7)
+    a, b = nonzero(rng, (B, I), dtype), nonzero(rng, (B, O), dtype)
+    out = make_out(rng, I, O, dtype, order, "values" if accumulate else "nan")
+    out0 = out.copy()
+    backend.gemm_acc(a, b, out, accumulate=accumulate)
+    assert calls == [1.0 if accumulate else 0.0]  # one cuBLAS call, the right beta
+    check(out, a, b, out0, 1.0 if accumulate else 0.0)
+    strided = np.zeros((I, 2 * O), dtype)[:, ::2]  # neither C- nor F-ordered (O > 1): the host path
+    if O > 1:
+        backend.gemm_acc(a, b, strided, accumulate=False)
+        assert len(calls) == 1
+        check(strided, a, b, strided * 0, 0.0)

@@ -392,6 +392,8 @@ def info(as_json):
         click.echo(f"cuda compiler  unusable: {t.get('compiler_error')}")
     click.echo(f"cuda launcher  {t['launcher']} (TINYDAE_CUDA_LAUNCHER: {' | '.join(t['launchers'])}); "
                f"{t['cached_cubins']} cubins cached in {t['cache_dir']}")
+    if t.get("bundle"):
+        click.echo(f"cuda bundle    {t['bundle']} (TINYDAE_CUDA_CUBINS): {t['bundle_cubins']} cubins")
     for w in t["warnings"]:
         click.echo(f"warning: {w}", err=True)
 
