@@ -64,10 +64,12 @@ def as_device(a):
 
 
 class NoLaunch(cuda_launch.CupyLauncher):
-    """The CuPy launcher whose loaded kernels do nothing: what remains is its own host cost."""
+    """The CuPy launcher whose loaded kernels do nothing: what remains is its own host cost
+    (the device query is a Python stand-in here for cupy.cuda.runtime.getDevice, a C call)."""
 
-    def _device(self):
-        return 0
+    def __init__(self):
+        super().__init__()
+        self._get_device = lambda: 0
 
     def _load(self, k, dtype, device):
         return lambda grid, block, args: None
@@ -113,9 +115,7 @@ class EmulatedCupyLauncher(cuda_launch.CupyLauncher):
     def __init__(self, bundle=None):
         super().__init__(bundle=bundle)
         self.launches = 0
-
-    def _device(self):
-        return 0
+        self._get_device = lambda: 0
 
     def _device_arch(self, device):
         return (9, 0)

@@ -4,7 +4,7 @@
 #   bash bench/run_on_gpu.sh STEP [ARGS...]
 #
 #   smoke          THE FIRST CALL: everything below that is short, in one command that ends within
-#                  8 minutes by itself (each stage has a time budget; the budgets add up to 450 s).
+#                  8 minutes by itself (each stage has a time budget; the budgets add up to 420 s).
 #                  In order: versions (python, numpy, numba, numba-cuda, cuda-bindings, cupy, driver,
 #                  device, CUDA_HOME, ptxas); the carried wheels in .whl/ installed into
 #                  /tmp/tinydae-site when the machine's numba-cuda is older than 0.30.4; the carried
@@ -78,9 +78,10 @@ step_preflight() {
 
 # -- smoke: stages with time budgets ---------------------------------------------------------------
 
-SMOKE_BUDGETS=${SMOKE_BUDGETS:-"versions:20 wheels:40 bundle:60 preflight:70 train:70 sample:40 pytest:110 bench:40"}
+SMOKE_BUDGETS=${SMOKE_BUDGETS:-"versions:20 wheels:40 bundle:50 preflight:60 train:70 sample:40 pytest:100 bench:40"}
 SMOKE_WORK=${SMOKE_WORK:-/tmp/tinydae-smoke}  # training runs, samples, the stage table: outside $OUT
 SITE=/tmp/tinydae-site                         # where carried wheels are installed
+SITE_HOOK=/tmp/tinydae-site-hook               # its sitecustomize.py makes SITE a site folder
 
 stage() {  # stage NAME COMMAND...: run under the stage's budget, record exit and seconds
   local name=$1 budget rc=0 start ms
@@ -104,7 +105,16 @@ smoke_wheels() {  # carried wheels, only when the machine's numba-cuda is too ol
     return 0
   fi
   python3 bench/gpu_smoke.py needs-wheels "$bundle" || return 0
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    || return 1
+  # A folder on PYTHONPATH is not a site folder: its .pth files (numba-cuda's redirector of
+  # numba.cuda) would not run.  site.addsitedir runs them; the folder then goes first on sys.path.
+  mkdir -p "$SITE_HOOK"
+  printf 'import site, sys\nsite.addsitedir("%s")\nsys.path.remove("%s")\nsys.path.insert(0, "%s")\n' \
+    "$SITE" "$SITE" "$SITE" > "$SITE_HOOK/sitecustomize.py"
+  PYTHONPATH=$SITE_HOOK:$PYTHONPATH python3 -c "import numba_cuda
+from numba import cuda
+print('numba-cuda', numba_cuda.__version__, 'imports from', numba_cuda.__file__)"
 }
 
 smoke_bundle() {  # the carried bundle if it fits this device, else build one here
@@ -138,13 +148,14 @@ smoke_sample() {
 step_smoke() {
   rm -rf "$SMOKE_WORK"
   mkdir -p "$SMOKE_WORK"
-  export SMOKE_WORK SITE ROOT
+  rm -rf "$SITE" "$SITE_HOOK"
+  export SMOKE_WORK SITE SITE_HOOK ROOT
   export -f smoke_wheels smoke_bundle smoke_train smoke_sample
   local failed=0 bundle
   stage versions python3 bench/gpu_smoke.py versions || failed=1
   if python3 bench/gpu_preflight.py --require-gpu; then
     stage wheels smoke_wheels || failed=1
-    if [ -d "$SITE" ]; then export PYTHONPATH=$SITE:$PYTHONPATH; echo "PYTHONPATH=$PYTHONPATH"; fi
+    if [ -f "$SITE_HOOK/sitecustomize.py" ]; then export PYTHONPATH=$SITE_HOOK:$PYTHONPATH; echo "PYTHONPATH=$PYTHONPATH"; fi
     stage bundle smoke_bundle || failed=1
     bundle=$(cat "$SMOKE_WORK/bundle" 2> /dev/null || true)
     if [ -n "$bundle" ]; then export TINYDAE_CUDA_CUBINS=$bundle; fi

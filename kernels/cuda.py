@@ -97,12 +97,20 @@ _VERDICTS = {}  # verdict key -> (ok, detail), this process
 def self_check():
     """Known-answer launches through the current LAUNCHER: Philox words (exact), a float32 SGD
     update and a float64 BCE loss over 2-D arrays (block sums, tickets) against the reference
-    twin.  -> None; raises cuda_launch.LaunchError naming the case and the exception."""
+    twin; before them, a launcher that loads cubins loads every declared variant (no launch), so
+    that a bundle missing one fails here and not in the middle of training.  -> None; raises
+    cuda_launch.LaunchError naming the case and the exception."""
     from . import reference as ref
 
     xp = np if SIMULATOR else __import__("cupy")
     host = np.asarray if SIMULATOR else xp.asnumpy
     rng = np.random.default_rng(7)
+
+    def every_variant():
+        preload = getattr(LAUNCHER, "preload", None)
+        if preload is not None:
+            preload(cuda_launch.KERNELS.values())
+        return []
 
     def words():
         got, want = xp.zeros(1001, np.uint32), np.zeros(1001, np.uint32)
@@ -124,8 +132,8 @@ def self_check():
         want = ref.sigmoid_bce_forward_backward(want_d, z, t, 0.5)
         return [(host(d), want_d, 1e-12), (np.float64(total), np.float64(want), 1e-10)]
 
-    for name, case in (("philox_uint32 words", words), ("sgd_update float32", sgd),
-                       ("sigmoid_bce_forward_backward float64", bce)):
+    for name, case in (("loading every variant", every_variant), ("philox_uint32 words", words),
+                       ("sgd_update float32", sgd), ("sigmoid_bce_forward_backward float64", bce)):
         try:
             pairs = case()
         except Exception as e:
@@ -137,13 +145,10 @@ def self_check():
                                               f"from the reference twin's")
 
 
-def _verdict_key(launcher):
-    """What a verdict holds for: the launcher, where its cubins come from, the device and driver,
-    the toolchain and the kernels' sources."""
-    import hashlib
-    import json
-    from importlib import metadata
-
+def _where():
+    """What a verdict holds for, besides the launcher: the device and driver (or the simulator),
+    the toolchain (versions, CUDA_HOME, the assemblers found) and every file of kernels/ (the
+    kernels and the launch layer the check vouches for)."""
     from . import cuda_build
 
     device = "simulator"
@@ -154,37 +159,40 @@ def _verdict_key(launcher):
         name = cupy.cuda.runtime.getDeviceProperties(dev.id)["name"]
         device = [name.decode() if isinstance(name, bytes) else name, dev.compute_capability,
                   cupy.cuda.runtime.driverGetVersion(), cupy.__version__]
-    versions = []
-    for pkg in ("numba", "numba-cuda", "cuda-bindings"):
-        try:
-            versions.append(metadata.version(pkg))
-        except metadata.PackageNotFoundError:
-            versions.append(None)
-    bundle = None
-    if launcher.name == "cupy":  # its cubins: the bundle's, else the cache's
-        bundle = getattr(launcher, "bundle", None) or os.environ.get("TINYDAE_CUDA_CUBINS") or cuda_build.cache_dir()
-        bundle = os.path.abspath(bundle)
-    text = json.dumps([launcher.name, bundle, device, versions, cuda_build.source_digest()])
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    return [device, cuda_build.toolchain(), cuda_build.assemblers(), cuda_build.source_digest("all")]
 
 
-def _verdict(launcher, mode):
-    """(ok, detail) for the launcher: remembered in this process, read from disk (mode 'once'),
-    or found by self_check() now (and written to disk)."""
+def _verdict_path(launcher, where):
+    import hashlib
     import json
 
     from . import cuda_build
 
-    key = _verdict_key(launcher)
-    if key in _VERDICTS and mode != "always":
-        return _VERDICTS[key]
-    path = os.path.join(cuda_build.cache_dir(), f"selfcheck-{launcher.name}-{key}.json")
+    bundle = None
+    if launcher.name == "cupy":  # its cubins: the bundle's, else the cache's
+        bundle = getattr(launcher, "bundle", None) or os.environ.get("TINYDAE_CUDA_CUBINS") or cuda_build.cache_dir()
+        bundle = os.path.abspath(bundle)
+    key = hashlib.sha256(json.dumps([launcher.name, bundle, where], default=str).encode()).hexdigest()[:20]
+    return os.path.join(cuda_build.cache_dir(), f"selfcheck-{launcher.name}-{key}.json")
+
+
+def _verdict(launcher, mode, where, save_failure=True):
+    """(ok, detail) for the launcher: remembered in this process, read from disk (mode 'once'),
+    or found by self_check() now and written to disk (a failure only if save_failure)."""
+    import json
+
+    from . import cuda_build
+
+    path = _verdict_path(launcher, where)
+    if path in _VERDICTS and mode != "always":
+        return _VERDICTS[path]
     verdict = None
     if mode == "once":
         try:
             with open(path) as f:
                 saved = json.load(f)
-            verdict = (bool(saved["ok"]), f"{saved['detail']} (cached verdict: {path})")
+            verdict = (bool(saved["ok"]), f"{saved['detail']} (cached verdict {path}; "
+                                          f"TINYDAE_CUDA_SELFCHECK=always checks again)")
         except (OSError, ValueError, KeyError, TypeError):
             verdict = None
     if verdict is None:
@@ -193,12 +201,13 @@ def _verdict(launcher, mode):
             verdict = (True, "known answers match")
         except cuda_launch.LaunchError as e:
             verdict = (False, str(e))
-        try:  # a verdict that cannot be saved is only re-checked next time
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            cuda_build._write_atomic(path, json.dumps(dict(ok=verdict[0], detail=verdict[1])).encode())
-        except OSError:
-            pass
-    _VERDICTS[key] = verdict
+        if verdict[0] or save_failure:
+            try:  # a verdict that cannot be saved is only checked again next time
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                cuda_build._write_atomic(path, json.dumps(dict(ok=verdict[0], detail=verdict[1])).encode())
+            except OSError:
+                pass
+    _VERDICTS[path] = verdict
     return verdict
 
 
@@ -206,17 +215,26 @@ def ensure_launcher():
     """Self-check the current launcher (once per process, verdicts cached on disk); if it fails,
     switch to numba's dispatcher and check that.  -> warnings (strings) for the user: one when
     it switched.  Raises cuda_launch.LaunchError, naming each launcher's failure, when none passes.
-    TINYDAE_CUDA_SELFCHECK: once (default) | always | off."""
+    TINYDAE_CUDA_SELFCHECK: once (default) | always | off.
+
+    Only the first launcher's failure is saved: a fallback that fails right after it may fail
+    only because the first one's fault poisoned this process's CUDA context, and saving that
+    would keep the GPU off in every later process."""
     mode = os.environ.get("TINYDAE_CUDA_SELFCHECK", "once").strip() or "once"
     if mode not in SELF_CHECK_MODES:
         raise ValueError(f"TINYDAE_CUDA_SELFCHECK must be one of {', '.join(SELF_CHECK_MODES)}, got {mode!r}")
     if mode == "off":
         return []
+    try:
+        where = _where()
+    except Exception as e:
+        raise cuda_launch.LaunchError(f"the device could not be queried: {type(e).__name__}: "
+                                      f"{cuda_launch._first_line(e)}") from e
     failures = []
     for name in dict.fromkeys([LAUNCHER.name, "numba"]):
         if LAUNCHER.name != name:
             set_launcher(name)
-        ok, detail = _verdict(LAUNCHER, mode)
+        ok, detail = _verdict(LAUNCHER, mode, where, save_failure=not failures)
         if ok:
             return [f"the {f[0]} launcher failed its self-check ({f[1]}); using numba's dispatcher "
                     f"(slower launches) instead" for f in failures]

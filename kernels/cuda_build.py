@@ -55,9 +55,13 @@ def device_arch():
     return int(cc[:-1]), int(cc[-1])
 
 
-def source_digest():
+def source_digest(names=SOURCES):
+    """SHA-256 of the kernels' sources (`names` in kernels/; every .py file there for "all")."""
+    if names == "all":
+        names = sorted(n for n in os.listdir(HERE) if n.endswith(".py"))
     digest = hashlib.sha256()
-    for name in SOURCES:
+    for name in names:
+        digest.update(name.encode() + b"\0")
         with open(os.path.join(HERE, name), "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()

@@ -266,14 +266,32 @@ class CupyLauncher:
         self.cache_dir = cache_dir
         self.bundle = bundle  # None: TINYDAE_CUDA_CUBINS when a variant is first loaded
         self._functions = {}  # (kernel, device, fast_key) -> RawKernel
+        self._variants = {}   # (kernel, dtype, device) -> RawKernel: each cubin loaded once
         self._modules = []    # the RawModules, kept loaded for as long as their functions are used
         self._arch = {}       # device -> (major, minor)
+        self._get_device = None  # cupy.cuda.runtime.getDevice, bound on first use
         self.loaded = {}      # (kernel name, dtype, arch) -> the cubin file it was loaded from
 
     def _device(self):
-        import cupy
+        if self._get_device is None:
+            import cupy
 
-        return cupy.cuda.runtime.getDevice()
+            self._get_device = cupy.cuda.runtime.getDevice
+        return self._get_device()
+
+    def preload(self, kernels):
+        """Load every declared variant of `kernels` on the current device (no launch): a bundle
+        that lacks one, or holds one whose entry does not match, fails here (LaunchError)."""
+        device = self._device()
+        for k in kernels:
+            for dtype in k.variants:
+                self._variant(k, dtype, device)
+
+    def _variant(self, k, dtype, device):
+        fn = self._variants.get((k, dtype, device))
+        if fn is None:
+            fn = self._variants[(k, dtype, device)] = self._load(k, dtype, device)
+        return fn
 
     def _device_arch(self, device):
         arch = self._arch.get(device)
@@ -318,7 +336,7 @@ class CupyLauncher:
         device = self._device()
         fn = self._functions.get((k, device, key))
         if fn is None:
-            fn = self._functions[(k, device, key)] = self._load(k, k.checked_variant(args, key), device)
+            fn = self._functions[(k, device, key)] = self._variant(k, k.checked_variant(args, key), device)
         return fn
 
     def launch(self, k, blocks, threads, args):

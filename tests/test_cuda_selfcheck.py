@@ -24,16 +24,20 @@ from tinydae import backend as backend_module  # noqa: E402
 from tinydae.kernels import cuda_build, cuda_launch  # noqa: E402
 
 
-def broken_bundle(path):
-    """A bundle of every variant whose records say the .entry lost its last parameter (and whose
-    cubins are empty files): what a bundle from other sources or a botched build looks like."""
+def broken_bundle(path, drop=0, leave_out=()):
+    """A bundle of every variant (but those in leave_out) whose records say the .entry lost its
+    last `drop` parameters (and whose cubins are empty files): what a bundle from other sources or
+    a botched build looks like."""
     os.makedirs(path, exist_ok=True)
     for k in cuda_launch.KERNELS.values():
         for dtype in k.variants:
+            if (k.name, dtype) in leave_out:
+                continue
             stem = cuda_build._stem(k, dtype, (9, 0))
             open(os.path.join(path, stem + ".cubin"), "wb").close()
+            params = cuda_launch.ptx_param_types(k.parsed[dtype])
             record = dict(name=k.name, dtype=dtype, entry=k.name, cubin=stem + ".cubin",
-                          ptx_params=cuda_launch.ptx_param_types(k.parsed[dtype])[:-1])
+                          ptx_params=params[:len(params) - drop])
             with open(os.path.join(path, stem + ".json"), "w") as f:
                 json.dump(record, f)
     return str(path)
@@ -96,12 +100,12 @@ def test_the_self_check_catches_a_kernel_that_computes_wrongly(fresh, monkeypatc
     use(monkeypatch, cuda_launch.NumbaLauncher())
     right = kc.sgd_update
 
-    def off_by_one_ulp(p, *args, **kw):
+    def wrong_in_the_fifth_digit(p, *args, **kw):
         right(p, *args, **kw)
         p[7] = np.nextafter(p[7], np.float32(np.inf))
         p[7] = np.nextafter(p[7], np.float32(np.inf))
         p[7] = np.nextafter(p[7], np.float32(np.inf)) * np.float32(1.0001)
-    monkeypatch.setattr(kc, "sgd_update", off_by_one_ulp)
+    monkeypatch.setattr(kc, "sgd_update", wrong_in_the_fifth_digit)
     with pytest.raises(cuda_launch.LaunchError, match="sgd_update float32: 1 of 1000 values differ"):
         kc.self_check()
     monkeypatch.setattr(kc, "sgd_update", right)
@@ -109,11 +113,11 @@ def test_the_self_check_catches_a_kernel_that_computes_wrongly(fresh, monkeypatc
 
 
 def test_a_broken_bundle_falls_back_to_numbas_dispatcher_with_one_warning(fresh, monkeypatch):
-    launcher = cupy_standin.EmulatedCupyLauncher(broken_bundle(fresh / "bundle"))
+    launcher = cupy_standin.EmulatedCupyLauncher(broken_bundle(fresh / "bundle", drop=1))
     use(monkeypatch, launcher)
     notes = kc.ensure_launcher()
     assert len(notes) == 1 and kc.LAUNCHER.name == "numba"
-    assert notes[0].startswith("the cupy launcher failed its self-check (philox_uint32 words: LaunchError: ")
+    assert notes[0].startswith("the cupy launcher failed its self-check (loading every variant: LaunchError: ")
     assert "_philox_uint32 any: the cubin's .entry takes 11 parameters" in notes[0] and "using numba's dispatcher" in notes[0]
     assert launcher.launches == 0
     # a later process reads both verdicts and launches nothing through the broken bundle
@@ -122,7 +126,8 @@ def test_a_broken_bundle_falls_back_to_numbas_dispatcher_with_one_warning(fresh,
     use(monkeypatch, again, CountingNumba)
     CountingNumba.launches = 0
     notes = kc.ensure_launcher()
-    assert len(notes) == 1 and "(cached verdict: " in notes[0] and not again.loaded
+    assert len(notes) == 1 and "(cached verdict " in notes[0] and "TINYDAE_CUDA_SELFCHECK=always checks again" in notes[0]
+    assert not again.loaded
     assert CountingNumba.launches == 0
 
 
@@ -139,13 +144,31 @@ def test_a_good_bundle_passes_on_the_emulated_cupy_launcher(fresh, monkeypatch):
 
 
 def test_when_every_launcher_fails_the_error_names_both(fresh, monkeypatch):
-    use(monkeypatch, cupy_standin.EmulatedCupyLauncher(broken_bundle(fresh / "bundle")), BrokenNumba)
+    use(monkeypatch, cupy_standin.EmulatedCupyLauncher(broken_bundle(fresh / "bundle", drop=1)), BrokenNumba)
     with pytest.raises(cuda_launch.LaunchError) as info:
         kc.ensure_launcher()
     text = str(info.value)
-    assert text.startswith("cupy launcher: philox_uint32 words: LaunchError: ")
+    assert text.startswith("cupy launcher: loading every variant: LaunchError: ")
     assert "; numba launcher: philox_uint32 words: RuntimeError: [700] Call to cuLaunchKernel results in " \
            "CUDA_ERROR_ILLEGAL_ADDRESS" in text
+    # only the first launcher's failure is remembered: numba's may be the poisoned context's doing
+    saved = sorted(p.name.split("-")[1] for p in (fresh / "cache").glob("selfcheck-*.json"))
+    assert saved == ["cupy"]
+
+
+def test_a_bundle_without_a_variant_fails_the_check_before_any_work(fresh, monkeypatch):
+    """Every variant is loaded (not launched) by the check: a bundle that lacks one, on a machine
+    that cannot compile it, fails here rather than in the middle of training."""
+    def cannot_build(*args, **kwargs):
+        raise cuda_build.BuildError("no cubin assembler")
+    monkeypatch.setattr(cuda_build, "cached_build", cannot_build)
+    launcher = cupy_standin.EmulatedCupyLauncher(broken_bundle(fresh / "bundle", leave_out={("_adam", "float64")}))
+    use(monkeypatch, launcher, BrokenNumba)
+    with pytest.raises(cuda_launch.LaunchError, match=r"^cupy launcher: loading every variant: LaunchError: the cupy "
+                       r"launcher could not load _adam float64 for sm_90: BuildError: _adam float64 for sm_90 is "
+                       r"not in the bundle"):
+        kc.ensure_launcher()
+    assert launcher.launches == 0
 
 
 # -- what the user sees: --backend cuda and auto ---------------------------------------------------
@@ -174,7 +197,7 @@ def gpu_found(fresh, monkeypatch):
 def test_backend_cuda_and_auto_when_the_self_check_fails(gpu_found, monkeypatch):
     from tinydae.errors import BackendUnavailable
 
-    use(monkeypatch, cupy_standin.EmulatedCupyLauncher(broken_bundle(gpu_found / "bundle")), BrokenNumba)
+    use(monkeypatch, cupy_standin.EmulatedCupyLauncher(broken_bundle(gpu_found / "bundle", drop=1)), BrokenNumba)
     with pytest.raises(BackendUnavailable, match=r"^--backend cuda: the GPU failed its self-check \(cupy launcher: "):
         backend_module.get_backend("cuda")
     with pytest.warns(backend_module.BackendWarning) as caught:
@@ -184,7 +207,7 @@ def test_backend_cuda_and_auto_when_the_self_check_fails(gpu_found, monkeypatch)
 
 
 def test_backend_cuda_falls_back_to_numba_with_one_warning(gpu_found, monkeypatch):
-    use(monkeypatch, cupy_standin.EmulatedCupyLauncher(broken_bundle(gpu_found / "bundle")))
+    use(monkeypatch, cupy_standin.EmulatedCupyLauncher(broken_bundle(gpu_found / "bundle", drop=1)))
     with pytest.warns(backend_module.BackendWarning) as caught:
         b = backend_module.get_backend("cuda")
     assert b.name == "cuda" and b.device == "Simulated GPU (CUDA device 0)" and kc.LAUNCHER.name == "numba"
@@ -195,7 +218,7 @@ def test_backend_cuda_falls_back_to_numba_with_one_warning(gpu_found, monkeypatc
 def test_the_cli_ends_cuda_with_one_error_line_and_auto_on_the_cpu_with_one_warning(gpu_found, monkeypatch):
     from tinydae.cli import cli
 
-    use(monkeypatch, cupy_standin.EmulatedCupyLauncher(broken_bundle(gpu_found / "bundle")), BrokenNumba)
+    use(monkeypatch, cupy_standin.EmulatedCupyLauncher(broken_bundle(gpu_found / "bundle", drop=1)), BrokenNumba)
     args = ["train", "--limit", "60", "--hidden", "8", "--epochs", "1", "--batch-size", "30"]
     r = CliRunner().invoke(cli, args + ["--backend", "cuda", "--out", str(gpu_found / "run-cuda")])
     assert r.exit_code == 2, r.output

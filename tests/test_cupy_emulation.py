@@ -31,6 +31,8 @@ def _missing():
     try:
         from cupy._core._scalar import CScalar  # noqa: F401
     except Exception as e:
+        if os.environ.get("TINYDAE_EMULATION_BUNDLE"):  # CI's cuda13 run: a skip would hide the emulation
+            raise
         return f"CuPy's scalar packer is not importable ({type(e).__name__}: {e}); .ci/run's cuda13 venv has it"
     return None
 
@@ -167,11 +169,17 @@ def test_a_wrong_flat_value_or_entry_is_caught(emulated, monkeypatch):
     patched(lambda flat: [np.int64(v) if isinstance(v, np.int32) else v for v in flat])
     with pytest.raises(TypeError, match="the .entry declares .u32"):
         kc.corrupt(np.zeros_like(x), x, 1, 0.3, 9, 3, 0, 0)
-    # pointers off by one element: the rebuilt arrays read the wrong memory, results differ
-    patched(lambda flat: [v + 4 if i == 4 else v for i, v in enumerate(flat)])  # the first array's data pointer
+    # the input's data pointer one element on (flat value 7 + 4: out takes 7 values before it): the
+    # rebuilt array reads the wrong memory and the results differ (x has a spare element after
+    # its end, so the shifted read stays inside its buffer)
+    spare = np.append(x.ravel(), np.float32(0.5))
+    shifted_x = spare[:-1].reshape(x.shape)
+    patched(lambda flat: [v + 4 if i == 11 else v for i, v in enumerate(flat)])
     y = np.zeros_like(x)
-    kc.corrupt(y, np.ascontiguousarray(x), 1, 0.3, 9, 3, 0, 0)
+    kc.corrupt(y, shifted_x, 1, 0.3, 9, 3, 0, 0)
     assert not np.array_equal(y, out)
+    noise = (out - x).ravel()  # mode 1 is Gaussian: y[i] = x[i + 1] + the same noise[i]
+    np.testing.assert_allclose(y.ravel() - spare[1:], noise, rtol=0, atol=1e-6)
     monkeypatch.setattr(cuda_launch, "key_and_flatten", real)
 
     fresh = cupy_standin.EmulatedCupyLauncher(launcher.bundle)

@@ -541,8 +541,9 @@ def smoke_budgets():
 def test_smoke_stages_have_budgets_that_fit_one_device_call():
     budgets = smoke_budgets()
     assert list(budgets) == ["versions", "wheels", "bundle", "preflight", "train", "sample", "pytest", "bench"]
-    # the stages' own limits end the step before run_step's (470 s), well inside 8 minutes
-    assert sum(budgets.values()) <= 450 and all(b > 0 for b in budgets.values())
+    # the stages' own limits (plus up to 5 s each to die, and the GPU check and summary between
+    # them) end the step before run_step's 470 s, well inside 8 minutes
+    assert sum(budgets.values()) + 5 * len(budgets) <= 460 and all(b > 0 for b in budgets.values())
     text = open(SCRIPT).read()
     body = text[text.index("step_smoke() {"):]
     assert [m for m in re.findall(r"stage (\w+) ", body) if m in budgets] == list(budgets)
@@ -596,7 +597,6 @@ def test_smoke_runs_every_stage_under_its_budget_and_writes_few_files(tmp_path):
     assert stages["versions"]["timed_out"] and stages["versions"]["rc"] == 124
     assert all(s["ok"] for name, s in stages.items() if name != "versions"), summary
     assert "error: stage versions ran past its budget of 1 s" in r.stdout
-    assert "TINYDAE_CUDA_CUBINS" not in r.stdout or str(work) not in r.stdout
     assert len(list(out.iterdir())) <= 6 and not (out / "cuda-build").exists()
     assert "fake python3 bench/gpu_preflight.py --out" in r.stdout and "--no-build" in r.stdout
 

@@ -46,6 +46,11 @@ class Group(click.Group):
         except TinyDAEError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except RuntimeError as e:  # a CUDA kernel the self-check could not foresee failing to load
+            if type(e).__name__ != "LaunchError":
+                raise
+            click.echo(f"error: --backend cuda: {e}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
