@@ -288,17 +288,25 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
         opt = tinydae.make_optimizer(opts["optimizer"], model, **hyper)
     if ckpt is not None and ckpt.optimizer is not None:
         opt.load_state_dict(ckpt.optimizer)
-    if replace:  # --overwrite: no file of the old run may pass for one of this run
-        for name in TRAIN_FILES:
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
     ckpt_path = os.path.join(out, "checkpoint.h5")
+    # --overwrite: the old run's files move aside (no file of it may pass for one of this run) and
+    # are deleted once this run has saved its first checkpoint; a run that fails before that puts
+    # them back, so that --overwrite never leaves a folder with neither run in it.
+    aside = _move_run_aside(out) if replace else None
     steps_per_epoch = -(-len(train_set) // opts["batch_size"])
     if not as_json:
         click.echo(f"{model} on {dataset.name}: {len(train_set)} train / {len(val_set)} val, "
                    f"{opts['corruption']}, {opt}, {backend.kernel_set} kernels on {backend.device}",
                    err=True)
-    progress = Progress(steps_per_epoch, epochs, enabled=not as_json)
+    shown_progress = Progress(steps_per_epoch, epochs, enabled=not as_json)
+
+    def progress(event, info):
+        nonlocal aside
+        if aside is not None and os.path.exists(ckpt_path):  # this run's first checkpoint is saved
+            _drop_aside(aside)
+            aside = None
+        shown_progress(event, info)
+
     t0 = time.perf_counter()
     try:
         with safety.out_of_memory("training", fix + f"; the last checkpoint, if any, is {ckpt_path}"):
@@ -308,7 +316,12 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
                                 checkpoint_path=ckpt_path, checkpoint_every=checkpoint_every,
                                 train_config=dict(opts, epochs=epochs), progress=progress)
     finally:
-        progress.close()
+        shown_progress.close()
+        if aside is not None:
+            if os.path.exists(ckpt_path):
+                _drop_aside(aside)
+            else:
+                _restore_aside(out, aside)
     history_path = os.path.join(out, "history.json")
     tinydae.checkpoint.atomic_write(history_path, lambda tmp: _write_json(tmp, state.history))
     png = None
@@ -335,6 +348,30 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
         click.echo(f"checkpoint: {ckpt_path}")
         if png:
             click.echo(f"samples (rows: clean / corrupted / reconstructed): {png}")
+
+
+def _move_run_aside(out):
+    """Move the run in `out` (TRAIN_FILES) into out/.replaced-PID/ (a rename: same file system)."""
+    aside = os.path.join(out, f".replaced-{os.getpid()}")
+    os.makedirs(aside, exist_ok=True)
+    for name in TRAIN_FILES:
+        if os.path.exists(os.path.join(out, name)):
+            os.replace(os.path.join(out, name), os.path.join(aside, name))
+    return aside
+
+
+def _drop_aside(aside):
+    import shutil
+
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _restore_aside(out, aside):
+    """Put the old run back (no file of the new run is in the way: it saved no checkpoint)."""
+    for name in os.listdir(aside):
+        os.replace(os.path.join(aside, name), os.path.join(out, name))
+    os.rmdir(aside)
+    click.echo(f"the new run saved no checkpoint; the run that was in {out} is back in place", err=True)
 
 
 def _write_json(path, obj):
@@ -410,8 +447,9 @@ def info(as_json):
                    "[default: the launch cache, TINYDAE_CUDA_CACHE or ~/.cache/tinydae/cuda].")
 @click.option("--assembler", type=click.Choice(["auto", "ptxas", "nvjitlink"]), default="auto", show_default=True,
               help="PTX -> cubin: ptxas (CUDA_HOME/bin or PATH; reports spills) or nvJitLink (pip wheel).")
+@click.option("--overwrite", is_flag=True, help="Replace the build already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def build_cuda(arch, out_dir, assembler, as_json):
+def build_cuda(arch, out_dir, assembler, overwrite, as_json):
     """Compile every CUDA kernel variant for a GPU architecture, without a GPU.
 
     numba-cuda compiles each kernel's declared signatures (float32 and float64) to PTX, the
@@ -429,7 +467,11 @@ def build_cuda(arch, out_dir, assembler, as_json):
         raise ConfigError(str(e)) from None
     from tinydae.safety import check_output_dir
 
+    given = out_dir is not None  # the launch cache (the default) is tinydae's own to update
     out_dir = check_output_dir(cuda_build.cache_dir(out_dir), "--out")
+    if given and os.path.exists(os.path.join(out_dir, "manifest.json")) and not overwrite:
+        raise ConfigError(f"--out {out_dir} already holds a build (manifest.json); pass --overwrite to replace it, "
+                          f"or choose another --out")
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         raise ConfigError("build-cuda compiles real GPU code; unset NUMBA_ENABLE_CUDASIM")
     try:
@@ -539,11 +581,7 @@ def export_command(checkpoint, fmt, out, what, overwrite):
     what = export.check_options(fmt, what)  # every check before loading the checkpoint
     if out is None:
         raise ConfigError("export needs --out FILE, the file to write (e.g. --out runs/dae.onnx)")
-    safety.check_output_file(out, "--out")
-    if os.path.exists(out) and os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
-        raise ConfigError(f"--out {out} is the checkpoint {checkpoint} itself; choose another --out")
-    if os.path.exists(out) and not overwrite:
-        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it, or choose another --out")
+    safety.check_output_file(out, "--out", overwrite, inputs=[("the checkpoint", checkpoint)])
     model = tinydae.restore_model(_load_checkpoint(checkpoint, optimizer=False), backend="cpu")
     export.export(model, out, fmt, what)
     shown = f"{what}(x) as ONNX" if fmt == "onnx" else "weights and description as npz"
@@ -622,7 +660,7 @@ def _starts(kind, n, model, ckpt, data, key, limit, seed, option="--start", resc
 
 
 def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, step_size, levels, keep_every,
-                seed, batch_size, data, key, limit, rescale, out, h5, backend, as_json, verb, option):
+                seed, batch_size, data, key, limit, rescale, out, h5, overwrite, backend, as_json, verb, option):
     import numpy as np
 
     from tinydae import safety
@@ -641,10 +679,11 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, s
     # Every check before any work: output paths, then memory, then the (maybe slow) start points.
     side = int(round(model.input_dim ** 0.5))
     png = out if out and side * side == model.input_dim else None
+    inputs = [("the checkpoint", checkpoint), ("--data", data), (option, start)]
     if png:
-        safety.check_output_file(png, "--out")
+        safety.check_output_file(png, "--out", overwrite, inputs)
     if h5:
-        safety.check_output_file(h5, "--h5")
+        safety.check_output_file(h5, "--h5", overwrite, inputs, outputs=[("--out", png)])
     if start in START_KINDS:
         _check_chain_memory(model, n, steps, keep_every, batch_size, start, side if png else 0, sampler)
     x0, start_name = _starts(start, n, model, ckpt, data, key, limit, seed, option, rescale)
@@ -726,6 +765,7 @@ def _chain_options(default_start, default_steps, start_help, default_out):
             click.option("--out", default=f"runs/{default_out}.png", show_default=True,
                          help=f"PNG strip of {KEEP_CHAINS} chains at the kept steps."),
             click.option("--h5", default=None, help="Also write the chain to this HDF5 file."),
+            click.option("--overwrite", is_flag=True, help="Replace existing --out and --h5 files."),
             click.option("--backend", type=click.Choice(["cpu", "cuda", "auto", "numpy"]), default="auto",
                          show_default=True, help="numpy: the NumPy reference kernels, no numba."),
             click.option("--json", "as_json", is_flag=True),
@@ -840,16 +880,21 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
                                              "required for a file: sample quality is measured in the features of a "
                                              "classifier trained on them.")
 @click.option("--out", default="runs/reproduce", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the report already in --out.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="The data split and the classifier; seeds SEED, SEED+1, ... train the DAEs and run the chains.")
 @click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
-def reproduce(quick, data, labels, out, seed, backend):
+def reproduce(quick, data, labels, out, seed, backend, overwrite):
     """Measure the paper's three claims (claim 1 on a known density; chains from noise and from PCA
     samples, four samplers, 3 seeds, feature-space figures beside their floor, headline steps chosen
     on validation rows) and write OUT/report.md, OUT/report.json and PNG strips."""
     from tinydae import experiments, safety
 
     safety.check_output_dir(out, "--out")  # before claim 1: a bad --out would waste all of it
+    found = [name for name in ("report.md", "report.json") if os.path.exists(os.path.join(out, name))]
+    if found and not overwrite:
+        raise ConfigError(f"--out {out} already holds a report ({', '.join(found)}); pass --overwrite to replace "
+                          f"it, or choose another --out")
     command = ("python cli.py reproduce" + (" --quick" if quick else "") + (f" --data {data}" if data != "glyphs" else "")
                + (f" --labels {labels}" if labels else "") + (f" --seed {seed}" if seed else ""))
     experiments.reproduce(out, quick=quick, data=data, labels=labels, backend=backend, seed=seed,
@@ -881,17 +926,18 @@ def bench():
 def _result_options(f):
     """--save (into bench/results/, which the README's tables come from), --out FILE, --json."""
     f = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(f)
+    f = click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")(f)
     f = click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
                      help="Also write the result as JSON to this file.")(f)
     return click.option("--save/--no-save", default=False, show_default=True,
                         help="Write the result into bench/results/<device>.json (the README's source).")(f)
 
 
-def _check_out(out_file):
+def _check_out(out_file, overwrite):
     if out_file is not None:
         from tinydae.safety import check_output_file
 
-        check_output_file(out_file, "--out")  # before minutes of timing, not after
+        check_output_file(out_file, "--out", overwrite)  # before minutes of timing, not after
 
 
 def _emit(mod, backend, section, result, save, out_file, as_json):
@@ -916,7 +962,7 @@ def _emit(mod, backend, section, result, save, out_file, as_json):
 @click.option("--sizes", default="1M,16M", show_default=True, help="Element counts, e.g. 1M,16M.")
 @click.option("--repeats", type=int, default=20, show_default=True)
 @_result_options
-def bench_kernels(backend, sizes, repeats, save, out_file, as_json):
+def bench_kernels(backend, sizes, repeats, save, out_file, overwrite, as_json):
     """Each fused kernel: time, GB/s, fraction of copy bandwidth, x NumPy reference, x PyTorch."""
     mod = _load_bench("bench_kernels")
     try:
@@ -925,7 +971,7 @@ def bench_kernels(backend, sizes, repeats, save, out_file, as_json):
         raise ConfigError(f"--sizes takes counts like 1M,16M, got {sizes!r}") from None
     if repeats < 1 or min(size_list) < 1:
         raise ConfigError("--repeats and --sizes must be positive")
-    _check_out(out_file)
+    _check_out(out_file, overwrite)
     if not as_json:
         click.echo(mod.HEADER)
     result = mod.run(backend, size_list, repeats, log=(lambda line: None) if as_json else click.echo)
@@ -936,8 +982,8 @@ def bench_kernels(backend, sizes, repeats, save, out_file, as_json):
     _emit(mod, backend, "kernels", result, save, out_file, as_json)
 
 
-def _bench_run(name, section, backend, as_json, save, out_file, **kwargs):
-    _check_out(out_file)
+def _bench_run(name, section, backend, as_json, save, out_file, overwrite, **kwargs):
+    _check_out(out_file, overwrite)
     mod = _load_bench(name)
     if not as_json:
         click.echo(mod.HEADER)
@@ -955,7 +1001,7 @@ def _bench_run(name, section, backend, as_json, save, out_file, **kwargs):
 @click.option("--compile/--no-compile", "compile_peer", default=True, show_default=True,
               help="Also time torch.compile of the whole step (slow to compile on the CPU).")
 @_result_options
-def bench_train(backend, batches, repeats, compile_peer, save, out_file, as_json):
+def bench_train(backend, batches, repeats, compile_peer, save, out_file, overwrite, as_json):
     """Time per training step vs PyTorch (eager Adam for-loop / foreach / fused, torch.compile of
     the whole step), JAX (jit of the whole step) and a lower bound (GEMM floor + Adam's bytes)."""
     try:
@@ -964,7 +1010,7 @@ def bench_train(backend, batches, repeats, compile_peer, save, out_file, as_json
         raise ConfigError(f"--batches takes sizes like 64,256,1024, got {batches!r}") from None
     if repeats < 1 or min(sizes) < 1:
         raise ConfigError("--repeats and --batches must be positive")
-    _bench_run("bench_train", "train", backend, as_json, save, out_file, batches=sizes, repeats=repeats,
+    _bench_run("bench_train", "train", backend, as_json, save, out_file, overwrite, batches=sizes, repeats=repeats,
                compile_peer=compile_peer)
 
 
@@ -975,7 +1021,7 @@ def bench_train(backend, batches, repeats, compile_peer, save, out_file, as_json
 @click.option("--compile/--no-compile", "compile_peer", default=True, show_default=True,
               help="Also time torch.compile of the chain step (slow to compile on the CPU).")
 @_result_options
-def bench_chain(backend, chains, repeats, compile_peer, save, out_file, as_json):
+def bench_chain(backend, chains, repeats, compile_peer, save, out_file, overwrite, as_json):
     """Sampling-chain throughput vs PyTorch (eager, torch.compile) and JAX (jit) chains and the GEMM-only floor."""
     if chains is not None:
         try:
@@ -986,7 +1032,7 @@ def bench_chain(backend, chains, repeats, compile_peer, save, out_file, as_json)
             raise ConfigError(f"--chains takes chains:steps pairs like 64:100,1024:100, got {chains!r}")
     if repeats < 1:
         raise ConfigError("--repeats must be positive")
-    _bench_run("bench_chain", "chain", backend, as_json, save, out_file, sizes=chains, repeats=repeats,
+    _bench_run("bench_chain", "chain", backend, as_json, save, out_file, overwrite, sizes=chains, repeats=repeats,
                compile_peer=compile_peer)
 
 
@@ -996,13 +1042,13 @@ def bench_chain(backend, chains, repeats, compile_peer, save, out_file, as_json)
 @click.option("--repeats", type=int, default=20, show_default=True, help="Timed blocks per contender.")
 @click.option("--launches", type=int, default=200, show_default=True, help="Launches per timed block.")
 @_result_options
-def bench_launch(backend, repeats, launches, save, out_file, as_json):
+def bench_launch(backend, repeats, launches, save, out_file, overwrite, as_json):
     """Host microseconds per CUDA kernel launch: tinydae's CuPy and numba launchers, a raw
     CuPy kernel and a CuPy ElementwiseKernel, on the same CuPy arrays (needs a GPU)."""
     if repeats < 1 or launches < 1:
         raise ConfigError("--repeats and --launches must be positive")
     be = tinydae.get_backend(backend)  # no GPU: one error line, exit 2, before any output
-    _check_out(out_file)
+    _check_out(out_file, overwrite)
     mod = _load_bench("bench_launch")
     if not as_json:
         click.echo(mod.HEADER)
@@ -1020,7 +1066,7 @@ def bench_launch(backend, repeats, launches, save, out_file, as_json):
 @click.pass_context
 def bench_all(ctx, backend, save):
     """kernels, launch (on a GPU), train and chain with their defaults."""
-    common = dict(save=save, out_file=None, as_json=False)
+    common = dict(save=save, out_file=None, overwrite=False, as_json=False)
     ctx.invoke(bench_kernels, backend=backend, sizes="1M,16M", repeats=20, **common)
     if tinydae.get_backend(backend).name == "cuda":
         ctx.invoke(bench_launch, backend="cuda", repeats=20, launches=200, **common)
@@ -1069,9 +1115,7 @@ def classifier_train(data, labels, key, labels_key, limit, rescale, hidden, epoc
     hidden = parse_hidden(hidden)
     if epochs < 1 or batch_size < 1 or not lr > 0 or not 0 < val_fraction < 1:
         raise ConfigError("--epochs and --batch-size must be >= 1, --lr > 0 and --val-fraction in (0, 1)")
-    safety.check_output_file(out, "--out")  # before loading and training, not after
-    if os.path.exists(out) and not overwrite:
-        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it, or choose another --out")
+    safety.check_output_file(out, "--out", overwrite, inputs=[("--data", data), ("--labels", labels)])  # before work
     ds = tinydae.load_dataset(data, key=key, limit=limit, rescale=rescale, labels=labels, labels_key=labels_key,
                               seed=seed)  # seed: the glyphs that train --seed draws
     if ds.labels is None:

@@ -27,14 +27,36 @@ def _under_a_file(path, what):
         raise ConfigError(f"{what} {path} is under {ancestor}, which is a file, not a folder")
 
 
-def check_output_file(path, what="--out"):
+def same_file(a, b):
+    """True when paths a and b name one file (through links too); False if either is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output_file(path, what="--out", overwrite=False, inputs=(), outputs=()):
     """`path` can be created or replaced as a file: not a directory, its folder exists (or can be
-    made) and is writable.  Creates missing parent folders.  -> the path"""
+    made) and is writable.  Creates missing parent folders.  -> the path
+
+    The rule every command follows (here, in one place): a file that exists is replaced only
+    with --overwrite (overwrite=True), and never when it is one of the command's `inputs` (a
+    checkpoint, a data file: (option, path) pairs; through links too) or another of its
+    `outputs` ((option, path) pairs already claimed), --overwrite or not."""
     path = os.fspath(path)
     if not path:
         raise ConfigError(f"{what} is empty; give a file name")
     if os.path.isdir(path):
         raise ConfigError(f"{what} {path} is a directory; give a file name")
+    for option, other in outputs:
+        if other and same_file(path, other):
+            raise ConfigError(f"{what} {path} is also {option}; give them different files")
+    for option, given in inputs:
+        if given and os.path.exists(path) and same_file(path, given):
+            raise ConfigError(f"{what} {path} is {option} {given} itself, an input of this command; "
+                              f"choose another {what}")
+    if os.path.exists(path) and not overwrite:
+        raise ConfigError(f"{what} {path} already exists; pass --overwrite to replace it, or choose another {what}")
     _under_a_file(path, what)
     parent = os.path.dirname(os.path.abspath(path))
     try:

@@ -1,0 +1,120 @@
+"""Issue 19, data loss: no command writes over an existing file it did not create in this run
+unless --overwrite is given, never over an input of the same command (also through links), and
+`train --overwrite` keeps the old run until the new one has saved its first checkpoint.
+
+The rule lives in one place (tinydae.safety.check_output_file); these tests go through the CLI.
+"""
+import hashlib
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from tinydae.cli import cli
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def assert_refused(r, *fragments):
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture
+def ck(cli_checkpoint, tmp_path):
+    """A copy of a checkpoint `train` wrote (the tests may try to damage it)."""
+    path = tmp_path / "CK.h5"
+    path.write_bytes(open(cli_checkpoint, "rb").read())
+    return path
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+CHAIN = ["--n", "4", "--steps", "2", "--backend", "cpu"]
+
+
+@pytest.mark.parametrize("command,option", [("sample", "--h5"), ("sample", "--out"), ("improve", "--out"),
+                                            ("improve", "--h5")])
+def test_sample_and_improve_never_write_over_their_checkpoint(ck, tmp_path, command, option):
+    before = digest(ck)
+    for extra in ([], ["--overwrite"]):
+        r = invoke(command, ck, *CHAIN, option, ck, *extra)
+        assert_refused(r, f"{option} {ck} is the checkpoint {ck} itself")
+    link = tmp_path / "link.h5"
+    os.symlink(ck, link)
+    assert_refused(invoke(command, ck, *CHAIN, option, link, "--overwrite"), "is the checkpoint")
+    assert digest(ck) == before
+
+
+def test_a_second_sample_needs_overwrite_for_its_files(ck, tmp_path):
+    png, h5 = tmp_path / "s.png", tmp_path / "s.h5"
+    r = invoke("sample", ck, *CHAIN, "--out", png, "--h5", h5)
+    assert r.exit_code == 0, r.output
+    first = digest(h5)
+    r = invoke("sample", ck, *CHAIN, "--seed", "1", "--out", tmp_path / "other.png", "--h5", h5)
+    assert_refused(r, f"--h5 {h5} already exists; pass --overwrite")
+    r = invoke("sample", ck, *CHAIN, "--seed", "1", "--out", png)
+    assert_refused(r, f"--out {png} already exists; pass --overwrite")
+    assert digest(h5) == first
+    r = invoke("sample", ck, *CHAIN, "--seed", "1", "--out", png, "--h5", h5, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert digest(h5) != first
+    assert_refused(invoke("sample", ck, *CHAIN, "--out", tmp_path / "x.png", "--h5", tmp_path / "x.png"),
+                   "is also --out")
+
+
+def test_bench_out_never_replaces_a_file_without_overwrite(ck, tmp_path):
+    before = digest(ck)
+    assert_refused(invoke("bench", "kernels", "--sizes", "4K", "--repeats", "1", "--out", ck),
+                   f"--out {ck} already exists; pass --overwrite")
+    assert digest(ck) == before
+    existing = tmp_path / "old.json"
+    existing.write_text('{"mine": 1}\n')
+    assert_refused(invoke("bench", "kernels", "--sizes", "4K", "--repeats", "1", "--out", existing), "already exists")
+    assert json.loads(existing.read_text()) == {"mine": 1}
+
+
+def test_train_overwrite_keeps_the_old_run_when_the_new_one_fails_before_a_checkpoint(tmp_path):
+    run = tmp_path / "RUN"
+    base = ["train", "--limit", "200", "--hidden", "8", "--epochs", "1", "--backend", "cpu", "--out", run]
+    assert invoke(*base).exit_code == 0
+    files = {name: digest(run / name) for name in ("checkpoint.h5", "history.json", "samples.png")}
+    r = invoke(*base, "--overwrite", "--optimizer", "sgd", "--lr", "1e30")
+    assert r.exit_code == 3, r.output
+    assert "the run that was in" in r.stderr and "is back in place" in r.stderr
+    assert {name: digest(run / name) for name in files} == files  # the old run, whole
+    assert not [p for p in run.iterdir() if p.name.startswith(".replaced")]
+    r = invoke(*base, "--overwrite", "--seed", "4")
+    assert r.exit_code == 0, r.output
+    assert digest(run / "checkpoint.h5") != files["checkpoint.h5"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".replaced")]  # the old run, deleted
+
+
+def test_classifier_reproduce_and_build_cuda_refuse_to_replace(tmp_path):
+    data = tmp_path / "data.npz"
+    data.write_bytes(b"not really")
+    assert_refused(invoke("classifier", "train", "--data", data, "--out", data, "--overwrite"),
+                   f"--out {data} is --data {data} itself")
+    report = tmp_path / "rep"
+    report.mkdir()
+    (report / "report.md").write_text("an earlier report")
+    assert_refused(invoke("reproduce", "--quick", "--out", report), "already holds a report (report.md)")
+    assert (report / "report.md").read_text() == "an earlier report"
+    build = tmp_path / "bundle"
+    build.mkdir()
+    (build / "manifest.json").write_text("{}")
+    assert_refused(invoke("build-cuda", "--out", build), "already holds a build (manifest.json)")
+    assert (build / "manifest.json").read_text() == "{}"
