@@ -261,13 +261,13 @@ def test_next_save_removes_orphans_of_dead_processes_only(tmp_path):
 
 
 KILLED_MID_SAVE = """
-import sys, time
-from tinydae.checkpoint import atomic_write
-def write(tmp):
-    open(tmp, "wb").write(b"half a checkpoint")
+import os, sys, time
+from tinydae import checkpoint
+def slow_fsync(path, directory=False):  # the bytes are in the temporary, not yet moved into place
     print("writing", flush=True)
     time.sleep(60)
-atomic_write(sys.argv[1], write)
+checkpoint._fsync_path = slow_fsync
+checkpoint.atomic_write(sys.argv[1], lambda f: f.write(b"half a checkpoint"))
 """
 
 

@@ -25,9 +25,10 @@ Integrity (new in version 2), checked by load_checkpoint:
 Parameters and optimizer buffers must be finite, on save and on load.  Version-1 files (no
 checksums) still load; Checkpoint.note then says so, for the CLI to print.
 
-Writes are atomic: the file is written under a temporary name (PATH.tmp-PID) in the same
-directory, fsynced, then moved over the old one with os.replace, so a kill during a save leaves
-the previous checkpoint intact.  The temporaries that kill -9 leaves behind are removed by the
+Writes are atomic: the file is built in memory, written under a temporary name (PATH.tmp-PID,
+PATH cut to fit the file system's name limit) in the same directory, fsynced, then moved over the
+old one with os.replace, so a kill during a save leaves the previous checkpoint intact, and a
+full disk is one WriteError that keeps it (see atomic_write).  The temporaries that kill -9 leaves behind are removed by the
 next save into that directory (see remove_orphaned_temps).
 """
 import datetime
@@ -39,7 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinydae.errors import CheckpointError, ConfigError
+from tinydae.errors import CheckpointError, ConfigError, WriteError
+from tinydae.safety import name_max as _name_max
 
 FORMAT = "tinydae-checkpoint"
 FORMAT_VERSION = 2
@@ -79,15 +81,30 @@ def _pid_alive(pid):
     return True
 
 
+PID_DIGITS = 10  # the longest PID a temporary's name must leave room for
+
+
+def _temp_prefix(path):
+    """-> (directory, the temporaries' name prefix): BASE.tmp- where BASE is the file's name, cut
+    (never lengthened) so that prefix + a PID fits the file system's name limit: a legal final
+    name near 255 bytes must not fail at the end of the work for its temporary's sake."""
+    directory, base = os.path.split(os.path.abspath(os.fspath(path)))
+    raw = os.fsencode(base)
+    room = _name_max(directory) - len(b".tmp-") - PID_DIGITS
+    if len(raw) > room:
+        base = raw[:max(room, 0)].decode("utf-8", "ignore")
+    return directory, base + ".tmp-"
+
+
 def remove_orphaned_temps(path):
-    """Delete PATH.tmp-PID files whose writing process no longer exists; returns their names.
+    """Delete the temporaries of PATH (PREFIX.tmp-PID) whose writing process no longer exists;
+    returns their names.
 
     Such files are left by a save killed with SIGKILL (or a power cut).  A temporary whose
     process is alive belongs to a save in progress and is kept.  A PID reused by an unrelated
     process keeps its orphan until a later save: deleting too little is safe, too much is not.
     """
-    directory, base = os.path.split(os.path.abspath(os.fspath(path)))
-    prefix = base + ".tmp-"
+    directory, prefix = _temp_prefix(path)
     removed = []
     for name in os.listdir(directory):
         pid = name[len(prefix):]
@@ -104,20 +121,47 @@ def remove_orphaned_temps(path):
 
 
 def atomic_write(path, write):
-    """Call write(tmp_path), fsync it, then os.replace it onto path."""
+    """write(f) fills a binary file object in memory; its bytes then go to a temporary in the
+    target folder (a name that fits the file system), are fsynced, and os.replace moves them
+    over `path`.  A kill leaves the previous file intact (and an orphan the next save removes).
+
+    Building the bytes in memory first keeps libraries out of the disk's failures: HDF5 writing
+    to a full disk printed pages of errors and then crashed the process (a segfault, an abort in
+    free()); here every byte goes through one checked os.write.  Any OSError on the way (a full
+    disk, a quota, a read-only file system, a file size limit) is a WriteError naming the path
+    and the bytes needed; nothing is left behind and the previous file is kept."""
+    import io
+
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    remove_orphaned_temps(path)  # first, so their space is free for this save
-    tmp = f"{path}.tmp-{os.getpid()}"
+    buffer = io.BytesIO()
+    write(buffer)
+    data = buffer.getbuffer()
+    directory, prefix = _temp_prefix(path)
+    tmp = os.path.join(directory, f"{prefix}{os.getpid()}")
     try:
-        write(tmp)
+        os.makedirs(directory, exist_ok=True)
+        remove_orphaned_temps(path)  # first, so their space is free for this save
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(fd, data[done:])
+        finally:
+            os.close(fd)
         _fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        try:
             os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            kept = "the previous file is kept" if os.path.exists(path) else "nothing was written"
+            raise WriteError(f"{path}: not written ({len(data):,} bytes needed): "
+                             f"{e.strerror or type(e).__name__}; {kept}") from None
         raise
+    finally:
+        data.release()
     try:
         _fsync_path(directory, directory=True)  # make the rename itself durable
     except OSError:
@@ -197,8 +241,8 @@ def save_checkpoint(path, model, optimizer=None, state=None, train_config=None, 
     history = list(history if history is not None else state.pop("history", []))
     state.pop("history", None)
 
-    def write(tmp):
-        with h5py.File(tmp, "w") as f:
+    def write(out):
+        with h5py.File(out, "w") as f:
             _stamp(f, FORMAT, FORMAT_VERSION)
             f.attrs["model_config"] = json.dumps(model.config)
             f.attrs["train_config"] = json.dumps(train_config or {})

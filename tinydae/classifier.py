@@ -342,8 +342,8 @@ def save_classifier(path, model):
     if problem:
         raise CheckpointError(f"{path}: not saved, {problem}")
 
-    def write(tmp):
-        with h5py.File(tmp, "w") as f:
+    def write(out):
+        with h5py.File(out, "w") as f:
             _stamp(f, FORMAT, FORMAT_VERSION)
             f.attrs["config"] = json.dumps(model.config)
             f.attrs["info"] = json.dumps(model.info)

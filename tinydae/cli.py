@@ -288,6 +288,11 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
         opt = tinydae.make_optimizer(opts["optimizer"], model, **hyper)
     if ckpt is not None and ckpt.optimizer is not None:
         opt.load_state_dict(ckpt.optimizer)
+    # The checkpoint (parameters and optimizer buffers) twice over: a save writes the new file
+    # beside the old one before it replaces it.
+    buffers = 1 + len(opt.buffers)
+    safety.check_free_space(out, 2 * buffers * model.params.nbytes + 2**20,
+                            f"saving the checkpoints of a {shape} DAE ({opts['optimizer']})")
     ckpt_path = os.path.join(out, "checkpoint.h5")
     # --overwrite: the old run's files move aside (no file of it may pass for one of this run) and
     # are deleted once this run has saved its first checkpoint; a run that fails before that puts
@@ -323,7 +328,7 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
             else:
                 _restore_aside(out, aside)
     history_path = os.path.join(out, "history.json")
-    tinydae.checkpoint.atomic_write(history_path, lambda tmp: _write_json(tmp, state.history))
+    tinydae.checkpoint.atomic_write(history_path, lambda f: f.write(safety.dumps(state.history, indent=2).encode()))
     png = None
     if dataset.image_shape is not None:
         png = os.path.join(out, "samples.png")
@@ -372,11 +377,6 @@ def _restore_aside(out, aside):
         os.replace(os.path.join(aside, name), os.path.join(out, name))
     os.rmdir(aside)
     click.echo(f"the new run saved no checkpoint; the run that was in {out} is back in place", err=True)
-
-
-def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
 
 
 @cli.command()
@@ -478,6 +478,8 @@ def build_cuda(arch, out_dir, assembler, overwrite, as_json):
         results = cuda_build.build_all(cc, out_dir, assembler)
     except cuda_build.BuildError as e:
         raise ConfigError(f"build-cuda: {e}") from None
+    except OSError as e:  # a full disk, a read-only folder: the cubins cannot be written
+        raise ConfigError(f"build-cuda: cannot write {e.filename or out_dir}: {e.strerror or e}") from None
     except ImportError as e:
         raise ConfigError(f"build-cuda needs numba-cuda with NVVM ({e}): pip install -e \".[cuda13]\"") from None
     failed = [r for r in results if not r["ok"]]
@@ -947,8 +949,7 @@ def _emit(mod, backend, section, result, save, out_file, as_json):
     path = mod.save_section(tinydae.get_backend(backend), section, result) if save else None
     text = dumps(dict(result, saved=path), indent=2, default=str)
     if out_file is not None:
-        with open(out_file, "w") as f:
-            f.write(text + "\n")
+        tinydae.checkpoint.atomic_write(out_file, lambda f: f.write(text.encode() + b"\n"))
     if as_json:
         click.echo(text)
         return

@@ -22,6 +22,12 @@ class CheckpointError(TinyDAEError):
     """A checkpoint that cannot be read or does not fit: truncated, foreign, wrong version."""
 
 
+class WriteError(TinyDAEError, OSError):
+    """A file could not be written (a full disk, a quota, a read-only file system, a name too
+    long ...): the message names the path, the bytes it needed and that the previous file, if
+    any, is intact."""
+
+
 class BackendUnavailable(TinyDAEError, RuntimeError):
     """The requested backend cannot run here; the message names what is missing."""
 

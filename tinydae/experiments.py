@@ -444,10 +444,11 @@ def reproduce(out_dir, quick=False, data="glyphs", labels=None, backend="cpu", s
     report["targets"] = evaluate_targets(report)
     report["timings"] = clock.timings
     report["seconds"] = time.perf_counter() - clock.t0
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        f.write(dumps(report, indent=2))  # strict JSON: a NaN figure becomes null, named in "non_finite"
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(render_report(report))
+    from tinydae.checkpoint import atomic_write
+
+    text = dumps(report, indent=2)  # strict JSON: a NaN figure becomes null, named in "non_finite"
+    atomic_write(os.path.join(out_dir, "report.json"), lambda f: f.write(text.encode()))
+    atomic_write(os.path.join(out_dir, "report.md"), lambda f: f.write(render_report(report).encode()))
     clock.say(f"wrote {os.path.join(out_dir, 'report.md')}")
     return report
 

@@ -225,11 +225,7 @@ def export_onnx(model, path, what="reconstruct", opset=DEFAULT_OPSET):
     proto = onnx_graph(model, what, opset)
     data = proto.SerializeToString()
 
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    atomic_write(path, write)
+    atomic_write(path, lambda f: f.write(data))
     return path
 
 
@@ -254,11 +250,7 @@ def export_npz(model, path):
     arrays = {DESCRIPTION: np.frombuffer(desc.encode(), np.uint8)}
     arrays.update((name, a.astype(a.dtype.newbyteorder("<"), copy=False)) for name, a in _host_params(model).items())
 
-    def write(tmp):
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
-            np.savez(f, **arrays)
-
-    atomic_write(path, write)
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # a file object: np.savez adds no .npz
     return path
 
 

@@ -46,7 +46,4 @@ def save_grid(path, rows, image_shape, pad=2, scale=2):
     """Write `rows` (each a list of images as flat rows) as one PNG at `path`."""
     data = png_bytes(grid(rows, image_shape, pad, scale))
 
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data)
-    atomic_write(path, write)
+    atomic_write(path, lambda f: f.write(data))

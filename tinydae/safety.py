@@ -12,6 +12,24 @@ from tinydae.errors import ConfigError
 
 # Leave this much of the available memory to everything else (the OS, BLAS buffers, CuPy's pool).
 MEMORY_HEADROOM = 0.8
+NAME_MAX = 255  # bytes in a file name on Linux file systems; os.pathconf tells where it can
+
+
+def name_max(directory):
+    """The longest file name (bytes) the file system of `directory` takes."""
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return NAME_MAX
+
+
+def _check_name(path, folder, what):
+    """A name longer than the file system takes fails at the end of the work: refuse it first."""
+    name = os.fsencode(os.path.basename(os.path.abspath(path)))
+    limit = name_max(folder)
+    if len(name) > limit:
+        raise ConfigError(f"{what} {path}: its name is {len(name)} bytes, longer than the {limit} the file "
+                          f"system allows; choose a shorter name")
 
 
 def _why(e):
@@ -63,6 +81,7 @@ def check_output_file(path, what="--out", overwrite=False, inputs=(), outputs=()
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"{what} {path}: cannot create its folder {parent}: {_why(e)}") from None
+    _check_name(path, parent, what)
     _probe(parent, f"{what} {path}")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise ConfigError(f"{what} {path} exists and is not writable")
@@ -119,6 +138,19 @@ def check_memory(nbytes, what, fix):
     if have is not None and nbytes > MEMORY_HEADROOM * have:
         raise ConfigError(f"{what} needs about {_size(nbytes)} of memory, but only {_size(have)} is "
                           f"available; {fix}")
+
+
+def check_free_space(folder, nbytes, what, fix="free some space or choose another --out"):
+    """Refuse work whose output (nbytes) cannot fit in the free space of `folder`'s file system,
+    before the work: a full disk would otherwise end it at the first save."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return  # no statvfs here: the write itself will say
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise ConfigError(f"{what} needs about {_size(nbytes)} of disk space in {folder}, but only {_size(free)} "
+                          f"is free; {fix}")
 
 
 def _size(n):

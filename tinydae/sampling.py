@@ -92,8 +92,8 @@ class ChainResult:
 
         from tinydae.checkpoint import atomic_write
 
-        def write(tmp):
-            with h5py.File(tmp, "w") as f:
+        def write(out):
+            with h5py.File(out, "w") as f:
                 f.attrs["format"] = "tinydae-chain"
                 for name in ("samples", "trajectory", "kept_steps", "mean_abs_change"):
                     f.create_dataset(name, data=np.asarray(getattr(self, name)))
