@@ -27,10 +27,29 @@ from tinydae.backend import get_backend  # noqa: E402
 COLS = 1024  # 2-D ops use (N / COLS, COLS)
 
 
+MAX_SIZE = 1 << 34  # 16 Gi elements: far past any machine's memory for the ops' arrays
+
+
+def memory(n):
+    """Bytes a run at n elements holds, on the high side: the host arrays and their float64 draws,
+    the backend's copies and outputs, Adam's moments, the copy test and the PyTorch peer's tensors
+    (about 25 float32 arrays of n elements and a few float64 ones)."""
+    return 4 * 25 * n + 8 * 4 * n
+
+
 def parse_size(text):
+    """'4K' | '1M' | '16M' | '1000' -> an element count; ValueError for anything else (empty,
+    not a number, inf, NaN, < 1 or absurdly large)."""
+    import math
+
     text = text.strip().upper()
+    if not text:
+        raise ValueError("empty size")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
-    return int(float(text.rstrip("KMG")) * mult)
+    value = float(text[:-1] if mult > 1 else text)
+    if not math.isfinite(value) or value * mult < 1 or value * mult > MAX_SIZE:
+        raise ValueError(f"size {text} out of range")
+    return int(value * mult)
 
 
 def make_ops(n, seed=0):

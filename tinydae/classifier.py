@@ -29,6 +29,7 @@ import numpy as np
 from tinydae.backend import as_host_array, get_backend
 from tinydae.errors import CheckpointError, ConfigError, DataError
 from tinydae.layers import Linear, flat_buffers, init_normal
+from tinydae.safety import check_memory
 
 FORMAT = "tinydae-classifier"
 FORMAT_VERSION = 1
@@ -273,6 +274,16 @@ def shift_images(x, image_shape, rng, max_shift=2):
     return out.reshape(len(x), H * W)
 
 
+def classifier_memory(dim, hidden, n_classes, n_rows, batch_size, dtype="float32"):
+    """Bytes train_classifier needs, on the high side: parameters, gradients and Adam's moments,
+    a batch's activations and one-hot targets, the shifted copy of the rows, the class counts."""
+    itemsize = np.dtype(dtype).itemsize
+    widths = [dim, *hidden, n_classes]
+    params = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    batch = min(batch_size, max(n_rows, 1))
+    return (4 * params + 3 * batch * sum(widths) + n_rows * dim) * itemsize + 2 * 8 * params + 16 * n_classes
+
+
 def train_classifier(data, labels=None, *, hidden=(256, 128), epochs=15, batch_size=128, lr=2e-3,
                      val_fraction=0.1, augment=True, seed=0, dtype="float32", progress=None):
     """Train a Classifier with Adam on softmax cross-entropy; deterministic by seed.
@@ -294,9 +305,13 @@ def train_classifier(data, labels=None, *, hidden=(256, 128), epochs=15, batch_s
     if not 0 < val_fraction < 1:
         raise ConfigError(f"the held-out fraction must be in (0, 1): the accuracy saved with the "
                           f"classifier is measured there; got {val_fraction}")
+    n_classes = max(int(y.max()) + 1, 2)
+    check_memory(classifier_memory(x.shape[1], hidden, n_classes, len(x), batch_size, dtype),
+                 f"a classifier of {x.shape[1]}-{'-'.join(map(str, hidden))}-{n_classes:,} ({n_classes:,} classes: "
+                 f"labels up to {n_classes - 1:,})", "use a smaller --hidden, or labels numbered 0, 1, ... per class")
     train, held = Dataset(x, image_shape, name, y).split(val_fraction, seed)
     augment = bool(augment and image_shape)
-    model = Classifier(x.shape[1], hidden, max(int(y.max()) + 1, 2), dtype, seed)
+    model = Classifier(x.shape[1], hidden, n_classes, dtype, seed)
     optimizer = Adam(model, lr=lr)
     n = len(train)
     total_steps = epochs * math.ceil(n / batch_size)

@@ -537,6 +537,22 @@ def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, as_js
     if batch < 1:
         raise ConfigError("--batch must be >= 1")
     hidden = parse_hidden(hidden)
+    if input_dim < 1:
+        raise ConfigError(f"--input-dim must be >= 1, got {input_dim}")
+    # Every parameter is checked by central differences: two passes each, per model.  Estimate
+    # the time first (a 3000-1000 model would run for hours, silently).
+    widths = [input_dim, *hidden]
+    products = sum(a * b for a, b in zip(widths, widths[1:]))
+    n_params = 2 * products + 2 * sum(hidden) + input_dim
+    models = len(acts) * len(losses) * len(ties)
+    seconds = models * 2 * n_params * (2e-4 + 12 * batch * 2 * products / 1e9)
+    if seconds > 120:
+        raise ConfigError(f"gradcheck checks each of the {n_params:,} parameters of a "
+                          f"{'-'.join(map(str, widths + widths[-2::-1]))} model by finite differences (2 passes "
+                          f"each, {models} models): about {seconds / 60:,.0f} minutes; use a smaller --input-dim or "
+                          f"--hidden (the default 7 and 5,3 takes about a second)")
+    safety.check_memory(8 * (6 * n_params + 6 * batch * sum(widths)), f"gradcheck of {n_params:,} parameters",
+                        "use a smaller --input-dim or --hidden")
     rng = np.random.default_rng(seed)
     x, t = rng.random((batch, max(input_dim, 1))), rng.random((batch, max(input_dim, 1)))
 
@@ -822,8 +838,15 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
             dim_list = [int(d) for d in dims.split(",")]
         except ValueError:
             raise ConfigError(f"--dims takes integers like 2,16, got {dims!r}") from None
-        if not sigma > 0 or epochs < 1 or min(dim_list) < 1:
-            raise ConfigError("--sigma must be > 0, --epochs and --dims >= 1")
+        import math
+
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ConfigError(f"--sigma must be a finite number > 0 (the Gaussian corruption's level), got {sigma}")
+        if epochs < 1 or min(dim_list) < 1:
+            raise ConfigError("--epochs and --dims must be >= 1")
+        for d in dim_list:  # every dimension's size before the first one trains
+            safety.check_memory(experiments.theorem_memory(d, (64, 64) if d <= 4 else (256, 256)),
+                                f"the --theorem check on gmm:{d}", "use smaller --dims")
         out = [experiments.theorem_check(d, sigma, epochs=epochs, hidden=(64, 64) if d <= 4 else (256, 256),
                                          seed=seed, backend=backend) for d in dim_list]
         if as_json:
@@ -969,9 +992,14 @@ def bench_kernels(backend, sizes, repeats, save, out_file, overwrite, as_json):
     try:
         size_list = [mod.parse_size(s) for s in sizes.split(",")]
     except ValueError:
-        raise ConfigError(f"--sizes takes counts like 1M,16M, got {sizes!r}") from None
-    if repeats < 1 or min(size_list) < 1:
-        raise ConfigError("--repeats and --sizes must be positive")
+        raise ConfigError(f"--sizes takes element counts from 1 to {mod.MAX_SIZE:,} like 4K,1M,16M, got "
+                          f"{sizes!r}") from None
+    if repeats < 1:
+        raise ConfigError("--repeats must be positive")
+    from tinydae import safety
+
+    safety.check_memory(mod.memory(max(size_list)), f"bench kernels at {max(size_list):,} elements",
+                        "use smaller --sizes")
     _check_out(out_file, overwrite)
     if not as_json:
         click.echo(mod.HEADER)

@@ -166,6 +166,11 @@ def gmm(n=10000, dim=2, seed=0):
     if n < 1 or dim < 1:
         raise DataError(f"gmm needs n >= 1 and dim >= 1, got n={n}, dim={dim}")
     _check_seed(seed)
+    from tinydae.safety import check_memory
+
+    # float64 draws and the float32 rows they become (a D of 10^11 asked for 10^15 values)
+    check_memory(n * dim * 12 + dim * 64, f"gmm:{dim} data ({n:,} rows of {dim:,} values)",
+                 "use a smaller dimension D or fewer rows (--limit)")
     density = make_gmm(dim)
     x = np.clip(density.sample(n, seed), 0, 1).astype(np.float32)
     return Dataset(x, None, f"gmm:{dim}", None, density)

@@ -60,6 +60,15 @@ def _rowwise_cosine(a, b):
     return (a * b).sum(1) / np.maximum(na * nb, 1e-300)
 
 
+def theorem_memory(dim, hidden, n_train=20000, n_eval=2000, batch_size=128):
+    """Bytes theorem_check needs at its peak, on the high side: the gmm rows (float64 draws and
+    float32 rows), the held-out draws and their scores, and one DAE's training."""
+    from tinydae.train import training_memory
+
+    config = dict(input_dim=dim, hidden=list(hidden), dtype="float32", tied=False)
+    return n_train * dim * 12 + n_eval * dim * 8 * 4 + training_memory(config, n_train, batch_size)
+
+
 def theorem_check(dim=2, sigma=0.1, n_train=20000, n_eval=2000, hidden=(64, 64), activation="relu",
                   epochs=10, batch_size=128, lr=1e-3, seed=0, losses=("bce", "mse"), backend="cpu"):
     """Train one DAE per loss on gmm:dim with gaussian:sigma and compare, on held-out draws,

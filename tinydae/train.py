@@ -95,8 +95,10 @@ def training_memory(model_config, n_rows, batch_size, optimizer="adam"):
     buffers = {"adam": 4, "adamw": 4, "sgd": 3}.get(optimizer, 4)  # params, grads, moments
     widths = [model_config["input_dim"], *model_config["hidden"]]
     # Each layer keeps its output, its activation and a gradient: about 3 arrays per width,
-    # encoder and decoder, plus the input, corrupted input and target rows.
-    activations = max(batch_size, 1000) * (6 * sum(widths[1:]) + 6 * widths[0])
+    # encoder and decoder, plus the input, corrupted input and target rows.  No batch is larger
+    # than the rows there are: a batch size of 10^9 on 270 rows trains on batches of 270.
+    batch = min(batch_size, max(n_rows, 1))
+    activations = max(batch, 1000) * (6 * sum(widths[1:]) + 6 * widths[0])
     largest = max(math.prod(shape) for _, shape in layout)
     return (buffers * n_params + activations + n_rows * widths[0]) * itemsize + 2 * 8 * largest
 

@@ -1,0 +1,74 @@
+"""Issue 19, sizes: everything that allocates from user input is estimated before it allocates
+(one `error:` line, never a MemoryError traceback), with the real batch bound min(batch, rows);
+gradcheck estimates its time; bench sizes are parsed strictly."""
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tinydae.cli import cli
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_refused(r, *fragments):
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and "MemoryError" not in r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def test_huge_gmm_data_is_refused_by_its_size():
+    assert_refused(invoke("train", "--data", "gmm:100000000000", "--epochs", "1", "--backend", "cpu"),
+                   "gmm:100000000000 data (10,000 rows of 100,000,000,000 values) needs about", "of memory")
+
+
+def test_the_theorem_check_estimates_every_dimension_first_and_names_sigma():
+    t = time.perf_counter()
+    assert_refused(invoke("evaluate", "--theorem", "--dims", "2,100000000000", "--epochs", "1"),
+                   "the --theorem check on gmm:100000000000 needs about")
+    assert time.perf_counter() - t < 10  # refused before gmm:2 trained
+    assert_refused(invoke("evaluate", "--theorem", "--sigma", "inf"), "--sigma must be a finite number > 0")
+    assert_refused(invoke("evaluate", "--theorem", "--sigma", "nan"), "--sigma")
+
+
+def test_classifier_sizes_from_hidden_widths_and_labels_are_estimated(tmp_path):
+    assert_refused(invoke("classifier", "train", "--hidden", "1000000000", "--limit", "300", "--epochs", "1"),
+                   "a classifier of 784-1000000000-10", "needs about")
+    rows = np.random.default_rng(0).uniform(0, 1, (20, 16)).astype(np.float32)
+    np.savez(tmp_path / "good.npz", x=rows)
+    labels = np.arange(20) % 3
+    labels[7] = 10**12  # one bad label makes a 10^12-class one-hot
+    np.savez(tmp_path / "labels_huge.npz", y=labels)
+    assert_refused(invoke("classifier", "train", "--data", "good.npz", "--labels", "labels_huge.npz",
+                          "--epochs", "1"), "1,000,000,000,001 classes: labels up to 1,000,000,000,000")
+
+
+def test_gradcheck_estimates_its_time_before_it_runs():
+    t = time.perf_counter()
+    assert_refused(invoke("gradcheck", "--input-dim", "3000", "--hidden", "1000"),
+                   "gradcheck checks each of the 6,005,000 parameters", "minutes")
+    assert time.perf_counter() - t < 5
+    assert invoke("gradcheck").exit_code == 0  # the default still runs
+
+
+def test_a_batch_larger_than_the_data_is_bounded_by_the_rows():
+    r = invoke("train", "--limit", "300", "--hidden", "8", "--epochs", "1", "--batch-size", "1000000000",
+               "--backend", "cpu", "--out", "run")
+    assert r.exit_code == 0, r.output  # one batch of 270 rows, not a 17.5 TiB refusal
+
+
+@pytest.mark.parametrize("sizes", ["", ",", "inf", "1e30", "nan", "0", "-4K", "4Q"])
+def test_bench_sizes_are_parsed_strictly(sizes):
+    assert_refused(invoke("bench", "kernels", "--backend", "cpu", "--repeats", "1", "--sizes", sizes),
+                   "--sizes takes element counts from 1 to")
