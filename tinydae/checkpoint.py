@@ -1,6 +1,6 @@
 """HDF5 checkpoints: everything needed to resume a run exactly, and proof that it is intact.
 
-Schema (format "tinydae-checkpoint", FORMAT_VERSION 2):
+Schema (format "tinydae-checkpoint", FORMAT_VERSION 3):
 
     /                 attrs: format, format_version, tinydae_version, created,
                              model_config (JSON), train_config (JSON), attrs_sha256
@@ -11,7 +11,8 @@ Schema (format "tinydae-checkpoint", FORMAT_VERSION 2):
                       (m, v for adam/adamw; velocity for sgd)
     /state            attrs: step, epoch, epoch_loss_sum, epoch_examples, epoch_seconds,
                              wall_seconds, rng_seed, rng_train_corruption_counter, attrs_sha256
-    /history          one 1-D dataset per column of the per-epoch history
+    /history          attrs: columns (JSON list), attrs_sha256; one 1-D float64 dataset per
+                      column of the per-epoch history, each with attr sha256 (version 3)
 
 Integrity (new in version 2), checked by load_checkpoint:
   * every non-scalar, non-empty dataset is stored chunked with HDF5's Fletcher-32 filter, so
@@ -22,6 +23,11 @@ Integrity (new in version 2), checked by load_checkpoint:
   * attrs_sha256 = SHA-256 of that object's other attributes (see _attrs_digest), because
     HDF5 does not checksum attributes: a flipped byte in /state's step or the model config
     would otherwise load silently.
+Version 3 (issue 19) extends the checksums to /history, so the whole file is covered, and
+load_checkpoint checks every known field's type and range (train_config, /state, /optimizer,
+/history, the dtype of /params): a value that passes the checksums because another program
+re-stamped them is one CheckpointError naming the field.  Version-2 files load unchanged (their
+/history carries no checksum).
 Parameters and optimizer buffers must be finite, on save and on load.  Version-1 files (no
 checksums) still load; Checkpoint.note then says so, for the CLI to print.
 
@@ -44,8 +50,8 @@ from tinydae.errors import CheckpointError, ConfigError, WriteError
 from tinydae.safety import name_max as _name_max
 
 FORMAT = "tinydae-checkpoint"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: no checksums (tinydae before issue 10)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1: no checksums (before issue 10); 2: /history not covered (before issue 19)
 DAMAGED = "the file is damaged; use an earlier checkpoint"
 
 
@@ -258,11 +264,14 @@ def save_checkpoint(path, model, optimizer=None, state=None, train_config=None, 
             for k, v in state.items():
                 s.attrs[k] = v
             h = f.create_group("history")
-            for col in (history[0].keys() if history else []):
-                _create(h, col, np.array([row[col] for row in history], np.float64))
+            columns = list(history[0].keys() if history else [])
+            h.attrs["columns"] = json.dumps(columns)  # covered by its attrs_sha256: none can go missing
+            for col in columns:
+                buffers[f"history/{col}"] = np.array([row[col] for row in history], np.float64)
+                _create(h, col, buffers[f"history/{col}"])
             for name, a in buffers.items():
                 f[name].attrs["sha256"] = buffer_digest(a)
-            for obj in (f, f["params"], f.get("optimizer"), f["state"]):
+            for obj in (f, f["params"], f.get("optimizer"), f["state"], h):
                 if obj is not None:
                     obj.attrs["attrs_sha256"] = _attrs_digest(obj)
 
@@ -286,8 +295,8 @@ def _read(path, dataset, sha256=True):
     return a
 
 
-def _check_attrs(path, f):
-    for obj in (f, f["params"], f.get("optimizer"), f["state"]):
+def _check_attrs(path, f, version):
+    for obj in (f, f["params"], f.get("optimizer"), f["state"], f["history"] if version >= 3 else None):
         if obj is not None and _attrs_digest(obj) != obj.attrs.get("attrs_sha256"):
             raise CheckpointError(f"{path}: checksum mismatch in the attributes of {obj.name}: {DAMAGED}")
 
@@ -340,7 +349,7 @@ def load_checkpoint(path, optimizer=True):
                                       f"reads versions {', '.join(map(str, READABLE_VERSIONS))}{newer}")
             checked = version >= 2
             if checked:
-                _check_attrs(path, f)
+                _check_attrs(path, f, version)
             config = json.loads(f.attrs["model_config"])
             layout = [(n, tuple(s)) for n, s in json.loads(f["params"].attrs["layout"])]
             params = _read(path, f["params"], checked)
@@ -351,9 +360,11 @@ def load_checkpoint(path, optimizer=True):
                                  t=int(g.attrs["t"]), buffers={k: _read(path, g[k], checked) for k in g.keys()})
             state = {k: v.item() if hasattr(v, "item") else v for k, v in f["state"].attrs.items()
                      if k != "attrs_sha256"}
-            cols = {k: _read(path, f["history"][k], sha256=False) for k in f["history"].keys()}
-            history = [dict(zip(cols, (float(cols[c][i]) for c in cols)))
-                       for i in range(len(next(iter(cols.values()))) if cols else 0)]
+            cols = {k: _read(path, f["history"][k], sha256=version >= 3) for k in f["history"].keys()}
+            if version >= 3 and sorted(cols) != sorted(json.loads(f["history"].attrs["columns"])):
+                raise CheckpointError(f"{path}: /history holds columns {sorted(cols)}, its record says "
+                                      f"{sorted(json.loads(f['history'].attrs['columns']))}: {DAMAGED}")
+            history = _history_rows(path, cols)
             train_config = json.loads(f.attrs.get("train_config", "{}"))
     except CheckpointError:
         raise
@@ -362,6 +373,12 @@ def load_checkpoint(path, optimizer=True):
     config = _check_model_config(path, config)
     if not isinstance(train_config, dict):
         raise CheckpointError(f"{path}: the train config is not a JSON object: {train_config!r}")
+    _check_fields(path, "train_config", train_config, TRAIN_CONFIG_FIELDS)
+    _check_fields(path, "/state", state, STATE_FIELDS)
+    if optimizer is not None:
+        _check_optimizer(path, optimizer)
+    if params.dtype != np.dtype(config["dtype"]):
+        raise CheckpointError(f"{path}: /params holds {params.dtype} values, its model config says {config['dtype']}")
     expected = param_layout(config)
     if layout != expected or params.shape != (sum(int(np.prod(s)) for _, s in expected),):
         raise CheckpointError(f"{path}: parameter layout does not match its model config {config}")
@@ -383,6 +400,94 @@ def load_checkpoint(path, optimizer=True):
     note = "" if checked else (f"{path} is a format-1 checkpoint and carries no checksums, so damage to "
                                f"it cannot be detected; checkpoints saved from it (e.g. by train --resume) have them")
     return Checkpoint(path, config, params, layout, train_config, optimizer, state, history, version, note)
+
+
+def _history_rows(path, cols):
+    """History columns (1-D float arrays of one length) -> one dict per epoch."""
+    lengths = {k: a.shape for k, a in cols.items()}
+    for k, a in cols.items():
+        if a.ndim != 1 or a.dtype.kind != "f":
+            raise CheckpointError(f"{path}: /history/{k} must be a 1-D float array, got {a.dtype} of shape {a.shape}")
+    if len(set(lengths.values())) > 1:
+        raise CheckpointError(f"{path}: the /history columns differ in length ({', '.join(f'{k}: {s[0]}' for k, s in lengths.items())})")
+    n = len(next(iter(cols.values()))) if cols else 0
+    return [{c: float(cols[c][i]) for c in cols} for i in range(n)]
+
+
+# What load_checkpoint accepts for each known field (unknown fields pass: another version may add
+# some).  Values that pass the checksums can still be wrong when another tool re-stamped them;
+# each is checked here, and an error names the field.
+def _integer(lo=None, hi=None):
+    def check(v):
+        ok = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+        return ok and (lo is None or v >= lo) and (hi is None or v <= hi)
+    return check
+
+
+def _number(lo=None, positive=False):
+    def check(v):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return False
+        v = float(v)
+        return np.isfinite(v) and (lo is None or v >= lo) and (not positive or v > 0)
+    return check
+
+
+def _text(v):
+    return isinstance(v, str)
+
+
+def _optional(check):
+    return lambda v: v is None or check(v)
+
+
+TRAIN_CONFIG_FIELDS = {
+    "data": (_text, "a string (a built-in name or a path)"),
+    "key": (_optional(_text), "a string or null"),
+    "limit": (_optional(_integer(1)), "an integer >= 1 or null"),
+    "rescale": (lambda v: isinstance(v, bool), "true or false"),
+    "val_fraction": (_number(0), "a number in [0, 1)"),
+    "corruption": (_text, "a corruption spec such as 'gaussian:0.3'"),
+    "optimizer": (lambda v: v in ("adam", "adamw", "sgd"), "adam, adamw or sgd"),
+    "lr": (_number(positive=True), "a finite number > 0"),
+    "momentum": (_number(0), "a finite number >= 0"),
+    "weight_decay": (_number(0), "a finite number >= 0"),
+    "batch_size": (_integer(1), "an integer >= 1"),
+    "seed": (_integer(0, 2**64 - 1), "an integer in [0, 2^64)"),
+    "epochs": (_integer(1), "an integer >= 1"),
+}
+STATE_FIELDS = {
+    "step": (_integer(0), "an integer >= 0"),
+    "epoch": (_integer(0), "an integer >= 0"),
+    "epoch_loss_sum": (_number(), "a finite number"),
+    "epoch_examples": (_integer(0), "an integer >= 0"),
+    "epoch_seconds": (_number(0), "a finite number >= 0"),
+    "wall_seconds": (_number(0), "a finite number >= 0"),
+    "rng_seed": (_integer(0, 2**64 - 1), "an integer in [0, 2^64)"),
+    "rng_train_corruption_counter": (_integer(0), "an integer >= 0"),
+}
+OPTIMIZER_BUFFERS = {"adam": {"m", "v"}, "adamw": {"m", "v"}, "sgd": {"velocity"}}
+
+
+def _check_fields(path, where, values, fields):
+    for name, (check, wanted) in fields.items():
+        if name in values and not check(values[name]):
+            raise CheckpointError(f"{path}: {where}.{name} is {values[name]!r}; it must be {wanted} (the file was "
+                                  f"edited or written by another program)")
+    if where == "train_config" and "val_fraction" in values and not values["val_fraction"] < 1:
+        raise CheckpointError(f"{path}: train_config.val_fraction is {values['val_fraction']!r}; it must be in [0, 1)")
+
+
+def _check_optimizer(path, opt):
+    if opt["name"] not in OPTIMIZER_BUFFERS:
+        raise CheckpointError(f"{path}: /optimizer.name is {opt['name']!r}; it must be adam, adamw or sgd")
+    if not _integer(0)(opt["t"]):
+        raise CheckpointError(f"{path}: /optimizer.t is {opt['t']!r}; it must be an integer >= 0 (the updates done)")
+    if not isinstance(opt["hyper"], dict) or not all(_number()(v) or isinstance(v, bool) for v in opt["hyper"].values()):
+        raise CheckpointError(f"{path}: /optimizer.hyper is {opt['hyper']!r}; it must map names to finite numbers")
+    if set(opt["buffers"]) != OPTIMIZER_BUFFERS[opt["name"]]:
+        raise CheckpointError(f"{path}: /optimizer holds {sorted(opt['buffers'])}; {opt['name']} keeps "
+                              f"{sorted(OPTIMIZER_BUFFERS[opt['name']])}")
 
 
 def config_differences(saved, requested):
