@@ -336,7 +336,7 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
         x = model.as_input(shown)
         noisy = tinydae.Corruption.parse(opts["corruption"]).apply(model.backend, x, opts["seed"], 0,
                                                                    STREAM_VALID_CORRUPTION)
-        rows = [shown, model.backend.to_host(noisy), model.backend.to_host(model.reconstruct(noisy))]
+        rows = [shown, model.backend.to_host(noisy), model.backend.to_host(model.reconstruct(noisy, check=False))]
         tinydae.images.save_grid(png, rows, dataset.image_shape)
     last = state.history[-1] if state.history else {}
     per_pixel = {k + "_per_pixel": v / dataset.dim for k, v in last.items() if k.startswith("val_bce")}
@@ -621,7 +621,12 @@ def _training_data(ckpt, data, key, limit):
     source, gone = _recorded_data(ckpt)
     if gone:  # say where the path came from: the user never typed it in this command
         raise _moved_data_error(ckpt, source)
-    return tinydae.load_dataset(source, key=cfg.get("key"), limit=cfg.get("limit"),
+    if limit is not None:  # --limit applies to the recorded data as well (it used to be ignored)
+        recorded = cfg.get("limit")
+        limit = limit if recorded is None else min(limit, recorded)
+    else:
+        limit = cfg.get("limit")
+    return tinydae.load_dataset(source, key=cfg.get("key"), limit=limit,
                                 rescale=cfg.get("rescale", False), seed=cfg.get("seed", 0))
 
 
@@ -1229,7 +1234,7 @@ def classifier_evaluate(classifier_file, samples, samples_key, data, labels, key
         labels, labels_key = (labels, labels_key) if labels else (source.get("labels"), source.get("labels_key"))
     full = tinydae.load_dataset(data, key=key, limit=limit, rescale=bool(rescale), labels=labels,
                                 labels_key=labels_key, seed=split_seed)  # the glyphs of the DAE's train --seed
-    fake = tinydae.load_dataset(samples, key=_samples_key(samples, samples_key))
+    fake = tinydae.load_dataset(samples, key=_samples_key(samples, samples_key), key_option="--samples-key")
     for name, d in (("--data", full), ("SAMPLES", fake)):
         if d.dim != model.input_dim:
             raise ConfigError(f"{name} rows have {d.dim} values, the classifier expects {model.input_dim}")

@@ -210,7 +210,7 @@ def read_idx(path):
     return np.frombuffer(raw, dtype, offset=header).reshape(dims)
 
 
-def _pick(names, key, path, what):
+def _pick(names, key, path, what, option="--key"):
     if not names:
         raise DataError(f"{path}: holds no {what}s (empty)")
     if key is not None:
@@ -219,11 +219,11 @@ def _pick(names, key, path, what):
         return key
     if len(names) != 1:
         raise DataError(f"{path}: holds {len(names)} {what}s ({', '.join(names) or 'none'}); "
-                        f"name one with --key")
+                        f"name one with {option}")
     return names[0]
 
 
-def _read_npz(path, key):
+def _read_npz(path, key, option="--key"):
     # np.load guesses the format from the first bytes and calls anything unknown "pickled data"
     # (or raises EOFError, which click turns into "Aborted!"), so check the zip container first.
     if os.path.getsize(path) == 0:
@@ -232,7 +232,7 @@ def _read_npz(path, key):
         raise DataError(f"{path}: not a .npz file (no zip archive inside; save arrays with numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as z:
-            name = _pick(list(z.files), key, path, "array")
+            name = _pick(list(z.files), key, path, "array", option)
             arr = z[name]
     except DataError:
         raise
@@ -244,14 +244,14 @@ def _read_npz(path, key):
     return arr
 
 
-def _read_h5(path, key):
+def _read_h5(path, key, option="--key"):
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             names = []
             f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-            return np.asarray(f[_pick(names, key, path, "dataset")][()])
+            return np.asarray(f[_pick(names, key, path, "dataset", option)][()])
     except OSError as e:
         raise DataError(f"{path}: cannot read HDF5 file ({e})") from None
 
@@ -306,17 +306,18 @@ def is_builtin(source):
         and not os.path.isfile(source)
 
 
-def _read_array(path, key):
-    """A data file (IDX, .npz or .h5) -> its array, as stored."""
+def _read_array(path, key, option="--key"):
+    """A data file (IDX, .npz or .h5) -> its array, as stored.  option: the CLI option that
+    names an array in it (for the message when it holds several)."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file, and not a built-in data set ({BUILTINS})")
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory; give a data file (IDX, .npz or .h5)")
     lower = path.lower()
     if lower.endswith(".npz"):
-        return _read_npz(path, key)
+        return _read_npz(path, key, option)
     if lower.endswith((".h5", ".hdf5")):
-        return _read_h5(path, key)
+        return _read_h5(path, key, option)
     if lower.endswith((".gz", ".idx")) or "ubyte" in lower or "idx" in os.path.basename(lower):
         return read_idx(path)
     raise DataError(f"{path}: unknown data format; use IDX (.gz or raw), .npz or .h5")
@@ -330,7 +331,7 @@ def load_labels(path, key=None):
     only when every value is a whole number (labels saved through a float array).
     """
     path = os.fspath(path)
-    arr = np.asarray(_read_array(path, key))
+    arr = np.asarray(_read_array(path, key, "--labels-key"))
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1:
@@ -349,7 +350,8 @@ def load_labels(path, key=None):
     return arr
 
 
-def load_dataset(source="glyphs", *, limit=None, rescale=False, key=None, seed=0, labels=None, labels_key=None):
+def load_dataset(source="glyphs", *, limit=None, rescale=False, key=None, seed=0, labels=None, labels_key=None,
+                 key_option="--key"):
     """'glyphs', 'gmm:D' or a file path -> Dataset of float32 rows in [0, 1].
 
     limit: keep the first `limit` examples; key: array name (.npz) or dataset path (.h5)
@@ -358,7 +360,11 @@ def load_dataset(source="glyphs", *, limit=None, rescale=False, key=None, seed=0
     """
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be >= 1, got {limit}")
+    if not isinstance(source, (str, os.PathLike)):
+        raise DataError(f"load_dataset takes a built-in name or a file path, got {type(source).__name__} {source!r}")
     path = os.fspath(source)
+    if not path:
+        raise DataError(f"the data source is empty; give 'glyphs', 'gmm:D' or a file ({BUILTINS})")
     if labels is not None and is_builtin(path):
         raise DataError(f"{path} is built-in data: " + ("glyphs bring their own labels; drop --labels"
                         if path == "glyphs" else "it has no classes to label"))
@@ -366,7 +372,7 @@ def load_dataset(source="glyphs", *, limit=None, rescale=False, key=None, seed=0
         if path == "glyphs":
             return glyphs(limit or 10000, seed=seed)
         return gmm(limit or 10000, int(path.partition(":")[2] or 2), seed=seed)
-    arr = _read_array(path, key)
+    arr = _read_array(path, key, key_option)
     y = None
     if labels is not None:
         y = load_labels(labels, labels_key)

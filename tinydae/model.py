@@ -159,6 +159,21 @@ class DAE:
             raise DataError(f"expected a batch of shape (B, {self.input_dim}), got {x.shape}")
         return self.backend.to_device(x, dtype=self.dtype)
 
+    def _checked(self, x, what, unit=False):
+        """as_input, then the inference policy (check=True): values must be finite, and for a
+        target in [0, 1] (what BCE is defined on; the CLI and fit() refuse the rest too).  On a
+        GPU the check reads one flag back (a host sync): pass check=False where the data is
+        known to be good, as fit() and chain() do after checking it once."""
+        x = self.as_input(x)
+        xp = self.backend.xp
+        if not bool(xp.isfinite(x).all()):
+            raise DataError(f"{what} holds NaN or infinite values; remove or replace them (check=False skips "
+                            f"this check)")
+        if unit and x.size and (float(x.min()) < 0 or float(x.max()) > 1):
+            raise DataError(f"{what} lies in [{float(x.min()):g}, {float(x.max()):g}], outside [0, 1]: the "
+                            f"{self.config['loss']} loss compares it with a sigmoid (rescale it, e.g. x / 255)")
+        return x
+
     def _forward(self, x, layers):
         """Training forward: the output and each layer's cache for backward."""
         caches = []
@@ -173,23 +188,24 @@ class DAE:
             x = layer.forward(x)[0]
         return x
 
-    def encode(self, x):
-        """x: (B, D) -> code: (B, H_k)"""
+    def encode(self, x, check=True):
+        """x: (B, D) -> code: (B, H_k).  check: refuse non-finite x (see _checked)."""
         k = len(self.config["hidden"])
-        return self._infer(self.as_input(x), self.layers[:k])
+        return self._infer(self._checked(x, "the batch") if check else self.as_input(x), self.layers[:k])
 
-    def logits(self, x):
-        """x: (B, D) -> logits: (B, D)"""
-        return self._infer(self.as_input(x), self.layers)
+    def logits(self, x, check=True):
+        """x: (B, D) -> logits: (B, D).  check: refuse non-finite x."""
+        return self._infer(self._checked(x, "the batch") if check else self.as_input(x), self.layers)
 
     def _last_product(self, x):
         """x: (B, D) -> (x through every layer but the last) @ W_last: (B, D), before the bias."""
         return self.backend.xp.matmul(self._infer(self.as_input(x), self.layers[:-1]), self.layers[-1].W)
 
-    def reconstruct(self, x):
+    def reconstruct(self, x, check=True):
         """x: (B, D) -> r(x) = sigmoid(logits(x)): (B, D), values in [0, 1]
-        (the sigmoid is fused into the last layer's bias kernel)."""
-        y = self._last_product(x)
+        (the sigmoid is fused into the last layer's bias kernel).  check: refuse non-finite x
+        (a NaN would come out as NaN); x may lie outside [0, 1] (a corrupted input does)."""
+        y = self._last_product(self._checked(x, "the batch") if check else x)
         self.backend.kernels.bias_act_forward(y, y, self.layers[-1].b, "sigmoid")
         return y
 
@@ -221,15 +237,21 @@ class DAE:
         else:
             self.grads[...] = 0
 
-    def loss_and_grad(self, x_in, target):
+    def loss_and_grad(self, x_in, target, check=True):
         """Loss of reconstructing `target` from `x_in`, and its gradient in ``self.grads``.
 
         x_in: (B, D) the (corrupted) input; target: (B, D) the clean data
+        check: refuse non-finite x_in, and a target that is not finite or not in [0, 1]
         -> loss in nats per example (bce) or squared error per example (mse);
            ``self.grads`` holds d(loss)/d(params) on return.
         One host read (on a GPU, a wait for the whole pass); fit() uses loss_sum_and_grad.
         """
+        if check:
+            x_in, target = self._checked(x_in, "x_in"), self._checked(target, "the target", unit=True)
         target = self.as_input(target)  # for B below; converting twice copies nothing
+        if self.as_input(x_in).shape != target.shape:
+            raise DataError(f"x_in and the target must have one shape, got {tuple(self.as_input(x_in).shape)} "
+                            f"and {tuple(target.shape)}")
         total = self.backend.xp.empty(1, np.float64)
         self.loss_sum_and_grad(x_in, target, total)
         return float(self.backend.to_host(total)[0]) / target.shape[0]  # checked: (B, D)

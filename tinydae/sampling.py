@@ -110,6 +110,9 @@ def _check_states(x, dim, what, backend=None):
         raise DataError(f"{what} must have shape (N, {dim}), got {x.shape}")
     if not np.isfinite(x).all():
         raise DataError(f"{what} hold NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:  # as the CLI refuses a samples file outside [0, 1] (without --rescale)
+        raise DataError(f"{what} lie in [{lo:g}, {hi:g}], outside [0, 1]; rescale them (e.g. x / 255)")
     return x
 
 
@@ -242,7 +245,7 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
         row_changes = xp.empty((min(steps, CHANGE_ROWS), len(x)), np.float64)
         changes = xp.zeros(steps, np.float64)
         # state: what the next step needs; view: what is shown (x_0 at step 0, module docstring)
-        state = (x, model.reconstruct(x)) if s.sigmas else x
+        state = (x, model.reconstruct(x, check=False)) if s.sigmas else x
         view = x
         k = 0
         keep(view, start, k, 0)
@@ -307,7 +310,7 @@ def mean_step(model, s, x, view, draw, change):
 def bernoulli_step(model, s, x, view, draw, change):
     """p = r(c(x_t)), x_{t+1} = [u < p] ~ Bernoulli(p), u from STREAM_GSN; shows p or x_{t+1}."""
     x_in = _corrupted(model, s.corruption, x, draw)
-    p = model.chain_step(x_in, view, change) if s.final == "mean" else model.reconstruct(x_in)
+    p = model.chain_step(x_in, view, change) if s.final == "mean" else model.reconstruct(x_in, check=False)
     x = (uniforms(model.backend, p.shape, draw, STREAM_GSN) < p).astype(p.dtype)
     return x, p if s.final == "mean" else _changed(model.backend.xp, x, view, change)
 
@@ -320,7 +323,7 @@ def langevin_step(model, s, state, view, draw, change):
     drift = x + s.step_size * (rx - x)  # x + eta * score, the score (r(x) - x) / sigma^2
     x = gaussian(math.sqrt(2 * s.step_size) * draw.sigma).apply(
         model.backend, drift, draw.seed, draw.t, STREAM_LANGEVIN, offset=draw.offset)
-    rx = model.chain_step(x, view, change) if s.final == "mean" else model.reconstruct(x)
+    rx = model.chain_step(x, view, change) if s.final == "mean" else model.reconstruct(x, check=False)
     return (x, rx), rx if s.final == "mean" else _changed(model.backend.xp, x, view, change)
 
 

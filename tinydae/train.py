@@ -116,8 +116,8 @@ def evaluate_reconstruction(model, data, corruption, seed, batch_size=1000):
     for start in range(0, len(x_all), batch_size):
         x = model.as_input(x_all[start:start + batch_size])
         x_in = corruption.apply(backend, x, seed, 0, STREAM_VALID_CORRUPTION, offset=start * D)
-        total_denoise += bce(backend, model.logits(x_in), x) * len(x)
-        total_clean += bce(backend, model.logits(x), x) * len(x)
+        total_denoise += bce(backend, model.logits(x_in, check=False), x) * len(x)
+        total_clean += bce(backend, model.logits(x, check=False), x) * len(x)
     return dict(val_bce_denoise=total_denoise / len(x_all), val_bce_clean=total_clean / len(x_all))
 
 
@@ -192,8 +192,15 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
     if state.step >= total_steps:  # resuming a finished run would silently do nothing
         raise ConfigError(f"the run already has {state.epoch} completed epoch(s) (step {state.step}); "
                           f"epochs={epochs} asks for no more: ask for more epochs (they count the total)")
-    model.corruption = str(corruption)  # chains default to the corruption the model learned
     optimizer = optimizer if optimizer is not None else Adam(model)
+    if getattr(optimizer, "model", model) is not model:  # it would update the other model's buffers
+        raise ConfigError(f"the optimizer was made for another model ({optimizer.model!r}), not {model!r}: "
+                          f"make it with this one, e.g. tinydae.Adam(model)")
+    if checkpoint_path is not None:  # a folder or an unwritable place fails now, not after training
+        from tinydae.safety import check_output_file
+
+        check_output_file(checkpoint_path, "checkpoint_path", overwrite=True)
+    model.corruption = str(corruption)  # chains default to the corruption the model learned
     backend = model.backend
     X = backend.to_device(x_train, dtype=model.dtype)  # the whole set lives on the device
     saved_step = None  # the step of this call's last checkpoint, for honest error messages
