@@ -14,13 +14,20 @@ LOSS_BCE, LOSS_MSE = 0, 1
 KERNEL_SOURCES = ("scalar.py", "philox.py", "common.py", "reference.py")
 
 
-def drop_stale_numba_cache(module):
+def drop_stale_numba_cache(module, importer=None):
     """numba's on-disk cache watches only the file that defines a kernel, but the kernels of
     kernels/cpu.py and kernels/cuda.py inline functions and constants from these other files.
     Drop the module's cached kernels when those files change (best effort: the cache in
-    kernels/__pycache__, where numba puts it for a writable checkout)."""
+    kernels/__pycache__, where numba puts it for a writable checkout).
+
+    importer: the module's import name (its __name__).  numba keys its cache by source file, not
+    by module name, and a cached kernel refers to the module it was compiled under: one cached
+    while the file was imported as `kernels.cpu` (from the checkout's root, or a tinydae from
+    before the `tinydae.kernels` rename) crashed a later `tinydae.kernels.cpu` run with
+    ModuleNotFoundError: No module named 'kernels'.  The name is part of the stamp, so such an
+    entry is dropped and the kernels compiled again instead."""
     here = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"imported as {importer}\n".encode())
     for name in KERNEL_SOURCES:
         with open(os.path.join(here, name), "rb") as f:
             digest.update(f.read())

@@ -33,7 +33,7 @@ ROW_BLOCK = 64  # rows per parallel task in the bias-gradient reduction (fixed: 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-drop_stale_numba_cache("cpu")  # before any kernel below is compiled or loaded
+drop_stale_numba_cache("cpu", __name__)  # before any kernel below is compiled or loaded
 
 # The shared per-element math, compiled for the CPU (see kernels/scalar.py).
 _inline = njit(inline="always", cache=True)

@@ -47,7 +47,7 @@ if not SIMULATOR:
         from numba import config as _config
     _config.CUDA_ARRAY_INTERFACE_SYNC = False
 
-drop_stale_numba_cache("cuda")  # before any kernel below is compiled or loaded
+drop_stale_numba_cache("cuda", __name__)  # before any kernel below is compiled or loaded
 # The simulator runs every GPU thread as a Python thread: smaller blocks keep CI fast.
 LOSS_THREADS = 32 if SIMULATOR else 128  # threads per row in the loss sum (fixed: sets its order)
 HALF = np.float32(0.5)

@@ -55,7 +55,7 @@ def test_linear_layer_gradients(act, B, I, O, seed):
         return float(np.sum(dy * layer.forward(x)[0]))
 
     for analytic, var in ((dx, x), (dW, W), (db, b)):
-        assert rel_error(analytic, numeric_grad(loss, var)) < 1e-6
+        assert rel_error(analytic, numeric_grad(loss, var), floor=1e-4) < 1e-6  # hypothesis found all-saturated tanh
 
 
 def test_backward_adds_into_gradient_buffers(rng):

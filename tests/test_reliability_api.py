@@ -85,3 +85,23 @@ def test_messages_name_the_option_the_user_typed(tmp_path, cli_checkpoint):
     r = CliRunner().invoke(cli, ["sample", str(cli_checkpoint), "--start", "pca", "--limit", "0", "--n", "4",
                                  "--steps", "1", "--backend", "cpu", "--out", str(tmp_path / "s.png")])
     assert r.exit_code == 2 and "--limit must be >= 1, got 0" in r.stderr
+
+
+@pytest.mark.parametrize("delay", [0.08, 0.15])
+def test_ctrl_c_while_the_cli_imports_is_quiet(delay):
+    """SIGINT in the first fraction of a second (numpy, h5py and click still loading) ends like a
+    later Ctrl-C: 'interrupted' and exit 130, not an 18-line KeyboardInterrupt traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "cli.py", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=root)
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert p.returncode in (130, -signal.SIGINT), (p.returncode, err)

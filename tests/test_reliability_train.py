@@ -261,7 +261,8 @@ def test_checkpoints_record_the_absolute_data_path(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     os.rename(tmp_path / "rows.npz", tmp_path / "moved.npz")
     r = invoke("improve", ckpt, "--from", "pca", "--n", "4", "--steps", "1", "--out", "s2.png", "--backend", "cpu")
-    assert_error(r, f"{tmp_path / 'rows.npz'}: no such file", f"recorded in {ckpt}", "pass --data")
+    assert_error(r, f"{tmp_path / 'rows.npz'}: no such file", f"recorded in {ckpt}", "pass --data",
+                 after_start=True)  # after the progress line "loading the data for the pca starting points ..."
     assert_error(invoke("train", "--resume", ckpt, "--epochs", "2", "--out", tmp_path / "run"),
                  f"recorded in {ckpt}", "pass --data")
     r = invoke("train", "--resume", ckpt, "--data", tmp_path / "moved.npz", "--epochs", "2", "--out", tmp_path / "run")

@@ -54,7 +54,17 @@ def _run(checkpoint, interrupt_at=None, state=None, model=None, opt=None, epochs
                checkpoint_every=5, progress=progress), model
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler, whatever this process inherited: under nohup (and some CI
+    runners) SIGINT is ignored, and the check below that fit() restores the handler it found
+    would compare with SIG_IGN."""
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, found)
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, default_sigint):
     straight, m1 = _run(str(tmp_path / "a.h5"))
     with pytest.raises(TrainingInterrupted) as info:
         _run(str(tmp_path / "b.h5"), interrupt_at=17)  # mid-epoch 2 (12 steps per epoch)

@@ -671,8 +671,11 @@ def _starts(kind, n, model, ckpt, data, key, limit, seed, option="--start", resc
 
     if kind in START_KINDS:
         train = None
-        if kind in ("pca", "pixels"):
+        if kind in ("pca", "pixels"):  # reading the data and fitting the baseline take seconds: say so
+            click.echo(f"loading the data for the {kind} starting points ...", err=True)
             train = _training_data(ckpt, data, key, limit).x
+            click.echo(f"fitting the {kind} baseline to {len(train):,} rows and drawing {n:,} starting points ...",
+                       err=True)
         return start_points(kind, n, model.input_dim, seed, train), kind
     if not os.path.exists(kind):  # most often a typo of a start kind: name them all
         raise ConfigError(f"{option} {kind}: no such file; give {START_CHOICES}")
@@ -853,7 +856,8 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
             safety.check_memory(experiments.theorem_memory(d, (64, 64) if d <= 4 else (256, 256)),
                                 f"the --theorem check on gmm:{d}", "use smaller --dims")
         out = [experiments.theorem_check(d, sigma, epochs=epochs, hidden=(64, 64) if d <= 4 else (256, 256),
-                                         seed=seed, backend=backend) for d in dim_list]
+                                         seed=seed, backend=backend, log=lambda m: click.echo(m, err=True))
+               for d in dim_list]
         if as_json:
             _echo_json(out)
             return
@@ -1269,4 +1273,8 @@ def classifier_evaluate(classifier_file, samples, samples_key, data, labels, key
 
 
 def main():
-    cli(prog_name="tinydae")
+    try:
+        cli(prog_name="tinydae")
+    except KeyboardInterrupt:  # outside a command (click's parsing, the imports it triggers)
+        click.echo("interrupted", err=True)
+        sys.exit(130)

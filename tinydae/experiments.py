@@ -70,7 +70,7 @@ def theorem_memory(dim, hidden, n_train=20000, n_eval=2000, batch_size=128):
 
 
 def theorem_check(dim=2, sigma=0.1, n_train=20000, n_eval=2000, hidden=(64, 64), activation="relu",
-                  epochs=10, batch_size=128, lr=1e-3, seed=0, losses=("bce", "mse"), backend="cpu"):
+                  epochs=10, batch_size=128, lr=1e-3, seed=0, losses=("bce", "mse"), backend="cpu", log=None):
     """Train one DAE per loss on gmm:dim with gaussian:sigma and compare, on held-out draws,
     v = (r(x) - x) / sigma^2 with the exact score g = grad log p_sigma(x).
 
@@ -83,6 +83,8 @@ def theorem_check(dim=2, sigma=0.1, n_train=20000, n_eval=2000, hidden=(64, 64),
     results = {}
     for loss in losses:
         t0 = time.perf_counter()
+        if log:  # each DAE trains for seconds to minutes: say which is running
+            log(f"gmm:{dim}: training the {loss} DAE ({epochs} epochs on {n_train:,} rows) ...")
         model = DAE(dim, hidden, activation, loss=loss, seed=seed, backend=backend)
         fit(model, data, None, optimizer=Adam(model, lr=lr), corruption=gaussian(sigma), epochs=epochs,
             batch_size=batch_size, seed=seed)

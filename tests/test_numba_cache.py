@@ -1,0 +1,47 @@
+"""Issue 19, caches: a numba on-disk cache entry written while the kernels were imported under
+another module name (`import kernels.cpu` from the checkout's root, or a tinydae from before the
+`tinydae.kernels` rename) is dropped and compiled again, never a crash.  numba keys its cache by
+source file, not module name, and a cached kernel refers to its module: before the fix, the
+second import below failed with ModuleNotFoundError: No module named 'kernels'.
+
+Run on a copy of kernels/ in a temporary folder, so the checkout's own cache stays warm."""
+import os
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CALL = """
+import sys
+import numpy as np
+root, mode = sys.argv[1], sys.argv[2]
+if mode == "top":
+    sys.path.insert(0, root + "/k")
+    import kernels.cpu as K
+else:
+    sys.path.insert(0, root + "/k2")
+    import alias.kernels.cpu as K
+p = np.ones(1000, np.float32)
+K.sgd_update(p, p * 0.5, np.zeros_like(p), 0.1, 0.9, False, 0.0)
+print(K.__name__, float(p[0]))
+"""
+
+
+def test_a_cache_entry_of_another_module_name_is_recompiled_not_a_crash(tmp_path):
+    shutil.copytree(os.path.join(ROOT, "kernels"), tmp_path / "k" / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    alias = tmp_path / "k2" / "alias"
+    alias.mkdir(parents=True)
+    (alias / "__init__.py").write_text(f"__path__ = [{str(tmp_path / 'k')!r}]\n")  # alias.kernels = the same files
+    outputs = []
+    for mode in ("top", "alias", "top"):  # each import name finds the other's cache entries
+        # from tmp_path, with no PYTHONPATH: the checkout's own `kernels` must not be importable
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        r = subprocess.run([sys.executable, "-c", CALL, str(tmp_path), mode], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outputs.append(r.stdout.split())
+    assert outputs == [["kernels.cpu", "0.949999988079071"], ["alias.kernels.cpu", "0.949999988079071"],
+                       ["kernels.cpu", "0.949999988079071"]]
+    assert list((tmp_path / "k" / "kernels" / "__pycache__").glob("cpu.*.nbi"))  # it did cache
