@@ -107,3 +107,32 @@ def adam_scalars(dtype, lr, beta1, beta2, eps, weight_decay, decoupled, t):
     dt = dtype.type
     return (dt(lr), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay),
             dt(lr * weight_decay), bool(decoupled), dt(1 - beta1**t), dt(1 - beta2**t))
+
+
+def conv_output_size(n, k, stride, pad):
+    """Output positions of a k-wide window sliding over n inputs (zero-padded by `pad` on each
+    side) with `stride`: floor((n + 2 pad - k) / stride) + 1."""
+    return (n + 2 * pad - k) // stride + 1
+
+
+def check_im2col(cols, x, kh, kw, stride, pad):
+    """im2col / col2im arguments: x (B, H, W, C) NHWC, cols (B*Ho*Wo, kh*kw*C), integer window,
+    stride >= 1, 0 <= pad < window (a pad as wide as the window makes all-zero rows).
+    -> (Ho, Wo)"""
+    if x.ndim != 4 or cols.ndim != 2:
+        raise ValueError(f"im2col takes x (B, H, W, C) and cols (rows, columns), got {x.shape} and {cols.shape}")
+    if x.dtype != cols.dtype:
+        raise ValueError(f"x and cols must have one dtype, got {x.dtype} and {cols.dtype}")
+    for name, v in (("kh", kh), ("kw", kw), ("stride", stride)):
+        if int(v) != v or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v}")
+    if int(pad) != pad or not 0 <= pad < min(kh, kw):
+        raise ValueError(f"pad must be an integer in [0, {min(kh, kw)}), got {pad}")
+    B, H, W, C = x.shape
+    Ho, Wo = conv_output_size(H, kh, stride, pad), conv_output_size(W, kw, stride, pad)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"a {kh}x{kw} window (pad {pad}) does not fit a {H}x{W} image")
+    if tuple(cols.shape) != (B * Ho * Wo, kh * kw * C):
+        raise ValueError(f"cols must have shape {(B * Ho * Wo, kh * kw * C)} for x {tuple(x.shape)}, "
+                         f"{kh}x{kw} window, stride {stride}, pad {pad}; got {tuple(cols.shape)}")
+    return Ho, Wo

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous,
+from .common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous, check_im2col,
                             check_row_sums, check_same_shape, check_total, drop_stale_numba_cache,
                             check_uint32_vector, guard_allows, sgd_scalars)
 from . import scalar
@@ -540,3 +540,66 @@ def cache_status():
         except Exception:
             status[name] = None
     return status
+
+
+# ----------------------------------------------------------------------------------------
+# Convolution as a GEMM: im2col and col2im (NHWC; see kernels/reference.py)
+# ----------------------------------------------------------------------------------------
+
+
+def _im2col(cols, x, kh, kw, stride, pad, Ho, Wo):
+    B, H, W, C = x.shape
+    for r in prange(B * Ho * Wo):  # one row of cols (an output pixel's window) per iteration
+        b, rest = r // (Ho * Wo), r % (Ho * Wo)
+        h0, w0 = (rest // Wo) * stride - pad, (rest % Wo) * stride - pad
+        q = 0
+        for i in range(kh):
+            h = h0 + i
+            for j in range(kw):
+                w = w0 + j
+                inside = 0 <= h < H and 0 <= w < W
+                for c in range(C):
+                    cols[r, q] = x[b, h, w, c] if inside else 0
+                    q += 1
+
+
+_im2col = kernel(_im2col)
+
+
+def im2col(cols, x, kh, kw, stride, pad):
+    """Twin of reference.im2col (a copy: bit-identical)."""
+    check_arrays(cols=cols, x=x)
+    Ho, Wo = check_im2col(cols, x, kh, kw, stride, pad)
+    pick(_im2col, cols.size, PARALLEL_MIN_CHEAP)(cols, x, kh, kw, stride, pad, Ho, Wo)
+
+
+def _col2im(dx, dcols, kh, kw, stride, pad, Ho, Wo):
+    B, H, W, C = dx.shape
+    zero = dx.dtype.type(0)
+    for r in prange(B * H):  # one image row of dx per iteration: each pixel gathers its entries
+        b, h = r // H, r % H
+        for w in range(W):
+            for c in range(C):
+                acc = zero
+                for i in range(kh):  # (i, j) order, as the reference adds them
+                    t = h + pad - i
+                    if t < 0 or t % stride != 0 or t // stride >= Ho:
+                        continue
+                    row0 = (b * Ho + t // stride) * Wo
+                    for j in range(kw):
+                        u = w + pad - j
+                        if u < 0 or u % stride != 0 or u // stride >= Wo:
+                            continue
+                        acc += dcols[row0 + u // stride, (i * kw + j) * C + c]
+                dx[b, h, w, c] = acc
+
+
+_col2im = kernel(_col2im)
+
+
+def col2im(dx, dcols, kh, kw, stride, pad):
+    """Twin of reference.col2im: a gather, each input pixel summing its entries in (i, j) order
+    in the data dtype, so it is bit-identical to the reference (no atomics, no write races)."""
+    check_arrays(dx=dx, dcols=dcols)
+    Ho, Wo = check_im2col(dcols, dx, kh, kw, stride, pad)
+    pick(_col2im, dx.size, PARALLEL_MIN_CHEAP)(dx, dcols, kh, kw, stride, pad, Ho, Wo)

@@ -27,7 +27,7 @@ from numba import cuda, float64, int32
 from numba.cuda import libdevice
 
 from . import cuda_launch, scalar
-from .common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous,
+from .common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous, check_im2col,
                             check_row_sums, check_same_shape, check_total, check_uint32_vector,
                             drop_stale_numba_cache, sgd_scalars)
 from .cuda_launch import kernel
@@ -702,3 +702,61 @@ def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoup
     if params.size:
         _launch(_adam, *_grid(params.size), params, grads, m, v,
                 *adam_scalars(params.dtype, lr, beta1, beta2, eps, weight_decay, decoupled, t), bits)
+
+
+# ----------------------------------------------------------------------------------------
+# Convolution as a GEMM: im2col and col2im (NHWC; see kernels/reference.py), one thread per
+# element written: a copy, and a gather in the reference's (i, j) order (no atomics)
+# ----------------------------------------------------------------------------------------
+
+
+@kernel("void(T[:, ::1], T[:, :, :, ::1], int64, int64, int64, int64, int64, int64)")
+def _im2col(cols, x, kh, kw, stride, pad, Ho, Wo):
+    B, H, W, C = x.shape
+    K = cols.shape[1]
+    for k in range(cuda.grid(1), cols.size, cuda.gridsize(1)):
+        r, q = k // K, k % K
+        b, rest = r // (Ho * Wo), r % (Ho * Wo)
+        i, jc = q // (kw * C), q % (kw * C)
+        h = (rest // Wo) * stride - pad + i
+        w = (rest % Wo) * stride - pad + jc // C
+        if 0 <= h < H and 0 <= w < W:
+            cols[r, q] = x[b, h, w, jc % C]
+        else:
+            cols[r, q] = 0
+
+
+def im2col(cols, x, kh, kw, stride, pad):
+    """Twin of reference.im2col (a copy: bit-identical)."""
+    check_arrays(cols=cols, x=x)
+    Ho, Wo = check_im2col(cols, x, kh, kw, stride, pad)
+    _launch(_im2col, *_grid(cols.size), cols, x, *(np.int64(v) for v in (kh, kw, stride, pad, Ho, Wo)))
+
+
+@kernel("void(T[:, :, :, ::1], T[:, ::1], int64, int64, int64, int64, int64, int64)")
+def _col2im(dx, dcols, kh, kw, stride, pad, Ho, Wo):
+    B, H, W, C = dx.shape
+    zero = dx.dtype.type(0)
+    for k in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        c = k % C
+        w = (k // C) % W
+        h = (k // (C * W)) % H
+        b = k // (C * W * H)
+        acc = zero
+        for i in range(kh):  # (i, j) order, as the reference adds them
+            t = h + pad - i
+            if t >= 0 and t % stride == 0 and t // stride < Ho:
+                row0 = (b * Ho + t // stride) * Wo
+                for j in range(kw):
+                    u = w + pad - j
+                    if u >= 0 and u % stride == 0 and u // stride < Wo:
+                        acc += dcols[row0 + u // stride, (i * kw + j) * C + c]
+        dx[b, h, w, c] = acc
+
+
+def col2im(dx, dcols, kh, kw, stride, pad):
+    """Twin of reference.col2im: each input pixel gathers its entries in (i, j) order in the data
+    dtype (bit-identical to the reference, independent of the launch configuration)."""
+    check_arrays(dx=dx, dcols=dcols)
+    Ho, Wo = check_im2col(dcols, dx, kh, kw, stride, pad)
+    _launch(_col2im, *_grid(dx.size), dx, dcols, *(np.int64(v) for v in (kh, kw, stride, pad, Ho, Wo)))

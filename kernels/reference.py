@@ -12,7 +12,7 @@ Conventions (shared with kernels/cpu.py and kernels/cuda.py, same signatures):
 """
 import numpy as np
 
-from .common import check_total, guard_allows
+from .common import check_im2col, check_total, guard_allows
 from .philox import philox_words_np
 
 # ----------------------------------------------------------------------------------------
@@ -301,3 +301,41 @@ def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoup
     mhat = m / (1 - beta1**t)
     vhat = v / (1 - beta2**t)
     params -= (lr * mhat / (np.sqrt(vhat) + eps)).astype(params.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Convolution as a GEMM: im2col and its adjoint col2im, channels last (NHWC)
+# ----------------------------------------------------------------------------------------
+#
+# A convolution of x (B, H, W, C) with a kh x kw x C x F kernel is cols @ W_flat, where row
+# (b, ho, wo) of cols holds the window under output pixel (ho, wo), in (i, j, c) order:
+#   cols[(b*Ho + ho)*Wo + wo, (i*kw + j)*C + c] = x[b, ho*s - p + i, wo*s - p + j, c]  (0 outside)
+# Its backward to x is col2im, the adjoint: each input pixel sums the column entries that copied
+# it.  col2im adds them in (i, j) order, in the data dtype, starting from 0: the CPU and CUDA
+# twins gather in that same order, so the three agree bit for bit, whatever the launch.
+
+
+def im2col(cols, x, kh, kw, stride, pad):
+    """cols: (B*Ho*Wo, kh*kw*C) <- the windows of x: (B, H, W, C) (see above)."""
+    Ho, Wo = check_im2col(cols, x, kh, kw, stride, pad)
+    B, H, W, C = x.shape
+    xp = np.zeros((B, H + 2 * pad, W + 2 * pad, C), x.dtype)
+    xp[:, pad:pad + H, pad:pad + W] = x
+    out = cols.reshape(B, Ho, Wo, kh, kw, C)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, :, i, j, :] = xp[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride]
+
+
+def col2im(dx, dcols, kh, kw, stride, pad):
+    """dx: (B, H, W, C) <- the adjoint of im2col applied to dcols: (B*Ho*Wo, kh*kw*C):
+    dx[b, h, w, c] = sum over (i, j), in that order, of the entries of dcols that im2col copied
+    from x[b, h, w, c]."""
+    Ho, Wo = check_im2col(dcols, dx, kh, kw, stride, pad)
+    B, H, W, C = dx.shape
+    acc = np.zeros((B, H + 2 * pad, W + 2 * pad, C), dx.dtype)
+    d = dcols.reshape(B, Ho, Wo, kh, kw, C)
+    for i in range(kh):
+        for j in range(kw):
+            acc[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride] += d[:, :, :, i, j, :]
+    dx[...] = acc[:, pad:pad + H, pad:pad + W]

@@ -119,7 +119,7 @@ def example_args(params):
     args = []
     for p in params:
         if p[0] == "array":
-            args.append(FakeDeviceArray(p[1], (3, 5)[:p[2]] if p[2] == 2 else (7,)))
+            args.append(FakeDeviceArray(p[1], {1: (7,), 2: (3, 5), 4: (2, 3, 5, 2)}[p[2]]))
         else:
             args.append(cuda_launch.SCALARS[p[1]](1))
     return args
