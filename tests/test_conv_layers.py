@@ -1,0 +1,121 @@
+"""Conv2d and ConvTranspose2d (NHWC, im2col + GEMM + the fused bias+activation): the forward
+against a direct convolution loop, every gradient against central differences in float64, the
+transposed convolution as the exact adjoint of the convolution (so tying works), and the fused
+CPU kernels against the NumPy reference; strides 1 and 2, padding 0 and 1, odd sizes, batch 1."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradcheck_helpers import numeric_grad, rel_error
+from tinydae.backend import get_backend
+from tinydae.kernels.common import conv_output_size
+from tinydae.layers import ACTIVATIONS, Conv2d, ConvTranspose2d
+
+SMOOTH = ("identity", "tanh", "sigmoid", "softplus")
+
+
+def direct_conv(x, W, b, kh, kw, stride, pad):
+    """The definition, loop by loop: z[b, ho, wo, f] = sum_{i,j,c} x[b, ho s - p + i, wo s - p + j, c] W[(i,j,c), f] + b[f]."""
+    B, H, Wd, C = x.shape
+    F = W.shape[1]
+    Ho, Wo = conv_output_size(H, kh, stride, pad), conv_output_size(Wd, kw, stride, pad)
+    w4 = W.reshape(kh, kw, C, F)
+    z = np.zeros((B, Ho, Wo, F)) + b
+    for ho, wo, i, j in np.ndindex(Ho, Wo, kh, kw):
+        h, w = ho * stride - pad + i, wo * stride - pad + j
+        if 0 <= h < H and 0 <= w < Wd:
+            z[:, ho, wo, :] += x[:, h, w, :] @ w4[i, j]
+    return z
+
+
+def conv(backend, act, kh, kw, stride, pad, C, F, seed, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(0, 0.5, (kh * kw * C, F)).astype(dtype)
+    b = rng.normal(0, 0.5, F).astype(dtype)
+    return Conv2d(W, b, np.zeros_like(W), np.zeros_like(b), act, backend, kh, kw, stride, pad)
+
+
+@st.composite
+def shapes(draw):
+    kh = draw(st.integers(1, 3))
+    kw = draw(st.integers(1, 3))
+    pad = draw(st.integers(0, min(kh, kw) - 1))
+    stride = draw(st.integers(1, 2))
+    H, W = draw(st.integers(max(1, kh - 2 * pad), 6)), draw(st.integers(max(1, kw - 2 * pad), 6))
+    return dict(B=draw(st.integers(1, 2)), H=H, W=W, C=draw(st.integers(1, 3)), F=draw(st.integers(1, 3)),
+                kh=kh, kw=kw, stride=stride, pad=pad, act=draw(st.sampled_from(SMOOTH)),
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(shapes())
+def test_conv2d_forward_and_gradients(s):
+    backend = get_backend("cpu", kernels="reference")
+    layer = conv(backend, s["act"], s["kh"], s["kw"], s["stride"], s["pad"], s["C"], s["F"], s["seed"])
+    rng = np.random.default_rng(s["seed"] + 1)
+    x = rng.normal(size=(s["B"], s["H"], s["W"], s["C"]))
+    y, cache = layer.forward(x)
+    want = ACTIVATIONS[s["act"]][0](direct_conv(x, layer.W, layer.b, s["kh"], s["kw"], s["stride"], s["pad"]))
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+    dy = rng.normal(size=y.shape)
+    dx = layer.backward(dy, cache)
+
+    def loss():
+        return float(np.sum(dy * layer.forward(x)[0]))
+
+    for analytic, var in ((dx, x), (layer.dW, layer.W), (layer.db, layer.b)):
+        assert rel_error(analytic, numeric_grad(loss, var), floor=1e-4) < 1e-6
+
+
+@settings(max_examples=30, deadline=None)
+@given(shapes())
+def test_conv_transpose_is_the_adjoint_and_its_gradients_check(s):
+    backend = get_backend("cpu", kernels="reference")
+    c = conv(backend, "identity", s["kh"], s["kw"], s["stride"], s["pad"], s["C"], s["F"], s["seed"])
+    c.b[...] = 0
+    rng = np.random.default_rng(s["seed"] + 2)
+    x = rng.normal(size=(s["B"], s["H"], s["W"], s["C"]))
+    Ho, Wo, F = c.output_shape(x.shape[1:])
+    t = ConvTranspose2d(c.W, np.zeros(s["C"]), np.zeros_like(c.W), np.zeros(s["C"]), "identity", backend,
+                        s["kh"], s["kw"], s["stride"], s["pad"], (s["H"], s["W"]))
+    u = rng.normal(size=(s["B"], Ho, Wo, F))
+    # <conv(x), u> == <x, conv_transpose(u)>: the same W, the exact adjoint
+    lhs, rhs = np.sum(c.forward(x)[0] * u), np.sum(x * t.forward(u)[0])
+    assert abs(lhs - rhs) <= 1e-10 * (1 + abs(lhs))
+    # its own gradients, with an activation and a bias
+    t.activation = s["act"]
+    t.b[...] = rng.normal(size=s["C"])
+    y, cache = t.forward(u)
+    dy = rng.normal(size=y.shape)
+    du = t.backward(dy, cache)
+
+    def loss():
+        return float(np.sum(dy * t.forward(u)[0]))
+
+    for analytic, var in ((du, u), (t.dW, t.W), (t.db, t.b)):
+        assert rel_error(analytic, numeric_grad(loss, var), floor=1e-4) < 1e-6
+
+
+@pytest.mark.parametrize("stride,pad,size", [(1, 0, 7), (1, 1, 6), (2, 1, 7), (2, 0, 8)])
+def test_fused_cpu_kernels_equal_the_reference_in_float32(stride, pad, size):
+    outs = []
+    for kernels in ("reference", "fused"):
+        backend = get_backend("cpu", kernels=kernels)
+        layer = conv(backend, "relu", 3, 3, stride, pad, 2, 4, seed=5, dtype=np.float32)
+        x = np.random.default_rng(6).uniform(-1, 1, (1, size, size, 2)).astype(np.float32)
+        y, cache = layer.forward(x)
+        dx = layer.backward(np.ones_like(y), cache)
+        outs.append((y, dx, layer.dW.copy(), layer.db.copy()))
+    for got, want in zip(outs[1], outs[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.abs(outs[0][1]).max() > 0  # not all zeros
+
+
+def test_a_transposed_convolution_refuses_inputs_of_the_wrong_size():
+    backend = get_backend("cpu", kernels="reference")
+    W = np.ones((16, 3))
+    t = ConvTranspose2d(W, np.zeros(1), np.zeros_like(W), np.zeros(1), "identity", backend, 4, 4, 2, 1, (28, 28))
+    assert t.output_shape((14, 14, 3)) == (28, 28, 1)
+    with pytest.raises(ValueError, match="ConvTranspose2d to 28x28 takes 14x14x3 inputs, got 13x13x3"):
+        t.forward(np.ones((1, 13, 13, 3)))
