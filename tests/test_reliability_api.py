@@ -50,7 +50,7 @@ def test_chain_refuses_starting_points_outside_the_unit_interval(model):
 def test_fit_refuses_an_optimizer_of_another_model(model):
     other = td.DAE(12, hidden=(7,), seed=2)
     before = model.params.copy()
-    with pytest.raises(ConfigError, match="the optimizer was made for another model"):
+    with pytest.raises(ConfigError, match="the optimizer was made for another DAE object"):
         td.fit(model, rows(20), optimizer=td.Adam(other), epochs=1, batch_size=5)
     np.testing.assert_array_equal(model.params, before)
 
@@ -105,3 +105,16 @@ def test_ctrl_c_while_the_cli_imports_is_quiet(delay):
     _, err = p.communicate(timeout=60)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert p.returncode in (130, -signal.SIGINT), (p.returncode, err)
+
+
+@pytest.mark.parametrize("config,field", [({"data": None}, "train_config.data is None"),
+                                          ({"batch_size": 64.0}, "train_config.batch_size is 64.0"),
+                                          ({"optimizer": "lbfgs"}, "train_config.optimizer is 'lbfgs'")])
+def test_fit_refuses_a_train_config_its_checkpoint_could_not_record(model, tmp_path, config, field):
+    before = model.params.copy()
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.").replace("(", r"\(")):
+        td.fit(model, rows(20), epochs=1, batch_size=5, checkpoint_path=str(tmp_path / "c.h5"), train_config=config)
+    np.testing.assert_array_equal(model.params, before)
+    with pytest.raises(td.CheckpointError, match="not saved"):
+        td.save_checkpoint(tmp_path / "d.h5", model, train_config=config)
+    assert not (tmp_path / "d.h5").exists()

@@ -118,3 +118,85 @@ def test_classifier_reproduce_and_build_cuda_refuse_to_replace(tmp_path):
     (build / "manifest.json").write_text("{}")
     assert_refused(invoke("build-cuda", "--out", build), "already holds a build (manifest.json)")
     assert (build / "manifest.json").read_text() == "{}"
+
+
+# -- review findings ---------------------------------------------------------------------------
+
+
+def test_an_interrupt_before_the_first_regular_checkpoint_keeps_the_old_run(tmp_path):
+    """Ctrl-C right after a mistaken --overwrite: the interrupt's own checkpoint is not a reason to
+    delete the old run; it comes back, and the interrupted run waits in .interrupted-PID/."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "RUN"
+    base = ["train", "--hidden", "8", "--epochs", "1", "--backend", "cpu", "--out", run]
+    assert invoke(*base, "--limit", "200").exit_code == 0
+    before = {name: digest(run / name) for name in ("checkpoint.h5", "history.json", "samples.png")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # an epoch of 9,000 single-row steps of a 784-256-784 model: seconds before its first regular save
+    p = subprocess.Popen([sys.executable, os.path.join(root, "cli.py"), *map(str, base), "--overwrite", "--epochs", "3",
+                          "--hidden", "256", "--batch-size", "1", "--checkpoint-every", "0"], stderr=subprocess.PIPE,
+                         text=True, cwd=tmp_path)
+    banner = p.stderr.readline()  # printed once the old run is aside and training starts
+    assert " on glyphs: " in banner, banner
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 130, err
+    assert "epoch 1/3  train" not in err, "the first epoch ended first: the test's timing failed, not the code"
+    assert "the run that was in" in err and "is back in place" in err, err
+    assert {name: digest(run / name) for name in before} == before
+    interrupted = [q for q in run.iterdir() if q.name.startswith(".interrupted-")]
+    if "checkpoint saved" in err:  # the interrupt's own checkpoint: kept aside, resumable
+        assert "the new run's files are in" in err and (interrupted[0] / "checkpoint.h5").exists()
+    assert not [q for q in run.iterdir() if q.name.startswith(".replaced-")]
+
+
+def test_a_run_left_aside_by_kill_9_is_put_back(tmp_path):
+    run = tmp_path / "RUN"
+    assert invoke("train", "--limit", "200", "--hidden", "8", "--epochs", "1", "--backend", "cpu",
+                  "--out", run).exit_code == 0
+    old = digest(run / "checkpoint.h5")
+    aside = run / ".replaced-999999999"  # a PID no process has
+    aside.mkdir()
+    for name in ("checkpoint.h5", "history.json", "samples.png"):
+        os.replace(run / name, aside / name)
+    r = invoke("train", "--limit", "200", "--hidden", "8", "--epochs", "1", "--backend", "cpu", "--out", run)
+    note, error = r.stderr.strip().splitlines()
+    assert note.startswith(f"note: {run} held the run an interrupted `train --overwrite` had moved aside")
+    assert r.exit_code == 2 and error.startswith(f"error: --out {run} already holds a run")  # back: --overwrite again
+    assert digest(run / "checkpoint.h5") == old and not aside.exists()
+
+
+def test_outputs_never_replace_the_recorded_training_data(tmp_path):
+    import numpy as np
+
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.random.default_rng(0).uniform(0, 1, (60, 16)).astype(np.float32))
+    assert invoke("train", "--data", data, "--hidden", "4", "--epochs", "1", "--backend", "cpu",
+                  "--out", tmp_path / "r").exit_code == 0
+    before = digest(data)
+    r = invoke("sample", tmp_path / "r" / "checkpoint.h5", *CHAIN, "--start", "pca", "--h5", data, "--overwrite")
+    assert_refused(r, f"--h5 {data} is the training data recorded in the checkpoint")
+    assert digest(data) == before
+
+
+def test_train_does_not_replace_a_lone_samples_png_and_slashes_name_folders(tmp_path, ck):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "samples.png").write_bytes(b"my picture")
+    assert_refused(invoke("train", "--limit", "200", "--hidden", "8", "--epochs", "1", "--backend", "cpu",
+                          "--out", other), "already holds a run (samples.png)")
+    assert (other / "samples.png").read_bytes() == b"my picture"
+    assert_refused(invoke("sample", ck, *CHAIN, "--h5", "nd/"), "--h5 nd/ names a directory")
+    assert not (tmp_path / "runs" / "sample.png").exists()  # refused before the chains wrote the default PNG
+
+
+def test_the_default_png_is_replaced_without_overwrite(ck, tmp_path):
+    for seed in ("1", "2"):  # runs/sample.png is tinydae's own scratch output
+        r = invoke("sample", ck, *CHAIN, "--seed", seed)
+        assert r.exit_code == 0, r.output
+    assert (tmp_path / "runs" / "sample.png").exists()

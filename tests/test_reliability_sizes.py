@@ -72,3 +72,11 @@ def test_a_batch_larger_than_the_data_is_bounded_by_the_rows():
 def test_bench_sizes_are_parsed_strictly(sizes):
     assert_refused(invoke("bench", "kernels", "--backend", "cpu", "--repeats", "1", "--sizes", sizes),
                    "--sizes takes element counts from 1 to")
+
+
+def test_gradcheck_runs_past_its_estimate_when_asked():
+    assert_refused(invoke("gradcheck", "--input-dim", "100", "--hidden", "50", "--max-seconds", "1"),
+                   "over --max-seconds 1")
+    r = invoke("gradcheck", "--input-dim", "100", "--hidden", "50", "--activation", "relu", "--loss", "bce",
+               "--tied", "no")
+    assert r.exit_code == 0, r.output  # one 100-50 model: about 2 s, under the default 120

@@ -97,8 +97,8 @@ def _temp_prefix(path):
     directory, base = os.path.split(os.path.abspath(os.fspath(path)))
     raw = os.fsencode(base)
     room = _name_max(directory) - len(b".tmp-") - PID_DIGITS
-    if len(raw) > room:
-        base = raw[:max(room, 0)].decode("utf-8", "ignore")
+    if len(raw) > room:  # cut bytes, not characters: surrogateescape keeps any bytes as they are
+        base = os.fsdecode(raw[:max(room, 0)])
     return directory, base + ".tmp-"
 
 
@@ -243,6 +243,8 @@ def save_checkpoint(path, model, optimizer=None, state=None, train_config=None, 
         if problem:
             kept = "the previous checkpoint is kept" if os.path.exists(path) else "nothing was written"
             raise CheckpointError(f"{path}: not saved, {problem}; the model has diverged ({kept})")
+    if train_config:  # what load_checkpoint would refuse must not be written (a run could not be loaded)
+        _check_fields(path, "train_config", train_config, TRAIN_CONFIG_FIELDS, saving=True)
     state = dict(state or {})
     history = list(history if history is not None else state.pop("history", []))
     state.pop("history", None)
@@ -289,7 +291,7 @@ def _read(path, dataset, sha256=True):
     if sha256:
         expected = dataset.attrs.get("sha256")
         if expected is None:
-            raise CheckpointError(f"{path}: {dataset.name} has no checksum in a format-2 file: {DAMAGED}")
+            raise CheckpointError(f"{path}: {dataset.name} has no checksum, which this format requires: {DAMAGED}")
         if buffer_digest(a) != expected:
             raise CheckpointError(f"{path}: checksum mismatch in {dataset.name}: {DAMAGED}")
     return a
@@ -469,11 +471,11 @@ STATE_FIELDS = {
 OPTIMIZER_BUFFERS = {"adam": {"m", "v"}, "adamw": {"m", "v"}, "sgd": {"velocity"}}
 
 
-def _check_fields(path, where, values, fields):
+def _check_fields(path, where, values, fields, saving=False):
+    why = "not saved" if saving else "the file was edited or written by another program"
     for name, (check, wanted) in fields.items():
         if name in values and not check(values[name]):
-            raise CheckpointError(f"{path}: {where}.{name} is {values[name]!r}; it must be {wanted} (the file was "
-                                  f"edited or written by another program)")
+            raise CheckpointError(f"{path}: {where}.{name} is {values[name]!r}; it must be {wanted} ({why})")
     if where == "train_config" and "val_fraction" in values and not values["val_fraction"] < 1:
         raise CheckpointError(f"{path}: train_config.val_fraction is {values['val_fraction']!r}; it must be in [0, 1)")
 

@@ -162,11 +162,12 @@ def _moved_data_error(ckpt, path):
 def _check_train_out(out, resume, overwrite):
     """Refuse to replace another run, or to find a directory where a file must go, before any
     work.  -> True when the files of the run in `out` are to be replaced (--overwrite)."""
+    _recover_asides(out)
     for name in TRAIN_FILES:
         if os.path.isdir(os.path.join(out, name)):
             raise ConfigError(f"--out {out}: {os.path.join(out, name)} is a directory, where train writes "
                               f"its {name}; remove it or choose another --out")
-    found = [name for name in TRAIN_FILES[:2] if os.path.exists(os.path.join(out, name))]
+    found = [name for name in TRAIN_FILES if os.path.exists(os.path.join(out, name))]
     if not found:
         return False
     ckpt = os.path.join(out, "checkpoint.h5")
@@ -295,9 +296,10 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
                             f"saving the checkpoints of a {shape} DAE ({opts['optimizer']})")
     ckpt_path = os.path.join(out, "checkpoint.h5")
     # --overwrite: the old run's files move aside (no file of it may pass for one of this run) and
-    # are deleted once this run has saved its first checkpoint; a run that fails before that puts
-    # them back, so that --overwrite never leaves a folder with neither run in it.
-    aside = _move_run_aside(out) if replace else None
+    # are deleted once this run has saved a regular checkpoint (an epoch's end or --checkpoint-every);
+    # a run that fails or is interrupted before that puts them back (the interrupted run goes
+    # aside instead), so that --overwrite never loses the old run to a mistake noticed at once.
+    aside = None
     steps_per_epoch = -(-len(train_set) // opts["batch_size"])
     if not as_json:
         click.echo(f"{model} on {dataset.name}: {len(train_set)} train / {len(val_set)} val, "
@@ -313,17 +315,21 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
         shown_progress(event, info)
 
     t0 = time.perf_counter()
+    finished = False
     try:
+        if replace:
+            aside = _move_run_aside(out)
         with safety.out_of_memory("training", fix + f"; the last checkpoint, if any, is {ckpt_path}"):
             state = tinydae.fit(model, train_set, val_set if len(val_set) else None, optimizer=opt,
                                 corruption=opts["corruption"], epochs=epochs,
                                 batch_size=opts["batch_size"], seed=opts["seed"], state=state,
                                 checkpoint_path=ckpt_path, checkpoint_every=checkpoint_every,
                                 train_config=dict(opts, epochs=epochs), progress=progress)
+        finished = True
     finally:
         shown_progress.close()
         if aside is not None:
-            if os.path.exists(ckpt_path):
+            if finished:
                 _drop_aside(aside)
             else:
                 _restore_aside(out, aside)
@@ -372,11 +378,44 @@ def _drop_aside(aside):
 
 
 def _restore_aside(out, aside):
-    """Put the old run back (no file of the new run is in the way: it saved no checkpoint)."""
+    """Put the old run back; the new run's files, if it saved any (an interrupt's checkpoint),
+    go to out/.interrupted-PID/, from where it can be resumed."""
+    new = [name for name in TRAIN_FILES if os.path.exists(os.path.join(out, name))]
+    kept = ""
+    if new:
+        moved = os.path.join(out, f".interrupted-{os.getpid()}")
+        os.makedirs(moved, exist_ok=True)
+        for name in new:
+            os.replace(os.path.join(out, name), os.path.join(moved, name))
+        kept = f"; the new run's files are in {moved} (train --resume {os.path.join(moved, 'checkpoint.h5')} continues it)"
     for name in os.listdir(aside):
         os.replace(os.path.join(aside, name), os.path.join(out, name))
     os.rmdir(aside)
-    click.echo(f"the new run saved no checkpoint; the run that was in {out} is back in place", err=True)
+    click.echo(f"the new run stopped before its first regular checkpoint; the run that was in {out} is back in "
+               f"place{kept}", err=True)
+
+
+def _recover_asides(out):
+    """An earlier `train --overwrite` killed with -9 left the replaced run in out/.replaced-PID/:
+    put it back if the folder holds no run now, else say where it is (never delete it unasked)."""
+    from tinydae.checkpoint import _pid_alive
+
+    for name in sorted(os.listdir(out)):
+        pid = name[len(".replaced-"):]
+        if not name.startswith(".replaced-") or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        aside = os.path.join(out, name)
+        if not os.path.exists(os.path.join(out, "checkpoint.h5")):
+            for f in os.listdir(aside):
+                if not os.path.exists(os.path.join(out, f)):
+                    os.replace(os.path.join(aside, f), os.path.join(out, f))
+            if not os.listdir(aside):
+                os.rmdir(aside)
+            click.echo(f"note: {out} held the run an interrupted `train --overwrite` had moved aside; it is "
+                       f"back in place", err=True)
+        else:
+            click.echo(f"note: {aside} holds a run an interrupted `train --overwrite` had replaced; delete it "
+                       f"when you no longer need it", err=True)
 
 
 @cli.command()
@@ -514,8 +553,10 @@ def build_cuda(arch, out_dir, assembler, overwrite, as_json):
 @click.option("--batch", type=int, default=4, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--tol", type=float, default=1e-6, show_default=True)
+@click.option("--max-seconds", type=float, default=120, show_default=True,
+              help="Refuse a check estimated to take longer (every parameter is perturbed twice).")
 @click.option("--json", "as_json", is_flag=True)
-def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, as_json):
+def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, max_seconds, as_json):
     """Finite-difference check (float64) of a small random model: max relative error per parameter.
 
     Exits 0 when every error is below --tol, 1 when any is not (a NaN error fails too).
@@ -545,12 +586,14 @@ def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, as_js
     products = sum(a * b for a, b in zip(widths, widths[1:]))
     n_params = 2 * products + 2 * sum(hidden) + input_dim
     models = len(acts) * len(losses) * len(ties)
-    seconds = models * 2 * n_params * (2e-4 + 12 * batch * 2 * products / 1e9)
-    if seconds > 120:
+    # ~50 us of Python per loss evaluation plus its float64 GEMMs (~6 flops per weight and row at
+    # ~5 GFLOP/s): measured 1.65 s for one 100-50 model (10,200 parameters), estimated 2.1 s.
+    seconds = models * 2 * n_params * (5e-5 + 6 * batch * 2 * products / 5e9)
+    if seconds > max_seconds:
         raise ConfigError(f"gradcheck checks each of the {n_params:,} parameters of a "
                           f"{'-'.join(map(str, widths + widths[-2::-1]))} model by finite differences (2 passes "
-                          f"each, {models} models): about {seconds / 60:,.0f} minutes; use a smaller --input-dim or "
-                          f"--hidden (the default 7 and 5,3 takes about a second)")
+                          f"each, {models} models): about {seconds / 60:,.1f} minutes, over --max-seconds "
+                          f"{max_seconds:g}; use a smaller --input-dim or --hidden, or raise --max-seconds")
     safety.check_memory(8 * (6 * n_params + 6 * batch * sum(widths)), f"gradcheck of {n_params:,} parameters",
                         "use a smaller --input-dim or --hidden")
     rng = np.random.default_rng(seed)
@@ -706,8 +749,14 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, s
     side = int(round(model.input_dim ** 0.5))
     png = out if out and side * side == model.input_dim else None
     inputs = [("the checkpoint", checkpoint), ("--data", data), (option, start)]
+    if isinstance(ckpt.train_config.get("data"), str):  # the training data it records is an input too
+        inputs.append(("the training data recorded in the checkpoint", _recorded_data(ckpt)[0]))
+    # The default outputs (runs/sample.png, runs/improve.png) are tinydae's scratch files: a later
+    # run replaces them.  A file the user named is replaced only with --overwrite.
+    ctx = click.get_current_context(silent=True)
+    default_out = ctx is not None and ctx.get_parameter_source("out") == ParameterSource.DEFAULT
     if png:
-        safety.check_output_file(png, "--out", overwrite, inputs)
+        safety.check_output_file(png, "--out", overwrite or default_out, inputs)
     if h5:
         safety.check_output_file(h5, "--h5", overwrite, inputs, outputs=[("--out", png)])
     if start in START_KINDS:

@@ -66,6 +66,8 @@ def check_output_file(path, what="--out", overwrite=False, inputs=(), outputs=()
         raise ConfigError(f"{what} is empty; give a file name")
     if os.path.isdir(path):
         raise ConfigError(f"{what} {path} is a directory; give a file name")
+    if path.endswith((os.sep, "/")):
+        raise ConfigError(f"{what} {path} names a directory (it ends in /); give a file name")
     for option, other in outputs:
         if other and same_file(path, other):
             raise ConfigError(f"{what} {path} is also {option}; give them different files")

@@ -28,7 +28,7 @@ from tinydae.backend import as_host_array
 from tinydae.checkpoint import save_checkpoint
 from tinydae.corruption import Corruption
 from tinydae.data import Dataset
-from tinydae.errors import ConfigError, DataError, TrainingDiverged, TrainingInterrupted
+from tinydae.errors import CheckpointError, ConfigError, DataError, TrainingDiverged, TrainingInterrupted
 from tinydae.losses import bce
 from tinydae.optim import Adam
 from tinydae.rng import STREAM_VALID_CORRUPTION
@@ -194,12 +194,17 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
                           f"epochs={epochs} asks for no more: ask for more epochs (they count the total)")
     optimizer = optimizer if optimizer is not None else Adam(model)
     if getattr(optimizer, "model", model) is not model:  # it would update the other model's buffers
-        raise ConfigError(f"the optimizer was made for another model ({optimizer.model!r}), not {model!r}: "
-                          f"make it with this one, e.g. tinydae.Adam(model)")
+        raise ConfigError(f"the optimizer was made for another DAE object ({optimizer.model!r}), not the one "
+                          f"being trained: make it with this one, e.g. tinydae.Adam(model)")
     if checkpoint_path is not None:  # a folder or an unwritable place fails now, not after training
+        from tinydae.checkpoint import TRAIN_CONFIG_FIELDS, _check_fields
         from tinydae.safety import check_output_file
 
         check_output_file(checkpoint_path, "checkpoint_path", overwrite=True)
+        try:  # a train_config its checkpoint could not record fails now too
+            _check_fields(checkpoint_path, "train_config", train_config or {}, TRAIN_CONFIG_FIELDS, saving=True)
+        except CheckpointError as e:
+            raise ConfigError(str(e)) from None
     model.corruption = str(corruption)  # chains default to the corruption the model learned
     backend = model.backend
     X = backend.to_device(x_train, dtype=model.dtype)  # the whole set lives on the device
