@@ -189,3 +189,28 @@ def test_a_wrong_flat_value_or_entry_is_caught(emulated, monkeypatch):
     kc.LAUNCHER = fresh
     with pytest.raises(cuda_launch.LaunchError, match="the cubin's .entry takes 3 parameters"):
         kc.corrupt(np.zeros_like(x), x, 1, 0.3, 9, 3, 0, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_convolution_kernels_through_the_emulated_cupy_launcher(emulated, dtype):
+    """im2col and col2im (4-D and 2-D arrays, six int64 scalars) through the real launcher,
+    CuPy's packing against the bundle's entries, and the simulator: equal to the reference."""
+    import tinydae.kernels.cuda as kc
+    import tinydae.kernels.reference as ref
+    from tinydae.kernels.common import conv_output_size
+
+    _, launcher = emulated
+    x = np.random.default_rng(4).uniform(-1, 1, (2, 7, 6, 3)).astype(dtype)
+    kh, kw, stride, pad = 3, 2, 2, 1
+    rows = 2 * conv_output_size(7, kh, stride, pad) * conv_output_size(6, kw, stride, pad)
+    want, got = np.zeros((rows, kh * kw * 3), dtype), np.full((rows, kh * kw * 3), np.nan, dtype)
+    ref.im2col(want, x, kh, kw, stride, pad)
+    before = launcher.launches
+    kc.im2col(got, x, kh, kw, stride, pad)
+    np.testing.assert_array_equal(got, want)
+    d = np.random.default_rng(5).normal(size=want.shape).astype(dtype)
+    want_dx, got_dx = np.zeros_like(x), np.full_like(x, np.nan)
+    ref.col2im(want_dx, d, kh, kw, stride, pad)
+    kc.col2im(got_dx, d, kh, kw, stride, pad)
+    np.testing.assert_array_equal(got_dx, want_dx)
+    assert launcher.launches - before == 2
