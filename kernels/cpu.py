@@ -570,28 +570,28 @@ def im2col(cols, x, kh, kw, stride, pad):
     """Twin of reference.im2col (a copy: bit-identical)."""
     check_arrays(cols=cols, x=x)
     Ho, Wo = check_im2col(cols, x, kh, kw, stride, pad)
-    pick(_im2col, cols.size, PARALLEL_MIN_CHEAP)(cols, x, kh, kw, stride, pad, Ho, Wo)
+    pick(_im2col, cols.size, PARALLEL_MIN_HEAVY)(cols, x, kh, kw, stride, pad, Ho, Wo)  # index math per element
 
 
 def _col2im(dx, dcols, kh, kw, stride, pad, Ho, Wo):
     B, H, W, C = dx.shape
-    zero = dx.dtype.type(0)
     for r in prange(B * H):  # one image row of dx per iteration: each pixel gathers its entries
         b, h = r // H, r % H
         for w in range(W):
-            for c in range(C):
-                acc = zero
-                for i in range(kh):  # (i, j) order, as the reference adds them
-                    t = h + pad - i
-                    if t < 0 or t % stride != 0 or t // stride >= Ho:
+            out = dx[b, h, w]  # (C,): every channel of the pixel at once (contiguous, vectorised)
+            out[:] = 0
+            for i in range(kh):  # (i, j) order, as the reference adds them
+                t = h + pad - i
+                if t < 0 or t % stride != 0 or t // stride >= Ho:
+                    continue
+                row0 = (b * Ho + t // stride) * Wo
+                for j in range(kw):
+                    u = w + pad - j
+                    if u < 0 or u % stride != 0 or u // stride >= Wo:
                         continue
-                    row0 = (b * Ho + t // stride) * Wo
-                    for j in range(kw):
-                        u = w + pad - j
-                        if u < 0 or u % stride != 0 or u // stride >= Wo:
-                            continue
-                        acc += dcols[row0 + u // stride, (i * kw + j) * C + c]
-                dx[b, h, w, c] = acc
+                    src = dcols[row0 + u // stride, (i * kw + j) * C:(i * kw + j + 1) * C]
+                    for c in range(C):
+                        out[c] += src[c]
 
 
 _col2im = kernel(_col2im)
@@ -602,4 +602,4 @@ def col2im(dx, dcols, kh, kw, stride, pad):
     in the data dtype, so it is bit-identical to the reference (no atomics, no write races)."""
     check_arrays(dx=dx, dcols=dcols)
     Ho, Wo = check_im2col(dcols, dx, kh, kw, stride, pad)
-    pick(_col2im, dx.size, PARALLEL_MIN_CHEAP)(dx, dcols, kh, kw, stride, pad, Ho, Wo)
+    pick(_col2im, dx.size, PARALLEL_MIN_HEAVY)(dx, dcols, kh, kw, stride, pad, Ho, Wo)  # a gather per element

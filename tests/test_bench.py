@@ -294,3 +294,15 @@ def test_chain_table_names_the_strongest_peer():
     table = report.chain_section([("r.json", dict(backend="cpu", device="test cpu", chain=section))])
     assert "JAX not installed" in table  # the section says so even though its row has JAX figures (fabricated)
     assert "| 1.50x | JAX jit step: 32,000 (1.50x) | PyTorch eager 1.20, compiled step failed | 0 |" in table
+
+
+def test_the_conv_layer_benchmark_runs_and_reports_its_ratio():
+    from bench import bench_conv
+
+    lines = []
+    result = bench_conv.run("cpu", batches=(2,), repeats=1, warmup=0, log=lines.append)
+    row = result["rows"][0]
+    assert row["batch"] == 2 and row["tinydae_ms"] > 0 and len(lines) == 1
+    if result["torch"]:
+        assert row["x_pytorch"] == row["tinydae_ms"] / row["pytorch_ms"]
+    assert bench_conv.main(["--batches", "x"]) == 2
