@@ -36,6 +36,18 @@ def conv(backend, act, kh, kw, stride, pad, C, F, seed, dtype=np.float64):
     return Conv2d(W, b, np.zeros_like(W), np.zeros_like(b), act, backend, kh, kw, stride, pad)
 
 
+def check_gradients(layer, x, y, cache, rng):
+    """dx, dW, db of loss = sum(dy * layer(x)) against central differences (float64)."""
+    dy = rng.normal(size=y.shape)
+    dx = layer.backward(dy, cache)
+
+    def loss():
+        return float(np.sum(dy * layer.forward(x)[0]))
+
+    for analytic, var in ((dx, x), (layer.dW, layer.W), (layer.db, layer.b)):
+        assert rel_error(analytic, numeric_grad(loss, var), floor=1e-4) < 1e-6
+
+
 @st.composite
 def shapes(draw):
     kh = draw(st.integers(1, 3))
@@ -58,14 +70,7 @@ def test_conv2d_forward_and_gradients(s):
     y, cache = layer.forward(x)
     want = ACTIVATIONS[s["act"]][0](direct_conv(x, layer.W, layer.b, s["kh"], s["kw"], s["stride"], s["pad"]))
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
-    dy = rng.normal(size=y.shape)
-    dx = layer.backward(dy, cache)
-
-    def loss():
-        return float(np.sum(dy * layer.forward(x)[0]))
-
-    for analytic, var in ((dx, x), (layer.dW, layer.W), (layer.db, layer.b)):
-        assert rel_error(analytic, numeric_grad(loss, var), floor=1e-4) < 1e-6
+    check_gradients(layer, x, y, cache, rng)
 
 
 @settings(max_examples=30, deadline=None)
@@ -87,14 +92,7 @@ def test_conv_transpose_is_the_adjoint_and_its_gradients_check(s):
     t.activation = s["act"]
     t.b[...] = rng.normal(size=s["C"])
     y, cache = t.forward(u)
-    dy = rng.normal(size=y.shape)
-    du = t.backward(dy, cache)
-
-    def loss():
-        return float(np.sum(dy * t.forward(u)[0]))
-
-    for analytic, var in ((du, u), (t.dW, t.W), (t.db, t.b)):
-        assert rel_error(analytic, numeric_grad(loss, var), floor=1e-4) < 1e-6
+    check_gradients(t, u, y, cache, rng)
 
 
 @pytest.mark.parametrize("stride,pad,size", [(1, 0, 7), (1, 1, 6), (2, 1, 7), (2, 0, 8)])

@@ -11,6 +11,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
+from test_reliability_sample import assert_one_error_line as assert_refused  # one error: line, exit 2
 from tinydae.cli import cli
 
 
@@ -22,12 +23,6 @@ def digest(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def assert_refused(r, *fragments):
-    assert r.exit_code == 2, r.output
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.fixture
