@@ -118,3 +118,22 @@ def test_fit_refuses_a_train_config_its_checkpoint_could_not_record(model, tmp_p
     with pytest.raises(td.CheckpointError, match="not saved"):
         td.save_checkpoint(tmp_path / "d.h5", model, train_config=config)
     assert not (tmp_path / "d.h5").exists()
+
+
+def test_the_run_folder_rules_are_in_the_library(tmp_path):
+    """tinydae.runs: what `train` does to a run folder, from Python (issue 20, item 6)."""
+    from tinydae import runs
+
+    out = tmp_path / "run"
+    out.mkdir()
+    assert runs.check_run_folder(str(out)) is False  # empty: nothing to replace
+    (out / "checkpoint.h5").write_bytes(b"old")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        runs.check_run_folder(str(out))
+    assert runs.check_run_folder(str(out), overwrite=True) is True
+    aside = runs.move_run_aside(str(out))
+    (out / "checkpoint.h5").write_bytes(b"interrupted")
+    said = []
+    runs.restore_aside(str(out), aside, log=said.append)
+    assert (out / "checkpoint.h5").read_bytes() == b"old" and len(said) == 1 and "back in place" in said[0]
+    assert [p.name.startswith(".interrupted-") for p in out.iterdir() if p.name != "checkpoint.h5"] == [True]

@@ -13,6 +13,7 @@ import click
 from click.core import ParameterSource
 
 import tinydae
+from tinydae import runs
 from tinydae.errors import ConfigError, TinyDAEError
 from tinydae.rng import STREAM_VALID_CORRUPTION
 
@@ -134,50 +135,23 @@ def _explicit(ctx, names):
             (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
 
 
-TRAIN_FILES = ("checkpoint.h5", "history.json", "samples.png")
+def _stderr(line):
+    click.echo(line, err=True)
 
 
-def _data_source(source):
-    """What a checkpoint records as its data: files as absolute paths, so that evaluate and
-    improve find them from any folder; built-in names (and paths that do not exist, for the
-    error message) as given."""
-    return os.path.abspath(source) if os.path.exists(source) and not tinydae.data.is_builtin(source) \
-        else source
-
-
-def _recorded_data(ckpt):
-    """-> (the checkpoint's data source, whether that file is gone).  Older checkpoints
-    recorded paths relative to the folder train ran in; they are read relative to this one."""
-    source = ckpt.train_config["data"]
-    if tinydae.data.is_builtin(source):
-        return source, False
-    return os.path.abspath(source), not os.path.exists(source)
-
-
-def _moved_data_error(ckpt, path):
-    return tinydae.DataError(f"{path}: no such file; this path is the training data recorded in "
-                             f"{ckpt.path}; pass --data to say where that data is now")
+# The run-folder rules and data provenance live in the library (tinydae/runs.py), so that the
+# API can do what `train` does; these names keep the CLI's code short.
+TRAIN_FILES = runs.TRAIN_FILES
+_data_source, _recorded_data, _moved_data_error = runs.data_source, runs.recorded_data, runs.moved_data_error
+_move_run_aside, _drop_aside = runs.move_run_aside, runs.drop_aside
 
 
 def _check_train_out(out, resume, overwrite):
-    """Refuse to replace another run, or to find a directory where a file must go, before any
-    work.  -> True when the files of the run in `out` are to be replaced (--overwrite)."""
-    _recover_asides(out)
-    for name in TRAIN_FILES:
-        if os.path.isdir(os.path.join(out, name)):
-            raise ConfigError(f"--out {out}: {os.path.join(out, name)} is a directory, where train writes "
-                              f"its {name}; remove it or choose another --out")
-    found = [name for name in TRAIN_FILES if os.path.exists(os.path.join(out, name))]
-    if not found:
-        return False
-    ckpt = os.path.join(out, "checkpoint.h5")
-    if resume and os.path.exists(ckpt) and os.path.samefile(resume, ckpt):
-        return False  # continuing the run that is there
-    if overwrite:
-        return True
-    other = f"; --resume {resume} continues a different run" if resume else ""
-    raise ConfigError(f"--out {out} already holds a run ({', '.join(found)}){other}; pass --overwrite to "
-                      f"replace it, --resume {ckpt} to continue it, or choose another --out")
+    return runs.check_run_folder(out, resume, overwrite, log=_stderr)
+
+
+def _restore_aside(out, aside):
+    runs.restore_aside(out, aside, log=_stderr)
 
 
 @cli.command()
@@ -359,63 +333,6 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
         click.echo(f"checkpoint: {ckpt_path}")
         if png:
             click.echo(f"samples (rows: clean / corrupted / reconstructed): {png}")
-
-
-def _move_run_aside(out):
-    """Move the run in `out` (TRAIN_FILES) into out/.replaced-PID/ (a rename: same file system)."""
-    aside = os.path.join(out, f".replaced-{os.getpid()}")
-    os.makedirs(aside, exist_ok=True)
-    for name in TRAIN_FILES:
-        if os.path.exists(os.path.join(out, name)):
-            os.replace(os.path.join(out, name), os.path.join(aside, name))
-    return aside
-
-
-def _drop_aside(aside):
-    import shutil
-
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _restore_aside(out, aside):
-    """Put the old run back; the new run's files, if it saved any (an interrupt's checkpoint),
-    go to out/.interrupted-PID/, from where it can be resumed."""
-    new = [name for name in TRAIN_FILES if os.path.exists(os.path.join(out, name))]
-    kept = ""
-    if new:
-        moved = os.path.join(out, f".interrupted-{os.getpid()}")
-        os.makedirs(moved, exist_ok=True)
-        for name in new:
-            os.replace(os.path.join(out, name), os.path.join(moved, name))
-        kept = f"; the new run's files are in {moved} (train --resume {os.path.join(moved, 'checkpoint.h5')} continues it)"
-    for name in os.listdir(aside):
-        os.replace(os.path.join(aside, name), os.path.join(out, name))
-    os.rmdir(aside)
-    click.echo(f"the new run stopped before its first regular checkpoint; the run that was in {out} is back in "
-               f"place{kept}", err=True)
-
-
-def _recover_asides(out):
-    """An earlier `train --overwrite` killed with -9 left the replaced run in out/.replaced-PID/:
-    put it back if the folder holds no run now, else say where it is (never delete it unasked)."""
-    from tinydae.checkpoint import _pid_alive
-
-    for name in sorted(os.listdir(out)):
-        pid = name[len(".replaced-"):]
-        if not name.startswith(".replaced-") or not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        aside = os.path.join(out, name)
-        if not os.path.exists(os.path.join(out, "checkpoint.h5")):
-            for f in os.listdir(aside):
-                if not os.path.exists(os.path.join(out, f)):
-                    os.replace(os.path.join(aside, f), os.path.join(out, f))
-            if not os.listdir(aside):
-                os.rmdir(aside)
-            click.echo(f"note: {out} held the run an interrupted `train --overwrite` had moved aside; it is "
-                       f"back in place", err=True)
-        else:
-            click.echo(f"note: {aside} holds a run an interrupted `train --overwrite` had replaced; delete it "
-                       f"when you no longer need it", err=True)
 
 
 @cli.command()

@@ -1,0 +1,116 @@
+"""Run folders and data provenance: the rules `train` follows, usable from Python too.
+
+A run folder holds TRAIN_FILES.  check_run_folder refuses to replace another run without
+overwrite, move_run_aside / restore_aside / drop_aside replace one without ever losing it to a
+failure or an interrupt before the new run's first regular checkpoint, and recover_asides puts
+back a run that a process killed with -9 left aside.  recorded_data says where a checkpoint's
+training data is (and whether it is gone).
+
+log: a callable taking one line (the CLI passes click's stderr echo); None says nothing.
+"""
+import os
+import shutil
+
+from tinydae.data import is_builtin
+from tinydae.errors import ConfigError, DataError
+
+TRAIN_FILES = ("checkpoint.h5", "history.json", "samples.png")
+
+
+def data_source(source):
+    """What a checkpoint records as its data: files as absolute paths, so that evaluate and
+    improve find them from any folder; built-in names (and paths that do not exist, for the
+    error message) as given."""
+    return os.path.abspath(source) if os.path.exists(source) and not is_builtin(source) else source
+
+
+def recorded_data(ckpt):
+    """-> (the checkpoint's data source, whether that file is gone).  Older checkpoints
+    recorded paths relative to the folder train ran in; they are read relative to this one."""
+    source = ckpt.train_config["data"]
+    if is_builtin(source):
+        return source, False
+    return os.path.abspath(source), not os.path.exists(source)
+
+
+def moved_data_error(ckpt, path):
+    return DataError(f"{path}: no such file; this path is the training data recorded in {ckpt.path}; pass "
+                     f"--data to say where that data is now")
+
+
+def check_run_folder(out, resume=None, overwrite=False, log=None):
+    """Refuse to replace another run, or to find a directory where a file must go, before any
+    work.  -> True when the files of the run in `out` are to be replaced (overwrite)."""
+    recover_asides(out, log)
+    for name in TRAIN_FILES:
+        if os.path.isdir(os.path.join(out, name)):
+            raise ConfigError(f"--out {out}: {os.path.join(out, name)} is a directory, where train writes "
+                              f"its {name}; remove it or choose another --out")
+    found = [name for name in TRAIN_FILES if os.path.exists(os.path.join(out, name))]
+    if not found:
+        return False
+    ckpt = os.path.join(out, "checkpoint.h5")
+    if resume and os.path.exists(ckpt) and os.path.samefile(resume, ckpt):
+        return False  # continuing the run that is there
+    if overwrite:
+        return True
+    other = f"; --resume {resume} continues a different run" if resume else ""
+    raise ConfigError(f"--out {out} already holds a run ({', '.join(found)}){other}; pass --overwrite to "
+                      f"replace it, --resume {ckpt} to continue it, or choose another --out")
+
+
+def move_run_aside(out):
+    """Move the run in `out` (TRAIN_FILES) into out/.replaced-PID/ (a rename: same file system)."""
+    aside = os.path.join(out, f".replaced-{os.getpid()}")
+    os.makedirs(aside, exist_ok=True)
+    for name in TRAIN_FILES:
+        if os.path.exists(os.path.join(out, name)):
+            os.replace(os.path.join(out, name), os.path.join(aside, name))
+    return aside
+
+
+def drop_aside(aside):
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def restore_aside(out, aside, log=None):
+    """Put the old run back; the new run's files, if it saved any (an interrupt's checkpoint),
+    go to out/.interrupted-PID/, from where it can be resumed."""
+    new = [name for name in TRAIN_FILES if os.path.exists(os.path.join(out, name))]
+    kept = ""
+    if new:
+        moved = os.path.join(out, f".interrupted-{os.getpid()}")
+        os.makedirs(moved, exist_ok=True)
+        for name in new:
+            os.replace(os.path.join(out, name), os.path.join(moved, name))
+        kept = f"; the new run's files are in {moved} (train --resume {os.path.join(moved, 'checkpoint.h5')} continues it)"
+    for name in os.listdir(aside):
+        os.replace(os.path.join(aside, name), os.path.join(out, name))
+    os.rmdir(aside)
+    if log:
+        log(f"the new run stopped before its first regular checkpoint; the run that was in {out} is back in "
+            f"place{kept}")
+
+
+def recover_asides(out, log=None):
+    """An earlier replacement killed with -9 left the replaced run in out/.replaced-PID/: put it
+    back if the folder holds no run now, else say where it is (never delete it unasked)."""
+    from tinydae.checkpoint import _pid_alive
+
+    for name in sorted(os.listdir(out)):
+        pid = name[len(".replaced-"):]
+        if not name.startswith(".replaced-") or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        aside = os.path.join(out, name)
+        if not os.path.exists(os.path.join(out, "checkpoint.h5")):
+            for f in os.listdir(aside):
+                if not os.path.exists(os.path.join(out, f)):
+                    os.replace(os.path.join(aside, f), os.path.join(out, f))
+            if not os.listdir(aside):
+                os.rmdir(aside)
+            message = f"note: {out} held the run an interrupted `train --overwrite` had moved aside; it is back in place"
+        else:
+            message = (f"note: {aside} holds a run an interrupted `train --overwrite` had replaced; delete it when "
+                       f"you no longer need it")
+        if log:
+            log(message)
