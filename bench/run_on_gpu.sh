@@ -163,7 +163,7 @@ step_smoke() {
     stage train smoke_train || failed=1
     stage sample smoke_sample || failed=1
     stage pytest python3 -m pytest -x -q -rs -p no:cacheprovider tests/test_gpu.py || failed=1
-    stage bench python3 cli.py bench launch --backend cuda --repeats 5 --launches 100 --no-save \
+    stage bench python3 cli.py bench launch --backend cuda --repeats 5 --launches 100 --no-save --overwrite \
       --out "$OUT/bench-launch-$TINYDAE_GPU_DEVICE.json" || failed=1
   else
     failed=2

@@ -19,6 +19,7 @@ No fastmath: results must match the other twins.  A float32 kernel does float32 
 only the documented sums (loss, bias gradient, the chain's change) accumulate in float64
 (tests/test_cuda_build.py checks the f64 instructions of every float32 kernel's PTX).
 """
+import functools
 import math
 import os
 
@@ -260,18 +261,14 @@ def _xp(a):
     return cupy
 
 
-_DEVICE_ARRAY = []  # [the array type the twins take]: cupy.ndarray, or np.ndarray in the simulator
-
-
+@functools.cache
 def _device_array_type():
-    if not _DEVICE_ARRAY:
-        if SIMULATOR:
-            _DEVICE_ARRAY.append(np.ndarray)
-        else:
-            import cupy
+    """The array type the twins take: cupy.ndarray, or np.ndarray in the simulator."""
+    if SIMULATOR:
+        return np.ndarray
+    import cupy
 
-            _DEVICE_ARRAY.append(cupy.ndarray)
-    return _DEVICE_ARRAY[0]
+    return cupy.ndarray
 
 
 def check_arrays(**arrays):

@@ -370,8 +370,9 @@ def find_built(k, dtype, cc, cache=None, bundle=None, assembler="auto"):
     try:
         return cached_build(k, dtype, cc, cache, assembler)
     except Exception as e:
-        raise BuildError(f"{where}, and it cannot be built here ({type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+        from .cuda_launch import _first_line
+
+        raise BuildError(f"{where}, and it cannot be built here ({type(e).__name__}: {_first_line(e)})") from None
 
 
 def write_manifest(out_dir, cc, results):

@@ -133,7 +133,7 @@ def key_and_flatten(args):
             key.append(t)
             flat.append(np.bool_(a) if t is bool else a)
             continue
-        try:
+        try:  # _array_key's CuPy path, inline: this runs for every array of every launch
             key.append((a.dtype.num, a.ndim, a._c_contiguous))
         except AttributeError:
             key.append(_array_key(a))

@@ -119,46 +119,44 @@ def test_a_transposed_convolution_refuses_inputs_of_the_wrong_size():
         t.forward(np.ones((1, 13, 13, 3)))
 
 
+def against_torch(torch, layer, x, act, torch_op):
+    """layer's forward and gradients (x, W, b) against torch_op(x_nchw, w_(F, C, kh, kw), b) under
+    the same activation and upstream gradient, float64."""
+    k, C, F = layer.kh, layer.channels, layer.W.shape[1]
+    y, cache = layer.forward(x)
+    dy = np.random.default_rng(13).normal(size=y.shape)
+    dx = layer.backward(dy, cache)
+    torch_act = {"tanh": torch.tanh, "softplus": torch.nn.functional.softplus, "sigmoid": torch.sigmoid,
+                 "identity": lambda z: z}[act]
+    nhwc = (0, 2, 3, 1)
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    tw = torch.tensor(layer.W.reshape(k, k, C, F).transpose(3, 2, 0, 1).copy(), requires_grad=True)
+    tb = torch.tensor(layer.b.copy(), requires_grad=True)
+    ty = torch_act(torch_op(tx, tw, tb))
+    ty.backward(torch.tensor(dy.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(y, ty.detach().numpy().transpose(nhwc), rtol=1e-12, atol=1e-12)
+    for ours, theirs in ((dx, tx.grad.numpy().transpose(nhwc)), (layer.db, tb.grad.numpy()),
+                         (layer.dW, tw.grad.numpy().transpose(2, 3, 1, 0).reshape(k * k * C, F))):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+    return y
+
+
 @pytest.mark.parametrize("stride,pad,size,act", [(1, 0, 7, "tanh"), (1, 1, 6, "softplus"), (2, 1, 7, "sigmoid"),
                                                  (2, 1, 8, "identity")])
 def test_conv_layers_agree_with_pytorch_autograd(stride, pad, size, act):
     """The same convolution and transposed convolution in PyTorch (NCHW: the weights permuted),
     forward and every gradient, float64; skipped where torch is not installed."""
     torch = pytest.importorskip("torch", reason="torch is not installed: the PyTorch cross-check is skipped")
+    F_ = torch.nn.functional
     backend = get_backend("cpu", kernels="reference")
     k, C, F = 3, 2, 4
     layer = conv(backend, act, k, k, stride, pad, C, F, seed=11)
     x = np.random.default_rng(12).normal(size=(2, size, size, C))
-    y, cache = layer.forward(x)
-    dy = np.random.default_rng(13).normal(size=y.shape)
-    dx = layer.backward(dy, cache)
-    torch_act = {"tanh": torch.tanh, "softplus": torch.nn.functional.softplus, "sigmoid": torch.sigmoid,
-                 "identity": lambda z: z}[act]
-    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
-    tw = torch.tensor(layer.W.reshape(k, k, C, F).transpose(3, 2, 0, 1).copy(), requires_grad=True)  # (F, C, kh, kw)
-    tb = torch.tensor(layer.b.copy(), requires_grad=True)
-    ty = torch_act(torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=pad))
-    ty.backward(torch.tensor(dy.transpose(0, 3, 1, 2)))
-    np.testing.assert_allclose(y, ty.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dx, tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(layer.dW, tw.grad.numpy().transpose(2, 3, 1, 0).reshape(k * k * C, F), rtol=1e-10,
-                               atol=1e-12)
-    np.testing.assert_allclose(layer.db, tb.grad.numpy(), rtol=1e-10, atol=1e-12)
+    y = against_torch(torch, layer, x, act, lambda tx, tw, tb: F_.conv2d(tx, tw, tb, stride=stride, padding=pad))
     # the transposed convolution with the same weight, back to (size, size, C)
     t = ConvTranspose2d(layer.W, layer.b[:C].copy(), np.zeros_like(layer.W), np.zeros(C), act, backend, k, k,
                         stride, pad, (size, size))
-    u = np.random.default_rng(14).normal(size=y.shape)
-    z, cache = t.forward(u)
-    dz = np.random.default_rng(15).normal(size=z.shape)
-    du = t.backward(dz, cache)
-    tu = torch.tensor(u.transpose(0, 3, 1, 2), requires_grad=True)
-    tw2 = torch.tensor(layer.W.reshape(k, k, C, F).transpose(3, 2, 0, 1).copy(), requires_grad=True)
-    tb2 = torch.tensor(t.b.copy(), requires_grad=True)
     extra = size - ((conv_output_size(size, k, stride, pad) - 1) * stride - 2 * pad + k)  # output_padding
-    tz = torch_act(torch.nn.functional.conv_transpose2d(tu, tw2, tb2, stride=stride, padding=pad, output_padding=extra))
-    tz.backward(torch.tensor(dz.transpose(0, 3, 1, 2)))
-    np.testing.assert_allclose(z, tz.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(du, tu.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(t.dW, tw2.grad.numpy().transpose(2, 3, 1, 0).reshape(k * k * C, F), rtol=1e-10,
-                               atol=1e-12)
-    np.testing.assert_allclose(t.db, tb2.grad.numpy(), rtol=1e-10, atol=1e-12)
+    u = np.random.default_rng(14).normal(size=y.shape)
+    against_torch(torch, t, u, act, lambda tu, tw, tb: F_.conv_transpose2d(tu, tw, tb, stride=stride, padding=pad,
+                                                                            output_padding=extra))

@@ -62,7 +62,7 @@ class CountingNumba(cuda_launch.NumbaLauncher):
 def fresh(monkeypatch, tmp_path):
     """No verdicts in memory, a cache folder of the test's own, the launcher put back after."""
     monkeypatch.setattr(kc, "_VERDICTS", {})
-    monkeypatch.setattr(backend_module, "_CHECKED", {})
+    monkeypatch.setattr(backend_module, "_CHECKED", set())
     monkeypatch.setenv("TINYDAE_CUDA_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("TINYDAE_CUDA_SELFCHECK", raising=False)
     monkeypatch.delenv("TINYDAE_CUDA_CUBINS", raising=False)

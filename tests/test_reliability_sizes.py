@@ -74,3 +74,18 @@ def test_gradcheck_runs_past_its_estimate_when_asked():
     r = invoke("gradcheck", "--input-dim", "100", "--hidden", "50", "--activation", "relu", "--loss", "bce",
                "--tied", "no")
     assert r.exit_code == 0, r.output  # one 100-50 model: about 2 s, under the default 120
+
+
+def test_the_api_estimates_before_it_allocates_too():
+    """The library entries the CLI guards: a model's parameters (flat_buffers: the DAE and the
+    classifier alike), chain's kept states and fit's training arrays; never a MemoryError."""
+    import tinydae as td
+    from tinydae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="a model of 15,690,000,000,784 parameters needs about"):
+        td.DAE(784, hidden=(10**10,))
+    small = td.DAE(4, hidden=(3,))
+    x = np.full((2, 4), 0.5, np.float32)
+    with pytest.raises(ConfigError, match="2 chains of 4 values x 1,000,000,000,000 steps needs about"):
+        td.chain(small, x, 10**12, corruption="none")
+    td.fit(small, x, epochs=1, batch_size=10**13)  # batches cannot exceed the 2 rows: no refusal

@@ -292,7 +292,7 @@ def _first_line(e):
     return text.splitlines()[0][:300] if text else "no detail"
 
 
-_CHECKED = {}  # launcher object -> its warnings, once the self-check passed in this process
+_CHECKED = set()  # the launchers whose self-check passed in this process
 
 
 def _self_check(table):
@@ -309,7 +309,7 @@ def _self_check(table):
         raise ConfigError(str(e)) from None
     except Exception as e:  # LaunchError: every launcher failed
         raise GPUUnusable(f"--backend cuda: the GPU failed its self-check ({e})") from None
-    _CHECKED[table.LAUNCHER] = notes
+    _CHECKED.add(table.LAUNCHER)
     for note in notes:
         warnings.warn(note, BackendWarning, stacklevel=3)
 

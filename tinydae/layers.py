@@ -11,6 +11,8 @@ backward is written from the output y alone, so a layer caches only what it prod
 """
 import math
 
+import numpy as np
+
 from tinydae.kernels.reference import ACTIVATIONS  # noqa: F401  (the activation pairs)
 
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
@@ -22,7 +24,13 @@ def flat_buffers(xp, layout, dtype):
 
     layout: [(name, shape), ...] in buffer order -> (params, grads, {name: view}, {name: view})
     """
+    from tinydae.safety import check_memory
+
     sizes = [math.prod(shape) for _, shape in layout]
+    # Every model's parameters come through here: its size is refused before it is allocated
+    # (the two buffers, and the float64 draw of the largest weight at initialisation).
+    check_memory(2 * sum(sizes) * np.dtype(dtype).itemsize + 8 * max(sizes, default=0),
+                 f"a model of {sum(sizes):,} parameters", "use smaller widths (hidden=...)")
     params, grads = xp.zeros(sum(sizes), dtype), xp.zeros(sum(sizes), dtype)
     named_params, named_grads = {}, {}
     offset = 0

@@ -67,6 +67,7 @@ from tinydae.backend import as_host_array
 from tinydae.corruption import Corruption, gaussian
 from tinydae.errors import ConfigError, DataError
 from tinydae.rng import STREAM_CHAIN, STREAM_GSN, STREAM_LANGEVIN, STREAM_START
+from tinydae.safety import check_memory
 
 START_KINDS = ("noise", "bernoulli", "pca", "pixels")
 CHANGE_ROWS = 256  # steps of per-chain changes held on the device before they are summed
@@ -215,6 +216,10 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
                               "(e.g. 'gaussian:0.3', or 'none' for x_{t+1} = r(x_t))")
         corruption = model.corruption
     s = make_sampler(sampler, corruption, final, step_size, levels)
+    check_memory(chain_memory(model, len(x0), steps, keep_every, keep_chains, batch_size, sampler=sampler,
+                              keep_steps=keep_steps),
+                 f"{len(x0):,} chains of {model.input_dim} values x {steps:,} steps",
+                 "use fewer chains or steps, a larger keep_every or fewer keep_chains")
     backend, D, N = model.backend, model.input_dim, len(x0)
     kept_steps = _kept_steps(steps, keep_every, keep_steps)
     n_traj = min(N, keep_chains)

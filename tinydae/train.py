@@ -187,6 +187,10 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
     corruption = Corruption.parse(corruption)
     state = state if state is not None else TrainState()
     n = len(x_train)
+    from tinydae.safety import check_memory  # the API checks what the CLI checks, before any step
+
+    check_memory(training_memory(model.config, n, batch_size, getattr(optimizer, "name", "adam")),
+                 f"training on {n:,} rows (batch {batch_size})", "use a smaller batch_size or fewer rows")
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
     if state.step >= total_steps:  # resuming a finished run would silently do nothing
