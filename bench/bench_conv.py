@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import backend_timer, interleaved_medians, torch_or_none, torch_timer  # noqa: E402
 from tinydae.backend import get_backend  # noqa: E402
-from tinydae.layers import Conv2d, ConvTranspose2d  # noqa: E402
+from tinydae.layers import Conv2d, ConvTranspose2d, Sequential  # noqa: E402
 
 SPEC = [(1, 32), (32, 64)]  # (in, out) channels of the encoder's convolutions
 K, STRIDE, PAD = 4, 2, 1
@@ -37,15 +37,15 @@ def weights(seed=0):
 def tinydae_call(backend, ws, x):
     """-> () -> None: forward and backward through conv1, conv2 (relu), convT2 (relu), convT1 (identity)."""
     xp = backend.xp
-    layers, sizes = [], [(28, 28), (14, 14)]
-    encoders, decoders = [], []
-    for (W, b, bt), hw in zip(ws, sizes):
-        W = xp.asarray(W)
-        dW = xp.zeros_like(W)
-        encoders.append(Conv2d(W, xp.asarray(b), dW, xp.zeros_like(xp.asarray(b)), "relu", backend, K, K, STRIDE, PAD))
-        decoders.append(ConvTranspose2d(W, xp.asarray(bt), dW, xp.zeros_like(xp.asarray(bt)),
-                                        "relu" if hw != (28, 28) else "identity", backend, K, K, STRIDE, PAD, hw))
-    layers = encoders + decoders[::-1]
+    (W1, b1, bt1), (W2, b2, bt2) = ws
+    # tied: each transposed convolution uses its convolution's weight (one W, one dW)
+    net = Sequential([("c1", Conv2d(32, K, STRIDE, PAD, "relu")), ("c2", Conv2d(64, K, STRIDE, PAD, "relu")),
+                      ("t2", ConvTranspose2d(32, K, STRIDE, PAD, (14, 14), "relu", tie="c2")),
+                      ("t1", ConvTranspose2d(1, K, STRIDE, PAD, (28, 28), "identity", tie="c1"))],
+                     (28, 28, 1), backend, np.float32)
+    for name, value in (("c1.W", W1), ("c1.b", b1), ("t1.b", bt1), ("c2.W", W2), ("c2.b", b2), ("t2.b", bt2)):
+        net.named_params[name][...] = xp.asarray(value)
+    layers = net.layers
     x = xp.asarray(x)
 
     def call():

@@ -53,7 +53,9 @@ from bench.common import (backend_timer, bandwidth_entries, interleaved_medians,
                           jax_or_none, lower_bound_ms, one_call_timer, peer_ratios, save_section,
                           strongest_peer, torch_or_none, torch_timer)
 from tinydae import DAE, Adam, get_backend  # noqa: E402
+from tinydae.arch import canonical  # noqa: E402
 from tinydae.corruption import Corruption  # noqa: E402
+from tinydae.model import describe  # noqa: E402
 
 HIDDEN = (1000, 1000)
 SIGMA = 0.3
@@ -66,8 +68,38 @@ PEERS = {"torch_eager": "eager for-loop Adam", "torch_foreach": "eager foreach A
          "jax_jit": "JAX jit whole step"}
 
 
-def make_model(backend, seed=0):
-    return DAE(784, hidden=HIDDEN, activation="relu", loss="bce", seed=seed, backend=backend)
+ARCH = "mlp:" + ",".join(map(str, HIDDEN))
+CONV_ARCH = "conv:32,64"  # the issue's conv DAE: 28x28x1 -> 14x14x32 -> 7x7x64, mirrored
+
+
+def make_model(backend, seed=0, arch=ARCH):
+    """The benchmarked DAE on 28x28 images (784 values)."""
+    return DAE(784, arch=arch, activation="relu", loss="bce", seed=seed, backend=backend, input_shape=(28, 28, 1))
+
+
+def gemm_shapes(model):
+    """[(rows per example, K, N), ...]: each layer's forward GEMM (B*rows, K) @ (K, N), whose
+    backward is the dW GEMM (K, B*rows) @ (B*rows, N) and the dx GEMM (B*rows, N) @ (N, K)."""
+    shapes = []
+    for layer, shape in zip(model.layers, model.net.shapes):
+        kind = type(layer).__name__
+        if kind == "Linear":
+            shapes.append((1,) + tuple(layer.W.shape))
+        elif kind == "Conv2d":  # columns (B*Ho*Wo, kh*kw*C) @ W (kh*kw*C, F)
+            out = layer.output_shape(shape)
+            shapes.append((out[0] * out[1],) + tuple(layer.W.shape))
+        elif kind == "ConvTranspose2d":  # rows (B*Hi*Wi, F) @ W^T (F, kh*kw*C)
+            shapes.append((shape[0] * shape[1],) + tuple(layer.W.shape[::-1]))
+    return shapes
+
+
+_make_model = make_model
+
+
+def section(arch):
+    """The results file's section: "train" for the default model, "train <spec>" for others."""
+    arch = canonical(arch)
+    return "train" if arch == ARCH else f"train {arch}"
 
 
 def tinydae_step(model, opt, x, step_counter, sigma=SIGMA):
@@ -89,9 +121,10 @@ def gemm_floor(model, batch):
     """The matrix products of one step alone, on the backend's BLAS, into preallocated outputs
     (a fresh 4 MB dW per call would time the allocator and page faults, not the GEMM)."""
     xp = model.backend.xp
-    Ws = [layer.W for layer in model.layers]
-    acts = [xp.ones((batch, W.shape[0]), np.float32) for W in Ws]
-    douts = [xp.ones((batch, W.shape[1]), np.float32) for W in Ws]
+    shapes = gemm_shapes(model)
+    Ws = [xp.ones((K, N), np.float32) * 0.01 for _, K, N in shapes]
+    acts = [xp.ones((batch * m, K), np.float32) for m, K, _ in shapes]
+    douts = [xp.ones((batch * m, N), np.float32) for m, _, N in shapes]
     # outputs apart from inputs: feeding results back would let values drift towards
     # denormals or inf over many calls
     outs, dWs, dxs = ([xp.empty_like(v) for v in vs] for vs in (douts, Ws, acts))
@@ -107,15 +140,44 @@ def gemm_floor(model, batch):
 
 
 def torch_model(torch, model, device):
-    """The same DAE in PyTorch, initialised with tinydae's weights."""
+    """The same DAE in PyTorch (NCHW for images), initialised with tinydae's weights."""
+    nn = torch.nn
+
+    class Rows(nn.Module):  # our rows are NHWC images read row-major; PyTorch's convolutions are NCHW
+        def __init__(self, shape):
+            super().__init__()
+            self.shape = shape
+
+        def forward(self, h):
+            if len(self.shape) == 3:
+                return h.reshape(len(h), *self.shape).permute(0, 3, 1, 2)
+            return h.permute(0, 2, 3, 1).reshape(len(h), -1) if h.ndim == 4 else h
+
+    host = model.backend.to_host
     layers = []
-    for layer in model.layers:
-        lin = torch.nn.Linear(*layer.W.shape)
+    for layer, shape in zip(model.layers, model.net.shapes):
+        kind = type(layer).__name__
+        if kind == "Reshape":
+            layers.append(Rows(layer.shape))
+            continue
+        W = host(layer.W)
+        if kind == "Linear":
+            t = nn.Linear(*W.shape)
+            weight = W.T
+        else:
+            k, C = layer.kh, W.shape[0] // (layer.kh * layer.kw)
+            if kind == "Conv2d":
+                t = nn.Conv2d(C, W.shape[1], k, layer.stride, layer.pad)
+            else:
+                out = layer.output_shape(shape)
+                extra = tuple(o - ((n - 1) * layer.stride - 2 * layer.pad + k) for o, n in zip(out[:2], shape[:2]))
+                t = nn.ConvTranspose2d(W.shape[1], C, k, layer.stride, layer.pad, output_padding=extra)
+            weight = W.reshape(k, k, C, W.shape[1]).transpose(3, 2, 0, 1)  # (F, C, k, k), both kinds
         with torch.no_grad():
-            lin.weight.copy_(torch.as_tensor(model.backend.to_host(layer.W).T.copy()))
-            lin.bias.copy_(torch.as_tensor(model.backend.to_host(layer.b)))
-        layers += [lin, torch.nn.ReLU()]
-    return torch.nn.Sequential(*layers[:-1]).to(device)  # logits: no activation at the end
+            t.weight.copy_(torch.as_tensor(np.ascontiguousarray(weight)))
+            t.bias.copy_(torch.as_tensor(host(layer.b)))
+        layers += [t] + ([nn.ReLU()] if layer.activation == "relu" else [])
+    return nn.Sequential(*layers).to(device)
 
 
 def torch_step(torch, net, opt, x, sigma=SIGMA, compiled=False):
@@ -210,10 +272,13 @@ def add_peer(entries, row, name, build, timer, first=lambda fn: fn()):
 
 
 def run(backend="auto", batches=(64, 256, 1024), repeats=20, warmup=5, peers=True, compile_peer=True,
-        log=print):
+        log=print, arch=ARCH):
     backend = get_backend(backend)
+    arch = canonical(arch)
+    make_model = functools.partial(_make_model, arch=arch)
     torch = torch_or_none() if peers else None
-    jax = jax_or_none() if peers and backend.name == "cpu" else None  # jax[cpu]; a GPU would need jax[cuda]
+    # jax[cpu] (a GPU would need jax[cuda]); its step is written for the dense model only
+    jax = jax_or_none() if peers and backend.name == "cpu" and arch.startswith("mlp:") else None
     tdev = "cuda" if backend.name == "cuda" else "cpu"
     n_params = int(make_model(backend).params.size)
     # the streams cover as many bytes as Adam's four buffers, so both meet the same caches
@@ -251,7 +316,7 @@ def run(backend="auto", batches=(64, 256, 1024), repeats=20, warmup=5, peers=Tru
         rows.append(row)
         log(format_row(row))
     return dict(backend=backend.name, device=backend.device, kernels=backend.kernel_set,
-                model="784-" + "-".join(map(str, HIDDEN + HIDDEN[-2::-1])) + "-784 relu BCE Adam float32",
+                model=f"{describe(make_model(backend).config)} relu BCE Adam float32", arch=arch,
                 rows=rows, repeats=repeats, peers=PEERS, n_params=n_params,
                 lower_bound="floor_ms + 7 * 4 bytes * n_params / bandwidth_GBps",
                 torch=None if torch is None else torch.__version__, jax=None if jax is None else jax.__version__)
@@ -278,12 +343,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--arch", default=ARCH, help=f"the DAE's architecture spec (e.g. {CONV_ARCH})")
     args = ap.parse_args(argv)
     print(HEADER)
     result = run(args.backend, [int(b) for b in args.batches.split(",")], args.repeats,
-                 compile_peer=not args.no_compile)
+                 compile_peer=not args.no_compile, arch=args.arch)
     if not args.no_save:
-        print("saved", save_section(get_backend(args.backend), "train", result))
+        print("saved", save_section(get_backend(args.backend), section(args.arch), result))
 
 
 if __name__ == "__main__":

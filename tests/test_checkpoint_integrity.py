@@ -209,8 +209,9 @@ def test_version_1_fixture_loads_with_a_note():
     ck = load_checkpoint(V1_FIXTURE)
     assert ck.format_version == 1
     assert ck.note.startswith(f"{V1_FIXTURE} is a format-1 checkpoint and carries no checksums")
-    assert ck.model_config == dict(input_dim=16, hidden=[8, 4], activation="tanh", tied=True, loss="bce",
-                                   dtype="float32", seed=5)
+    # a format-1 config names hidden widths: it loads as the mlp spec (the network it was)
+    assert ck.model_config == dict(input_dim=16, input_shape=[16], arch="mlp:8,4", activation="tanh", tied=True,
+                                   loss="bce", dtype="float32", seed=5)
     assert ck.params.dtype == np.float32 and ck.params.shape == (196,)
     assert checkpoint.buffer_digest(ck.params) == V1_PARAMS_SHA256
     assert ck.optimizer["t"] == 3 and set(ck.optimizer["buffers"]) == {"m", "v"}
@@ -219,17 +220,17 @@ def test_version_1_fixture_loads_with_a_note():
     assert restore_model(ck).corruption == "masking:0.25"
 
 
-def test_new_saves_are_version_3_without_a_note(tmp_path):
+def test_new_saves_are_version_4_without_a_note(tmp_path):
     path, model, _ = saved(tmp_path)
     ck = load_checkpoint(path)
-    assert checkpoint.FORMAT_VERSION == 3 and ck.format_version == 3 and ck.note == ""
+    assert checkpoint.FORMAT_VERSION == 4 and ck.format_version == 4 and ck.note == ""
     np.testing.assert_array_equal(ck.params, model.params)
 
 
 def test_unknown_versions_name_what_this_tinydae_reads(tmp_path):
     path, _, _ = saved(tmp_path)
-    rewrite(path, "/", format_version=4)
-    with pytest.raises(CheckpointError, match="version 4; this tinydae reads versions 1, 2, 3; upgrade"):
+    rewrite(path, "/", format_version=5)
+    with pytest.raises(CheckpointError, match="version 5; this tinydae reads versions 1, 2, 3, 4; upgrade"):
         load_checkpoint(path)
 
 
@@ -254,7 +255,7 @@ def test_next_save_removes_orphans_of_dead_processes_only(tmp_path):
         save_checkpoint(path, model, opt)
         assert not any(p.exists() for p in orphans)
         assert all(p.exists() for p in keep)
-        assert load_checkpoint(path).format_version == 3
+        assert load_checkpoint(path).format_version == checkpoint.FORMAT_VERSION
     finally:
         live.kill()
         live.wait()
@@ -295,7 +296,7 @@ def test_save_writes_a_temporary_fsyncs_it_then_replaces(tmp_path, monkeypatch):
     save_checkpoint(path, model, opt)
     tmp = f"{path}.tmp-{os.getpid()}"
     assert events == [("fsync", tmp), ("replace", tmp, str(path)), ("fsync", str(tmp_path))]
-    assert load_checkpoint(path).format_version == 3
+    assert load_checkpoint(path).format_version == checkpoint.FORMAT_VERSION
 
 
 def test_cli_notes_a_format_1_checkpoint_in_one_line(tmp_path):

@@ -25,7 +25,7 @@ def test_train_writes_checkpoint_history_and_png(tmp_path):
     history = json.loads((tmp_path / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     ck = load_checkpoint(tmp_path / "checkpoint.h5")
-    assert ck.model_config["hidden"] == [16] and ck.state["step"] == 10
+    assert ck.model_config["arch"] == "mlp:16" and ck.state["step"] == 10
     assert ck.history == history
     img = read_gray_png((tmp_path / "samples.png").read_bytes())
     assert img.shape == (2 * (3 * 30 + 2), 2 * (10 * 30 + 2))  # 3 rows x 10 images, padded, x2
@@ -72,7 +72,7 @@ def test_user_errors_are_one_clear_line(tmp_path):
 def test_resume_with_a_different_architecture_says_what_differs(tmp_path):
     assert invoke("train", *TINY, "--out", tmp_path).exit_code == 0
     r = invoke("train", "--resume", tmp_path / "checkpoint.h5", "--hidden", "32", "--out", tmp_path)
-    assert_user_error(r, "hidden: checkpoint [16] vs requested [32]")
+    assert_user_error(r, "arch: checkpoint 'mlp:16' vs requested 'mlp:32'")
 
 
 def test_info_and_gradcheck():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from gradcheck_helpers import numeric_grad, rel_error
 from tinydae.backend import get_backend
 from tinydae.kernels.common import conv_output_size
-from tinydae.layers import ACTIVATIONS, Conv2d, ConvTranspose2d
+from tinydae.layers import ACTIVATIONS, Conv2d, ConvTranspose2d, Sequential, standalone
 
 SMOOTH = ("identity", "tanh", "sigmoid", "softplus")
 
@@ -29,11 +29,25 @@ def direct_conv(x, W, b, kh, kw, stride, pad):
     return z
 
 
-def conv(backend, act, kh, kw, stride, pad, C, F, seed, dtype=np.float64):
+def conv(backend, act, kh, kw, stride, pad, C, F, seed, dtype=np.float64, size=(8, 8)):
+    """A Conv2d with buffers of its own, W and b drawn N(0, 0.5^2); size: the images' (H, W)."""
     rng = np.random.default_rng(seed)
-    W = rng.normal(0, 0.5, (kh * kw * C, F)).astype(dtype)
-    b = rng.normal(0, 0.5, F).astype(dtype)
-    return Conv2d(W, b, np.zeros_like(W), np.zeros_like(b), act, backend, kh, kw, stride, pad)
+    layer = standalone(Conv2d(F, (kh, kw), stride, pad, act), (*size, C), backend, dtype)
+    layer.W[...] = rng.normal(0, 0.5, (kh * kw * C, F))
+    layer.b[...] = rng.normal(0, 0.5, F)
+    return layer
+
+
+def conv_and_transpose(backend, act, kh, kw, stride, pad, C, F, size, seed):
+    """A Conv2d on (size, C) images and the ConvTranspose2d tied to it (one W), in one stack;
+    W, and the convolution's bias, drawn N(0, 0.5^2)."""
+    net = Sequential([("c", Conv2d(F, (kh, kw), stride, pad, act)),
+                      ("t", ConvTranspose2d(C, (kh, kw), stride, pad, size, act, tie="c"))],
+                     (*size, C), backend, np.float64)
+    rng = np.random.default_rng(seed)
+    net.named_params["c.W"][...] = rng.normal(0, 0.5, net.named_params["c.W"].shape)
+    net.named_params["c.b"][...] = rng.normal(0, 0.5, F)
+    return net.layers
 
 
 def check_gradients(layer, x, y, cache, rng):
@@ -64,7 +78,8 @@ def shapes(draw):
 @given(shapes())
 def test_conv2d_forward_and_gradients(s):
     backend = get_backend("cpu", kernels="reference")
-    layer = conv(backend, s["act"], s["kh"], s["kw"], s["stride"], s["pad"], s["C"], s["F"], s["seed"])
+    layer = conv(backend, s["act"], s["kh"], s["kw"], s["stride"], s["pad"], s["C"], s["F"], s["seed"],
+                 size=(s["H"], s["W"]))
     rng = np.random.default_rng(s["seed"] + 1)
     x = rng.normal(size=(s["B"], s["H"], s["W"], s["C"]))
     y, cache = layer.forward(x)
@@ -77,13 +92,12 @@ def test_conv2d_forward_and_gradients(s):
 @given(shapes())
 def test_conv_transpose_is_the_adjoint_and_its_gradients_check(s):
     backend = get_backend("cpu", kernels="reference")
-    c = conv(backend, "identity", s["kh"], s["kw"], s["stride"], s["pad"], s["C"], s["F"], s["seed"])
+    c, t = conv_and_transpose(backend, "identity", s["kh"], s["kw"], s["stride"], s["pad"], s["C"], s["F"],
+                              (s["H"], s["W"]), s["seed"])
     c.b[...] = 0
     rng = np.random.default_rng(s["seed"] + 2)
     x = rng.normal(size=(s["B"], s["H"], s["W"], s["C"]))
     Ho, Wo, F = c.output_shape(x.shape[1:])
-    t = ConvTranspose2d(c.W, np.zeros(s["C"]), np.zeros_like(c.W), np.zeros(s["C"]), "identity", backend,
-                        s["kh"], s["kw"], s["stride"], s["pad"], (s["H"], s["W"]))
     u = rng.normal(size=(s["B"], Ho, Wo, F))
     # <conv(x), u> == <x, conv_transpose(u)>: the same W, the exact adjoint
     lhs, rhs = np.sum(c.forward(x)[0] * u), np.sum(x * t.forward(u)[0])
@@ -100,7 +114,7 @@ def test_fused_cpu_kernels_equal_the_reference_in_float32(stride, pad, size):
     outs = []
     for kernels in ("reference", "fused"):
         backend = get_backend("cpu", kernels=kernels)
-        layer = conv(backend, "relu", 3, 3, stride, pad, 2, 4, seed=5, dtype=np.float32)
+        layer = conv(backend, "relu", 3, 3, stride, pad, 2, 4, seed=5, dtype=np.float32, size=(size, size))
         x = np.random.default_rng(6).uniform(-1, 1, (1, size, size, 2)).astype(np.float32)
         y, cache = layer.forward(x)
         dx = layer.backward(np.ones_like(y), cache)
@@ -112,8 +126,7 @@ def test_fused_cpu_kernels_equal_the_reference_in_float32(stride, pad, size):
 
 def test_a_transposed_convolution_refuses_inputs_of_the_wrong_size():
     backend = get_backend("cpu", kernels="reference")
-    W = np.ones((16, 3))
-    t = ConvTranspose2d(W, np.zeros(1), np.zeros_like(W), np.zeros(1), "identity", backend, 4, 4, 2, 1, (28, 28))
+    t = standalone(ConvTranspose2d(1, 4, 2, 1, (28, 28)), (14, 14, 3), backend)
     assert t.output_shape((14, 14, 3)) == (28, 28, 1)
     with pytest.raises(ValueError, match="ConvTranspose2d to 28x28 takes 14x14x3 inputs, got 13x13x3"):
         t.forward(np.ones((1, 13, 13, 3)))
@@ -150,12 +163,11 @@ def test_conv_layers_agree_with_pytorch_autograd(stride, pad, size, act):
     F_ = torch.nn.functional
     backend = get_backend("cpu", kernels="reference")
     k, C, F = 3, 2, 4
-    layer = conv(backend, act, k, k, stride, pad, C, F, seed=11)
+    layer, t = conv_and_transpose(backend, act, k, k, stride, pad, C, F, (size, size), seed=11)
     x = np.random.default_rng(12).normal(size=(2, size, size, C))
     y = against_torch(torch, layer, x, act, lambda tx, tw, tb: F_.conv2d(tx, tw, tb, stride=stride, padding=pad))
     # the transposed convolution with the same weight, back to (size, size, C)
-    t = ConvTranspose2d(layer.W, layer.b[:C].copy(), np.zeros_like(layer.W), np.zeros(C), act, backend, k, k,
-                        stride, pad, (size, size))
+    t.b[...] = layer.b[:C]
     extra = size - ((conv_output_size(size, k, stride, pad) - 1) * stride - 2 * pad + k)  # output_padding
     u = np.random.default_rng(14).normal(size=y.shape)
     against_torch(torch, t, u, act, lambda tu, tw, tb: F_.conv_transpose2d(tu, tw, tb, stride=stride, padding=pad,

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from gradcheck_helpers import numeric_grad, rel_error
 from tinydae.kernels import reference as ref
 from tinydae.backend import get_backend
-from tinydae.layers import ACTIVATIONS, HIDDEN_ACTIVATIONS, Linear
+from tinydae.layers import ACTIVATIONS, HIDDEN_ACTIVATIONS, Linear, standalone
 
 KINKED = ("relu", "leaky_relu")
 shapes = st.tuples(st.integers(1, 5), st.integers(1, 6))
@@ -41,11 +41,11 @@ def test_activations_match_their_definitions():
        O=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
 def test_linear_layer_gradients(act, B, I, O, seed):
     rng = np.random.default_rng(seed)
-    x, W, b = rng.normal(size=(B, I)), rng.normal(size=(I, O)), rng.normal(size=O)
+    layer = standalone(Linear(O, act), (I,), get_backend("cpu"))
+    x, W, b, dW, db = rng.normal(size=(B, I)), layer.W, layer.b, layer.dW, layer.db
+    W[...], b[...] = rng.normal(size=(I, O)), rng.normal(size=O)
     if act in KINKED:
         assume(np.abs(x @ W + b).min() > 1e-3)
-    dW, db = np.zeros_like(W), np.zeros_like(b)
-    layer = Linear(W, b, dW, db, act, get_backend("cpu"))
     dy = rng.normal(size=(B, O))
     y, cache = layer.forward(x)
     np.testing.assert_allclose(y, ACTIVATIONS[act][0](x @ W + b), rtol=1e-12, atol=1e-12)
@@ -59,9 +59,10 @@ def test_linear_layer_gradients(act, B, I, O, seed):
 
 
 def test_backward_adds_into_gradient_buffers(rng):
-    W, b = rng.normal(size=(3, 2)), rng.normal(size=2)
-    dW, db = np.zeros_like(W), np.zeros_like(b)
-    layer = Linear(W, b, dW, db, "tanh", get_backend("cpu"))
+    layer = standalone(Linear(2, "tanh"), (3,), get_backend("cpu"))
+    layer.write_dW = False  # as for a tied encoder's second use of its W: backward adds
+    dW, db = layer.dW, layer.db
+    layer.b[...] = rng.normal(size=2)
     x, dy = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
     y, cache = layer.forward(x)
     layer.backward(dy, cache)

@@ -108,7 +108,7 @@ def test_train_refuses_an_out_that_holds_another_run(tmp_path):
     assert_error(invoke("train", *TINY, "--out", tmp_path / "h"), "already holds a run (history.json)")
     r = invoke("train", *TINY, "--hidden", "6", "--out", out, "--overwrite", "--json")
     assert r.exit_code == 0, r.output
-    assert load_checkpoint(out / "checkpoint.h5").model_config["hidden"] == [6]
+    assert load_checkpoint(out / "checkpoint.h5").model_config["arch"] == "mlp:6"
     assert not (out / ".lock").exists()  # the lock goes with the run
 
 
@@ -170,7 +170,7 @@ def test_train_checks_every_output_path_before_training(tmp_path, monkeypatch):
 
 def test_a_huge_model_is_refused_before_allocation(tmp_path, monkeypatch):
     line = assert_error(invoke("train", *TINY, "--hidden", "10000000", "--out", tmp_path / "run"),
-                        "training a 784-10000000-784 DAE", "needs about", "use a smaller --hidden")
+                        "training a 784-10000000-784 DAE", "needs about", "use a smaller --arch (--hidden)")
     assert "MemoryError" not in line
     assert not (tmp_path / "run" / "checkpoint.h5").exists()
     from tinydae import safety  # the estimate counts params, grads, moments and activations

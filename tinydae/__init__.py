@@ -39,7 +39,7 @@ from tinydae.model import DAE
 from tinydae.optim import SGD, Adam, AdamW, make_optimizer
 from tinydae.sampling import SAMPLERS, chain, improve, make_sampler
 from tinydae.train import TrainState, evaluate_reconstruction, fit
-from tinydae import checkpoint, images, layers  # noqa: E402  (modules the CLI reaches through)
+from tinydae import arch, checkpoint, images, layers  # noqa: E402  (modules the CLI reaches through)
 
 __all__ = [
     "Adam", "AdamW", "Backend", "BackendUnavailable", "CheckpointError", "ConfigError",

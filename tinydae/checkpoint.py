@@ -1,9 +1,10 @@
 """HDF5 checkpoints: everything needed to resume a run exactly, and proof that it is intact.
 
-Schema (format "tinydae-checkpoint", FORMAT_VERSION 3):
+Schema (format "tinydae-checkpoint", FORMAT_VERSION 4):
 
     /                 attrs: format, format_version, tinydae_version, created,
-                             model_config (JSON), train_config (JSON), attrs_sha256
+                             model_config (JSON: input_dim, input_shape, arch, activation, tied,
+                             loss, dtype, seed), train_config (JSON), attrs_sha256
     /params           (P,) float32|float64, the flat parameter buffer;
                       attrs: layout (JSON [[name, shape], ...] in buffer order), sha256, attrs_sha256
     /optimizer        attrs: name, hyper (JSON), t, attrs_sha256;
@@ -27,7 +28,9 @@ Version 3 (issue 19) extends the checksums to /history, so the whole file is cov
 load_checkpoint checks every known field's type and range (train_config, /state, /optimizer,
 /history, the dtype of /params): a value that passes the checksums because another program
 re-stamped them is one CheckpointError naming the field.  Version-2 files load unchanged (their
-/history carries no checksum).
+/history carries no checksum).  Version 4 (issue 20) stores the architecture spec ("arch",
+e.g. "conv:32,64") and the image shape in the model config, where versions 1-3 stored the hidden
+widths of the one network there was (an MLP); those load as the spec "mlp:<widths>".
 Parameters and optimizer buffers must be finite, on save and on load.  Version-1 files (no
 checksums) still load; Checkpoint.note then says so, for the CLI to print.
 
@@ -50,8 +53,10 @@ from tinydae.errors import CheckpointError, ConfigError, WriteError
 from tinydae.safety import name_max as _name_max
 
 FORMAT = "tinydae-checkpoint"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # 1: no checksums (before issue 10); 2: /history not covered (before issue 19)
+FORMAT_VERSION = 4
+# 1: no checksums (before issue 10); 2: /history not covered (before issue 19); 3: the model
+# config names hidden widths (before issue 20: every model was an MLP)
+READABLE_VERSIONS = (1, 2, 3, 4)
 DAMAGED = "the file is damaged; use an earlier checkpoint"
 
 
@@ -311,7 +316,9 @@ def _check_model_config(path, config):
         raise CheckpointError(f"{path}: the model config is not a JSON object: {config!r}")
     known = list(inspect.signature(check_config).parameters)
     unknown = sorted(set(config) - set(known))
-    missing = [k for k in known if k not in config]
+    # "hidden" (versions 1-3) or "arch" (version 4) names the network; input_shape is new in 4
+    missing = [k for k in known if k not in config and k not in ("hidden", "arch", "input_shape")]
+    missing += [] if "hidden" in config or "arch" in config else ["arch"]
     problems = ([f"has unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []) + \
                ([f"lacks key(s) {', '.join(map(repr, missing))}"] if missing else [])
     if problems:

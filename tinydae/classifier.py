@@ -28,7 +28,7 @@ import numpy as np
 
 from tinydae.backend import as_host_array, get_backend
 from tinydae.errors import CheckpointError, ConfigError, DataError
-from tinydae.layers import Linear, flat_buffers, init_normal
+from tinydae.layers import Linear, Sequential
 from tinydae.safety import check_memory
 
 FORMAT = "tinydae-classifier"
@@ -105,16 +105,6 @@ def check_classifier_config(input_dim, hidden, classes, dtype, seed):
                 dtype=np.dtype(dtype).name, seed=int(seed))
 
 
-def classifier_layout(config):
-    """[(name, shape), ...] in flat-buffer order: fc0 .. fc{k-1}, then out."""
-    dims = [config["input_dim"], *config["hidden"], config["classes"]]
-    names = [f"fc{i}" for i in range(len(config["hidden"]))] + ["out"]
-    layout = []
-    for name, fan_in, fan_out in zip(names, dims[:-1], dims[1:]):
-        layout += [(f"{name}.W", (fan_in, fan_out)), (f"{name}.b", (fan_out,))]
-    return layout
-
-
 class Classifier:
     """MLP classifier D -> H_1 -> ... -> H_k -> C with relu; the feature map of features.py.
 
@@ -129,19 +119,19 @@ class Classifier:
         self.config = check_classifier_config(input_dim, hidden, classes, dtype, seed)
         self.backend = get_backend("cpu")
         self.dtype = np.dtype(self.config["dtype"])
-        self.layout = classifier_layout(self.config)
-        self.params, self.grads, self.named_params, self.named_grads = flat_buffers(np, self.layout, self.dtype)
-        P, G = self.named_params, self.named_grads
-        names = [n[:-2] for n, _ in self.layout[::2]]
-        self.layers = [Linear(P[f"{n}.W"], P[f"{n}.b"], G[f"{n}.W"], G[f"{n}.b"],
-                              "identity" if n == "out" else "relu", self.backend) for n in names]
+        widths = [*self.config["hidden"], self.config["classes"]]
+        names = [f"fc{i}" for i in range(len(widths) - 1)] + ["out"]
+        self.net = Sequential([(n, Linear(w, "identity" if n == "out" else "relu")) for n, w in zip(names, widths)],
+                              (self.config["input_dim"],), self.backend, self.dtype)
+        self.layers, self.layout = self.net.layers, self.net.layout
+        self.params, self.grads = self.net.params, self.net.grads
+        self.named_params, self.named_grads = self.net.named_params, self.net.named_grads
         self.info = {}  # filled by train_classifier: held-out accuracy, data name, ...
         self.init_params()
 
     def init_params(self):
         """He-normal weights for the relu layers, Glorot-normal for the logits layer, zero biases."""
-        init_normal(self.named_params, self.layout, self.config["seed"], he=lambda name: name != "out.W",
-                    step0=INIT_STEP0)
+        self.net.init_params(self.config["seed"], lambda w: w.astype(self.dtype), step0=INIT_STEP0)
 
     @property
     def input_dim(self):
@@ -174,7 +164,7 @@ class Classifier:
     def _batched(self, x, layers, batch_size):
         """x through `layers`, batch_size rows at a time -> float64 (N, width)"""
         x = self.as_input(x)
-        width = layers[-1].W.shape[1]
+        width = layers[-1].width
         out = np.empty((len(x), width), np.float64)
         for start in range(0, len(x), batch_size):
             h = x[start:start + batch_size]
@@ -220,16 +210,11 @@ class Classifier:
         x = self.as_input(x)
         labels = as_host_array(labels, "labels", np.int64)
         self.zero_grad()
-        caches = []
-        h = x
-        for layer in self.layers:
-            h, cache = layer.forward(h)
-            caches.append(cache)
+        h, caches = self.net.forward(x)
         loss = softmax_cross_entropy_forward(h, labels)
         dy = np.empty_like(h)
         softmax_cross_entropy_backward(dy, h, labels)
-        for i in reversed(range(len(self.layers))):
-            dy = self.layers[i].backward(dy, caches[i], need_dx=i > 0)  # no dx for the data
+        self.net.backward(dy, caches)
         return loss
 
 

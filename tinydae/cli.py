@@ -19,8 +19,7 @@ from tinydae.rng import STREAM_VALID_CORRUPTION
 
 SEED = click.IntRange(0, 2**64 - 1)  # Philox keys are 64-bit
 
-ARCH_OPTIONS = {"hidden": "hidden", "activation": "activation", "tied": "tied", "loss": "loss",
-                "dtype": "dtype"}
+ARCH_OPTIONS = {"arch": "arch_spec", "activation": "activation", "tied": "tied", "loss": "loss", "dtype": "dtype"}
 TRAIN_OPTIONS = ("data", "key", "limit", "rescale", "val_fraction", "corruption", "optimizer",
                  "lr", "momentum", "weight_decay", "batch_size", "seed")
 
@@ -165,10 +164,14 @@ def _restore_aside(out, aside):
 @click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True)
 @click.option("--kernels", "kernel_set", type=click.Choice(["fused", "reference"]), default="fused",
               show_default=True, help="Fused numba kernels, or the plain NumPy reference (CPU only).")
-@click.option("--hidden", default="1000", show_default=True, help="Encoder widths, e.g. 1000,500.")
+@click.option("--arch", "arch_spec", default=None,
+              help="Architecture: mlp:1000,500 | conv:32,64 | conv:16k3,32,64 | conv:32,64,fc128 "
+                   "(README: the architecture spec).  [default: mlp:1000]")
+@click.option("--hidden", default=None, help="Shorthand for --arch mlp:WIDTHS, e.g. 1000,500.")
 @click.option("--activation", type=click.Choice(list(tinydae.layers.HIDDEN_ACTIVATIONS)),
               default="relu", show_default=True)
-@click.option("--tied/--untied", default=False, show_default=True, help="Decoder uses W^T of the encoder.")
+@click.option("--tied/--untied", default=False, show_default=True,
+              help="Each decoder layer uses its encoder layer's weight (W^T; a conv's as is).")
 @click.option("--loss", type=click.Choice(["bce", "mse"]), default="bce", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--corruption", default="gaussian:0.3", show_default=True,
@@ -191,7 +194,7 @@ def _restore_aside(out, aside):
               help="Continue the run saved in this checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout, no progress.")
 @click.pass_context
-def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, hidden, activation, tied, loss,
+def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arch_spec, hidden, activation, tied, loss,
           dtype, corruption, optimizer, lr, momentum, weight_decay, batch_size, epochs, seed, out,
           overwrite, checkpoint_every, resume, as_json):
     """Train a DAE; writes OUT/checkpoint.h5, OUT/history.json and OUT/samples.png.
@@ -203,7 +206,11 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, hid
     opts = dict(data=_data_source(data), key=key, limit=limit, rescale=rescale, val_fraction=val_fraction,
                 corruption=str(tinydae.Corruption.parse(corruption)), optimizer=optimizer, lr=lr,
                 momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
-    arch = dict(hidden=list(parse_hidden(hidden)), activation=activation, tied=tied, loss=loss, dtype=dtype)
+    if arch_spec is not None and hidden is not None:
+        raise ConfigError("give --arch or --hidden (shorthand for --arch mlp:WIDTHS), not both")
+    spec = (tinydae.arch.canonical(arch_spec) if arch_spec is not None
+            else tinydae.arch.mlp_spec(parse_hidden(hidden if hidden is not None else "1000")))
+    arch = dict(arch=spec, activation=activation, tied=tied, loss=loss, dtype=dtype)
     state, ckpt = None, None
     if resume:
         ckpt = _load_checkpoint(resume)
@@ -216,7 +223,8 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, hid
             if gone:  # the same data moved: --data says where it is now
                 del saved["data"]
         diffs = tinydae.checkpoint.config_differences(
-            ckpt.model_config, {k: arch[k] for k in _explicit(ctx, ARCH_OPTIONS)})
+            ckpt.model_config, {k: arch[k] for k, param in ARCH_OPTIONS.items()
+                                if _explicit(ctx, [param, "hidden"] if k == "arch" else [param])})
         diffs += tinydae.checkpoint.config_differences(saved, {k: opts[k] for k in explicit})
         if diffs:
             raise ConfigError(f"cannot resume {resume}: it differs from the options given: "
@@ -246,10 +254,11 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
     dataset = tinydae.load_dataset(opts["data"], limit=opts["limit"], rescale=opts["rescale"],
                                    key=opts["key"], seed=opts["seed"])
     train_set, val_set = dataset.split(opts["val_fraction"], seed=opts["seed"])
+    arch = dict(arch, input_shape=dataset.image_shape)  # conv layers need it; an mlp records it
     config = ckpt.model_config if ckpt is not None else tinydae.model.check_config(
         dataset.dim, seed=opts["seed"], **arch)
-    shape = "-".join(str(w) for w in [config["input_dim"], *config["hidden"], config["input_dim"]])
-    fix = "use a smaller --hidden or --batch-size, or fewer examples (--limit)"
+    shape = tinydae.model.describe(config)
+    fix = "use a smaller --arch (--hidden) or --batch-size, or fewer examples (--limit)"
     safety.check_memory(training_memory(config, len(train_set), opts["batch_size"], opts["optimizer"]),
                         f"training a {shape} DAE (batch {opts['batch_size']}, {len(train_set):,} examples)", fix)
     with safety.out_of_memory(f"building the {shape} DAE", fix):
@@ -1004,18 +1013,23 @@ def _bench_run(name, section, backend, as_json, save, out_file, overwrite, **kwa
 @click.option("--repeats", type=int, default=20, show_default=True)
 @click.option("--compile/--no-compile", "compile_peer", default=True, show_default=True,
               help="Also time torch.compile of the whole step (slow to compile on the CPU).")
+@click.option("--arch", "arch_spec", default="mlp:1000,1000", show_default=True,
+              help="The DAE's architecture on 28x28 images, e.g. conv:32,64 (JAX runs for mlp only).")
 @_result_options
-def bench_train(backend, batches, repeats, compile_peer, save, out_file, overwrite, as_json):
+def bench_train(backend, batches, repeats, compile_peer, arch_spec, save, out_file, overwrite, as_json):
     """Time per training step vs PyTorch (eager Adam for-loop / foreach / fused, torch.compile of
     the whole step), JAX (jit of the whole step) and a lower bound (GEMM floor + Adam's bytes)."""
+    arch_spec = tinydae.arch.canonical(arch_spec)
+    tinydae.model.check_config(784, arch=arch_spec)  # a spec that does not fit 28x28 images: one error line
     try:
         sizes = [int(b) for b in batches.split(",")]
     except ValueError:
         raise ConfigError(f"--batches takes sizes like 64,256,1024, got {batches!r}") from None
     if repeats < 1 or min(sizes) < 1:
         raise ConfigError("--repeats and --batches must be positive")
-    _bench_run("bench_train", "train", backend, as_json, save, out_file, overwrite, batches=sizes, repeats=repeats,
-               compile_peer=compile_peer)
+    section = "train" if arch_spec == "mlp:1000,1000" else f"train {arch_spec}"
+    _bench_run("bench_train", section, backend, as_json, save, out_file, overwrite, batches=sizes, repeats=repeats,
+               compile_peer=compile_peer, arch=arch_spec)
 
 
 @bench.command("chain")

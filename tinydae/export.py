@@ -107,10 +107,18 @@ def check_options(fmt, what=None):
     return what or "reconstruct"
 
 
+def require_mlp(model):
+    """Both formats describe dense layers only, so far: a conv model is one ConfigError."""
+    if model.hidden is None:
+        raise ConfigError(f"export supports mlp models only so far; {model.config['arch']} is not one "
+                          f"(a conv model runs in tinydae's NumPy-only runtime)")
+
+
 def layer_table(model):
     """The model's 2k layers in forward order, as [dict(W, transposed, b, fan_in, fan_out,
     activation)], W and b naming parameters of model.named_params (see DAE._build_layers)."""
-    k, tied = len(model.config["hidden"]), model.config["tied"]
+    require_mlp(model)
+    k, tied = len(model.hidden), model.config["tied"]
     names = [(f"enc{i}.W", False, f"enc{i}.b") for i in range(k)]
     names += [(f"enc{k - 1 - j}.W", True, f"dec{j}.b") if tied else (f"dec{j}.W", False, f"dec{j}.b")
               for j in range(k)]
@@ -162,7 +170,7 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
         raise ConfigError("the model's weights exceed ONNX's 2 GiB file limit; export --format npz instead")
     elem = helper.np_dtype_to_tensor_dtype(model.dtype)
     table = layer_table(model)
-    k = len(model.config["hidden"])
+    k = len(model.hidden)
     layers = table[:k] if what == "encode" else table
     inits = {}  # name -> TensorProto, each parameter once (a tied W serves two layers)
     nodes = []
@@ -236,11 +244,12 @@ def export_onnx(model, path, what="reconstruct", opset=DEFAULT_OPSET):
 
 def npz_description(model):
     """The JSON-able description stored in the npz (see the module docstring)."""
+    require_mlp(model)
     meta = _metadata(model)
     c = model.config
     return dict(format=NPZ_FORMAT, format_version=NPZ_FORMAT_VERSION, tinydae_version=meta["tinydae_version"],
-                dtype=c["dtype"], input_dim=c["input_dim"], hidden=list(c["hidden"]), activation=c["activation"],
-                tied=c["tied"], leaky_slope=LEAKY_SLOPE, output="sigmoid", encoder_layers=len(c["hidden"]),
+                dtype=c["dtype"], input_dim=c["input_dim"], hidden=list(model.hidden), activation=c["activation"],
+                tied=c["tied"], leaky_slope=LEAKY_SLOPE, output="sigmoid", encoder_layers=len(model.hidden),
                 model_config=meta["model_config"], layers=layer_table(model))  # layers last: see above
 
 

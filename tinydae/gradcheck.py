@@ -40,15 +40,17 @@ def numeric_grad(f, p, h=3e-5):
     return g.reshape(p.shape)
 
 
-def random_model(input_dim=7, hidden=(5, 3), activation="relu", tied=False, loss="bce", seed=0):
-    """A small float64 DAE with random, nonzero biases.
+def random_model(input_dim=7, hidden=(5, 3), activation="relu", tied=False, loss="bce", seed=0, arch=None,
+                 input_shape=None):
+    """A small float64 DAE with random, nonzero biases (arch=: any spec, hidden then unused).
 
     Zero biases (the training init) put a pre-activation exactly on ReLU's kink whenever
     every unit of the layer below is off; finite differences are meaningless there.
     """
     from tinydae.model import DAE
 
-    model = DAE(input_dim, hidden, activation, tied, loss, "float64", seed)
+    model = DAE(input_dim, None if arch else hidden, activation, tied, loss, "float64", seed, arch=arch,
+                input_shape=input_shape)
     rng = np.random.default_rng([seed, 0xB1A5])
     for name, view in model.named_params.items():
         if name.endswith(".b"):

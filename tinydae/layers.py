@@ -1,21 +1,66 @@
-"""Layers: each a forward/backward pair.  Backprop is the local derivative times the
-upstream gradient, *added* into the gradient buffers (zeroed once per step), except that a
-weight's first use in backward may have its GEMM *write* dW (``write_dW``): then that slot
-needs no zeroing and no temporary.
+"""Layers, and the protocol every layer follows.  Backprop is the local derivative times the
+upstream gradient, *added* into the gradient buffers, except that a weight's first use in
+backward has its GEMM *write* dW (``write_dW``): that slot then needs no zeroing.
 
-Legend: B batch, I input width, O output width.
+The protocol (how to add a layer: write these five methods; Reshape below is the smallest
+example, Linear the next):
+
+    layer = Conv2d(32, kernel=4, stride=2, pad=1, activation="relu")   # hyperparameters only
+    layer.output_shape(in_shape)  -> out_shape         per example: (D,) rows or (H, W, C) images
+    layer.params(in_shape)        -> [Param(name, shape, std, kind)]   its own parameters:
+                                     kind "weight" (its GEMM writes or adds dW) or "bias"
+                                     (the fused kernel adds db, so the slot is zeroed each step);
+                                     std: the init rule, N(0, std^2), 0 for zeros
+    layer.cost(in_shape)          -> (forward FLOPs, values a training step holds), per example
+    layer.bind(P, G, backend, write_dW)   receives its views into the flat buffers, by full
+                                     name "<layer name>.<param name>" (a tied layer reads another
+                                     layer's weight there: ``tie`` names that layer)
+    layer.forward(x)              -> (y, cache);   layer.backward(dy, cache, need_dx) -> dx
+
+Parameters and gradients are views into one flat buffer each (Sequential allocates them), so
+zeroing, the optimizer update and checkpoints stay one operation over one buffer.  Activations
+(B, ...) are C-contiguous, images channels last (NHWC), so a reshape between dense and conv
+parts is free.
+
+Legend: B batch, I input width, O output width; H x W x C an image, Ho x Wo x F the output of a
+convolution, K = kh*kw*C the length of one window.
 
 The activations themselves (relu, leaky_relu, tanh, sigmoid, softplus, identity) are
 forward/backward pairs in kernels/reference.py, re-exported here as ACTIVATIONS; their
 backward is written from the output y alone, so a layer caches only what it produced.
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from tinydae.kernels.reference import ACTIVATIONS  # noqa: F401  (the activation pairs)
 
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
+HE_ACTIVATIONS = ("relu", "leaky_relu")  # He-normal init; Glorot-normal for the rest
+
+
+class Param(NamedTuple):
+    """A parameter a layer declares: its local name ("W", "b"), shape, init std (0: zeros) and
+    kind ("weight" or "bias": the bias kernels add into their gradient, so it is zeroed)."""
+    name: str
+    shape: tuple
+    std: float
+    kind: str
+
+
+def weight_std(activation, fan_in, fan_out):
+    """He-normal sqrt(2 / fan_in) before a (leaky) relu, Glorot-normal sqrt(2 / (fan_in +
+    fan_out)) otherwise (and for the logits layer, whose activation is identity)."""
+    if activation in HE_ACTIVATIONS:
+        return math.sqrt(2.0 / fan_in)
+    return math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}")
+    return activation
 
 
 def flat_buffers(xp, layout, dtype):
@@ -41,97 +86,181 @@ def flat_buffers(xp, layout, dtype):
     return params, grads, named_params, named_grads
 
 
-def init_normal(named_params, layout, seed, he, step0=0, to_device=lambda w: w):
-    """Zero biases; each weight (fan_in, fan_out) N(0, 1) from Philox stream STREAM_INIT (step
-    = step0 + its index in layout) times sqrt(2 / fan_in) (He, where he(name)) or
-    sqrt(2 / (fan_in + fan_out)) (Glorot).  to_device: host array -> what the view takes."""
-    from tinydae.rng import STREAM_INIT, host_normal
+# ----------------------------------------------------------------------------------------
+# Reshape and Linear
+# ----------------------------------------------------------------------------------------
 
-    for index, (name, shape) in enumerate(layout):
-        view = named_params[name]
-        if name.endswith(".b"):
-            view[...] = 0
-            continue
-        fan_in, fan_out = shape
-        std = math.sqrt(2.0 / fan_in) if he(name) else math.sqrt(2.0 / (fan_in + fan_out))
-        view[...] = to_device(host_normal(shape, seed, step0 + index, STREAM_INIT) * std)
+
+class Reshape:
+    """x (B, *in_shape) -> y (B, *shape), a view (activations are C-contiguous): between dense
+    rows and NHWC images, either way.  No parameters."""
+
+    def __init__(self, shape):
+        self.shape = tuple(int(s) for s in shape)
+
+    def output_shape(self, in_shape):
+        if math.prod(in_shape) != math.prod(self.shape):
+            raise ValueError(f"cannot reshape {in_shape} ({math.prod(in_shape)} values) to {self.shape}")
+        return self.shape
+
+    def params(self, in_shape):
+        return []
+
+    def cost(self, in_shape):
+        return 0, 0
+
+    def bind(self, P, G, backend, write_dW=False):
+        pass
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], *self.shape), x.shape
+
+    def backward(self, dy, cache, need_dx=True):
+        return dy.reshape(cache) if need_dx else None
+
+    def __repr__(self):
+        return f"Reshape({'x'.join(map(str, self.shape))})"
 
 
 class Linear:
     """y = act(x @ W + b), with the bias add and activation fused into one kernel.
 
-    W: (I, O), b: (O,), and dW, db of the same shapes: views into the model's flat
-    parameter and gradient buffers.  For tied weights W is the transpose view of
-    another layer's W (and dW of its dW), so gradients from both uses simply add up.
+    width O; x (B, *in_shape) is read as rows (B, I), I = prod(in_shape).  W: (I, O), b: (O,),
+    dW, db the same shapes (views into the flat buffers).  tie="enc0": W is the transpose view
+    of that layer's W (and dW of its dW), so gradients from both uses simply add up.
     """
 
-    def __init__(self, W, b, dW, db, activation, backend, write_dW=False):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}")
-        self.W, self.b, self.dW, self.db = W, b, dW, db
+    def __init__(self, width, activation="identity", tie=None):
+        self.width, self.activation, self.tie = int(width), _check_activation(activation), tie
+        self.name = None  # set by Sequential
+
+    def output_shape(self, in_shape):
+        return (self.width,)
+
+    def params(self, in_shape):
+        I = math.prod(in_shape)
+        W = [] if self.tie else [Param("W", (I, self.width), weight_std(self.activation, I, self.width), "weight")]
+        return W + [Param("b", (self.width,), 0.0, "bias")]
+
+    def cost(self, in_shape):
+        """forward FLOPs; values held: the output (cached) and dz, dx in backward"""
+        I = math.prod(in_shape)
+        return 2 * I * self.width, 2 * self.width + I
+
+    def bind(self, P, G, backend, write_dW=False):
+        self.W, self.dW = _tied_weight(self, P, G, (math.prod(self.in_shape), self.width))
+        self.b, self.db = P[f"{self.name}.b"], G[f"{self.name}.b"]
         self.write_dW = write_dW  # backward writes dW instead of adding (its first use)
-        self.activation = activation
-        self.backend = backend
-        self.kernels = backend.kernels
-        self.xp = backend.xp
+        self.backend, self.kernels, self.xp = backend, backend.kernels, backend.xp
 
     def forward(self, x):
-        """x: (B, I) -> y: (B, O), cache = (x, y)"""
-        y = self.xp.matmul(x, self.W)
+        """x: (B, *in_shape) -> y: (B, O), cache = (x rows, y, x.shape)"""
+        rows = x.reshape(x.shape[0], -1)
+        y = self.xp.matmul(rows, self.W)
         self.kernels.bias_act_forward(y, y, self.b, self.activation)  # in place
-        return y, (x, y)
+        return y, (rows, y, x.shape)
+
+    def pre_bias(self, x):
+        """x: (B, *in_shape) -> x @ W: (B, O), before the bias (for the fused sigmoid of the
+        last layer, see DAE.reconstruct); bias_row() is the bias to add to each row."""
+        return self.xp.matmul(x.reshape(x.shape[0], -1), self.W)
+
+    def bias_row(self):
+        return self.b
 
     def backward(self, dy, cache, need_dx=True):
-        """dy: (B, O) -> dx: (B, I) (None if not needed); adds into db, and into dW (or
+        """dy: (B, O) -> dx: (B, *in_shape) (None if not needed); adds into db, and into dW (or
         writes dW when write_dW)."""
-        x, y = cache
+        x, y, x_shape = cache
         dz = self.xp.empty_like(dy)
         self.kernels.bias_act_backward(dz, self.db, dy, y, self.activation)  # dz, db += sum dz
         # dL/dW (+)= x^T dz, by the GEMM itself: no temporary, and no add when it writes
         self.backend.gemm_acc(x, dz, self.dW, accumulate=not self.write_dW)
-        return self.xp.matmul(dz, self.W.T) if need_dx else None  # dL/dx = dz W^T
+        return self.xp.matmul(dz, self.W.T).reshape(x_shape) if need_dx else None  # dL/dx = dz W^T
 
     def __repr__(self):
-        return f"Linear({self.W.shape[0]}->{self.W.shape[1]}, {self.activation})"
+        if hasattr(self, "W"):
+            return f"Linear({self.W.shape[0]}->{self.W.shape[1]}, {self.activation})"
+        return f"Linear(->{self.width}, {self.activation}{', tied to ' + self.tie if self.tie else ''})"
 
 
 # ----------------------------------------------------------------------------------------
 # Convolutions, channels last (NHWC), as GEMMs over im2col columns (kernels: im2col, col2im)
 # ----------------------------------------------------------------------------------------
 #
-# Legend: B batch, H x W x C an input image, Ho x Wo x F the output, K = kh*kw*C the length of
-# one window.  The weight is a (K, F) matrix whose rows follow im2col's column order (i, j, c):
-# a convolution is then  z = im2col(x) @ W  over B*Ho*Wo rows, and the existing fused
+# The weight is a (K, F) matrix whose rows follow im2col's column order (i, j, c): a
+# convolution is then  z = im2col(x) @ W  over B*Ho*Wo rows, and the existing fused
 # bias+activation kernel runs on those rows, as in Linear.  A transposed convolution is the
 # adjoint of that map: with the same W it is exactly the backward of Conv2d, so a decoder can
 # tie its weights to its encoder's as the dense DAE does.
 
 
+def _tied_weight(layer, P, G, want):
+    """The views (W, dW) a layer uses: its own, or (tie=) another layer's, checked against the
+    shape `want` it needs."""
+    owner = layer.tie or layer.name
+    W, dW = P[f"{owner}.W"], G[f"{owner}.W"]
+    if isinstance(layer, Linear) and layer.tie:
+        W, dW = W.T, dW.T
+    if tuple(W.shape) != tuple(want):
+        raise ValueError(f"{layer.name} is tied to {owner}, whose weight is {tuple(W.shape)}; it needs {tuple(want)}")
+    return W, dW
+
+
+def _window(kernel):
+    """kernel: k or (kh, kw) -> (kh, kw)"""
+    return (int(kernel), int(kernel)) if np.ndim(kernel) == 0 else tuple(int(k) for k in kernel)
+
+
+def _check_window(channels, kh, kw, stride, pad):
+    if channels < 1 or kh < 1 or kw < 1 or stride < 1 or not 0 <= pad < min(kh, kw):
+        raise ValueError(f"a convolution needs channels, window and stride >= 1 and 0 <= pad < window, got "
+                         f"channels {channels}, window {kh}x{kw}, stride {stride}, pad {pad}")
+
+
 class Conv2d:
     """y = act(conv(x, W) + b): x (B, H, W, C) -> y (B, Ho, Wo, F), Ho = (H + 2p - kh) // s + 1.
 
-    W: (kh*kw*C, F), b: (F,), and dW, db of the same shapes (views into the flat buffers);
-    kh, kw: the window; stride s >= 1; pad p in [0, min(kh, kw)), zeros.
+    filters F; kernel k (a k x k window) or (kh, kw); stride s >= 1; pad p in [0, min(kh, kw)), zeros.
+    W: (kh*kw*C, F), b: (F,), and dW, db of the same shapes (views into the flat buffers).
     """
 
-    def __init__(self, W, b, dW, db, activation, backend, kh, kw, stride=1, pad=0, write_dW=False):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}")
-        if W.shape[0] % (kh * kw):
-            raise ValueError(f"W has {W.shape[0]} rows, not a multiple of the {kh}x{kw} window")
-        self.W, self.b, self.dW, self.db = W, b, dW, db
-        self.kh, self.kw, self.stride, self.pad = kh, kw, stride, pad
-        self.channels = W.shape[0] // (kh * kw)
-        self.activation, self.write_dW = activation, write_dW
-        self.backend, self.kernels, self.xp = backend, backend.kernels, backend.xp
+    def __init__(self, filters, kernel=3, stride=1, pad=0, activation="identity"):
+        self.filters, (self.kh, self.kw) = int(filters), _window(kernel)
+        self.stride, self.pad = int(stride), int(pad)
+        _check_window(self.filters, self.kh, self.kw, self.stride, self.pad)
+        self.activation, self.tie, self.name = _check_activation(activation), None, None
 
-    def output_shape(self, shape):
+    def output_shape(self, in_shape):
         """(H, W, C) -> (Ho, Wo, F)"""
         from tinydae.kernels.common import conv_output_size
 
-        H, W, _ = shape
-        return (conv_output_size(H, self.kh, self.stride, self.pad),
-                conv_output_size(W, self.kw, self.stride, self.pad), self.W.shape[1])
+        if len(in_shape) != 3:
+            raise ValueError(f"Conv2d takes images (H, W, C), got {in_shape}: put a Reshape before it")
+        H, W, C = in_shape
+        Ho, Wo = conv_output_size(H, self.kh, self.stride, self.pad), conv_output_size(W, self.kw, self.stride, self.pad)
+        if Ho < 1 or Wo < 1:
+            raise ValueError(f"a {self.kh}x{self.kw} window (pad {self.pad}) does not fit a {H}x{W} image")
+        return Ho, Wo, self.filters
+
+    def params(self, in_shape):
+        K, F = self.kh * self.kw * in_shape[2], self.filters
+        # fan_in: the K terms of one output; fan_out: the outputs one input value reaches
+        std = weight_std(self.activation, K, F * self.kh * self.kw / self.stride**2)
+        return [Param("W", (K, F), std, "weight"), Param("b", (F,), 0.0, "bias")]
+
+    def cost(self, in_shape):
+        """forward FLOPs; values held: the columns and output (cached), dz, dcols and dx"""
+        Ho, Wo, F = self.output_shape(in_shape)
+        K = self.kh * self.kw * in_shape[2]
+        return 2 * Ho * Wo * K * F, 2 * Ho * Wo * (K + F) + math.prod(in_shape)
+
+    def bind(self, P, G, backend, write_dW=False):
+        self.W, self.dW = _tied_weight(self, P, G, (self.kh * self.kw * self.in_shape[2], self.filters))
+        self.b, self.db = P[f"{self.name}.b"], G[f"{self.name}.b"]
+        self.channels = self.in_shape[2]
+        self.write_dW = write_dW
+        self.backend, self.kernels, self.xp = backend, backend.kernels, backend.xp
 
     def forward(self, x):
         """x: (B, H, W, C) -> y: (B, Ho, Wo, F), cache = (cols, y, x.shape)"""
@@ -158,66 +287,215 @@ class Conv2d:
         return dx
 
     def __repr__(self):
-        return (f"Conv2d({self.channels}->{self.W.shape[1]}, {self.kh}x{self.kw}, stride {self.stride}, "
+        return (f"Conv2d({getattr(self, 'channels', '?')}->{self.filters}, {self.kh}x{self.kw}, stride {self.stride}, "
                 f"pad {self.pad}, {self.activation})")
 
 
 class ConvTranspose2d:
     """The adjoint of a convolution, a learnable upsampling: x (B, Hi, Wi, F) -> y (B, H, W, C)
-    with y = act(col2im(x @ W^T) + b), where (H, W) is the image size the matching Conv2d maps to
-    (Hi, Wi) (given: with stride > 1 several sizes map to one).
+    with y = act(col2im(x @ W^T) + b), where (H, W) = out_hw is the image size the matching
+    Conv2d maps to (Hi, Wi) (given: with stride > 1 several sizes map to one).
 
-    W: (kh*kw*C, F) as in Conv2d (the same matrix when tied), b: (C,).  Chosen over
-    nearest-upsampling + Conv2d because it is exactly the transpose of the encoder's convolution:
-    one weight serves both when tied, and the forward of one is the backward of the other (the
-    same two kernels, im2col and col2im).  Its known weakness, checkerboard artifacts when the
-    stride does not divide the window, is avoided by windows that are multiples of the stride
-    (4x4 at stride 2).
+    channels C; W: (kh*kw*C, F) as in Conv2d (the same matrix when tie= names that Conv2d),
+    b: (C,).  Chosen over nearest-upsampling + Conv2d because it is exactly the transpose of the
+    encoder's convolution: one weight serves both when tied, and the forward of one is the
+    backward of the other (the same two kernels, im2col and col2im).  Its known weakness,
+    checkerboard artifacts when the stride does not divide the window, is avoided by windows
+    that are multiples of the stride (4x4 at stride 2).
     """
 
-    def __init__(self, W, b, dW, db, activation, backend, kh, kw, stride, pad, out_hw, write_dW=False):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}")
-        self.W, self.b, self.dW, self.db = W, b, dW, db
-        self.kh, self.kw, self.stride, self.pad = kh, kw, stride, pad
-        self.out_hw = tuple(out_hw)
-        self.channels = W.shape[0] // (kh * kw)
-        self.activation, self.write_dW = activation, write_dW
-        self.backend, self.kernels, self.xp = backend, backend.kernels, backend.xp
+    def __init__(self, channels, kernel, stride, pad, out_hw, activation="identity", tie=None):
+        self.out_channels, (self.kh, self.kw) = int(channels), _window(kernel)
+        self.stride, self.pad, self.out_hw = int(stride), int(pad), tuple(int(s) for s in out_hw)
+        _check_window(self.out_channels, self.kh, self.kw, self.stride, self.pad)
+        self.activation, self.tie, self.name = _check_activation(activation), tie, None
 
-    def output_shape(self, shape):
+    def output_shape(self, in_shape):
         """(Hi, Wi, F) -> (H, W, C); the input must be what a stride-s convolution gives of (H, W)."""
         from tinydae.kernels.common import conv_output_size
 
         H, W = self.out_hw
         want = (conv_output_size(H, self.kh, self.stride, self.pad), conv_output_size(W, self.kw, self.stride, self.pad))
-        if tuple(shape[:2]) != want or shape[2] != self.W.shape[1]:
-            raise ValueError(f"ConvTranspose2d to {H}x{W} takes {want[0]}x{want[1]}x{self.W.shape[1]} inputs, "
-                             f"got {'x'.join(map(str, shape))}")
-        return H, W, self.channels
+        F = self.W.shape[1] if hasattr(self, "W") else in_shape[-1]  # bound: its weight says
+        if len(in_shape) != 3 or tuple(in_shape) != (*want, F):
+            raise ValueError(f"ConvTranspose2d to {H}x{W} takes {want[0]}x{want[1]}x{F} inputs, "
+                             f"got {'x'.join(map(str, in_shape))}")
+        return H, W, self.out_channels
+
+    def params(self, in_shape):
+        K, F = self.kh * self.kw * self.out_channels, in_shape[2]
+        # fan_in: the terms one output sums (F channels, ~kh*kw/s^2 window positions); fan_out: K
+        std = weight_std(self.activation, F * self.kh * self.kw / self.stride**2, K)
+        return ([] if self.tie else [Param("W", (K, F), std, "weight")]) + \
+            [Param("b", (self.out_channels,), 0.0, "bias")]
+
+    def cost(self, in_shape):
+        """forward FLOPs; values held: x @ W^T and the output, dz, its columns and dx"""
+        H, W, C = self.output_shape(in_shape)
+        K, rows = self.kh * self.kw * C, in_shape[0] * in_shape[1]
+        return 2 * rows * K * in_shape[2], 2 * rows * K + 2 * H * W * C + math.prod(in_shape)
+
+    def bind(self, P, G, backend, write_dW=False):
+        self.W, self.dW = _tied_weight(self, P, G, (self.kh * self.kw * self.out_channels, self.in_shape[2]))
+        self.b, self.db = P[f"{self.name}.b"], G[f"{self.name}.b"]
+        self.channels = self.out_channels
+        self.write_dW = write_dW
+        self.backend, self.kernels, self.xp = backend, backend.kernels, backend.xp
+
+    def _columns(self, x):
+        """x: (B, Hi, Wi, F) -> col2im(x @ W^T): (B, H, W, C), before the bias"""
+        B = x.shape[0]
+        H, W, C = self.output_shape(x.shape[1:])
+        y = self.xp.empty((B, H, W, C), x.dtype)
+        self.kernels.col2im(y, self.xp.matmul(x.reshape(-1, x.shape[3]), self.W.T), self.kh, self.kw,
+                            self.stride, self.pad)
+        return y
 
     def forward(self, x):
-        """x: (B, Hi, Wi, F) -> y: (B, H, W, C), cache = (x rows, y rows)"""
-        B, Hi, Wi, F = x.shape
-        H, W, C = self.output_shape(x.shape[1:])
-        rows = x.reshape(B * Hi * Wi, F)
-        y = self.xp.empty((B, H, W, C), x.dtype)
-        self.kernels.col2im(y, self.xp.matmul(rows, self.W.T), self.kh, self.kw, self.stride, self.pad)
-        flat = y.reshape(B * H * W, C)
+        """x: (B, Hi, Wi, F) -> y: (B, H, W, C), cache = (x rows, y rows, x.shape)"""
+        y = self._columns(x)
+        flat = y.reshape(-1, self.out_channels)
         self.kernels.bias_act_forward(flat, flat, self.b, self.activation)
-        return y, (rows, flat, x.shape)
+        return y, (x.reshape(-1, x.shape[3]), flat, x.shape)
+
+    def pre_bias(self, x):
+        """x: (B, Hi, Wi, F) -> (B, H*W*C) rows before the bias; bias_row(): (H*W*C,), the
+        per-channel bias repeated over the pixels (NHWC), so the fused row kernels apply."""
+        return self._columns(x).reshape(x.shape[0], -1)
+
+    def bias_row(self):
+        return self.xp.tile(self.b, self.out_hw[0] * self.out_hw[1])
 
     def backward(self, dy, cache, need_dx=True):
         """dy: (B, H, W, C) -> dx: (B, Hi, Wi, F); adds into db and dW (or writes dW)."""
         rows, flat, x_shape = cache
-        B, Hi, Wi, F = x_shape
         dz = self.xp.empty_like(flat)
         self.kernels.bias_act_backward(dz, self.db, dy.reshape(flat.shape), flat, self.activation)
-        g = self.xp.empty((B * Hi * Wi, self.W.shape[0]), dy.dtype)  # im2col of dz: the adjoint's adjoint
-        self.kernels.im2col(g, dz.reshape(dy.shape), self.kh, self.kw, self.stride, self.pad)
+        g = self.xp.empty((rows.shape[0], self.W.shape[0]), dy.dtype)  # im2col of dz: the adjoint's adjoint
+        self.kernels.im2col(g, dz.reshape(x_shape[0], *self.out_hw, self.out_channels), self.kh, self.kw,
+                            self.stride, self.pad)
         self.backend.gemm_acc(g, rows, self.dW, accumulate=not self.write_dW)  # dW (+)= g^T x
         return self.xp.matmul(g, self.W).reshape(x_shape) if need_dx else None  # dx = g W
 
     def __repr__(self):
-        return (f"ConvTranspose2d({self.W.shape[1]}->{self.channels}, {self.kh}x{self.kw}, stride {self.stride}, "
-                f"pad {self.pad}, to {self.out_hw[0]}x{self.out_hw[1]}, {self.activation})")
+        return (f"ConvTranspose2d(->{self.out_channels}, {self.kh}x{self.kw}, stride {self.stride}, "
+                f"pad {self.pad}, to {self.out_hw[0]}x{self.out_hw[1]}, {self.activation}"
+                f"{', tied to ' + self.tie if self.tie else ''})")
+
+
+# ----------------------------------------------------------------------------------------
+# Sequential: named layers in order, their parameters views into one flat buffer each
+# ----------------------------------------------------------------------------------------
+
+
+def plan(named_layers, in_shape):
+    """Shapes and parameters of a stack, without allocating anything (for size checks).
+
+    named_layers: [(name, layer), ...]; in_shape: one example's shape
+    -> (shapes, layout, params): shapes[i] the input of layer i (shapes[-1] the output),
+       layout [(full name, shape), ...] in buffer order, params {full name: Param}
+    """
+    shapes, layout, params = [tuple(in_shape)], [], {}
+    for name, layer in named_layers:
+        for p in layer.params(shapes[-1]):
+            full = f"{name}.{p.name}"
+            if full in params:
+                raise ValueError(f"parameter {full!r} declared twice: layer names must differ")
+            layout.append((full, tuple(p.shape)))
+            params[full] = p
+        shapes.append(tuple(layer.output_shape(shapes[-1])))
+    return shapes, layout, params
+
+
+class Sequential:
+    """Layers applied in order; parameters and gradients views into one flat buffer each.
+
+    named_layers: [(name, layer), ...] (names prefix the parameters: "enc0.W"); in_shape: one
+    example's shape, e.g. (784,) or (28, 28, 1); backend, dtype: where and how the buffers live.
+    """
+
+    def __init__(self, named_layers, in_shape, backend, dtype):
+        self.names = [name for name, _ in named_layers]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"layer names must differ, got {self.names}")
+        self.layers = [layer for _, layer in named_layers]
+        self.shapes, self.layout, self.param_specs = plan(named_layers, in_shape)
+        self.params, self.grads, self.named_params, self.named_grads = flat_buffers(backend.xp, self.layout, dtype)
+        self.backend = backend
+        # Backward runs from the last layer, so a weight's first use there writes its dW and a
+        # later use (a tied encoder) adds: zeroing then clears only the biases, which the bias
+        # kernels accumulate.
+        written = set()
+        for name, layer, shape in reversed(list(zip(self.names, self.layers, self.shapes))):
+            layer.name, layer.in_shape = name, shape
+            weight = f"{getattr(layer, 'tie', None) or name}.W"
+            layer.bind(self.named_params, self.named_grads, backend, write_dW=weight not in written)
+            written.add(weight)
+        self.accumulated = [self.named_grads[n] for n, p in self.param_specs.items() if p.kind == "bias"]
+        # the first layer that has parameters: no layer before it needs dx
+        self.first_trained = next((i for i, layer in enumerate(self.layers) if layer.params(self.shapes[i])), 0)
+
+    def init_params(self, seed, to_device, step0=0):
+        """Each Param N(0, std^2) from Philox stream STREAM_INIT, step = step0 + its index in the
+        layout (zeros where std is 0).  to_device: host float64 array -> what the views take."""
+        from tinydae.rng import STREAM_INIT, host_normal
+
+        for index, (name, shape) in enumerate(self.layout):
+            std = self.param_specs[name].std
+            if std == 0:
+                self.named_params[name][...] = 0
+            else:
+                self.named_params[name][...] = to_device(host_normal(shape, seed, step0 + index, STREAM_INIT) * std)
+
+    def clear_accumulated(self):
+        """Zero what backward accumulates into before a backward pass.  On the CPU that is the
+        biases only (every dW is written by its first GEMM; zeroing a whole 3.6M-value buffer
+        cost ~1 ms of a 12 ms batch-64 step); on a GPU one memset of the whole buffer is cheaper
+        than a launch per bias."""
+        if self.backend.xp is np:
+            for g in self.accumulated:
+                g[...] = 0
+        else:
+            self.grads[...] = 0
+
+    def forward(self, x, layers=None):
+        """Training forward through layers[:n] (all by default): the output and the caches."""
+        caches = []
+        for layer in self.layers[:layers]:
+            x, cache = layer.forward(x)
+            caches.append(cache)
+        return x, caches
+
+    def infer(self, x, layers=None):
+        """Inference forward through layers[:n]: keeps nothing, so each activation can be freed."""
+        for layer in self.layers[:layers]:
+            x = layer.forward(x)[0]
+        return x
+
+    def backward(self, dy, caches):
+        """dy: the gradient of the output -> nothing (no dx for the data); fills the gradients."""
+        for i in reversed(range(self.first_trained, len(self.layers))):
+            dy = self.layers[i].backward(dy, caches[i], need_dx=i > self.first_trained)
+
+    def cost(self):
+        """(forward FLOPs, values a training step holds) per example, summed over the layers."""
+        costs = [layer.cost(shape) for layer, shape in zip(self.layers, self.shapes)]
+        return sum(c[0] for c in costs), sum(c[1] for c in costs)
+
+
+def stack_cost(named_layers, in_shape):
+    """Sequential.cost without building the stack (no allocation): for size checks."""
+    shapes = plan(named_layers, in_shape)[0]
+    costs = [layer.cost(shape) for (_, layer), shape in zip(named_layers, shapes)]
+    return sum(c[0] for c in costs), sum(c[1] for c in costs)
+
+
+def standalone(layer, in_shape, backend="cpu", dtype="float64", name="layer"):
+    """One layer bound to buffers of its own (a one-layer Sequential, kept as layer.net): for
+    tests, and for trying a layer by itself.  -> the layer, its parameters set by init rule."""
+    from tinydae.backend import get_backend
+
+    backend = get_backend(backend) if isinstance(backend, str) else backend
+    layer.net = Sequential([(name, layer)], in_shape, backend, np.dtype(dtype))
+    layer.net.init_params(0, lambda w: backend.to_device(w.astype(dtype)))
+    return layer

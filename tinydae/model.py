@@ -1,36 +1,56 @@
-"""The denoising autoencoder: a stack of Linear layers, all parameters in one flat buffer.
+"""The denoising autoencoder: encoder and decoder layers built from an architecture spec
+(tinydae/arch.py: "mlp:1000,500", "conv:32,64", ...), all parameters in one flat buffer.
 
-Legend: B batch, D input width (pixels), H_k hidden widths.
+Legend: B batch, D input width (pixels, H*W*C for images), H_k hidden widths.
 
-    encoder  D -> H_1 -> ... -> H_k          (each Linear + activation)
-    decoder  H_k -> ... -> H_1 -> D          (mirrored; the last layer gives logits)
+    mlp:H_1,..,H_k   encoder  D -> H_1 -> ... -> H_k   (each Linear + activation)
+                     decoder  H_k -> ... -> H_1 -> D   (mirrored; the last layer gives logits)
+    conv:F_1,..      Conv2d layers down, ConvTranspose2d layers back up (channels last)
     reconstruct(x) = sigmoid(logits(x))
 
-Every parameter is a view into ``model.params`` and every gradient a view into
-``model.grads`` (same offsets), so zeroing, the optimizer update and checkpointing are
-each one operation over one buffer.  Tied weights: decoder layer j uses the transpose
-view of encoder layer k-1-j's W, so there is literally one copy of the weights.
+The model reads and writes rows (B, D); a conv model reshapes them to images (B, H, W, C) and
+back, which costs nothing (C-contiguous, channels last).  Every parameter is a view into
+``model.params`` and every gradient a view into ``model.grads`` (same offsets; see
+layers.Sequential), so zeroing, the optimizer update and checkpointing are each one operation
+over one buffer.  Tied weights: decoder layer j uses encoder layer k-1-j's W (transposed for a
+dense layer), so there is literally one copy of the weights.
 """
+
 
 import numpy as np
 
+from tinydae import arch as arch_spec
 from tinydae.backend import get_backend
 from tinydae.errors import ConfigError, DataError
-from tinydae.layers import HIDDEN_ACTIVATIONS, Linear, flat_buffers, init_normal
+from tinydae.layers import HIDDEN_ACTIVATIONS, Reshape, Sequential, plan, stack_cost
 from tinydae.losses import LOSSES, loss_sum_forward_backward
 
 DTYPES = ("float32", "float64")
+DEFAULT_HIDDEN = (1000,)
 
 
-def check_config(input_dim, hidden, activation, tied, loss, dtype, seed):
-    """Validate a model configuration; returns it normalised as a dict (JSON-safe)."""
+def check_config(input_dim, hidden=None, activation="relu", tied=False, loss="bce", dtype="float32", seed=0,
+                 arch=None, input_shape=None):
+    """Validate a model configuration; returns it normalised as a dict (JSON-safe):
+    input_dim, input_shape ([D] or [H, W, C]), arch (the canonical spec), activation, tied,
+    loss, dtype, seed.  hidden=(1000, 500) is shorthand for arch="mlp:1000,500" (and how
+    checkpoints before format 4 store it)."""
     if not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
         raise ConfigError(f"input_dim must be a positive integer, got {input_dim!r}")
-    if isinstance(hidden, (int, np.integer)):
-        hidden = (hidden,)
-    hidden = tuple(hidden)
-    if not hidden or not all(isinstance(h, (int, np.integer)) and h >= 1 for h in hidden):
-        raise ConfigError(f"hidden must be one or more positive integers (e.g. 1000,500), got {hidden!r}")
+    if arch is not None and hidden is not None:
+        raise ConfigError("give arch or hidden (shorthand for arch='mlp:...'), not both")
+    if arch is None:
+        hidden = DEFAULT_HIDDEN if hidden is None else hidden
+        hidden = (hidden,) if isinstance(hidden, (int, np.integer)) else tuple(hidden)
+        if not hidden or not all(isinstance(h, (int, np.integer)) and h >= 1 for h in hidden):
+            raise ConfigError(f"hidden must be one or more positive integers (e.g. 1000,500), got {hidden!r}")
+        arch = arch_spec.mlp_spec([int(h) for h in hidden])
+    arch = arch_spec.canonical(arch)
+    if input_shape is not None:
+        if isinstance(input_shape, (int, np.integer)) or not all(isinstance(v, (int, np.integer)) for v in input_shape):
+            raise ConfigError(f"input_shape must be a tuple of integers, got {input_shape!r}")
+        input_shape = tuple(int(v) for v in input_shape)
+    input_shape = arch_spec.input_shape_for(arch, int(input_dim), input_shape)
     if activation not in HIDDEN_ACTIVATIONS:
         raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(HIDDEN_ACTIVATIONS)}")
     if loss not in LOSSES:
@@ -43,23 +63,37 @@ def check_config(input_dim, hidden, activation, tied, loss, dtype, seed):
         raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
         raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    return dict(input_dim=int(input_dim), hidden=[int(h) for h in hidden], activation=activation,
-                tied=bool(tied), loss=loss, dtype=dtype, seed=int(seed))
+    config = dict(input_dim=int(input_dim), input_shape=list(input_shape), arch=arch, activation=activation,
+                  tied=bool(tied), loss=loss, dtype=dtype, seed=int(seed))
+    model_layers(config)  # a spec that does not fit the images is refused here, before any work
+    return config
+
+
+def model_layers(config):
+    """The model's layers for a normalised config: [(name, layer), ...] (not yet bound)."""
+    return arch_spec.dae_layers(config["arch"], tuple(config["input_shape"]), config["activation"], config["tied"])
+
+
+def describe(config):
+    """"784-1000-784" for an mlp, "conv:32,64 on 28x28x1" for the rest."""
+    h = arch_spec.mlp_widths(config["arch"])
+    if h is not None:
+        return "-".join(str(w) for w in [config["input_dim"], *h, *h[-2::-1], config["input_dim"]])
+    return f"{config['arch']} on {'x'.join(map(str, config['input_shape']))}"
+
+
+def model_cost(config):
+    """(forward FLOPs, values a training step holds) per example (layers.Sequential.cost), from
+    a config, normalised or partial (input_dim and hidden or arch; the rest defaults)."""
+    if "arch" not in config or "input_shape" not in config:
+        keys = ("hidden", "activation", "tied", "arch", "input_shape")
+        config = check_config(config["input_dim"], **{k: config[k] for k in keys if k in config})
+    return stack_cost(model_layers(config), (config["input_dim"],))
 
 
 def param_layout(config):
     """[(name, shape), ...] in flat-buffer order; tied decoders own only their biases."""
-    dims = [config["input_dim"], *config["hidden"]]
-    k = len(config["hidden"])
-    layout = []
-    for i in range(k):
-        layout += [(f"enc{i}.W", (dims[i], dims[i + 1])), (f"enc{i}.b", (dims[i + 1],))]
-    for j in range(k):
-        fan_in, fan_out = dims[k - j], dims[k - 1 - j]
-        if not config["tied"]:
-            layout.append((f"dec{j}.W", (fan_in, fan_out)))
-        layout.append((f"dec{j}.b", (fan_out,)))
-    return layout
+    return plan(model_layers(config), (config["input_dim"],))[1]
 
 
 class DAE:
@@ -70,22 +104,29 @@ class DAE:
     DAE(784-100-784, relu, tied=False, bce, float32, cpu)
     >>> m.reconstruct(np.full((2, 784), 0.5, np.float32)).shape
     (2, 784)
+    >>> DAE(784, arch="conv:8,16", seed=1)
+    DAE(conv:8,16 on 28x28x1, relu, tied=False, bce, float32, cpu)
     """
 
-    def __init__(self, input_dim, hidden=(1000,), activation="relu", tied=False, loss="bce",
-                 dtype="float32", seed=0, backend="cpu", params=None):
-        """params: (num_params,) values to start from (a checkpoint's); None draws them
-        (init_params).  Given, no initial weights are drawn: restoring a model then needs no
-        second copy of them (the NumPy runtime's peak memory, issue 13)."""
-        self.config = check_config(input_dim, hidden, activation, tied, loss, dtype, seed)
+    def __init__(self, input_dim, hidden=None, activation="relu", tied=False, loss="bce",
+                 dtype="float32", seed=0, backend="cpu", params=None, arch=None, input_shape=None):
+        """hidden=(1000,) is shorthand for arch="mlp:1000" (the default); arch: a spec of
+        tinydae/arch.py; input_shape: (H, W) or (H, W, C) of an image (a conv model of a square
+        D guesses (sqrt D, sqrt D, 1)).  params: (num_params,) values to start from (a
+        checkpoint's); None draws them (init_params).  Given, no initial weights are drawn:
+        restoring a model then needs no second copy of them (the NumPy runtime's peak memory,
+        issue 13)."""
+        self.config = check_config(input_dim, hidden, activation, tied, loss, dtype, seed, arch, input_shape)
         self.backend = get_backend(backend)
         self.dtype = np.dtype(self.config["dtype"])
-        xp = self.backend.xp
-        self.layout = param_layout(self.config)
-        self.params, self.grads, self.named_params, self.named_grads = flat_buffers(xp, self.layout, self.dtype)
-        # what backward accumulates into (the bias kernels add; every dW is written)
-        self._bias_grads = [g for name, g in self.named_grads.items() if name.endswith(".b")]
-        self.layers = self._build_layers()
+        self.net = Sequential(model_layers(self.config), (self.config["input_dim"],), self.backend, self.dtype)
+        self.layers, self.layout = self.net.layers, self.net.layout
+        self.params, self.grads = self.net.params, self.net.grads
+        self.named_params, self.named_grads = self.net.named_params, self.net.named_grads
+        # the last layer with parameters gives the logits (only reshapes follow it), and the
+        # encoder ends with the last layer named enc*
+        self._last = max(i for i, layer in enumerate(self.layers) if not isinstance(layer, Reshape))
+        self._code = max(i for i, name in enumerate(self.net.names) if name.startswith("enc")) + 1
         self.corruption = None  # the training corruption, once fit() or a checkpoint sets it
         if params is None:
             self.init_params()
@@ -102,34 +143,11 @@ class DAE:
 
     # -- structure ---------------------------------------------------------------------
 
-    def _build_layers(self):
-        k = len(self.config["hidden"])
-        P, G = self.named_params, self.named_grads
-        act = self.config["activation"]
-        # Backward runs the decoder first, so each weight's first use there writes its dW
-        # (write_dW) and only a tied encoder, the second use, adds: zero_grad then clears
-        # just the biases, which the bias kernels accumulate.
-        tied = self.config["tied"]
-        layers = [Linear(P[f"enc{i}.W"], P[f"enc{i}.b"], G[f"enc{i}.W"], G[f"enc{i}.b"], act, self.backend,
-                         write_dW=not tied)
-                  for i in range(k)]
-        for j in range(k):
-            if tied:
-                W, dW = P[f"enc{k - 1 - j}.W"].T, G[f"enc{k - 1 - j}.W"].T
-            else:
-                W, dW = P[f"dec{j}.W"], G[f"dec{j}.W"]
-            layers.append(Linear(W, P[f"dec{j}.b"], dW, G[f"dec{j}.b"],
-                                 "identity" if j == k - 1 else act, self.backend, write_dW=True))
-        return layers
-
     def init_params(self):
-        """He-normal weights for (leaky) relu, Glorot-normal otherwise (and for the logits
-        layer); zero biases.  Drawn from Philox stream STREAM_INIT, step = layer index."""
-        logits_W = f"dec{len(self.config['hidden']) - 1}.W"
-        relu = self.config["activation"] in ("relu", "leaky_relu")
-        init_normal(self.named_params, self.layout, self.config["seed"],
-                    he=lambda name: relu and name != logits_W,
-                    to_device=lambda w: self.backend.to_device(w.astype(self.dtype)))
+        """Each layer's declared rule (layers.Param): He-normal weights before a (leaky) relu,
+        Glorot-normal otherwise (and for the logits layer); zero biases.  Drawn from Philox
+        stream STREAM_INIT, step = the parameter's index in the layout."""
+        self.net.init_params(self.config["seed"], lambda w: self.backend.to_device(w.astype(self.dtype)))
 
     @property
     def input_dim(self):
@@ -139,11 +157,19 @@ class DAE:
     def num_params(self):
         return int(self.params.size)
 
+    @property
+    def hidden(self):
+        """The hidden widths of an mlp model (None for other kinds)."""
+        return arch_spec.mlp_widths(self.config["arch"])
+
+    @property
+    def input_shape(self):
+        """One example's shape: (D,) or (H, W, C)."""
+        return tuple(self.config["input_shape"])
+
     def __repr__(self):
         c = self.config
-        h = c["hidden"]
-        widths = "-".join(str(w) for w in [c["input_dim"], *h, *h[-2::-1], c["input_dim"]])
-        return (f"DAE({widths}, {c['activation']}, tied={c['tied']}, {c['loss']}, "
+        return (f"DAE({describe(c)}, {c['activation']}, tied={c['tied']}, {c['loss']}, "
                 f"{c['dtype']}, {self.backend.name})")
 
     # -- forward -----------------------------------------------------------------------
@@ -174,39 +200,31 @@ class DAE:
                             f"{self.config['loss']} loss compares it with a sigmoid (rescale it, e.g. x / 255)")
         return x
 
-    def _forward(self, x, layers):
-        """Training forward: the output and each layer's cache for backward."""
-        caches = []
-        for layer in layers:
-            x, cache = layer.forward(x)
-            caches.append(cache)
-        return x, caches
-
-    def _infer(self, x, layers):
-        """Inference forward: keeps nothing, so each activation can be freed at once."""
-        for layer in layers:
-            x = layer.forward(x)[0]
-        return x
-
     def encode(self, x, check=True):
-        """x: (B, D) -> code: (B, H_k).  check: refuse non-finite x (see _checked)."""
-        k = len(self.config["hidden"])
-        return self._infer(self._checked(x, "the batch") if check else self.as_input(x), self.layers[:k])
+        """x: (B, D) -> code: (B, code size), the encoder's output as rows (an image code
+        (Ho, Wo, F) flattened channels last).  check: refuse non-finite x (see _checked)."""
+        x = self._checked(x, "the batch") if check else self.as_input(x)
+        code = self.net.infer(x, self._code)
+        return code.reshape(code.shape[0], -1)
 
     def logits(self, x, check=True):
         """x: (B, D) -> logits: (B, D).  check: refuse non-finite x."""
-        return self._infer(self._checked(x, "the batch") if check else self.as_input(x), self.layers)
+        return self.net.infer(self._checked(x, "the batch") if check else self.as_input(x))
 
     def _last_product(self, x):
-        """x: (B, D) -> (x through every layer but the last) @ W_last: (B, D), before the bias."""
-        return self.backend.xp.matmul(self._infer(self.as_input(x), self.layers[:-1]), self.layers[-1].W)
+        """x: (B, D) -> the logits before the last layer's bias: (B, D); _last_bias() is that
+        bias as a (D,) row, so one fused kernel adds it and applies the sigmoid."""
+        return self.layers[self._last].pre_bias(self.net.infer(self.as_input(x), self._last))
+
+    def _last_bias(self):
+        return self.layers[self._last].bias_row()
 
     def reconstruct(self, x, check=True):
         """x: (B, D) -> r(x) = sigmoid(logits(x)): (B, D), values in [0, 1]
         (the sigmoid is fused into the last layer's bias kernel).  check: refuse non-finite x
         (a NaN would come out as NaN); x may lie outside [0, 1] (a corrupted input does)."""
         y = self._last_product(self._checked(x, "the batch") if check else x)
-        self.backend.kernels.bias_act_forward(y, y, self.layers[-1].b, "sigmoid")
+        self.backend.kernels.bias_act_forward(y, y, self._last_bias(), "sigmoid")
         return y
 
     def chain_step(self, x_in, prev, change):
@@ -218,24 +236,13 @@ class DAE:
         -> r(x_in): (B, D)
         """
         y = self._last_product(x_in)
-        self.backend.kernels.bias_sigmoid_change(y, change, self.layers[-1].b, prev)
+        self.backend.kernels.bias_sigmoid_change(y, change, self._last_bias(), prev)
         return y
 
     # -- backward ----------------------------------------------------------------------
 
     def zero_grad(self):
         self.grads[...] = 0
-
-    def _clear_accumulated(self):
-        """Zero what backward accumulates into, before a backward pass.  On the CPU that is
-        the biases only (every dW is written by its first GEMM, see _build_layers; zeroing the
-        whole 3.6M-value buffer cost ~1 ms of a 12 ms batch-64 step); on a GPU one memset of
-        the whole buffer is cheaper than a launch per bias."""
-        if self.backend.xp is np:
-            for g in self._bias_grads:
-                g[...] = 0
-        else:
-            self.grads[...] = 0
 
     def loss_and_grad(self, x_in, target, check=True):
         """Loss of reconstructing `target` from `x_in`, and its gradient in ``self.grads``.
@@ -266,9 +273,8 @@ class DAE:
         device if the loss is not finite.
         """
         x_in, target = self.as_input(x_in), self.as_input(target)
-        self._clear_accumulated()
-        logits, caches = self._forward(x_in, self.layers)
+        self.net.clear_accumulated()
+        logits, caches = self.net.forward(x_in)
         dy = self.backend.xp.empty_like(logits)
         loss_sum_forward_backward(self.backend, self.config["loss"], dy, logits, target, total)
-        for i in reversed(range(len(self.layers))):
-            dy = self.layers[i].backward(dy, caches[i], need_dx=i > 0)  # no dx for the data
+        self.net.backward(dy, caches)

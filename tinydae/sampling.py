@@ -360,7 +360,9 @@ def chain_memory(model, n, steps, keep_every=1, keep_chains=64, batch_size=1024,
     D, B = model.input_dim, min(n, batch_size)
     kept = steps // keep_every + 2 if keep_steps is None else len(set(keep_steps)) + 2
     item = np.dtype(model.dtype).itemsize
-    widths = 2 * sum(model.config["hidden"]) + D              # every layer's output, once
+    from tinydae.model import model_cost
+
+    widths = model_cost(dict(model.config, input_dim=D))[1]   # what each layer holds (on the high side)
     nbytes = 2 * n * D * 4                                    # x0 and samples (float32)
     nbytes += min(n, keep_chains) * kept * D * 4              # trajectory
     nbytes += 2 * B * widths * item                           # a batch's layer inputs and outputs

@@ -87,20 +87,26 @@ def training_memory(model_config, n_rows, batch_size, optimizer="adam"):
     and optimizer moments, the training rows on the device, and activations for the larger of a
     training batch and a validation batch (1000 rows), with the host's float64 draw of the
     largest weight matrix at initialisation."""
-    from tinydae.model import param_layout
+    from tinydae.model import model_cost, param_layout
 
     itemsize = np.dtype(model_config["dtype"]).itemsize
+    if "arch" not in model_config:  # a partial config (input_dim, hidden, ...): normalised
+        from tinydae.model import check_config
+
+        keys = ("hidden", "activation", "tied", "input_shape")
+        model_config = dict(check_config(model_config["input_dim"], **{k: model_config[k] for k in keys
+                                                                         if k in model_config}),
+                            dtype=model_config["dtype"])
     layout = param_layout(model_config)
     n_params = sum(math.prod(shape) for _, shape in layout)
     buffers = {"adam": 4, "adamw": 4, "sgd": 3}.get(optimizer, 4)  # params, grads, moments
-    widths = [model_config["input_dim"], *model_config["hidden"]]
-    # Each layer keeps its output, its activation and a gradient: about 3 arrays per width,
-    # encoder and decoder, plus the input, corrupted input and target rows.  No batch is larger
-    # than the rows there are: a batch size of 10^9 on 270 rows trains on batches of 270.
+    # What each layer holds in a step (its cache and backward's temporaries, layers.*.cost),
+    # twice over for the input, corrupted input and target rows and allocator slack.  No batch is
+    # larger than the rows there are: a batch size of 10^9 on 270 rows trains on batches of 270.
     batch = min(batch_size, max(n_rows, 1))
-    activations = max(batch, 1000) * (6 * sum(widths[1:]) + 6 * widths[0])
+    activations = max(batch, 1000) * 2 * model_cost(model_config)[1]
     largest = max(math.prod(shape) for _, shape in layout)
-    return (buffers * n_params + activations + n_rows * widths[0]) * itemsize + 2 * 8 * largest
+    return (buffers * n_params + activations + n_rows * model_config["input_dim"]) * itemsize + 2 * 8 * largest
 
 
 def evaluate_reconstruction(model, data, corruption, seed, batch_size=1000):

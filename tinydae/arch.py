@@ -1,0 +1,165 @@
+"""The architecture spec: one string that the CLI (`train --arch`), the API (`DAE(arch=...)`)
+and checkpoints (the model config's "arch") share.
+
+    mlp:1000,500       dense encoder D -> 1000 -> 500, mirrored decoder 500 -> 1000 -> D
+                       (`--hidden 1000,500` is shorthand for it; the only network before v0.4)
+    conv:32,64         a Conv2d per entry, 4x4 window, stride 2, pad 1 (halves H and W:
+                       28 -> 14 -> 7), mirrored by ConvTranspose2d layers back to H x W x C
+    conv:16k3,32,64    "k3": a 3x3 window, stride 1, pad 1 (keeps the size)
+    conv:32,64,fc128   after the convolutions, flatten and a dense bottleneck of 128
+                       (mirrored by a dense layer and a reshape back to the image)
+
+Every hidden layer uses the model's activation; the last decoder layer gives logits (identity),
+and the DAE applies the sigmoid.  With tied weights each decoder layer uses its encoder
+layer's weight: transposed for dense layers, as is for convolutions (a transposed convolution
+with a convolution's weight is exactly its adjoint).  Parameters are named enc0, enc1, ... in
+encoder order and dec0, dec1, ... in decoder order, so an mlp spec has the flat-buffer layout of
+every earlier checkpoint.
+
+Images are channels last: input_shape (H, W, C); a model reads rows (B, H*W*C) and reshapes them
+(a view), so chains, metrics and PNG grids work on rows as before.
+"""
+import math
+import re
+
+from tinydae.errors import ConfigError
+from tinydae.layers import ConvTranspose2d, Conv2d, Linear, Reshape
+
+KINDS = ("mlp", "conv")
+_CONV_ENTRY = re.compile(r"^(\d+)(k3)?$")
+_FC_ENTRY = re.compile(r"^fc(\d+)$")
+EXAMPLES = "mlp:1000,500, conv:32,64, conv:16k3,32,64 or conv:32,64,fc128"
+
+
+def parse_arch(spec):
+    """Validate a spec; -> (kind, entries), entries as dicts:
+    mlp: {"width": N}; conv: {"filters": F, "kernel": 4|3, "stride": 2|1, "pad": 1} or {"width": N}
+    (the dense bottleneck, after every convolution)."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ConfigError(f"an architecture is a string such as {EXAMPLES}; got {spec!r}")
+    kind, _, body = spec.strip().partition(":")
+    kind = kind.strip().lower()
+    if kind not in KINDS:
+        raise ConfigError(f"unknown architecture kind {kind!r} in {spec!r}; choose one of {', '.join(KINDS)} "
+                          f"(e.g. {EXAMPLES})")
+    tokens = [t.strip().lower() for t in body.split(",")]
+    if not tokens or not all(tokens):
+        raise ConfigError(f"{spec!r}: give one or more comma-separated layer sizes (e.g. {EXAMPLES})")
+    entries = []
+    for t in tokens:
+        if kind == "mlp":
+            m = re.fullmatch(r"\d+", t)
+            entry = dict(width=int(t)) if m else None
+        elif _FC_ENTRY.match(t):
+            entry = dict(width=int(_FC_ENTRY.match(t).group(1)))
+        elif _CONV_ENTRY.match(t):
+            if entries and "width" in entries[-1]:
+                raise ConfigError(f"{spec!r}: dense entries (fc...) must come after every convolution")
+            m = _CONV_ENTRY.match(t)
+            k3 = bool(m.group(2))
+            entry = dict(filters=int(m.group(1)), kernel=3 if k3 else 4, stride=1 if k3 else 2, pad=1)
+        else:
+            entry = None
+        if entry is None:
+            want = "a width such as 1000" if kind == "mlp" else "filters such as 32, 32k3, or fc128"
+            raise ConfigError(f"{spec!r}: {t!r} is not {want}")
+        if entry.get("width", 1) < 1 or entry.get("filters", 1) < 1:
+            raise ConfigError(f"{spec!r}: layer sizes must be >= 1, got {t!r}")
+        entries.append(entry)
+    if kind == "conv" and "width" in entries[0]:
+        raise ConfigError(f"{spec!r}: a conv architecture starts with a convolution (for dense only: mlp:...)")
+    return kind, entries
+
+
+def canonical(spec):
+    """The spec in its one written form ("conv:32,64k3", lower case, no spaces)."""
+    kind, entries = parse_arch(spec)
+    parts = []
+    for e in entries:
+        if "filters" in e:
+            parts.append(f"{e['filters']}{'k3' if e['kernel'] == 3 else ''}")
+        else:
+            parts.append(f"fc{e['width']}" if kind == "conv" else str(e["width"]))
+    return f"{kind}:{','.join(parts)}"
+
+
+def mlp_spec(hidden):
+    """--hidden 1000,500 -> "mlp:1000,500" """
+    hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    return canonical("mlp:" + ",".join(str(h) for h in hidden))
+
+
+def mlp_widths(spec):
+    """The hidden widths of an mlp spec, or None for any other kind."""
+    kind, entries = parse_arch(spec)
+    return [e["width"] for e in entries] if kind == "mlp" else None
+
+
+def input_shape_for(spec, input_dim, input_shape=None):
+    """One example's shape: (D,) rows for mlp (or the given image shape), (H, W, C) for conv.
+    input_shape: (H, W) or (H, W, C) or None (conv: a square single-channel image if D is a square)."""
+    kind = parse_arch(spec)[0]
+    if input_shape is not None:
+        shape = tuple(input_shape)
+        if not 1 <= len(shape) <= 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
+            raise ConfigError(f"input_shape must be (D,), (H, W) or (H, W, C) positive integers, got {input_shape!r}")
+        if math.prod(shape) != input_dim:
+            raise ConfigError(f"input_shape {shape} holds {math.prod(shape)} values, not input_dim = {input_dim}")
+        if len(shape) == 2:
+            shape += (1,)
+    elif kind == "conv":
+        side = math.isqrt(input_dim)
+        if side * side != input_dim:
+            raise ConfigError(f"a conv model needs the image shape: {input_dim} values are not a square image; "
+                              f"give input_shape (H, W) or (H, W, C)")
+        shape = (side, side, 1)
+    else:
+        shape = (input_dim,)
+    if kind == "conv" and len(shape) != 3:
+        raise ConfigError(f"a conv model needs an image shape (H, W) or (H, W, C), got {shape}")
+    return shape
+
+
+def dae_layers(spec, input_shape, activation, tied):
+    """The DAE's layers for a spec: [(name, layer), ...], encoder then decoder, the last
+    layer giving logits (B, D).  input_shape: from input_shape_for."""
+    kind, entries = parse_arch(spec)
+    D = math.prod(input_shape)
+    if kind == "mlp":
+        dims = [D] + [e["width"] for e in entries]
+        k = len(entries)
+        layers = [(f"enc{i}", Linear(dims[i + 1], activation)) for i in range(k)]
+        layers += [(f"dec{j}", Linear(dims[k - 1 - j], "identity" if j == k - 1 else activation,
+                                      tie=f"enc{k - 1 - j}" if tied else None)) for j in range(k)]
+        return layers
+    layers, shape = [("in", Reshape(input_shape))], tuple(input_shape)
+    encoders = []  # (name, entry, the layer's input shape, its output shape)
+    for i, e in enumerate(entries):
+        name = f"enc{i}"
+        if "filters" in e:
+            layer = Conv2d(e["filters"], e["kernel"], e["stride"], e["pad"], activation)
+        else:
+            if not encoders or "filters" in encoders[-1][1]:
+                layers.append(("flat", Reshape((math.prod(shape),))))
+            layer = Linear(e["width"], activation)
+        try:
+            out = layer.output_shape(shape)
+        except ValueError as err:
+            raise ConfigError(f"{spec} on {'x'.join(map(str, input_shape))} images: layer {i + 1} ({err}); "
+                              f"use fewer stride-2 layers (or k3 ones)") from None
+        layers.append((name, layer))
+        encoders.append((name, e, shape, out))
+        shape = out
+    n = len(encoders)
+    for j, (enc, e, enc_in, enc_out) in enumerate(reversed(encoders)):
+        act = "identity" if j == n - 1 else activation
+        tie = enc if tied else None
+        if "filters" in e:
+            if j and "width" in encoders[n - j][1]:  # the first convolution after the dense part
+                layers.append(("unflat", Reshape(enc_out)))
+            layer = ConvTranspose2d(enc_in[2], e["kernel"], e["stride"], e["pad"], enc_in[:2], act, tie)
+        else:
+            layer = Linear(math.prod(enc_in), act, tie)
+        layers.append((f"dec{j}", layer))
+    layers.append(("out", Reshape((D,))))
+    return layers
