@@ -83,7 +83,15 @@ def test_arch_mistakes_are_one_error_line(tmp_path, args, fragments):
     assert not (tmp_path / "run" / "checkpoint.h5").exists()
 
 
-def test_export_refuses_a_conv_model_in_one_line(trained, tmp_path):
+def test_export_writes_onnx_and_refuses_npz_in_one_line(trained, tmp_path):
     out, _ = trained
     r = invoke("export", out / "checkpoint.h5", "--format", "npz", "--out", tmp_path / "m.npz")
-    one_error_line(r, "export supports mlp models only so far")
+    one_error_line(r, "--format npz describes dense (mlp) models only", "export it with --format onnx")
+    assert not (tmp_path / "m.npz").exists()
+    ort = pytest.importorskip("onnxruntime", reason='onnxruntime is not installed (pip install -e ".[onnx]")')
+    r = invoke("export", out / "checkpoint.h5", "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert r.exit_code == 0, r.output
+    model = load_model(out / "checkpoint.h5")
+    x = np.random.default_rng(0).random((3, 784), dtype=np.float32)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, model.reconstruct(x), rtol=1e-5, atol=2e-6)

@@ -214,3 +214,26 @@ def test_the_convolution_kernels_through_the_emulated_cupy_launcher(emulated, dt
     kc.col2im(got_dx, d, kh, kw, stride, pad)
     np.testing.assert_array_equal(got_dx, want_dx)
     assert launcher.launches - before == 2
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_conv_dae_fit_and_chain_match_the_cpu_through_the_emulated_cupy_launcher(emulated, tied):
+    """A conv DAE (Conv2d, ConvTranspose2d, a dense bottleneck; its bias kernels on image rows)
+    trained by fit() and sampled by a chain, every launch and GEMM through the emulation."""
+    backend, launcher = emulated
+    data = np.random.default_rng(1).uniform(0.05, 0.95, (14, 49)).astype(np.float32)
+
+    def run(b):
+        model = td.DAE(49, arch="conv:3,4,fc5", tied=tied, seed=3, backend=b)
+        state = td.fit(model, data[:10], data[10:], optimizer=td.Adam(model, lr=1e-2), corruption="gaussian:0.3",
+                       epochs=2, batch_size=5, seed=5, handle_sigint=False)
+        return model, state, chain(model, data[:3], 2, corruption="gaussian:0.2", seed=1, keep_chains=0)
+
+    want_model, want, want_chain = run(reference())
+    before = launcher.launches
+    got_model, got, got_chain = run(backend)
+    assert launcher.launches - before > 4 * 10  # every step's im2col, col2im and bias kernels
+    for g, w in zip(got.history, want.history):
+        np.testing.assert_allclose(g["val_bce_denoise"], w["val_bce_denoise"], rtol=2e-5)
+    np.testing.assert_allclose(got_model.params, want_model.params, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(got_chain.samples, want_chain.samples, rtol=1e-4, atol=1e-5)

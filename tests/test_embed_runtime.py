@@ -44,8 +44,8 @@ print(json.dumps(dict(backend=repr(model.backend), tinydae=tinydae.__file__,
 """ % dict(steps=STEPS, forbidden=FORBIDDEN)
 
 
-def _checkpoint(path, hidden=(12, 8), activation="relu", tied=False):
-    model = td.DAE(36, hidden=hidden, activation=activation, tied=tied, seed=7, backend="numpy")
+def _checkpoint(path, hidden=(12, 8), activation="relu", tied=False, arch=None):
+    model = td.DAE(36, None if arch else hidden, activation=activation, tied=tied, seed=7, backend="numpy", arch=arch)
     td.save_checkpoint(path, model, train_config={"corruption": CORRUPTION})
     return path
 
@@ -69,10 +69,12 @@ def _fused_outputs(ckpt):
     return out
 
 
-@pytest.mark.parametrize("activation,tied", [("relu", False), ("sigmoid", True), ("tanh", False),
-                                             ("leaky_relu", True), ("softplus", False)])
-def test_numpy_backend_imports_no_numba_and_matches_the_fused_cpu(tmp_path, activation, tied):
-    ckpt = _checkpoint(tmp_path / "m.h5", activation=activation, tied=tied)
+@pytest.mark.parametrize("activation,tied,arch", [("relu", False, None), ("sigmoid", True, None),
+                                                  ("tanh", False, None), ("leaky_relu", True, None),
+                                                  ("softplus", False, None), ("relu", False, "conv:3,4"),
+                                                  ("tanh", True, "conv:2k3,3,fc5")])
+def test_numpy_backend_imports_no_numba_and_matches_the_fused_cpu(tmp_path, activation, tied, arch):
+    ckpt = _checkpoint(tmp_path / "m.h5", activation=activation, tied=tied, arch=arch)
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     info = _run([sys.executable, "-c", RUNTIME, str(ckpt), str(tmp_path / "out.npz")], tmp_path, env)
     assert info["imported"] == [], f"backend numpy imported {info['imported']}"

@@ -35,9 +35,10 @@ def tolerance(dtype):
     return dict(rtol=1e-5, atol=2e-6) if dtype == "float32" else dict(rtol=1e-11, atol=1e-12)
 
 
-def random_model(act, tied, dtype, input_dim=20, hidden=(16, 6), seed=0):
+def random_model(act, tied, dtype, input_dim=20, hidden=(16, 6), seed=0, arch=None, input_shape=None):
     """A DAE with its initial (He or Glorot) weights scaled up and random biases (init's are zero)."""
-    model = tinydae.DAE(input_dim, hidden=hidden, activation=act, tied=tied, dtype=dtype, seed=seed)
+    model = tinydae.DAE(input_dim, None if arch else hidden, activation=act, tied=tied, dtype=dtype, seed=seed,
+                        arch=arch, input_shape=input_shape)
     rng = np.random.default_rng(seed)
     for name, p in model.named_params.items():
         p[...] = rng.normal(0, 0.5, p.shape) if name.endswith(".b") else 2 * p
@@ -92,6 +93,34 @@ def test_onnx_matches_the_model_for_any_batch(ort, tmp_path, act, tied, dtype):
             y = run_onnx(ort, path, rows)
             assert y.dtype == model.dtype
             np.testing.assert_allclose(y, getattr(model, what)(rows), **tolerance(dtype), err_msg=what)
+
+
+CONV_CASES = [("conv:3,4", "relu", False, "float32", (7, 5, 2)), ("conv:3k3,4", "tanh", True, "float32", (6, 6, 1)),
+              ("conv:2,3,fc6", "softplus", True, "float32", (9, 7, 1)),
+              ("conv:3k3,2,fc4,fc3", "leaky_relu", False, "float32", (5, 5, 3))]
+
+
+@pytest.mark.parametrize("arch,act,tied,dtype,shape", CONV_CASES)
+def test_onnx_of_conv_models_matches_the_model(ort, tmp_path, arch, act, tied, dtype, shape):
+    """Conv and ConvTranspose (NCHW, the weight permuted once; output_padding for odd sizes),
+    Transposes to and from tinydae's channels-last rows, the dense bottleneck between them."""
+    model = random_model(act, tied, dtype, int(np.prod(shape)), arch=arch, input_shape=shape)
+    x = random_rows(7, model.input_dim, dtype)
+    for what in WHATS:
+        path = export_onnx(model, tmp_path / f"{what}.onnx", what=what)
+        for rows in (x[:1], x):
+            np.testing.assert_allclose(run_onnx(ort, path, rows), getattr(model, what)(rows), **tolerance(dtype),
+                                       err_msg=what)
+    if tied:  # one initializer serves the convolution and its transposed twin
+        names = [i.name for i in onnx_graph(model).graph.initializer]
+        assert len(names) == len(set(names)) and not any(n.startswith("dec") and n.endswith(".W") for n in names)
+
+
+def test_onnx_refuses_a_float64_conv_model_that_no_runtime_runs(ort, tmp_path):
+    model = random_model("relu", False, "float64", 36, arch="conv:2")
+    with pytest.raises(ConfigError, match="ONNX Runtime implements Conv and ConvTranspose for float32 only"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.parametrize("act,tied,dtype", CASES)

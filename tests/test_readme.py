@@ -72,6 +72,7 @@ RULES = [
      "model.reconstruct"),
     (r"^python cli\.py (sample|improve|evaluate|info|gradcheck|--help)\b", "run", ""),
     (r"^python bench/report\.py", "run", ""),
+    (r"^python bench/bench_arch_quality\.py", "run", " --seconds 1 --seeds 0 --data glyphs"),
 ]
 
 

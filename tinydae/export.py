@@ -20,6 +20,10 @@ act_n is the model's hidden activation for n < 2k-1:
 With tied weights the decoder's layer k+j uses the transpose of the encoder's layer k-1-j
 weight: W_(k+j) = W_(k-1-j)^T.  Both formats keep that one copy, as the model does.
 
+Conv models (arch "conv:..."): a chain of Reshape, Conv2d, ConvTranspose2d and Linear layers
+(tinydae/arch.py), the image channels last inside tinydae and NCHW in ONNX; the npz format and
+the C page take mlp models only (a conv model is refused in one line), ONNX takes both.
+
 ONNX (export_onnx)
 ------------------
 One input "x": (batch, D) and one output, "reconstruction" (batch, D), "code" (batch, H_k) or
@@ -32,7 +36,12 @@ the file.  Activations: Relu, Tanh, Sigmoid; leaky_relu is PRelu with a (1,) slo
 for float32 and, for float64, Max(z, 0) + slope * Min(z, 0), exact with the slope in float64
 (LeakyRelu's alpha is a 32-bit float attribute: a float64 model would get 0.0099999998; and ONNX
 Runtime 1.32 runs double PRelu only at opsets 16-18); softplus is Softplus for float32 and, for float64 (which ONNX Runtime does not
-implement), the composition Max(z, 0) + Log(1 + Exp(-Abs(z))).  The model's metadata_props hold
+implement), the composition Max(z, 0) + Log(1 + Exp(-Abs(z))).  A conv model's rows are reshaped to
+(batch, H, W, C) and transposed to NCHW (and back, channels last, for its rows or its code); each
+convolution is Conv and each transposed one ConvTranspose (its output size fixed by
+output_padding), both reading the weight as (F, C, kh, kw), tinydae's (kh*kw*C, F) matrix
+permuted once, so a tied pair shares one initializer; dense layers between them are Gemm.
+ONNX Runtime implements Conv for float32 only: a float64 conv model is refused.  The model's metadata_props hold
 tinydae_version, what and the model config (JSON).
 
 npz (export_npz)
@@ -69,6 +78,7 @@ A reader should refuse a format_version it does not know.
 Both writes are atomic (checkpoint.atomic_write): a killed export leaves no partial file.
 """
 import json
+import math
 
 import numpy as np
 
@@ -108,10 +118,12 @@ def check_options(fmt, what=None):
 
 
 def require_mlp(model):
-    """Both formats describe dense layers only, so far: a conv model is one ConfigError."""
+    """The npz description (and the C page that reads it) holds dense layers only: a conv model
+    is one ConfigError that names the formats that do take it."""
     if model.hidden is None:
-        raise ConfigError(f"export supports mlp models only so far; {model.config['arch']} is not one "
-                          f"(a conv model runs in tinydae's NumPy-only runtime)")
+        raise ConfigError(f"--format npz describes dense (mlp) models only, for the C page; {model.config['arch']} "
+                          f"is a conv model: export it with --format onnx, or run it in tinydae's NumPy-only "
+                          f"runtime (load_model(..., backend='numpy'))")
 
 
 def layer_table(model):
@@ -169,9 +181,10 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
     if sum(a.nbytes for a in params.values()) > PROTOBUF_LIMIT:
         raise ConfigError("the model's weights exceed ONNX's 2 GiB file limit; export --format npz instead")
     elem = helper.np_dtype_to_tensor_dtype(model.dtype)
-    table = layer_table(model)
-    k = len(model.hidden)
-    layers = table[:k] if what == "encode" else table
+    if model.hidden is None and model.dtype != np.float32:
+        raise ConfigError(f"ONNX export of a {model.dtype.name} conv model: ONNX Runtime implements Conv and "
+                          f"ConvTranspose for float32 only (1.32); train the conv model in float32 to export it")
+    end = model._code if what == "encode" else len(model.layers)
     inits = {}  # name -> TensorProto, each parameter once (a tied W serves two layers)
     nodes = []
 
@@ -180,37 +193,69 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
         nodes.append(helper.make_node(op, inputs, [out], name=f"{op.lower()}{len(nodes)}", **attrs))
         return out
 
-    def const(name, value):
+    def const(name, value, dtype=model.dtype):
         if name not in inits:
-            inits[name] = numpy_helper.from_array(np.asarray(value, model.dtype), name)
+            inits[name] = numpy_helper.from_array(np.asarray(value, dtype), name)
         return name
 
-    h = "x"
-    for layer in layers:
-        for name in (layer["W"], layer["b"]):
-            const(name, params[name])
-        # Gemm: h @ W + b, or h @ W^T + b (transB) for a tied decoder reading its encoder's W
-        h = node("Gemm", [h, layer["W"], layer["b"]], transB=int(layer["transposed"]))
-        act = layer["activation"]
+    def activate(h, act):
         if act in ONNX_OPS:
-            h = node(ONNX_OPS[act], [h])
-        elif act == "leaky_relu" and model.dtype == np.float32:
-            h = node("PRelu", [h, const("leaky_slope", [LEAKY_SLOPE])])
-        elif act == "leaky_relu":  # max(z, 0) + slope * min(z, 0): exact, and runs at every opset
+            return node(ONNX_OPS[act], [h])
+        if act == "leaky_relu" and model.dtype == np.float32:
+            return node("PRelu", [h, const("leaky_slope", [LEAKY_SLOPE])])
+        if act == "leaky_relu":  # max(z, 0) + slope * min(z, 0): exact, and runs at every opset
             neg = node("Mul", [node("Min", [h, const("zero", 0)]), const("leaky_slope", LEAKY_SLOPE)])
-            h = node("Add", [node("Max", [h, const("zero", 0)]), neg])
-        elif act == "softplus" and model.dtype == np.float32:
-            h = node("Softplus", [h])
-        elif act == "softplus":  # max(z, 0) + log(1 + exp(-|z|)), as tinydae computes it
+            return node("Add", [node("Max", [h, const("zero", 0)]), neg])
+        if act == "softplus" and model.dtype == np.float32:
+            return node("Softplus", [h])
+        if act == "softplus":  # max(z, 0) + log(1 + exp(-|z|)), as tinydae computes it
             tail = node("Log", [node("Add", [const("one", 1), node("Exp", [node("Neg", [node("Abs", [h])])])])])
-            h = node("Add", [node("Max", [h, const("zero", 0)]), tail])
-        elif act != "identity":
+            return node("Add", [node("Max", [h, const("zero", 0)]), tail])
+        if act != "identity":
             raise ConfigError(f"no ONNX mapping for activation {act!r}")
+        return h
+
+    def to_rows(h, width):
+        """NCHW images -> rows (batch, H*W*C) in tinydae's channels-last order"""
+        return node("Reshape", [node("Transpose", [h], perm=[0, 2, 3, 1]), const(f"rows{width}", [-1, width], np.int64)])
+
+    h, image = "x", False  # image: h is NCHW (between a Reshape to an image and one back to rows)
+    for name, layer, shape in list(zip(model.net.names, model.layers, model.net.shapes))[:end]:
+        kind = type(layer).__name__
+        if kind == "Reshape":
+            if len(layer.shape) == 3:  # rows -> NHWC -> NCHW
+                h = node("Transpose", [node("Reshape", [h, const(f"image{name}", [-1, *layer.shape], np.int64)])],
+                         perm=[0, 3, 1, 2])
+            elif image:
+                h = to_rows(h, layer.shape[0])
+            image = len(layer.shape) == 3
+            continue
+        W, b = f"{layer.tie or name}.W", f"{name}.b"
+        const(b, params[b])
+        if kind == "Linear":
+            # Gemm: h @ W + b, or h @ W^T + b (transB) for a tied decoder reading its encoder's W
+            const(W, params[W])
+            h = node("Gemm", [h, W, b], transB=int(bool(layer.tie)))
+        else:
+            # Conv and ConvTranspose both take the weight as (F, C, kh, kw): our (kh*kw*C, F) matrix
+            # permuted, one initializer for a convolution and the transposed one tied to it
+            k = params[W].reshape(layer.kh, layer.kw, -1, params[W].shape[1])
+            const(W, np.ascontiguousarray(k.transpose(3, 2, 0, 1)))
+            attrs = dict(kernel_shape=[layer.kh, layer.kw], strides=[layer.stride] * 2, pads=[layer.pad] * 4)
+            if kind == "Conv2d":
+                h = node("Conv", [h, W, b], **attrs)
+            else:  # the output size is the matching convolution's input: output_padding says which
+                extra = [o - ((n - 1) * layer.stride - 2 * layer.pad + kk)
+                         for o, n, kk in zip(layer.out_hw, shape[:2], (layer.kh, layer.kw))]
+                h = node("ConvTranspose", [h, W, b], output_padding=extra, **attrs)
+        h = activate(h, layer.activation)
+    width = math.prod(model.net.shapes[end])
+    if image:  # encode of a conv model: the code as rows, channels last, as DAE.encode gives it
+        h = to_rows(h, width)
     if what == "reconstruct":
         h = node("Sigmoid", [h])
     output = OUTPUT_NAMES[what]
     nodes[-1].output[0] = output  # the last node writes the graph's output
-    width = layers[-1]["fan_out"]
     graph = helper.make_graph(
         nodes, f"tinydae_{what}",
         [helper.make_tensor_value_info("x", elem, ["batch", model.input_dim])],

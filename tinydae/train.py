@@ -39,8 +39,12 @@ def kernel_launches_per_step(model):
     layer's bias+activation forward (1) and backward (1), the fused loss (1, its workspace
     reused: no memset), the optimizer update over the flat buffers (1).  GEMMs (on CuPy the
     dW GEMMs accumulate into the gradient buffer themselves), the batch gather and zeroing the
-    gradient buffer are CuPy/cuBLAS (or NumPy/BLAS) calls on top of these."""
-    return 2 * len(model.layers) + 3
+    gradient buffer are CuPy/cuBLAS (or NumPy/BLAS) calls on top of these.  Each layer's own
+    count is its LAUNCHES (a convolution adds im2col and col2im)."""
+    net = model.net
+    backward = sum(layer.LAUNCHES[1 if i > net.first_trained else 2]
+                   for i, layer in enumerate(net.layers) if i >= net.first_trained)
+    return sum(layer.LAUNCHES[0] for layer in net.layers) + backward + 3
 
 
 @dataclass
