@@ -23,7 +23,7 @@ from . import scalar
 from .philox import MASK32, philox4x32_10, seed_key
 from .reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE,
                                CORRUPTION_SALT_PEPPER, even_span, normals_from_words)
-from .scalar import ACT_CODES, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
+from .scalar import ACT_CODES, LEAKY_RELU, RELU, SIGMOID, SILU, SOFTPLUS, TANH
 ROW_BLOCK = 64  # rows per parallel task in the bias-gradient reduction (fixed: sets the sum order)
 
 # GNU OpenMP's workers spin after each parallel region and starve OpenBLAS's GEMM threads
@@ -231,6 +231,9 @@ def _forward_row(y, z, b, i, a):
     elif a == SOFTPLUS:
         for j in range(H):
             y[i, j] = _act(SOFTPLUS, z[i, j] + b[j], 0.0, one)
+    elif a == SILU:
+        for j in range(H):
+            y[i, j] = _act(SILU, z[i, j] + b[j], 0.0, one)
     else:
         for j in range(H):
             y[i, j] = z[i, j] + b[j]
@@ -252,8 +255,8 @@ def bias_act_forward(y, z, b, act):
     if act == "sigmoid":
         _bias_sigmoid(y, z, b, y, np.empty(0))
         return
-    # tanh and softplus call libm per element (no vector exp/tanh in numba): heavy, not cheap
-    heavy = act in ("tanh", "softplus")
+    # tanh, softplus and silu call libm per element (no vector exp/tanh in numba): heavy, not cheap
+    heavy = act in ("tanh", "softplus", "silu")
     pick(_bias_act_forward, z.size, PARALLEL_MIN_HEAVY if heavy else PARALLEL_MIN_CHEAP)(y, z, b, ACT_CODES[act])
 
 
@@ -340,6 +343,12 @@ def _backward_row(dz, acc, dy, y, i, a):
     elif a == SOFTPLUS:
         for j in range(H):
             g = dy[i, j] * _act_grad(SOFTPLUS, y[i, j])
+            dz[i, j] = g
+            acc[j] += g
+    elif a == SILU:  # y holds the pre-activation here (kernels/activations.py: reads "z")
+        one = dy.dtype.type(1)
+        for j in range(H):
+            g = dy[i, j] * _act_grad(SILU, y[i, j], 0.0, one)
             dz[i, j] = g
             acc[j] += g
     else:

@@ -12,6 +12,7 @@ Conventions (shared with kernels/cpu.py and kernels/cuda.py, same signatures):
 """
 import numpy as np
 
+from .activations import LEAKY_SLOPE, RECORDS, sigmoid  # noqa: F401  (the activations, declared once)
 from .common import check_im2col, check_total, guard_allows
 from .philox import philox_words_np
 
@@ -115,77 +116,10 @@ def corrupt(out, x, mode, level, seed, step, stream, offset=0):
 
 
 # ----------------------------------------------------------------------------------------
-# Activations: forward y = f(z); backward dz = dy * f'(z), with f' written from y alone,
-# so a layer caches only its output.
+# Activations: the records of kernels/activations.py, as (forward, backward) pairs
 # ----------------------------------------------------------------------------------------
 
-LEAKY_SLOPE = 0.01
-
-
-def identity_forward(z):
-    return z
-
-
-def identity_backward(dy, y):
-    return dy
-
-
-def relu_forward(z):
-    return np.maximum(z, 0)
-
-
-def relu_backward(dy, y):
-    return dy * (y > 0)  # y > 0 exactly where z > 0
-
-
-def leaky_relu_forward(z):
-    return np.where(z > 0, z, z * z.dtype.type(LEAKY_SLOPE))
-
-
-def leaky_relu_backward(dy, y):
-    return dy * np.where(y > 0, y.dtype.type(1), y.dtype.type(LEAKY_SLOPE))
-
-
-def tanh_forward(z):
-    return np.tanh(z)
-
-
-def tanh_backward(dy, y):
-    return dy * (1 - y * y)
-
-
-def sigmoid(z):
-    """1 / (1 + exp(-z)) without overflow: exp only ever sees -|z|."""
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype, copy=False)
-
-
-def sigmoid_forward(z):
-    return sigmoid(z)
-
-
-def sigmoid_backward(dy, y):
-    return dy * y * (1 - y)
-
-
-def softplus_forward(z):
-    # log(1 + e^z) = max(z, 0) + log1p(e^-|z|): finite for any z.
-    return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
-
-
-def softplus_backward(dy, y):
-    # softplus'(z) = sigmoid(z) = 1 - e^-y, and -expm1(-y) keeps it exact for tiny y.
-    return dy * -np.expm1(-y)
-
-
-ACTIVATIONS = {
-    "identity": (identity_forward, identity_backward),
-    "relu": (relu_forward, relu_backward),
-    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
-    "tanh": (tanh_forward, tanh_backward),
-    "sigmoid": (sigmoid_forward, sigmoid_backward),
-    "softplus": (softplus_forward, softplus_backward),
-}
+ACTIVATIONS = {a.name: (a.forward, a.backward) for a in RECORDS}
 
 
 def bias_act_forward(y, z, b, act):
@@ -197,7 +131,8 @@ def bias_act_forward(y, z, b, act):
 
 
 def bias_act_backward(dz, db, dy, y, act):
-    """dz = dy * act'(.) computed from the output y; db += sum over rows of dz.
+    """dz = dy * act'(.) computed from y, what the activation's gradient reads: its output, or
+    its pre-activation z + b for one that reads z (SiLU); db += sum over rows of dz.
 
     dz, dy, y: (B, H); db: (H,)
     """

@@ -17,11 +17,11 @@ import math
 
 import numpy as np
 
-from .reference import ACTIVATIONS, LEAKY_SLOPE
+from .activations import CODES as ACT_CODES  # identity 0, relu 1, leaky 2, ... (the records' order)
+from .activations import LEAKY_SLOPE
 
-ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}  # identity 0, relu 1, leaky 2, ...
-IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (ACT_CODES[a] for a in (
-    "identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus"))
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS, SILU = (ACT_CODES[a] for a in (
+    "identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus", "silu"))
 
 
 def uniform(w):
@@ -63,11 +63,16 @@ def act(a, z, zero=0.0, one=1.0, slope=LEAKY_SLOPE):
         e = math.exp(-abs(z))
         u = one + e
         return max(z, zero) + (e if u == one else math.log(u) * (e / (u - one)))
+    if a == SILU:
+        e = math.exp(-abs(z))
+        return z * (one / (one + e) if z >= zero else e / (one + e))
     return z
 
 
 def act_grad(a, y, zero=0.0, one=1.0, slope=LEAKY_SLOPE):
-    """f'(z) written from the output y = f(z), in the precision of zero, one and slope."""
+    """f'(z) written from what the activation's gradient reads (kernels/activations.py): the
+    output y = f(z), or for SiLU the pre-activation z itself; in the precision of zero, one
+    and slope."""
     if a == RELU:
         return one if y > zero else zero
     if a == LEAKY_RELU:
@@ -78,6 +83,10 @@ def act_grad(a, y, zero=0.0, one=1.0, slope=LEAKY_SLOPE):
         return y * (one - y)
     if a == SOFTPLUS:
         return -math.expm1(-y)  # sigmoid(z) = 1 - e^-y, exact for tiny y
+    if a == SILU:  # y is z here: s (1 + z (1 - s)), s = sigmoid(z)
+        e = math.exp(-abs(y))
+        s = one / (one + e) if y >= zero else e / (one + e)
+        return s * (one + y * (one - s))
     return one
 
 

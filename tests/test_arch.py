@@ -76,7 +76,7 @@ def test_the_mlp_spec_has_the_layout_of_earlier_checkpoints(hidden, tied):
 
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("activation", ["tanh", "softplus"])
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "silu"])
 def test_conv_dae_gradients_match_central_differences(spec, tied, activation):
     """Every parameter of the whole conv DAE (BCE through the sigmoid), float64; odd image sizes,
     stride 2 and 1, pad 1, batch 1 and 2, dense bottlenecks, tied and untied."""
@@ -132,7 +132,7 @@ def test_conv_reconstruct_is_the_sigmoid_of_the_logits_and_chains_agree(spec):
 def torch_dae(torch, model):
     """The same conv DAE in PyTorch (NCHW, weights permuted from ours): -> (forward(x_rows), {name: tensor})."""
     F_ = torch.nn.functional
-    act = {"tanh": torch.tanh, "softplus": F_.softplus, "relu": torch.relu}[model.config["activation"]]
+    act = {"tanh": torch.tanh, "softplus": F_.softplus, "relu": torch.relu, "silu": F_.silu}[model.config["activation"]]
     tensors = {n: torch.tensor(np.array(v), requires_grad=True) for n, v in model.named_params.items()}
 
     def logits(x):
@@ -160,12 +160,14 @@ def torch_dae(torch, model):
     return logits, tensors
 
 
-@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("spec", SPECS + ["mlp:6,4"])
 @pytest.mark.parametrize("tied", [False, True])
-def test_conv_dae_agrees_with_pytorch_autograd(spec, tied):
+@pytest.mark.parametrize("activation", ["softplus", "silu"])
+def test_dae_agrees_with_pytorch_autograd(spec, tied, activation):
+    """Conv DAEs, and SiLU (whose gradient reads z) in conv and dense models, against PyTorch."""
     torch = pytest.importorskip("torch", reason="torch is not installed: the PyTorch cross-check is skipped")
     shape = (5, 7, 2) if "fc" in spec else (7, 5, 1)
-    model = random_model(math.prod(shape), activation="softplus", tied=tied, arch=spec, input_shape=shape, seed=6)
+    model = random_model(math.prod(shape), activation=activation, tied=tied, arch=spec, input_shape=shape, seed=6)
     rng = np.random.default_rng(7)
     x = rng.random((3, model.input_dim))
     x_in = x + rng.normal(0, 0.3, x.shape)

@@ -348,3 +348,52 @@ def test_cli_evaluate_user_mistakes(trained_cli, tmp_path):
                                                  "--val-fraction", "0"))
     np.savez(tmp_path / "few.npz", x=glyphs(5).x)
     assert "at least 8 samples" in error_line(invoke("classifier", "evaluate", out, tmp_path / "few.npz"))
+
+
+# ----------------------------------------------------------------------------------------
+# Convolutional classifiers (issue 20): the same layers as the conv DAE
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch,shape", [("conv:2,3", (7, 5, 1)), ("conv:2k3,3,fc4", (6, 6, 2))])
+def test_conv_classifier_gradcheck_and_features(arch, shape):
+    m = Classifier(int(np.prod(shape)), arch=arch, classes=3, dtype="float64", seed=2, input_shape=shape)
+    rng = np.random.default_rng(3)
+    for name, view in m.named_params.items():
+        if name.endswith(".b"):
+            view[...] = rng.normal(0, 0.5, view.shape)
+    x, y = rng.random((4, m.input_dim)), np.array([0, 1, 2, 1])
+    assert max(check_model(m, x, y).values()) < 1e-6
+    assert m.features(x).shape == (4, m.feature_dim) == (4, 4 if "fc4" in arch else m.net.shapes[-2][0])
+    assert repr(m) == f"Classifier({arch} on {'x'.join(map(str, shape))} -> 3, relu, float64)"
+
+
+def test_conv_classifier_trains_from_the_cli_and_loads(tmp_path):
+    r = CliRunner().invoke(cli, ["classifier", "train", "--arch", "conv:8,16,fc32", "--limit", "1000", "--epochs",
+                                 "3", "--out", str(tmp_path / "c.h5"), "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["classifier"] == "Classifier(conv:8,16,fc32 on 28x28x1 -> 10, relu, float32)"
+    assert summary["accuracy"] > 0.5 > summary["chance"]  # 100 held-out glyphs, chance ~0.1
+    back = load_classifier(tmp_path / "c.h5")
+    assert back.config["arch"] == "conv:8,16,fc32" and back.feature_dim == 32
+    r = CliRunner().invoke(cli, ["classifier", "train", "--arch", "conv:8", "--hidden", "8", "--out",
+                                 str(tmp_path / "d.h5")])
+    assert r.exit_code == 2 and "give --arch or --hidden" in r.stderr
+
+
+def test_version_1_classifier_files_still_load(tmp_path, small_model):
+    """Version 1 stored hidden widths in its config; it loads as the same mlp, same layout."""
+    from tinydae.checkpoint import _attrs_digest
+
+    path = tmp_path / "v1.h5"
+    save_classifier(path, small_model)
+    with h5py.File(path, "r+") as f:
+        c = small_model.config
+        f.attrs["config"] = json.dumps(dict(input_dim=c["input_dim"], hidden=[32], classes=c["classes"],
+                                            dtype=c["dtype"], seed=c["seed"]))
+        f.attrs["format_version"] = 1
+        f.attrs["attrs_sha256"] = _attrs_digest(f)
+    back = load_classifier(path)
+    assert back.config == dict(small_model.config, input_shape=[784])  # version 1 did not record the image shape
+    assert back.layout == small_model.layout and np.array_equal(back.params, small_model.params)

@@ -194,6 +194,7 @@ NUMPY_ACTIVATIONS = {
     "tanh": lambda z, s: np.tanh(z),
     "sigmoid": lambda z, s: 1 / (1 + np.exp(-z)),
     "softplus": lambda z, s: np.logaddexp(0, z),
+    "silu": lambda z, s: z / (1 + np.exp(-z)),
     "identity": lambda z, s: z,
 }
 

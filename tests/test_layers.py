@@ -1,9 +1,11 @@
+import os
+
 import numpy as np
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gradcheck_helpers import numeric_grad, rel_error
-from tinydae.kernels import reference as ref
+from tinydae.kernels.activations import BY_NAME, RECORDS
 from tinydae.backend import get_backend
 from tinydae.layers import ACTIVATIONS, HIDDEN_ACTIVATIONS, Linear, standalone
 
@@ -19,22 +21,37 @@ def test_activation_pair_matches_finite_differences(act, shape, seed):
     if act in KINKED:
         assume(np.abs(z).min() > 1e-3)  # the derivative is undefined at 0
     dy = rng.normal(0, 1, shape)
-    analytic = bwd(dy, fwd(z))
+    analytic = bwd(dy, z if BY_NAME[act].reads == "z" else fwd(z))  # what its gradient reads
     numeric = numeric_grad(lambda: float(np.sum(dy * fwd(z))), z)
     assert rel_error(analytic, numeric) < 1e-6
 
 
 def test_activations_match_their_definitions():
     z = np.linspace(-30, 30, 121)
-    np.testing.assert_allclose(ref.sigmoid_forward(z), 1 / (1 + np.exp(-z)), rtol=1e-14)
-    np.testing.assert_allclose(ref.softplus_forward(z), np.logaddexp(0, z), rtol=1e-14)  # log(1+e^z) naively loses digits
-    np.testing.assert_array_equal(ref.relu_forward(z), np.where(z > 0, z, 0))
-    np.testing.assert_allclose(ref.leaky_relu_forward(z), np.where(z > 0, z, 0.01 * z))
+    f = {name: pair[0] for name, pair in ACTIVATIONS.items()}
+    np.testing.assert_allclose(f["sigmoid"](z), 1 / (1 + np.exp(-z)), rtol=1e-14)
+    np.testing.assert_allclose(f["softplus"](z), np.logaddexp(0, z), rtol=1e-14)  # log(1+e^z) naively loses digits
+    np.testing.assert_array_equal(f["relu"](z), np.where(z > 0, z, 0))
+    np.testing.assert_allclose(f["leaky_relu"](z), np.where(z > 0, z, 0.01 * z))
+    np.testing.assert_allclose(f["silu"](z), z / (1 + np.exp(-z)), rtol=1e-14)
     # extreme inputs stay finite in float32
     big = np.array([-1e4, -100, 100, 1e4], np.float32)
     for act in HIDDEN_ACTIVATIONS:
         y = ACTIVATIONS[act][0](big)
         assert np.isfinite(y).all() and np.isfinite(ACTIVATIONS[act][1](np.ones_like(big), y)).all()
+
+
+def test_each_activation_record_is_complete_and_the_c_page_computes_it():
+    """One record per activation (kernels/activations.py): every hidden one offered by the CLI,
+    He or Glorot, an ONNX emitter, and the C page's act() written with the record's expression."""
+    page = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "embed",
+                             "dae.c")).read()
+    assert set(HIDDEN_ACTIVATIONS) == {a.name for a in RECORDS} - {"identity"}
+    assert [a.name for a in RECORDS if a.he] == ["relu", "leaky_relu"]
+    for a in RECORDS:
+        assert a.reads in ("y", "z") and callable(a.onnx)
+        if a.name != "identity":
+            assert f'if (!strcmp(name, "{a.name}")) return {a.c};' in page, a.name
 
 
 @given(act=st.sampled_from(sorted(ACTIVATIONS)), B=st.integers(1, 4), I=st.integers(1, 5),

@@ -163,3 +163,31 @@ def dae_layers(spec, input_shape, activation, tied):
         layers.append((f"dec{j}", layer))
     layers.append(("out", Reshape((D,))))
     return layers
+
+
+def classifier_layers(spec, input_shape, classes):
+    """A classifier's layers for a spec: the spec's encoder (relu; conv entries, then fc ones),
+    flattened, then the logits layer "out" of `classes` units.  mlp:256,128 is the dense
+    classifier of every earlier version (layers fc0, fc1, out: the same layout)."""
+    kind, entries = parse_arch(spec)
+    if kind == "mlp":
+        return [(f"fc{i}", Linear(e["width"], "relu")) for i, e in enumerate(entries)] + [("out", Linear(classes))]
+    layers, shape, flat = [("in", Reshape(input_shape))], tuple(input_shape), False
+    for i, e in enumerate(entries):
+        if "filters" in e:
+            layer = Conv2d(e["filters"], e["kernel"], e["stride"], e["pad"], "relu")
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as err:
+                raise ConfigError(f"{spec} on {'x'.join(map(str, input_shape))} images: layer {i + 1} ({err}); "
+                                  f"use fewer stride-2 layers (or k3 ones)") from None
+            layers.append((f"conv{i}", layer))
+        else:
+            if not flat:
+                layers.append(("flat", Reshape((math.prod(shape),))))
+                flat = True
+            layers.append((f"fc{i}", Linear(e["width"], "relu")))
+            shape = (e["width"],)
+    if not flat:
+        layers.append(("flat", Reshape((math.prod(shape),))))
+    return layers + [("out", Linear(classes))]

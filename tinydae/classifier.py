@@ -1,17 +1,19 @@
-"""A small MLP classifier whose penultimate layer is the feature space of tinydae/features.py.
+"""A small classifier whose penultimate layer is the feature space of tinydae/features.py.
 
 Legend: B batch, D input width (pixels), H_k hidden widths, C classes.
 
-    D -> H_1 -> ... -> H_k -> C      relu hidden layers, logits out
+    D -> H_1 -> ... -> H_k -> C      relu hidden layers, logits out (arch "mlp:H_1,...,H_k")
+    or convolutions first            (arch "conv:32,64,fc128": Conv2d layers, flatten, dense)
     features(x) = the H_k activations (what FID, KID, precision/recall ... compare)
     probs(x)    = softmax(logits(x))  (what the inception score and class entropy use)
 
-Built like the DAE (tinydae/model.py): tinydae's Linear layers over views into one flat
+Built like the DAE (tinydae/model.py): tinydae's layers (tinydae/layers.py) over views into one flat
 parameter buffer and one flat gradient buffer, so tinydae's Adam trains it unchanged and
 tinydae.gradcheck.check_model checks its backward pass.  It runs on the host (the CPU
 backend): it is trained once per data set, in seconds, and then only embeds samples.
 
-Saved as HDF5 (format "tinydae-classifier", version 1) with checkpoint.py's integrity machinery:
+Saved as HDF5 (format "tinydae-classifier", version 2; version 1 files, whose config names
+hidden widths, still load) with checkpoint.py's integrity machinery:
 atomic write, Fletcher-32 on /params, SHA-256 of /params and of the attributes:
 
     /          attrs: format, format_version, tinydae_version, created, config (JSON),
@@ -28,11 +30,13 @@ import numpy as np
 
 from tinydae.backend import as_host_array, get_backend
 from tinydae.errors import CheckpointError, ConfigError, DataError
-from tinydae.layers import Linear, Sequential
+from tinydae.layers import Sequential
 from tinydae.safety import check_memory
 
 FORMAT = "tinydae-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the config holds arch and input_shape (1: hidden; still read)
+READABLE_VERSIONS = (1, 2)
+DEFAULT_HIDDEN = (256, 128)
 # Init draws use STREAM_INIT steps from here on, past any DAE layer index, so a classifier and
 # a DAE trained with one seed do not start from the same weights.
 INIT_STEP0 = 1 << 16
@@ -88,21 +92,51 @@ def softmax_cross_entropy_backward(dlogits, logits, labels):
 # ----------------------------------------------------------------------------------------
 
 
-def check_classifier_config(input_dim, hidden, classes, dtype, seed):
-    """Validate a classifier configuration; returns it normalised as a dict (JSON-safe)."""
+def check_classifier_config(input_dim, hidden=None, classes=10, dtype="float32", seed=0, arch=None, input_shape=None):
+    """Validate a classifier configuration; returns it normalised as a dict (JSON-safe):
+    input_dim, input_shape, arch (hidden=(256, 128) is shorthand for "mlp:256,128", and how
+    version-1 files store it), classes, dtype, seed."""
+    from tinydae import arch as arch_spec
+
     if not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
         raise ConfigError(f"input_dim must be a positive integer, got {input_dim!r}")
-    hidden = (hidden,) if isinstance(hidden, (int, np.integer)) else tuple(hidden)
-    if not hidden or not all(isinstance(h, (int, np.integer)) and h >= 1 for h in hidden):
-        raise ConfigError(f"hidden must be one or more positive integers (e.g. 256,128), got {hidden!r}")
+    if arch is not None and hidden is not None:
+        raise ConfigError("give arch or hidden (shorthand for arch='mlp:...'), not both")
+    if arch is None:
+        hidden = DEFAULT_HIDDEN if hidden is None else hidden
+        hidden = (hidden,) if isinstance(hidden, (int, np.integer)) else tuple(hidden)
+        if not hidden or not all(isinstance(h, (int, np.integer)) and h >= 1 for h in hidden):
+            raise ConfigError(f"hidden must be one or more positive integers (e.g. 256,128), got {hidden!r}")
+        arch = arch_spec.mlp_spec([int(h) for h in hidden])
+    arch = arch_spec.canonical(arch)
+    input_shape = arch_spec.input_shape_for(arch, int(input_dim), None if input_shape is None else
+                                            tuple(int(v) for v in input_shape))
     if not isinstance(classes, (int, np.integer)) or classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {classes!r}")
     if np.dtype(dtype).name not in ("float32", "float64"):
         raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
         raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    return dict(input_dim=int(input_dim), hidden=[int(h) for h in hidden], classes=int(classes),
-                dtype=np.dtype(dtype).name, seed=int(seed))
+    config = dict(input_dim=int(input_dim), input_shape=list(input_shape), arch=arch, classes=int(classes),
+                  dtype=np.dtype(dtype).name, seed=int(seed))
+    classifier_layers(config)  # a conv spec that does not fit the images is refused here
+    return config
+
+
+def classifier_layers(config):
+    from tinydae import arch as arch_spec
+
+    return arch_spec.classifier_layers(config["arch"], tuple(config["input_shape"]), config["classes"])
+
+
+def describe(config):
+    """"784-256-128-10" for a dense classifier, "conv:32,64,fc128 on 28x28x1 -> 10" otherwise."""
+    from tinydae import arch as arch_spec
+
+    h = arch_spec.mlp_widths(config["arch"])
+    if h is not None:
+        return "-".join(map(str, [config["input_dim"], *h, config["classes"]]))
+    return f"{config['arch']} on {'x'.join(map(str, config['input_shape']))} -> {config['classes']}"
 
 
 class Classifier:
@@ -115,14 +149,13 @@ class Classifier:
     ((3, 32), (3, 10))
     """
 
-    def __init__(self, input_dim, hidden=(256, 128), classes=10, dtype="float32", seed=0):
-        self.config = check_classifier_config(input_dim, hidden, classes, dtype, seed)
+    def __init__(self, input_dim, hidden=None, classes=10, dtype="float32", seed=0, arch=None, input_shape=None):
+        """hidden=(256, 128) (the default) is shorthand for arch="mlp:256,128"; arch="conv:32,64,fc128"
+        builds a convolutional classifier of images input_shape (H, W[, C]) (square: guessed)."""
+        self.config = check_classifier_config(input_dim, hidden, classes, dtype, seed, arch, input_shape)
         self.backend = get_backend("cpu")
         self.dtype = np.dtype(self.config["dtype"])
-        widths = [*self.config["hidden"], self.config["classes"]]
-        names = [f"fc{i}" for i in range(len(widths) - 1)] + ["out"]
-        self.net = Sequential([(n, Linear(w, "identity" if n == "out" else "relu")) for n, w in zip(names, widths)],
-                              (self.config["input_dim"],), self.backend, self.dtype)
+        self.net = Sequential(classifier_layers(self.config), (self.config["input_dim"],), self.backend, self.dtype)
         self.layers, self.layout = self.net.layers, self.net.layout
         self.params, self.grads = self.net.params, self.net.grads
         self.named_params, self.named_grads = self.net.named_params, self.net.named_grads
@@ -143,11 +176,11 @@ class Classifier:
 
     @property
     def feature_dim(self):
-        return self.config["hidden"][-1]
+        """Width of the features: what the logits layer reads."""
+        return math.prod(self.net.shapes[-2])
 
     def __repr__(self):
-        c = self.config
-        return f"Classifier({'-'.join(map(str, [c['input_dim'], *c['hidden'], c['classes']]))}, relu, {c['dtype']})"
+        return f"Classifier({describe(self.config)}, relu, {self.config['dtype']})"
 
     # -- forward -----------------------------------------------------------------------
 
@@ -164,7 +197,7 @@ class Classifier:
     def _batched(self, x, layers, batch_size):
         """x through `layers`, batch_size rows at a time -> float64 (N, width)"""
         x = self.as_input(x)
-        width = layers[-1].width
+        width = math.prod(self.net.shapes[len(layers)])
         out = np.empty((len(x), width), np.float64)
         for start in range(0, len(x), batch_size):
             h = x[start:start + batch_size]
@@ -259,21 +292,27 @@ def shift_images(x, image_shape, rng, max_shift=2):
     return out.reshape(len(x), H * W)
 
 
-def classifier_memory(dim, hidden, n_classes, n_rows, batch_size, dtype="float32"):
+def classifier_memory(config, n_rows, batch_size):
     """Bytes train_classifier needs, on the high side: parameters, gradients and Adam's moments,
-    a batch's activations and one-hot targets, the shifted copy of the rows, the class counts."""
-    itemsize = np.dtype(dtype).itemsize
-    widths = [dim, *hidden, n_classes]
-    params = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    a batch's activations (layers' cost), the shifted copy of the rows, the class counts."""
+    from tinydae.layers import plan, stack_cost
+
+    itemsize = np.dtype(config["dtype"]).itemsize
+    layers = classifier_layers(config)
+    params = sum(math.prod(shape) for _, shape in plan(layers, (config["input_dim"],))[1])
+    values = stack_cost(layers, (config["input_dim"],))[1]
     batch = min(batch_size, max(n_rows, 1))
-    return (4 * params + 3 * batch * sum(widths) + n_rows * dim) * itemsize + 2 * 8 * params + 16 * n_classes
+    return ((4 * params + 2 * batch * values + n_rows * config["input_dim"]) * itemsize + 2 * 8 * params
+            + 16 * config["classes"])
 
 
-def train_classifier(data, labels=None, *, hidden=(256, 128), epochs=15, batch_size=128, lr=2e-3,
-                     val_fraction=0.1, augment=True, seed=0, dtype="float32", progress=None):
+def train_classifier(data, labels=None, *, hidden=None, epochs=15, batch_size=128, lr=2e-3,
+                     val_fraction=0.1, augment=True, seed=0, dtype="float32", progress=None, arch=None):
     """Train a Classifier with Adam on softmax cross-entropy; deterministic by seed.
 
     data: a Dataset with .labels (and .image_shape), or (N, D) rows in [0, 1] with labels: (N,) int
+    hidden / arch: the network, as for Classifier (a conv arch needs the image shape: a Dataset's,
+        or a square D)
     lr: the start of a cosine decay to 0 over all steps (no tuning of the epoch count needed)
     val_fraction: held out (seeded split, as Dataset.split) to measure the accuracy saved with it
     augment: shift training images by up to 2 pixels each epoch (only when the image shape is known)
@@ -291,12 +330,13 @@ def train_classifier(data, labels=None, *, hidden=(256, 128), epochs=15, batch_s
         raise ConfigError(f"the held-out fraction must be in (0, 1): the accuracy saved with the "
                           f"classifier is measured there; got {val_fraction}")
     n_classes = max(int(y.max()) + 1, 2)
-    check_memory(classifier_memory(x.shape[1], hidden, n_classes, len(x), batch_size, dtype),
-                 f"a classifier of {x.shape[1]}-{'-'.join(map(str, hidden))}-{n_classes:,} ({n_classes:,} classes: "
-                 f"labels up to {n_classes - 1:,})", "use a smaller --hidden, or labels numbered 0, 1, ... per class")
+    config = check_classifier_config(x.shape[1], hidden, n_classes, dtype, seed, arch, image_shape)
+    check_memory(classifier_memory(config, len(x), batch_size),
+                 f"a classifier of {describe(config)} ({n_classes:,} classes: labels up to {n_classes - 1:,})",
+                 "use a smaller --arch (--hidden), or labels numbered 0, 1, ... per class")
     train, held = Dataset(x, image_shape, name, y).split(val_fraction, seed)
     augment = bool(augment and image_shape)
-    model = Classifier(x.shape[1], hidden, n_classes, dtype, seed)
+    model = Classifier(**config)
     optimizer = Adam(model, lr=lr)
     n = len(train)
     total_steps = epochs * math.ceil(n / batch_size)
@@ -374,9 +414,9 @@ def load_classifier(path):
                 hint = "; that is a DAE checkpoint" if f.attrs.get("format") == "tinydae-checkpoint" else ""
                 raise CheckpointError(f"{path}: not a tinydae classifier (no '{FORMAT}' format tag){hint}")
             version = int(f.attrs.get("format_version", -1))
-            if version != FORMAT_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise CheckpointError(f"{path}: classifier format version {version}; this tinydae reads "
-                                      f"version {FORMAT_VERSION}")
+                                      f"versions {', '.join(map(str, READABLE_VERSIONS))}")
             for obj in (f, f["params"]):
                 if _attrs_digest(obj) != obj.attrs.get("attrs_sha256"):
                     raise CheckpointError(f"{path}: checksum mismatch in the attributes of {obj.name}: {DAMAGED}")

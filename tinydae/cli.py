@@ -16,6 +16,8 @@ import tinydae
 from tinydae import runs
 from tinydae.errors import ConfigError, TinyDAEError
 from tinydae.rng import STREAM_VALID_CORRUPTION
+from tinydae.workflows import KEEP_CHAINS
+from tinydae.workflows import training_data as _training_data
 
 SEED = click.IntRange(0, 2**64 - 1)  # Philox keys are 64-bit
 
@@ -141,7 +143,7 @@ def _stderr(line):
 # The run-folder rules and data provenance live in the library (tinydae/runs.py), so that the
 # API can do what `train` does; these names keep the CLI's code short.
 TRAIN_FILES = runs.TRAIN_FILES
-_data_source, _recorded_data, _moved_data_error = runs.data_source, runs.recorded_data, runs.moved_data_error
+_data_source = runs.data_source
 _move_run_aside, _drop_aside = runs.move_run_aside, runs.drop_aside
 
 
@@ -214,27 +216,11 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arc
     state, ckpt = None, None
     if resume:
         ckpt = _load_checkpoint(resume)
-        saved = dict(ckpt.train_config)
-        explicit = _explicit(ctx, TRAIN_OPTIONS)
-        if "data" in saved:
-            saved["data"], gone = _recorded_data(ckpt)
-            if gone and "data" not in explicit:
-                raise _moved_data_error(ckpt, saved["data"])
-            if gone:  # the same data moved: --data says where it is now
-                del saved["data"]
-        diffs = tinydae.checkpoint.config_differences(
-            ckpt.model_config, {k: arch[k] for k, param in ARCH_OPTIONS.items()
-                                if _explicit(ctx, [param, "hidden"] if k == "arch" else [param])})
-        diffs += tinydae.checkpoint.config_differences(saved, {k: opts[k] for k in explicit})
-        if diffs:
-            raise ConfigError(f"cannot resume {resume}: it differs from the options given: "
-                              + "; ".join(diffs))
+        model_options = {k: arch[k] for k, param in ARCH_OPTIONS.items()
+                         if _explicit(ctx, [param, "hidden"] if k == "arch" else [param])}
+        saved, state = runs.resume_settings(ckpt, model_options, {k: opts[k] for k in _explicit(ctx, TRAIN_OPTIONS)},
+                                            epochs)
         opts.update({k: saved[k] for k in TRAIN_OPTIONS if k in saved})
-        state = tinydae.TrainState.from_checkpoint(ckpt)
-        if state.epoch >= epochs:  # fit() would do nothing; say so instead of exiting 0
-            raise ConfigError(f"{resume} already has {state.epoch} completed epoch(s) (step {state.step}); "
-                              f"--epochs counts the total: pass --epochs {state.epoch + 1} or more to "
-                              "train further")
     if epochs < 1 or opts["batch_size"] < 1:
         raise ConfigError("--epochs and --batch-size must be >= 1")
     if checkpoint_every < 0:
@@ -580,29 +566,6 @@ def export_command(checkpoint, fmt, out, what, overwrite):
 # ----------------------------------------------------------------------------------------
 
 
-def _training_data(ckpt, data, key, limit):
-    """--data if given, else the data the checkpoint was trained on."""
-    if data is not None:
-        return tinydae.load_dataset(data, key=key, limit=limit)
-    cfg = ckpt.train_config
-    if cfg.get("data") is None:
-        raise ConfigError(f"{ckpt.path} does not record its training data; pass --data")
-    source, gone = _recorded_data(ckpt)
-    if gone:  # say where the path came from: the user never typed it in this command
-        raise _moved_data_error(ckpt, source)
-    if limit is not None:  # --limit applies to the recorded data as well (it used to be ignored)
-        recorded = cfg.get("limit")
-        limit = limit if recorded is None else min(limit, recorded)
-    else:
-        limit = cfg.get("limit")
-    return tinydae.load_dataset(source, key=cfg.get("key"), limit=limit,
-                                rescale=cfg.get("rescale", False), seed=cfg.get("seed", 0))
-
-
-KEEP_CHAINS = 10  # chains kept whole (every --keep-every step): the PNG strip and --h5's trajectory
-START_CHOICES = "noise, bernoulli, pca, pixels or a file of samples (.npz, .h5 or IDX)"
-
-
 def _echo_json(obj):
     """Print obj as strict JSON: NaN and infinities (a model whose outputs overflow gives them)
     become null, named under "non_finite" and in a warning on stderr."""
@@ -616,117 +579,35 @@ def _echo_json(obj):
     click.echo(dumps(obj, indent=2))
 
 
-def _strip_memory(rows, columns, side):
-    """Bytes save_grid needs for a PNG of rows x columns images of side x side pixels: the
-    padded grid, scaled 2x, its filtered copy and the compressed bytes (tracemalloc: 17-20x
-    the unscaled grid)."""
-    return 24 * (rows * (side + 2) + 2) * (columns * (side + 2) + 2)
-
-
-def _check_chain_memory(model, n, steps, keep_every, batch_size, start, side, sampler="mean"):
-    """Refuse chains whose arrays (and PNG strip) would not fit, before drawing or running them."""
-    from tinydae import safety
-    from tinydae.sampling import chain_memory
-
-    nbytes = chain_memory(model, n, steps, keep_every, KEEP_CHAINS, batch_size, start, sampler)
-    if side:
-        nbytes += _strip_memory(min(n, KEEP_CHAINS), steps // keep_every + 2, side)
-    safety.check_memory(nbytes, f"{n:,} chains of {model.input_dim} values x {steps:,} steps",
-                        "use a smaller --n, fewer --steps or a larger --keep-every")
-
-
-def _starts(kind, n, model, ckpt, data, key, limit, seed, option="--start", rescale=False):
-    from tinydae.sampling import START_KINDS, start_points
-
-    if kind in START_KINDS:
-        train = None
-        if kind in ("pca", "pixels"):  # reading the data and fitting the baseline take seconds: say so
-            click.echo(f"loading the data for the {kind} starting points ...", err=True)
-            train = _training_data(ckpt, data, key, limit).x
-            click.echo(f"fitting the {kind} baseline to {len(train):,} rows and drawing {n:,} starting points ...",
-                       err=True)
-        return start_points(kind, n, model.input_dim, seed, train), kind
-    if not os.path.exists(kind):  # most often a typo of a start kind: name them all
-        raise ConfigError(f"{option} {kind}: no such file; give {START_CHOICES}")
-    start = tinydae.load_dataset(kind, key=key, rescale=rescale)  # a file of samples
-    if start.dim != model.input_dim:
-        raise ConfigError(f"{kind}: samples have {start.dim} values, the model expects {model.input_dim}")
-    return start.x[:n], os.path.basename(kind)
-
-
 def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, step_size, levels, keep_every,
                 seed, batch_size, data, key, limit, rescale, out, h5, overwrite, backend, as_json, verb, option):
-    import numpy as np
+    """sample and improve: tinydae.workflows.run_chains, then its summary printed."""
+    from tinydae.workflows import run_chains
 
-    from tinydae import safety
-    from tinydae.sampling import START_KINDS, chain, make_sampler
-
-    if n < 1 or steps < 0 or keep_every < 1 or batch_size < 1:
-        raise ConfigError("--n, --keep-every and --batch-size must be >= 1, --steps >= 0")
-    ckpt = _load_checkpoint(checkpoint, optimizer=False)
-    model = tinydae.restore_model(ckpt, backend=backend)
-    corruption = model.corruption if chain_corruption == "model" else chain_corruption
-    if corruption is None:
-        raise ConfigError(f"{checkpoint} does not record its training corruption; pass --chain-corruption")
-    # A typo in the corruption or sampler options fails now, not after the start points are drawn.
-    sampler_opts = dict(sampler=sampler, final=final, step_size=step_size, levels=levels)
-    chosen = make_sampler(corruption=corruption, **sampler_opts)
-    # Every check before any work: output paths, then memory, then the (maybe slow) start points.
-    side = int(round(model.input_dim ** 0.5))
-    png = out if out and side * side == model.input_dim else None
-    inputs = [("the checkpoint", checkpoint), ("--data", data), (option, start)]
-    if isinstance(ckpt.train_config.get("data"), str):  # the training data it records is an input too
-        inputs.append(("the training data recorded in the checkpoint", _recorded_data(ckpt)[0]))
     # The default outputs (runs/sample.png, runs/improve.png) are tinydae's scratch files: a later
     # run replaces them.  A file the user named is replaced only with --overwrite.
     ctx = click.get_current_context(silent=True)
     default_out = ctx is not None and ctx.get_parameter_source("out") == ParameterSource.DEFAULT
-    if png:
-        safety.check_output_file(png, "--out", overwrite or default_out, inputs)
-    if h5:
-        safety.check_output_file(h5, "--h5", overwrite, inputs, outputs=[("--out", png)])
-    if start in START_KINDS:
-        _check_chain_memory(model, n, steps, keep_every, batch_size, start, side if png else 0, sampler)
-    x0, start_name = _starts(start, n, model, ckpt, data, key, limit, seed, option, rescale)
-    if start not in START_KINDS:
-        _check_chain_memory(model, len(x0), steps, keep_every, batch_size, None, side if png else 0, sampler)
-    t0 = time.perf_counter()
-    # An overflow inside the network is reported once, below, not as NumPy's RuntimeWarnings.
-    with safety.out_of_memory(f"running {len(x0):,} chains", "use a smaller --n, fewer --steps or a "
-                                                              "larger --keep-every"), \
-            np.errstate(over="ignore", invalid="ignore"):
-        result = chain(model, x0, steps, corruption=corruption, keep_every=keep_every,
-                       keep_chains=KEEP_CHAINS, seed=seed, batch_size=batch_size, **sampler_opts)
-        seconds = time.perf_counter() - t0
-        if png:
-            # NaN states (see the warning below) drawn black, not cast to uint8 with a warning
-            tinydae.images.save_grid(png, list(np.nan_to_num(result.trajectory)), (side, side))
-        if h5:
-            result.save_h5(h5)
-    broken = int((~np.isfinite(result.samples)).any(axis=1).sum())
-    if broken:  # r(x) is a sigmoid: only an overflow inside the network gives NaN
-        click.echo(f"warning: {broken} of {len(x0)} chains ended in NaN or infinite values: the model's "
-                   f"outputs overflow (its parameters are corrupt or far too large)", err=True)
-    summary = dict(chains=len(x0), steps=steps, start=start_name, corruption=str(corruption),
-                   sampler=sampler, final=chosen.final, step_size=chosen.step_size,
-                   sigmas=list(chosen.sigmas),
-                   kept_steps=result.kept_steps, mean_abs_change=result.mean_abs_change.tolist(),
-                   seconds=seconds, png=png, h5=h5)
+    summary, result = run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, step_size, levels,
+                                 keep_every, seed, batch_size, data, key, limit, rescale, out, h5, overwrite,
+                                 default_out, backend, option, log=_stderr)
     if as_json:
         _echo_json(summary)
         return
     first = f"{result.mean_abs_change[0]:.4f}" if steps else "-"
     last = f"{result.mean_abs_change[-1]:.4f}" if steps else "-"
-    how = f"corruption {corruption}"
-    if chosen.sigmas:  # langevin, annealed: the level(s) the score is read at
-        ladder = f"{chosen.sigmas[0]:g}" + (f"..{chosen.sigmas[-1]:g}" if len(chosen.sigmas) > 1 else "")
-        how = f"sigma {ladder}, step size {chosen.step_size:g}"
-    click.echo(f"{verb} {len(x0)} chains x {steps} steps from {start_name} ({sampler} sampler, {how}) "
-               f"in {seconds:.1f} s; mean |x_t - x_(t-1)| per pixel: first step {first}, last {last}")
-    if png:
-        click.echo(f"strip of {len(result.trajectory)} chains at steps {result.kept_steps}: {png}")
+    how = f"corruption {summary['corruption']}"
+    if summary["sigmas"]:  # langevin, annealed: the level(s) the score is read at
+        sigmas = summary["sigmas"]
+        ladder = f"{sigmas[0]:g}" + (f"..{sigmas[-1]:g}" if len(sigmas) > 1 else "")
+        how = f"sigma {ladder}, step size {summary['step_size']:g}"
+    click.echo(f"{verb} {summary['chains']} chains x {steps} steps from {summary['start']} ({sampler} sampler, "
+               f"{how}) in {summary['seconds']:.1f} s; mean |x_t - x_(t-1)| per pixel: first step {first}, "
+               f"last {last}")
+    if summary["png"]:
+        click.echo(f"strip of {len(result.trajectory)} chains at steps {result.kept_steps}: {summary['png']}")
     elif out:
-        click.echo(f"no PNG: {model.input_dim} values per sample are not a square image")
+        click.echo(f"no PNG: the model's {result.samples.shape[1]} values per sample are not a one-channel image")
     if h5:
         click.echo(f"chain: {h5}")
 
@@ -1113,7 +994,10 @@ def classifier_group():
 @click.option("--labels-key", default=None, help="The same for --labels.")
 @click.option("--limit", type=int, default=None, help="Use only the first N examples.")
 @click.option("--rescale", is_flag=True, help="Scale data linearly to [0, 1] (min-max).")
-@click.option("--hidden", default="256,128", show_default=True, help="Hidden widths; the last is the feature width.")
+@click.option("--arch", "arch_spec", default=None,
+              help="mlp:256,128 | conv:32,64,fc128 (convolutions, then dense layers; the last layer before "
+                   "the logits gives the features).  [default: mlp:256,128]")
+@click.option("--hidden", default=None, help="Shorthand for --arch mlp:WIDTHS; the last is the feature width.")
 @click.option("--epochs", type=int, default=15, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Adam, cosine-decayed to 0.")
@@ -1124,13 +1008,16 @@ def classifier_group():
 @click.option("--out", default="runs/classifier.h5", show_default=True, help="The classifier file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary, no progress.")
-def classifier_train(data, labels, key, labels_key, limit, rescale, hidden, epochs, batch_size, lr, val_fraction,
-                     augment, seed, out, overwrite, as_json):
+def classifier_train(data, labels, key, labels_key, limit, rescale, arch_spec, hidden, epochs, batch_size, lr,
+                     val_fraction, augment, seed, out, overwrite, as_json):
     """Train the feature-space classifier on labelled data and save it to OUT."""
     from tinydae import safety
     from tinydae.classifier import save_classifier, train_classifier
 
-    hidden = parse_hidden(hidden)
+    if arch_spec is not None and hidden is not None:
+        raise ConfigError("give --arch or --hidden (shorthand for --arch mlp:WIDTHS), not both")
+    spec = (tinydae.arch.canonical(arch_spec) if arch_spec is not None
+            else tinydae.arch.mlp_spec(parse_hidden(hidden if hidden is not None else "256,128")))
     if epochs < 1 or batch_size < 1 or not lr > 0 or not 0 < val_fraction < 1:
         raise ConfigError("--epochs and --batch-size must be >= 1, --lr > 0 and --val-fraction in (0, 1)")
     safety.check_output_file(out, "--out", overwrite, inputs=[("--data", data), ("--labels", labels)])  # before work
@@ -1145,7 +1032,7 @@ def classifier_train(data, labels, key, labels_key, limit, rescale, hidden, epoc
             click.echo(f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f}  held-out accuracy "
                        f"{row['accuracy']:.4f}", err=True)
 
-    model = train_classifier(ds, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
+    model = train_classifier(ds, arch=spec, epochs=epochs, batch_size=batch_size, lr=lr,
                              val_fraction=val_fraction, augment=augment, seed=seed, progress=progress)
     model.info["source"] = dict(data=_data_source(data), labels=labels and os.path.abspath(labels), key=key,
                                 labels_key=labels_key, limit=limit, rescale=rescale)

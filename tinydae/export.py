@@ -16,6 +16,7 @@ act_n is the model's hidden activation for n < 2k-1:
     tanh        tanh(z)
     sigmoid     1 / (1 + exp(-z))
     softplus    max(z, 0) + log1p(exp(-|z|))             (= log(1 + exp(z)), without overflow)
+    silu        z / (1 + exp(-z))                        (= z sigmoid(z))
     identity    z
 With tied weights the decoder's layer k+j uses the transpose of the encoder's layer k-1-j
 weight: W_(k+j) = W_(k-1-j)^T.  Both formats keep that one copy, as the model does.
@@ -36,7 +37,8 @@ the file.  Activations: Relu, Tanh, Sigmoid; leaky_relu is PRelu with a (1,) slo
 for float32 and, for float64, Max(z, 0) + slope * Min(z, 0), exact with the slope in float64
 (LeakyRelu's alpha is a 32-bit float attribute: a float64 model would get 0.0099999998; and ONNX
 Runtime 1.32 runs double PRelu only at opsets 16-18); softplus is Softplus for float32 and, for float64 (which ONNX Runtime does not
-implement), the composition Max(z, 0) + Log(1 + Exp(-Abs(z))).  A conv model's rows are reshaped to
+implement), the composition Max(z, 0) + Log(1 + Exp(-Abs(z))); silu is Mul(z, Sigmoid(z)).
+Each activation's nodes come from its record in kernels/activations.py.  A conv model's rows are reshaped to
 (batch, H, W, C) and transposed to NCHW (and back, channels last, for its rows or its code); each
 convolution is Conv and each transposed one ConvTranspose (its output size fixed by
 output_padding), both reading the weight as (F, C, kh, kw), tinydae's (kh*kw*C, F) matrix
@@ -79,16 +81,16 @@ Both writes are atomic (checkpoint.atomic_write): a killed export leaves no part
 """
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 
 from tinydae.checkpoint import atomic_write
 from tinydae.errors import ConfigError
-from tinydae.kernels.reference import LEAKY_SLOPE
+from tinydae.kernels.activations import BY_NAME, LEAKY_SLOPE
 
 FORMATS = ("onnx", "npz")
 WHATS = ("reconstruct", "encode", "logits")
-ONNX_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}  # the others: see onnx_graph
 OUTPUT_NAMES = {"reconstruct": "reconstruction", "encode": "code", "logits": "logits"}
 NPZ_FORMAT, NPZ_FORMAT_VERSION = "tinydae-npz", 1
 DESCRIPTION = "model.json"  # the npz member that holds the JSON description
@@ -198,22 +200,10 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
             inits[name] = numpy_helper.from_array(np.asarray(value, dtype), name)
         return name
 
-    def activate(h, act):
-        if act in ONNX_OPS:
-            return node(ONNX_OPS[act], [h])
-        if act == "leaky_relu" and model.dtype == np.float32:
-            return node("PRelu", [h, const("leaky_slope", [LEAKY_SLOPE])])
-        if act == "leaky_relu":  # max(z, 0) + slope * min(z, 0): exact, and runs at every opset
-            neg = node("Mul", [node("Min", [h, const("zero", 0)]), const("leaky_slope", LEAKY_SLOPE)])
-            return node("Add", [node("Max", [h, const("zero", 0)]), neg])
-        if act == "softplus" and model.dtype == np.float32:
-            return node("Softplus", [h])
-        if act == "softplus":  # max(z, 0) + log(1 + exp(-|z|)), as tinydae computes it
-            tail = node("Log", [node("Add", [const("one", 1), node("Exp", [node("Neg", [node("Abs", [h])])])])])
-            return node("Add", [node("Max", [h, const("zero", 0)]), tail])
-        if act != "identity":
-            raise ConfigError(f"no ONNX mapping for activation {act!r}")
-        return h
+    emit = SimpleNamespace(node=node, const=const, dtype=model.dtype)
+
+    def activate(h, act):  # each activation's record says how (kernels/activations.py)
+        return BY_NAME[act].onnx(emit, h)
 
     def to_rows(h, width):
         """NCHW images -> rows (batch, H*W*C) in tinydae's channels-last order"""

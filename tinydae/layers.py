@@ -25,19 +25,20 @@ parts is free.
 Legend: B batch, I input width, O output width; H x W x C an image, Ho x Wo x F the output of a
 convolution, K = kh*kw*C the length of one window.
 
-The activations themselves (relu, leaky_relu, tanh, sigmoid, softplus, identity) are
-forward/backward pairs in kernels/reference.py, re-exported here as ACTIVATIONS; their
-backward is written from the output y alone, so a layer caches only what it produced.
+The activations are declared once, in kernels/activations.py (relu, leaky_relu, tanh, sigmoid,
+softplus, silu, identity): their (forward, backward) reference pairs are re-exported here as
+ACTIVATIONS.  A backward written from the output y lets a layer cache only what it produced; for
+one written from the pre-activation z (SiLU) the layer keeps z + b instead (_activate).
 """
 import math
 from typing import NamedTuple
 
 import numpy as np
 
+from tinydae.kernels.activations import BY_NAME, HIDDEN
 from tinydae.kernels.reference import ACTIVATIONS  # noqa: F401  (the activation pairs)
 
-HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
-HE_ACTIVATIONS = ("relu", "leaky_relu")  # He-normal init; Glorot-normal for the rest
+HIDDEN_ACTIVATIONS = HIDDEN  # every activation but identity (kernels/activations.py)
 
 
 class Param(NamedTuple):
@@ -52,7 +53,7 @@ class Param(NamedTuple):
 def weight_std(activation, fan_in, fan_out):
     """He-normal sqrt(2 / fan_in) before a (leaky) relu, Glorot-normal sqrt(2 / (fan_in +
     fan_out)) otherwise (and for the logits layer, whose activation is identity)."""
-    if activation in HE_ACTIVATIONS:
+    if BY_NAME[activation].he:
         return math.sqrt(2.0 / fan_in)
     return math.sqrt(2.0 / (fan_in + fan_out))
 
@@ -160,11 +161,10 @@ class Linear:
         self.backend, self.kernels, self.xp = backend, backend.kernels, backend.xp
 
     def forward(self, x):
-        """x: (B, *in_shape) -> y: (B, O), cache = (x rows, y, x.shape)"""
+        """x: (B, *in_shape) -> y: (B, O), cache = (x rows, y (z + b for SiLU), x.shape)"""
         rows = x.reshape(x.shape[0], -1)
-        y = self.xp.matmul(rows, self.W)
-        self.kernels.bias_act_forward(y, y, self.b, self.activation)  # in place
-        return y, (rows, y, x.shape)
+        y, read = _activate(self, self.xp.matmul(rows, self.W), self.b)  # in place, unless SiLU
+        return y, (rows, read, x.shape)
 
     def pre_bias(self, x):
         """x: (B, *in_shape) -> x @ W: (B, O), before the bias (for the fused sigmoid of the
@@ -212,20 +212,36 @@ def _scratch(layer, key, shape, dtype):
     return a
 
 
+def _activate(layer, rows, b):
+    """rows (B, N), z in place -> (y = act(z + b), what backward reads): the bias and the
+    activation in one fused kernel, in place, for an activation whose gradient reads its output;
+    for one that reads z + b (SiLU) that sum stays in rows and y is a new array (two launches)."""
+    if BY_NAME[layer.activation].reads == "y":
+        layer.kernels.bias_act_forward(rows, rows, b, layer.activation)
+        return rows, rows
+    layer.kernels.bias_act_forward(rows, rows, b, "identity")
+    zeros = _scratch(layer, "zeros", (rows.shape[1],), rows.dtype)
+    zeros[...] = 0
+    y = layer.xp.empty_like(rows)
+    layer.kernels.bias_act_forward(y, rows, zeros, layer.activation)
+    return y, rows
+
+
 def _bias_act(layer, y):
-    """y: (B, ..., C) in place -> act(y + b), the bias per channel.  The fused kernel runs on the
-    image rows (B, H*W*C) with the bias repeated over the pixels: on (B*H*W, C) rows a narrow C
-    costs a loop per pixel (C = 1, the decoder's last layer: 2 ms instead of 0.014 ms for its
-    bias gradient at batch 64, measured).  -> the rows, a view of y"""
+    """y: (B, ..., C) -> (act(y + b) as a (B, ..., C) array, what backward reads as (B, H*W*C)
+    rows), the bias per channel.  The fused kernel runs on the image rows (B, H*W*C) with the
+    bias repeated over the pixels: on (B*H*W, C) rows a narrow C costs a loop per pixel (C = 1,
+    the decoder's last layer: 2 ms instead of 0.014 ms for its bias gradient at batch 64,
+    measured)."""
     rows = y.reshape(y.shape[0], -1)
-    layer.kernels.bias_act_forward(rows, rows, layer.xp.tile(layer.b, rows.shape[1] // layer.b.size),
-                                   layer.activation)
-    return rows
+    out, read = _activate(layer, rows, layer.xp.tile(layer.b, rows.shape[1] // layer.b.size))
+    return out.reshape(y.shape), read
 
 
 def _bias_act_backward(layer, dz, dy, y):
-    """dz = dy * act'(y) and db += its sum over examples and pixels, all (B, H*W*C) rows: the
-    kernel sums over the examples per (pixel, channel) in float64, folded here per channel."""
+    """dz = dy * act'(.) from y (what _activate kept) and db += its sum over examples and pixels,
+    all (B, H*W*C) rows: the kernel sums over the examples per (pixel, channel) in float64,
+    folded here per channel."""
     db_row = _scratch(layer, "db_row", (dy.shape[1],), layer.db.dtype)
     db_row[...] = 0
     layer.kernels.bias_act_backward(dz, db_row, dy, y, layer.activation)
@@ -308,8 +324,8 @@ class Conv2d:
         Ho, Wo, F = self.output_shape(x.shape[1:])
         cols = self.xp.empty((B * Ho * Wo, self.W.shape[0]), x.dtype)
         self.kernels.im2col(cols, x, self.kh, self.kw, self.stride, self.pad)
-        y = self.xp.matmul(cols, self.W).reshape(B, Ho, Wo, F)  # (B*Ho*Wo, F) rows of a GEMM
-        return y, (cols, _bias_act(self, y), x.shape)
+        y, read = _bias_act(self, self.xp.matmul(cols, self.W).reshape(B, Ho, Wo, F))  # (B*Ho*Wo, F) GEMM rows
+        return y, (cols, read, x.shape)
 
     def backward(self, dy, cache, need_dx=True):
         """dy: (B, Ho, Wo, F) -> dx: (B, H, W, C) (None if not needed); adds into db and dW
@@ -397,8 +413,8 @@ class ConvTranspose2d:
 
     def forward(self, x):
         """x: (B, Hi, Wi, F) -> y: (B, H, W, C), cache = (x rows, y as (B, H*W*C) rows, x.shape)"""
-        y = self._columns(x)
-        return y, (x.reshape(-1, x.shape[3]), _bias_act(self, y), x.shape)
+        y, read = _bias_act(self, self._columns(x))
+        return y, (x.reshape(-1, x.shape[3]), read, x.shape)
 
     def pre_bias(self, x):
         """x: (B, Hi, Wi, F) -> (B, H*W*C) rows before the bias; bias_row(): (H*W*C,), the
@@ -423,6 +439,14 @@ class ConvTranspose2d:
         return (f"ConvTranspose2d(->{self.out_channels}, {self.kh}x{self.kw}, stride {self.stride}, "
                 f"pad {self.pad}, to {self.out_hw[0]}x{self.out_hw[1]}, {self.activation}"
                 f"{', tied to ' + self.tie if self.tie else ''})")
+
+
+def launches(layer):
+    """A layer's fused-kernel launches: (forward, backward, backward without dx); an activation
+    whose gradient reads z (SiLU) adds one to the forward (_activate)."""
+    fwd, bwd, bwd_no_dx = layer.LAUNCHES
+    extra = int(getattr(layer, "activation", "identity") != "identity" and BY_NAME[layer.activation].reads == "z")
+    return fwd + extra, bwd, bwd_no_dx
 
 
 # ----------------------------------------------------------------------------------------

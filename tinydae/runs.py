@@ -38,6 +38,40 @@ def moved_data_error(ckpt, path):
                      f"--data to say where that data is now")
 
 
+def resume_settings(ckpt, model_options=None, train_options=None, epochs=None):
+    """What resuming `ckpt` trains with, by train --resume's rules: the checkpoint's own settings,
+    checked against the ones the caller gave explicitly.
+
+    model_options: {model config key: value} given (arch, activation, tied, loss, dtype)
+    train_options: {train config key: value} given (data: where the recorded data is now, when
+                   it moved; the rest must equal the recorded values)
+    epochs: the total to reach (must exceed the epochs done)
+    -> (the recorded train config, its data resolved to a path that exists; TrainState)
+    Raises ConfigError naming every difference, DataError when the recorded data is gone and
+    train_options gives no data.
+    """
+    from tinydae.checkpoint import config_differences
+    from tinydae.train import TrainState
+
+    train_options = dict(train_options or {})
+    saved = dict(ckpt.train_config)
+    if "data" in saved:
+        saved["data"], gone = recorded_data(ckpt)
+        if gone and "data" not in train_options:
+            raise moved_data_error(ckpt, saved["data"])
+        if gone:  # the same data moved: train_options["data"] says where it is now
+            saved["data"] = train_options.pop("data")
+    diffs = config_differences(ckpt.model_config, dict(model_options or {}))
+    diffs += config_differences(saved, train_options)
+    if diffs:
+        raise ConfigError(f"cannot resume {ckpt.path}: it differs from the options given: " + "; ".join(diffs))
+    state = TrainState.from_checkpoint(ckpt)
+    if epochs is not None and state.epoch >= epochs:  # fit() would do nothing; say so instead of exiting 0
+        raise ConfigError(f"{ckpt.path} already has {state.epoch} completed epoch(s) (step {state.step}); "
+                          f"--epochs counts the total: pass --epochs {state.epoch + 1} or more to train further")
+    return saved, state
+
+
 def check_run_folder(out, resume=None, overwrite=False, log=None):
     """Refuse to replace another run, or to find a directory where a file must go, before any
     work.  -> True when the files of the run in `out` are to be replaced (overwrite)."""

@@ -380,7 +380,9 @@ def kernel_launches_per_chain_step(model, corruption):
     bias+sigmoid+change (1).  The GEMMs are cuBLAS (or BLAS) calls on top of these; every
     CHANGE_ROWS steps one sum over the chains (an xp call) folds the changes."""
     # the last layer's bias+activation is the fused bias+sigmoid+change: one launch either way
-    return int(Corruption.parse(corruption).mode != "none") + sum(layer.LAUNCHES[0] for layer in model.layers)
+    from tinydae.layers import launches
+
+    return int(Corruption.parse(corruption).mode != "none") + sum(launches(layer)[0] for layer in model.layers)
 
 
 def improve(model, samples, steps, **kwargs):

@@ -40,11 +40,13 @@ def kernel_launches_per_step(model):
     reused: no memset), the optimizer update over the flat buffers (1).  GEMMs (on CuPy the
     dW GEMMs accumulate into the gradient buffer themselves), the batch gather and zeroing the
     gradient buffer are CuPy/cuBLAS (or NumPy/BLAS) calls on top of these.  Each layer's own
-    count is its LAUNCHES (a convolution adds im2col and col2im)."""
+    count is layers.launches(layer) (a convolution adds im2col and col2im, SiLU a launch)."""
+    from tinydae.layers import launches
+
     net = model.net
-    backward = sum(layer.LAUNCHES[1 if i > net.first_trained else 2]
+    backward = sum(launches(layer)[1 if i > net.first_trained else 2]
                    for i, layer in enumerate(net.layers) if i >= net.first_trained)
-    return sum(layer.LAUNCHES[0] for layer in net.layers) + backward + 3
+    return sum(launches(layer)[0] for layer in net.layers) + backward + 3
 
 
 @dataclass

@@ -76,6 +76,7 @@ static double act(const char *name, double z, double slope) {
     if (!strcmp(name, "tanh")) return tanh(z);
     if (!strcmp(name, "sigmoid")) return 1 / (1 + exp(-z));
     if (!strcmp(name, "softplus")) return (z < 0 ? 0 : z) + log1p(exp(-fabs(z)));
+    if (!strcmp(name, "silu")) return z / (1 + exp(-z));
     if (strcmp(name, "identity")) die("unknown activation", name);
     return z;
 }
