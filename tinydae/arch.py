@@ -8,6 +8,8 @@ and checkpoints (the model config's "arch") share.
     conv:16k3,32,64    "k3": a 3x3 window, stride 1, pad 1 (keeps the size)
     conv:32,64,fc128   after the convolutions, flatten and a dense bottleneck of 128
                        (mirrored by a dense layer and a reshape back to the image)
+    unet:16,32         a small U-Net (tinydae/unet.py): conv:16,32's encoder, and a decoder whose
+                       every level also reads the encoder's output at that size (skip connections)
 
 Every hidden layer uses the model's activation; the last decoder layer gives logits (identity),
 and the DAE applies the sigmoid.  With tied weights each decoder layer uses its encoder
@@ -25,10 +27,10 @@ import re
 from tinydae.errors import ConfigError
 from tinydae.layers import ConvTranspose2d, Conv2d, Linear, Reshape
 
-KINDS = ("mlp", "conv")
+KINDS = ("mlp", "conv", "unet")
 _CONV_ENTRY = re.compile(r"^(\d+)(k3)?$")
 _FC_ENTRY = re.compile(r"^fc(\d+)$")
-EXAMPLES = "mlp:1000,500, conv:32,64, conv:16k3,32,64 or conv:32,64,fc128"
+EXAMPLES = "mlp:1000,500, conv:32,64, conv:16k3,32,64, conv:32,64,fc128 or unet:16,32"
 
 
 def parse_arch(spec):
@@ -47,9 +49,10 @@ def parse_arch(spec):
         raise ConfigError(f"{spec!r}: give one or more comma-separated layer sizes (e.g. {EXAMPLES})")
     entries = []
     for t in tokens:
-        if kind == "mlp":
+        if kind in ("mlp", "unet"):
             m = re.fullmatch(r"\d+", t)
-            entry = dict(width=int(t)) if m else None
+            entry = (dict(width=int(t)) if kind == "mlp" else dict(filters=int(t), kernel=4, stride=2, pad=1)) \
+                if m else None
         elif _FC_ENTRY.match(t):
             entry = dict(width=int(_FC_ENTRY.match(t).group(1)))
         elif _CONV_ENTRY.match(t):
@@ -61,7 +64,8 @@ def parse_arch(spec):
         else:
             entry = None
         if entry is None:
-            want = "a width such as 1000" if kind == "mlp" else "filters such as 32, 32k3, or fc128"
+            want = {"mlp": "a width such as 1000", "unet": "filters such as 32"}.get(kind, "filters such as 32, 32k3, "
+                                                                                         "or fc128")
             raise ConfigError(f"{spec!r}: {t!r} is not {want}")
         if entry.get("width", 1) < 1 or entry.get("filters", 1) < 1:
             raise ConfigError(f"{spec!r}: layer sizes must be >= 1, got {t!r}")
@@ -99,6 +103,7 @@ def input_shape_for(spec, input_dim, input_shape=None):
     """One example's shape: (D,) rows for mlp (or the given image shape), (H, W, C) for conv.
     input_shape: (H, W) or (H, W, C) or None (conv: a square single-channel image if D is a square)."""
     kind = parse_arch(spec)[0]
+    image = kind in ("conv", "unet")
     if input_shape is not None:
         shape = tuple(input_shape)
         if not 1 <= len(shape) <= 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
@@ -107,16 +112,16 @@ def input_shape_for(spec, input_dim, input_shape=None):
             raise ConfigError(f"input_shape {shape} holds {math.prod(shape)} values, not input_dim = {input_dim}")
         if len(shape) == 2:
             shape += (1,)
-    elif kind == "conv":
+    elif image:
         side = math.isqrt(input_dim)
         if side * side != input_dim:
-            raise ConfigError(f"a conv model needs the image shape: {input_dim} values are not a square image; "
+            raise ConfigError(f"a {kind} model needs the image shape: {input_dim} values are not a square image; "
                               f"give input_shape (H, W) or (H, W, C)")
         shape = (side, side, 1)
     else:
         shape = (input_dim,)
-    if kind == "conv" and len(shape) != 3:
-        raise ConfigError(f"a conv model needs an image shape (H, W) or (H, W, C), got {shape}")
+    if image and len(shape) != 3:
+        raise ConfigError(f"a {kind} model needs an image shape (H, W) or (H, W, C), got {shape}")
     return shape
 
 
@@ -124,6 +129,8 @@ def dae_layers(spec, input_shape, activation, tied):
     """The DAE's layers for a spec: [(name, layer), ...], encoder then decoder, the last
     layer giving logits (B, D).  input_shape: from input_shape_for."""
     kind, entries = parse_arch(spec)
+    if kind == "unet":
+        raise ConfigError(f"{spec}: a U-Net is not a stack of layers; build it with tinydae.unet.UNet")
     D = math.prod(input_shape)
     if kind == "mlp":
         dims = [D] + [e["width"] for e in entries]
@@ -170,6 +177,8 @@ def classifier_layers(spec, input_shape, classes):
     flattened, then the logits layer "out" of `classes` units.  mlp:256,128 is the dense
     classifier of every earlier version (layers fc0, fc1, out: the same layout)."""
     kind, entries = parse_arch(spec)
+    if kind == "unet":
+        raise ConfigError(f"{spec}: a U-Net classifier makes no sense (it maps images to images); use conv:...")
     if kind == "mlp":
         return [(f"fc{i}", Linear(e["width"], "relu")) for i, e in enumerate(entries)] + [("out", Linear(classes))]
     layers, shape, flat = [("in", Reshape(input_shape))], tuple(input_shape), False
@@ -191,3 +200,9 @@ def classifier_layers(spec, input_shape, classes):
     if not flat:
         layers.append(("flat", Reshape((math.prod(shape),))))
     return layers + [("out", Linear(classes))]
+
+
+def unet_filters(spec):
+    """The filters of a unet spec, or None for any other kind."""
+    kind, entries = parse_arch(spec)
+    return [e["filters"] for e in entries] if kind == "unet" else None

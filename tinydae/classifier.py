@@ -315,7 +315,8 @@ def train_classifier(data, labels=None, *, hidden=None, epochs=15, batch_size=12
         or a square D)
     lr: the start of a cosine decay to 0 over all steps (no tuning of the epoch count needed)
     val_fraction: held out (seeded split, as Dataset.split) to measure the accuracy saved with it
-    augment: shift training images by up to 2 pixels each epoch (only when the image shape is known)
+    augment: shift training images by up to 2 pixels each epoch (only when the image shape is known
+        and has one channel)
     progress: callable(epoch, info dict) after each epoch
     -> Classifier, its .info = {accuracy, chance, data, n_train, n_heldout, epochs, batch_size, lr,
        val_fraction, augment, seconds, history: [{epoch, train_loss, accuracy}]}
@@ -335,7 +336,7 @@ def train_classifier(data, labels=None, *, hidden=None, epochs=15, batch_size=12
                  f"a classifier of {describe(config)} ({n_classes:,} classes: labels up to {n_classes - 1:,})",
                  "use a smaller --arch (--hidden), or labels numbered 0, 1, ... per class")
     train, held = Dataset(x, image_shape, name, y).split(val_fraction, seed)
-    augment = bool(augment and image_shape)
+    augment = bool(augment and image_shape and len(image_shape) == 2)  # shift_images: one channel
     model = Classifier(**config)
     optimizer = Adam(model, lr=lr)
     n = len(train)

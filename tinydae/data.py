@@ -35,7 +35,7 @@ GLYPH_SIZE = 28
 @dataclass
 class Dataset:
     x: np.ndarray                      # (N, D) float32 in [0, 1]
-    image_shape: tuple | None          # (H, W) with H * W == D, or None
+    image_shape: tuple | None          # (H, W) with H * W == D, (H, W, C) channels last, or None
     name: str
     labels: np.ndarray | None = None   # (N,) int, when the source has them
     density: object = None             # a metrics.GaussianMixture for the gmm data, else None
@@ -257,16 +257,20 @@ def _read_h5(path, key, option="--key"):
 
 
 def to_rows(arr, source, rescale=False):
-    """Any supported array -> ((N, D) float32 in [0, 1], image shape or None)."""
-    if arr.ndim == 4 and 1 in (arr.shape[1], arr.shape[3]):
-        arr = arr.reshape(arr.shape[0], *[s for s in arr.shape[1:] if s != 1][:2]) \
-            if arr.shape[1] == 1 or arr.shape[3] == 1 else arr
-    if arr.ndim not in (2, 3):
-        raise DataError(f"{source}: expected examples as rows (N, D) or images (N, H, W), "
+    """Any supported array -> ((N, D) float32 in [0, 1], image shape or None).
+    (N, D) rows (a square D read as a square image), (N, H, W) images, (N, H, W, C) images
+    channels last (shape (H, W, C); C = 1 gives (H, W)), and (N, 1, H, W)."""
+    if arr.ndim == 4 and arr.shape[1] <= 4 < arr.shape[3]:  # (N, 3, 32, 32): NCHW, read silently as a
+        raise DataError(f"{source}: images of shape {arr.shape[1:]} look like channels first (N, C, H, W); "  # 3x32x32 image
+                        f"tinydae reads them channels last, (N, H, W, C): store np.moveaxis(a, 1, -1)")
+    if arr.ndim == 4 and (arr.shape[3] == 1 or arr.shape[1] == 1):
+        arr = arr.reshape(arr.shape[:3] if arr.shape[3] == 1 else (arr.shape[0], *arr.shape[2:]))
+    if arr.ndim not in (2, 3, 4):
+        raise DataError(f"{source}: expected examples as rows (N, D) or images (N, H, W) or (N, H, W, C), "
                         f"got shape {arr.shape}")
     if arr.shape[0] == 0 or math.prod(arr.shape[1:]) == 0:
         raise DataError(f"{source}: no data (shape {arr.shape})")
-    if arr.ndim == 3:
+    if arr.ndim >= 3:
         shape = arr.shape[1:]
     else:
         side = math.isqrt(arr.shape[1])

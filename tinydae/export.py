@@ -186,7 +186,10 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
     if model.hidden is None and model.dtype != np.float32:
         raise ConfigError(f"ONNX export of a {model.dtype.name} conv model: ONNX Runtime implements Conv and "
                           f"ConvTranspose for float32 only (1.32); train the conv model in float32 to export it")
-    end = model._code if what == "encode" else len(model.layers)
+    if model.config["arch"].startswith("unet:"):
+        raise ConfigError(f"ONNX export of a U-Net ({model.config['arch']}) is not written yet (its skip connections "
+                          f"need Concat nodes); run it in tinydae or its NumPy-only runtime")
+    end = model.net._code if what == "encode" else len(model.layers)
     inits = {}  # name -> TensorProto, each parameter once (a tied W serves two layers)
     nodes = []
 

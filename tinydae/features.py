@@ -243,16 +243,17 @@ def novelty(samples, train, reference, quantile=0.05):
 
 
 def box_blur(x, image_shape, size=3):
-    """Mean over a size x size window, edges replicated.  x: (N, H*W) -> (N, H*W) float32"""
-    H, W = image_shape
+    """Mean over a size x size window, edges replicated, each channel apart.
+    x: (N, H*W*C) rows of (H, W) or (H, W, C) images -> (N, H*W*C) float32"""
+    H, W, C = (*image_shape, 1)[:3]
     p = size // 2
     x = as_host_array(x, "the images", np.float32)  # any array in host memory, see tinydae.backend
-    img = np.pad(x.reshape(-1, H, W), ((0, 0), (p, p), (p, p)), mode="edge")
-    out = np.zeros((len(x), H, W), np.float32)
+    img = np.pad(x.reshape(-1, H, W, C), ((0, 0), (p, p), (p, p), (0, 0)), mode="edge")
+    out = np.zeros((len(x), H, W, C), np.float32)
     for dy in range(size):
         for dx in range(size):
             out += img[:, dy:dy + H, dx:dx + W]
-    return (out / size**2).reshape(len(x), H * W)
+    return (out / size**2).reshape(len(x), H * W * C)
 
 
 def _near_chance(accuracy, chance):

@@ -15,14 +15,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def grid(rows, image_shape, pad=2, scale=2):
-    """rows: list of (n, D) arrays in [0, 1] (clipped) -> (H_total, W_total) uint8 image."""
-    H, W = image_shape
+    """rows: list of (n, D) arrays in [0, 1] (clipped) -> (H_total, W_total) uint8 image.
+    image_shape: (H, W), or (H, W, C) channels last, drawn as the mean of its channels (grey)."""
+    H, W, C = (*image_shape, 1)[:3]
     n = max(len(r) for r in rows)
     out = np.full((len(rows) * (H + pad) + pad, n * (W + pad) + pad), 64, np.uint8)
     for i, r in enumerate(rows):
         for j, img in enumerate(np.asarray(r, np.float64)):
             y, x = pad + i * (H + pad), pad + j * (W + pad)
-            out[y:y + H, x:x + W] = np.round(np.clip(img.reshape(H, W), 0, 1) * 255)
+            out[y:y + H, x:x + W] = np.round(np.clip(img.reshape(H, W, C).mean(axis=2), 0, 1) * 255)
     return np.kron(out, np.ones((scale, scale), np.uint8)) if scale > 1 else out
 
 

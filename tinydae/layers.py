@@ -473,7 +473,35 @@ def plan(named_layers, in_shape):
     return shapes, layout, params
 
 
-class Sequential:
+class FlatNet:
+    """What every network over one flat parameter buffer shares (Sequential, unet.UNet): needs
+    layout, param_specs, named_params, accumulated, grads and backend."""
+
+    def init_params(self, seed, to_device, step0=0):
+        """Each Param N(0, std^2) from Philox stream STREAM_INIT, step = step0 + its index in the
+        layout (zeros where std is 0).  to_device: host float64 array -> what the views take."""
+        from tinydae.rng import STREAM_INIT, host_normal
+
+        for index, (name, shape) in enumerate(self.layout):
+            std = self.param_specs[name].std
+            if std == 0:
+                self.named_params[name][...] = 0
+            else:
+                self.named_params[name][...] = to_device(host_normal(shape, seed, step0 + index, STREAM_INIT) * std)
+
+    def clear_accumulated(self):
+        """Zero what backward accumulates into before a backward pass.  On the CPU that is the
+        biases only (every dW is written by its first GEMM; zeroing a whole 3.6M-value buffer
+        cost ~1 ms of a 12 ms batch-64 step); on a GPU one memset of the whole buffer is cheaper
+        than a launch per bias."""
+        if self.backend.xp is np:
+            for g in self.accumulated:
+                g[...] = 0
+        else:
+            self.grads[...] = 0
+
+
+class Sequential(FlatNet):
     """Layers applied in order; parameters and gradients views into one flat buffer each.
 
     named_layers: [(name, layer), ...] (names prefix the parameters: "enc0.W"); in_shape: one
@@ -500,29 +528,10 @@ class Sequential:
         self.accumulated = [self.named_grads[n] for n, p in self.param_specs.items() if p.kind == "bias"]
         # the first layer that has parameters: no layer before it needs dx
         self.first_trained = next((i for i, layer in enumerate(self.layers) if layer.params(self.shapes[i])), 0)
-
-    def init_params(self, seed, to_device, step0=0):
-        """Each Param N(0, std^2) from Philox stream STREAM_INIT, step = step0 + its index in the
-        layout (zeros where std is 0).  to_device: host float64 array -> what the views take."""
-        from tinydae.rng import STREAM_INIT, host_normal
-
-        for index, (name, shape) in enumerate(self.layout):
-            std = self.param_specs[name].std
-            if std == 0:
-                self.named_params[name][...] = 0
-            else:
-                self.named_params[name][...] = to_device(host_normal(shape, seed, step0 + index, STREAM_INIT) * std)
-
-    def clear_accumulated(self):
-        """Zero what backward accumulates into before a backward pass.  On the CPU that is the
-        biases only (every dW is written by its first GEMM; zeroing a whole 3.6M-value buffer
-        cost ~1 ms of a 12 ms batch-64 step); on a GPU one memset of the whole buffer is cheaper
-        than a launch per bias."""
-        if self.backend.xp is np:
-            for g in self.accumulated:
-                g[...] = 0
-        else:
-            self.grads[...] = 0
+        # the last layer that is not a reshape gives the output (logits_parts); a DAE's encoder ends
+        # with the last layer named enc* (code)
+        self._last = max(i for i, layer in enumerate(self.layers) if not isinstance(layer, Reshape))
+        self._code = max((i for i, name in enumerate(self.names) if name.startswith("enc")), default=-1) + 1
 
     def forward(self, x, layers=None):
         """Training forward through layers[:n] (all by default): the output and the caches."""
@@ -542,6 +551,17 @@ class Sequential:
         """dy: the gradient of the output -> nothing (no dx for the data); fills the gradients."""
         for i in reversed(range(self.first_trained, len(self.layers))):
             dy = self.layers[i].backward(dy, caches[i], need_dx=i > self.first_trained)
+
+    def logits_parts(self, x):
+        """x -> (the output before the last layer's bias, as rows (B, N); that bias as an (N,) row),
+        so one fused kernel can add the bias and apply the sigmoid (DAE.reconstruct)."""
+        last = self.layers[self._last]
+        return last.pre_bias(self.infer(x, self._last)), last.bias_row()
+
+    def code(self, x):
+        """x -> the output of the layers up to the last one named enc*, as rows (B, N)."""
+        h = self.infer(x, self._code)
+        return h.reshape(h.shape[0], -1)
 
     def cost(self):
         """(forward FLOPs, values a training step holds) per example, summed over the layers."""

@@ -6,6 +6,7 @@ Legend: B batch, D input width (pixels, H*W*C for images), H_k hidden widths.
     mlp:H_1,..,H_k   encoder  D -> H_1 -> ... -> H_k   (each Linear + activation)
                      decoder  H_k -> ... -> H_1 -> D   (mirrored; the last layer gives logits)
     conv:F_1,..      Conv2d layers down, ConvTranspose2d layers back up (channels last)
+    unet:F_1,..      the same, with skip connections (tinydae/unet.py)
     reconstruct(x) = sigmoid(logits(x))
 
 The model reads and writes rows (B, D); a conv model reshapes them to images (B, H, W, C) and
@@ -22,7 +23,7 @@ import numpy as np
 from tinydae import arch as arch_spec
 from tinydae.backend import get_backend
 from tinydae.errors import ConfigError, DataError
-from tinydae.layers import HIDDEN_ACTIVATIONS, Reshape, Sequential, plan, stack_cost
+from tinydae.layers import HIDDEN_ACTIVATIONS, Sequential, plan, stack_cost
 from tinydae.losses import LOSSES, loss_sum_forward_backward
 
 DTYPES = ("float32", "float64")
@@ -70,8 +71,25 @@ def check_config(input_dim, hidden=None, activation="relu", tied=False, loss="bc
 
 
 def model_layers(config):
-    """The model's layers for a normalised config: [(name, layer), ...] (not yet bound)."""
+    """The model's layers for a normalised config: [(name, layer), ...] (not yet bound); a U-Net
+    (not a stack): its unet.unet_entries."""
+    filters = arch_spec.unet_filters(config["arch"])
+    if filters is not None:
+        from tinydae.unet import unet_entries
+
+        return [(n, layer) for n, layer, _ in unet_entries(filters, tuple(config["input_shape"]),
+                                                            config["activation"], config["tied"])]
     return arch_spec.dae_layers(config["arch"], tuple(config["input_shape"]), config["activation"], config["tied"])
+
+
+def build_net(config, backend, dtype):
+    """The bound network of a normalised config: a layers.Sequential, or a unet.UNet."""
+    filters = arch_spec.unet_filters(config["arch"])
+    if filters is not None:
+        from tinydae.unet import UNet
+
+        return UNet(filters, tuple(config["input_shape"]), config["activation"], config["tied"], backend, dtype)
+    return Sequential(model_layers(config), (config["input_dim"],), backend, dtype)
 
 
 def describe(config):
@@ -88,11 +106,21 @@ def model_cost(config):
     if "arch" not in config or "input_shape" not in config:
         keys = ("hidden", "activation", "tied", "arch", "input_shape")
         config = check_config(config["input_dim"], **{k: config[k] for k in keys if k in config})
+    filters = arch_spec.unet_filters(config["arch"])
+    if filters is not None:
+        from tinydae.unet import unet_cost
+
+        return unet_cost(filters, tuple(config["input_shape"]), config["activation"], config["tied"])
     return stack_cost(model_layers(config), (config["input_dim"],))
 
 
 def param_layout(config):
     """[(name, shape), ...] in flat-buffer order; tied decoders own only their biases."""
+    filters = arch_spec.unet_filters(config["arch"])
+    if filters is not None:
+        from tinydae.unet import unet_layout
+
+        return unet_layout(filters, tuple(config["input_shape"]), config["activation"], config["tied"])
     return plan(model_layers(config), (config["input_dim"],))[1]
 
 
@@ -119,14 +147,10 @@ class DAE:
         self.config = check_config(input_dim, hidden, activation, tied, loss, dtype, seed, arch, input_shape)
         self.backend = get_backend(backend)
         self.dtype = np.dtype(self.config["dtype"])
-        self.net = Sequential(model_layers(self.config), (self.config["input_dim"],), self.backend, self.dtype)
+        self.net = build_net(self.config, self.backend, self.dtype)
         self.layers, self.layout = self.net.layers, self.net.layout
         self.params, self.grads = self.net.params, self.net.grads
         self.named_params, self.named_grads = self.net.named_params, self.net.named_grads
-        # the last layer with parameters gives the logits (only reshapes follow it), and the
-        # encoder ends with the last layer named enc*
-        self._last = max(i for i, layer in enumerate(self.layers) if not isinstance(layer, Reshape))
-        self._code = max(i for i, name in enumerate(self.net.names) if name.startswith("enc")) + 1
         self.corruption = None  # the training corruption, once fit() or a checkpoint sets it
         if params is None:
             self.init_params()
@@ -203,28 +227,19 @@ class DAE:
     def encode(self, x, check=True):
         """x: (B, D) -> code: (B, code size), the encoder's output as rows (an image code
         (Ho, Wo, F) flattened channels last).  check: refuse non-finite x (see _checked)."""
-        x = self._checked(x, "the batch") if check else self.as_input(x)
-        code = self.net.infer(x, self._code)
-        return code.reshape(code.shape[0], -1)
+        return self.net.code(self._checked(x, "the batch") if check else self.as_input(x))
 
     def logits(self, x, check=True):
         """x: (B, D) -> logits: (B, D).  check: refuse non-finite x."""
         return self.net.infer(self._checked(x, "the batch") if check else self.as_input(x))
 
-    def _last_product(self, x):
-        """x: (B, D) -> the logits before the last layer's bias: (B, D); _last_bias() is that
-        bias as a (D,) row, so one fused kernel adds it and applies the sigmoid."""
-        return self.layers[self._last].pre_bias(self.net.infer(self.as_input(x), self._last))
-
-    def _last_bias(self):
-        return self.layers[self._last].bias_row()
-
     def reconstruct(self, x, check=True):
         """x: (B, D) -> r(x) = sigmoid(logits(x)): (B, D), values in [0, 1]
         (the sigmoid is fused into the last layer's bias kernel).  check: refuse non-finite x
         (a NaN would come out as NaN); x may lie outside [0, 1] (a corrupted input does)."""
-        y = self._last_product(self._checked(x, "the batch") if check else x)
-        self.backend.kernels.bias_act_forward(y, y, self._last_bias(), "sigmoid")
+        # the logits before the last bias: one fused kernel adds it and applies the sigmoid
+        y, bias = self.net.logits_parts(self._checked(x, "the batch") if check else self.as_input(x))
+        self.backend.kernels.bias_act_forward(y, y, bias, "sigmoid")
         return y
 
     def chain_step(self, x_in, prev, change):
@@ -235,8 +250,8 @@ class DAE:
         sum_j |r(x_in)_ij - prev_ij| for each chain i.
         -> r(x_in): (B, D)
         """
-        y = self._last_product(x_in)
-        self.backend.kernels.bias_sigmoid_change(y, change, self._last_bias(), prev)
+        y, bias = self.net.logits_parts(self.as_input(x_in))
+        self.backend.kernels.bias_sigmoid_change(y, change, bias, prev)
         return y
 
     # -- backward ----------------------------------------------------------------------

@@ -41,11 +41,11 @@ def training_data(ckpt, data=None, key=None, limit=None):
 
 
 def image_shape(model):
-    """(H, W) of a one-channel image model (its recorded shape, or a square D), else None: what
-    a PNG grid can show."""
+    """(H, W) or (H, W, C) of an image model (its recorded shape, or a square D), else None: what
+    a PNG grid can show (images.grid draws several channels as their mean)."""
     shape = tuple(model.config["input_shape"])
-    if len(shape) == 3 and shape[2] == 1:
-        return shape[:2]
+    if len(shape) == 3:
+        return shape[:2] if shape[2] == 1 else shape
     side = math.isqrt(model.input_dim)
     return (side, side) if side * side == model.input_dim else None
 
@@ -54,7 +54,7 @@ def strip_memory(rows, columns, shape):
     """Bytes save_grid needs for a PNG of rows x columns images of H x W pixels: the padded
     grid, scaled 2x, its filtered copy and the compressed bytes (tracemalloc: 17-20x the
     unscaled grid)."""
-    H, W = shape
+    H, W = shape[:2]
     return 24 * (rows * (H + 2) + 2) * (columns * (W + 2) + 2)
 
 
