@@ -11,7 +11,7 @@ import math
 import os
 
 LOSS_BCE, LOSS_MSE = 0, 1
-KERNEL_SOURCES = ("scalar.py", "philox.py", "common.py", "reference.py")
+KERNEL_SOURCES = ("scalar.py", "philox.py", "common.py", "reference.py", "activations.py")
 
 
 def drop_stale_numba_cache(module, importer=None):

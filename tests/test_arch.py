@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
+import tinydae as td
 from tinydae import DAE, arch
-from tinydae.errors import ConfigError
+from tinydae.errors import ConfigError, DataError
 from tinydae.gradcheck import check_model, random_model
 from tinydae.rng import STREAM_INIT, host_normal
 
@@ -35,7 +36,7 @@ def test_a_conv_spec_too_deep_for_the_image_is_refused_before_any_work():
     with pytest.raises(ConfigError, match=r"conv:4,4,4 on 4x4x1 images: layer 3 \(a 4x4 window \(pad 1\) does not fit "
                                           r"a 1x1 image\); use fewer stride-2 layers"):
         DAE(16, arch="conv:4,4,4")
-    with pytest.raises(ConfigError, match="15 values are not a square image; give input_shape"):
+    with pytest.raises(ConfigError, match=r"15 values are not a square image; train it on images .* give input_shape"):
         DAE(15, arch="conv:4")
     with pytest.raises(ConfigError, match=r"input_shape \(3, 4\) holds 12 values, not input_dim = 15"):
         DAE(15, arch="conv:4", input_shape=(3, 4))
@@ -180,3 +181,58 @@ def test_dae_agrees_with_pytorch_autograd(spec, tied, activation):
     assert abs(loss - theirs.item()) < 1e-12 * abs(loss)
     for name, t in tensors.items():
         np.testing.assert_allclose(model.named_grads[name], t.grad.numpy(), rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+@pytest.mark.parametrize("spec", ["mlp:8", "conv:2,3", "unet:2,3", "conv:2,fc4"])
+def test_an_empty_batch_gives_empty_outputs(spec):
+    m = DAE(49, arch=spec, seed=1)
+    x = np.zeros((0, 49), np.float32)
+    assert m.reconstruct(x).shape == m.logits(x).shape == (0, 49) and m.encode(x).shape[0] == 0
+
+
+def test_one_model_in_two_threads_gives_each_its_own_results():
+    """The conv layers reuse their temporaries (layers._scratch); per thread, since NumPy releases
+    the GIL in matmul (the numpy backend: numba's workqueue takes one thread at a time)."""
+    import threading
+
+    m = DAE(784, arch="unet:4,8", seed=1, backend="numpy")
+    xs = [np.random.default_rng(k).random((16, 784)).astype(np.float32) for k in range(2)]
+    want = [m.reconstruct(x) for x in xs]
+    wrong = [0, 0]
+
+    def work(k):
+        for _ in range(40):
+            wrong[k] += not np.array_equal(m.reconstruct(xs[k]), want[k])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == [0, 0]
+
+
+@pytest.mark.parametrize("shape,message", [(28.0, "input_shape must be"), ((28.0, 28), "input_shape must be"),
+                                           ((True, 784), "input_shape must be"), (("28", "28"), "input_shape must be"),
+                                           ((0, 784), "input_shape must be"), ((2, 2, 2, 98), "input_shape must be")])
+def test_bad_input_shapes_are_config_errors(shape, message):
+    from tinydae.classifier import Classifier
+
+    with pytest.raises(ConfigError, match=message):
+        DAE(784, arch="conv:4", input_shape=shape)
+    with pytest.raises(ConfigError, match=message):
+        Classifier(784, arch="conv:4", input_shape=shape)
+
+
+def test_images_of_another_shape_with_as_many_values_are_refused():
+    from tinydae.data import Dataset
+
+    m = DAE(432, arch="conv:4", input_shape=(12, 12, 3))
+    wide = Dataset(np.random.default_rng(0).random((20, 432)).astype(np.float32), (12, 36), "wide")
+    with pytest.raises(DataError, match="the training data holds 12x36x1 images; this conv:4 model takes 12x12x3 ones"):
+        td.fit(m, wide, None, epochs=1, handle_sigint=False)
+
+
+def test_a_one_level_unet_is_refused():
+    with pytest.raises(ConfigError, match="a U-Net needs two levels or more"):
+        DAE(784, arch="unet:8")

@@ -27,6 +27,10 @@ def test_channels_last_arrays_keep_their_shape(tmp_path):
     np.testing.assert_array_equal(ds.x[1].reshape(8, 6, 3), x[1])  # rows are the images, channels last
     np.savez(tmp_path / "one.npz", x=x[..., :1])
     assert td.load_dataset(str(tmp_path / "one.npz")).image_shape == (8, 6)  # C = 1: plain images, as before
+    np.savez(tmp_path / "n1hw.npz", x=np.moveaxis(x[..., :1], -1, 1))  # (N, 1, H, W), PyTorch's layout
+    one = td.load_dataset(str(tmp_path / "n1hw.npz"))
+    assert one.image_shape == (8, 6)
+    np.testing.assert_array_equal(one.x[1], x[1, ..., 0].reshape(-1))
 
 
 def test_channels_first_arrays_are_refused_not_misread(tmp_path):

@@ -255,8 +255,8 @@ def test_gpu_arrays_go_in_without_a_copy():
                                       td.chain(m, host, 2, corruption="gaussian:0.3").samples)
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_conv_dae_on_the_gpu_matches_the_cpu(tied):
+@pytest.mark.parametrize("arch,tied", [("conv:8,16,fc32", False), ("conv:8,16,fc32", True), ("unet:8,16", True)])
+def test_conv_dae_on_the_gpu_matches_the_cpu(arch, tied):
     """A conv DAE (Conv2d, ConvTranspose2d, a dense bottleneck; im2col, cuBLAS GEMMs, the fused
     bias kernels, col2im) on CuPy arrays against the CPU, float32: the loss, every gradient, and
     reconstruct."""
@@ -266,7 +266,7 @@ def test_conv_dae_on_the_gpu_matches_the_cpu(tied):
     x_in = x + np.random.default_rng(22).normal(0, 0.3, x.shape).astype(np.float32)
     results = []
     for name in ("cpu", "cuda"):
-        m = td.DAE(784, arch="conv:8,16,fc32", tied=tied, seed=3, backend=name)
+        m = td.DAE(784, arch=arch, tied=tied, seed=3, backend=name)
         loss = m.loss_and_grad(x_in, x)
         results.append((loss, m.backend.to_host(m.grads).copy(), m.backend.to_host(m.reconstruct(x_in))))
     assert isinstance(m.params, cupy.ndarray)

@@ -45,3 +45,26 @@ def test_a_cache_entry_of_another_module_name_is_recompiled_not_a_crash(tmp_path
     assert outputs == [["kernels.cpu", "0.949999988079071"], ["alias.kernels.cpu", "0.949999988079071"],
                        ["kernels.cpu", "0.949999988079071"]]
     assert list((tmp_path / "k" / "kernels" / "__pycache__").glob("cpu.*.nbi"))  # it did cache
+
+
+def test_every_kernel_source_a_compiled_kernel_reads_is_watched():
+    """numba's cache and the CUDA build key watch KERNEL_SOURCES / cuda_build.SOURCES: every module
+    the kernels import from (transitively, within kernels/) must be listed, or editing it (e.g. an
+    activation's record) would leave stale compiled kernels."""
+    import os
+    import re
+
+    from tinydae.kernels import common, cuda_build
+
+    folder = os.path.dirname(common.__file__)
+
+    def imported(name, seen):
+        for dep in re.findall(r"^from \.(\w+) import", open(os.path.join(folder, name)).read(), re.M):
+            dep = dep + ".py"
+            if dep not in seen and dep not in ("cuda_launch.py", "cuda_build.py"):  # launch/build tooling
+                seen.add(dep)
+                imported(dep, seen)
+        return seen
+
+    assert imported("cpu.py", set()) <= set(common.KERNEL_SOURCES)
+    assert imported("cuda.py", set()) <= set(cuda_build.SOURCES) - {"cuda.py"}

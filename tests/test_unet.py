@@ -98,8 +98,28 @@ def test_unet_from_the_cli_trains_resumes_exactly_and_samples(tmp_path):
     r = invoke(cli, ["sample", str(tmp_path / "a" / "checkpoint.h5"), "--n", "4", "--steps", "2", "--out",
                      str(tmp_path / "s.png"), "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["png"]
+    r = invoke(cli, ["export", str(tmp_path / "a" / "checkpoint.h5"), "--format", "npz", "--out",
+                     str(tmp_path / "u.npz")])
+    assert r.exit_code == 2 and r.stderr.startswith("error: --format npz describes dense (mlp) models only")
+    assert "export it with --format onnx" in r.stderr
     r = invoke(cli, ["export", str(tmp_path / "a" / "checkpoint.h5"), "--out", str(tmp_path / "u.onnx")])
-    assert r.exit_code == 2 and r.stderr.startswith("error: ONNX export of a U-Net (unet:4,8) is not written yet")
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("spec,shape,tied", [("unet:2,3", (7, 5, 1), False), ("unet:2,3,2", (9, 8, 2), True)])
+def test_unet_onnx_matches_the_model(tmp_path, spec, shape, tied):
+    """Its skips as Concat nodes (NCHW, channels axis 1), for reconstruct, encode and logits."""
+    ort = pytest.importorskip("onnxruntime", reason='onnxruntime is not installed (pip install -e ".[onnx]")')
+    from tinydae.export import WHATS, export_onnx
+
+    model = random_model(math.prod(shape), activation="silu", tied=tied, arch=spec, input_shape=shape, seed=2)
+    model = td.DAE(math.prod(shape), arch=spec, activation="silu", tied=tied, input_shape=shape, seed=2,
+                   params=model.params.astype(np.float32))
+    x = np.random.default_rng(3).random((4, model.input_dim)).astype(np.float32)
+    for what in WHATS:
+        path = export_onnx(model, tmp_path / f"{what}.onnx", what=what)
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, getattr(model, what)(x), rtol=1e-5, atol=2e-6, err_msg=what)
 
 
 def test_unet_specs_that_do_not_fit_say_so():

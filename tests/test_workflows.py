@@ -37,6 +37,12 @@ def test_resume_settings_check_like_train_resume(trained):
         runs.resume_settings(ckpt, {"arch": "conv:4"}, {"batch_size": 20}, epochs=2)
     with pytest.raises(ConfigError, match="already has 1 completed epoch"):
         runs.resume_settings(ckpt, epochs=1)
+    # the spec as the CLI takes it: normalised, --hidden as shorthand; unknown options refused
+    runs.resume_settings(ckpt, {"arch": " CONV:3 "}, {}, epochs=2)
+    with pytest.raises(ConfigError, match=r"arch: checkpoint 'conv:3' vs requested 'mlp:8'"):
+        runs.resume_settings(ckpt, {"hidden": [8]}, {}, epochs=2)
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) 'archh', 'batchsize'"):
+        runs.resume_settings(ckpt, {"archh": "conv:3"}, {"batchsize": 10}, epochs=2)
 
 
 def test_resume_settings_name_moved_data(trained, tmp_path):

@@ -24,6 +24,8 @@ Images are channels last: input_shape (H, W, C); a model reads rows (B, H*W*C) a
 import math
 import re
 
+import numpy as np
+
 from tinydae.errors import ConfigError
 from tinydae.layers import ConvTranspose2d, Conv2d, Linear, Reshape
 
@@ -70,6 +72,8 @@ def parse_arch(spec):
         if entry.get("width", 1) < 1 or entry.get("filters", 1) < 1:
             raise ConfigError(f"{spec!r}: layer sizes must be >= 1, got {t!r}")
         entries.append(entry)
+    if kind == "unet" and len(entries) < 2:
+        raise ConfigError(f"{spec!r}: a U-Net needs two levels or more (unet:F alone has no skip: it is conv:F)")
     if kind == "conv" and "width" in entries[0]:
         raise ConfigError(f"{spec!r}: a conv architecture starts with a convolution (for dense only: mlp:...)")
     return kind, entries
@@ -105,9 +109,11 @@ def input_shape_for(spec, input_dim, input_shape=None):
     kind = parse_arch(spec)[0]
     image = kind in ("conv", "unet")
     if input_shape is not None:
-        shape = tuple(input_shape)
-        if not 1 <= len(shape) <= 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
+        ok = isinstance(input_shape, (tuple, list)) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1 for v in input_shape)
+        if not ok or not 1 <= len(input_shape) <= 3:
             raise ConfigError(f"input_shape must be (D,), (H, W) or (H, W, C) positive integers, got {input_shape!r}")
+        shape = tuple(int(v) for v in input_shape)
         if math.prod(shape) != input_dim:
             raise ConfigError(f"input_shape {shape} holds {math.prod(shape)} values, not input_dim = {input_dim}")
         if len(shape) == 2:
@@ -116,7 +122,8 @@ def input_shape_for(spec, input_dim, input_shape=None):
         side = math.isqrt(input_dim)
         if side * side != input_dim:
             raise ConfigError(f"a {kind} model needs the image shape: {input_dim} values are not a square image; "
-                              f"give input_shape (H, W) or (H, W, C)")
+                              f"train it on images (IDX, or .npz/.h5 arrays of (N, H, W) or (N, H, W, C)) or, "
+                              f"from Python, give input_shape=(H, W) or (H, W, C)")
         shape = (side, side, 1)
     else:
         shape = (input_dim,)

@@ -109,8 +109,7 @@ def check_classifier_config(input_dim, hidden=None, classes=10, dtype="float32",
             raise ConfigError(f"hidden must be one or more positive integers (e.g. 256,128), got {hidden!r}")
         arch = arch_spec.mlp_spec([int(h) for h in hidden])
     arch = arch_spec.canonical(arch)
-    input_shape = arch_spec.input_shape_for(arch, int(input_dim), None if input_shape is None else
-                                            tuple(int(v) for v in input_shape))
+    input_shape = arch_spec.input_shape_for(arch, int(input_dim), input_shape)
     if not isinstance(classes, (int, np.integer)) or classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {classes!r}")
     if np.dtype(dtype).name not in ("float32", "float64"):

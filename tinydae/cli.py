@@ -458,7 +458,9 @@ def build_cuda(arch, out_dir, assembler, overwrite, as_json):
 
 @cli.command()
 @click.option("--input-dim", type=int, default=7, show_default=True)
-@click.option("--hidden", default="5,3", show_default=True)
+@click.option("--hidden", default=None, help="Shorthand for --arch mlp:WIDTHS.  [default: 5,3]")
+@click.option("--arch", "arch_spec", default=None,
+              help="Any architecture spec, e.g. conv:2,3 or unet:2,3 (with --input-dim a square: 49).")
 @click.option("--activation", default="all", show_default=True, help="One activation or 'all'.")
 @click.option("--loss", default="all", show_default=True, help="bce, mse or 'all'.")
 @click.option("--tied", type=click.Choice(["both", "yes", "no"]), default="both", show_default=True)
@@ -468,7 +470,7 @@ def build_cuda(arch, out_dir, assembler, overwrite, as_json):
 @click.option("--max-seconds", type=float, default=120, show_default=True,
               help="Refuse a check estimated to take longer (every parameter is perturbed twice).")
 @click.option("--json", "as_json", is_flag=True)
-def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, max_seconds, as_json):
+def gradcheck(input_dim, hidden, arch_spec, activation, loss, tied, batch, seed, tol, max_seconds, as_json):
     """Finite-difference check (float64) of a small random model: max relative error per parameter.
 
     Exits 0 when every error is below --tol, 1 when any is not (a NaN error fails too).
@@ -489,25 +491,29 @@ def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, max_s
     ties = {"both": (False, True), "yes": (True,), "no": (False,)}[tied]
     if batch < 1:
         raise ConfigError("--batch must be >= 1")
-    hidden = parse_hidden(hidden)
+    if arch_spec is not None and hidden is not None:
+        raise ConfigError("give --arch or --hidden (shorthand for --arch mlp:WIDTHS), not both")
     if input_dim < 1:
         raise ConfigError(f"--input-dim must be >= 1, got {input_dim}")
+    spec = (tinydae.arch.canonical(arch_spec) if arch_spec is not None
+            else tinydae.arch.mlp_spec(parse_hidden(hidden if hidden is not None else "5,3")))
+    config = tinydae.model.check_config(input_dim, arch=spec)  # untied: the most parameters
     # Every parameter is checked by central differences: two passes each, per model.  Estimate
     # the time first (a 3000-1000 model would run for hours, silently).
-    widths = [input_dim, *hidden]
-    products = sum(a * b for a, b in zip(widths, widths[1:]))
-    n_params = 2 * products + 2 * sum(hidden) + input_dim
+    n_params = sum(math.prod(shape) for _, shape in tinydae.model.param_layout(config))
+    flops, values = tinydae.model.model_cost(config)
     models = len(acts) * len(losses) * len(ties)
-    # ~50 us of Python per loss evaluation plus its float64 GEMMs (~6 flops per weight and row at
-    # ~5 GFLOP/s): measured 1.65 s for one 100-50 model (10,200 parameters), estimated 2.1 s.
-    seconds = models * 2 * n_params * (5e-5 + 6 * batch * 2 * products / 5e9)
+    # ~50 us of Python per loss evaluation plus its float64 GEMMs (forward and backward, ~3x the
+    # forward's flops per row at ~5 GFLOP/s): measured 1.65 s for one 100-50 model (10,200
+    # parameters), estimated 2.1 s.
+    seconds = models * 2 * n_params * (5e-5 + 3 * batch * flops / 5e9)
     if seconds > max_seconds:
         raise ConfigError(f"gradcheck checks each of the {n_params:,} parameters of a "
-                          f"{'-'.join(map(str, widths + widths[-2::-1]))} model by finite differences (2 passes "
+                          f"{tinydae.model.describe(config)} model by finite differences (2 passes "
                           f"each, {models} models): about {seconds / 60:,.1f} minutes, over --max-seconds "
-                          f"{max_seconds:g}; use a smaller --input-dim or --hidden, or raise --max-seconds")
-    safety.check_memory(8 * (6 * n_params + 6 * batch * sum(widths)), f"gradcheck of {n_params:,} parameters",
-                        "use a smaller --input-dim or --hidden")
+                          f"{max_seconds:g}; use a smaller --input-dim or --arch (--hidden), or raise --max-seconds")
+    safety.check_memory(8 * (6 * n_params + 2 * batch * values), f"gradcheck of {n_params:,} parameters",
+                        "use a smaller --input-dim or --arch (--hidden)")
     rng = np.random.default_rng(seed)
     x, t = rng.random((batch, max(input_dim, 1))), rng.random((batch, max(input_dim, 1)))
 
@@ -518,7 +524,7 @@ def gradcheck(input_dim, hidden, activation, loss, tied, batch, seed, tol, max_s
     for act in acts:
         for ls in losses:
             for ti in ties:
-                model = random_model(input_dim, hidden, act, ti, ls, seed)
+                model = random_model(input_dim, None, act, ti, ls, seed, arch=spec)
                 errors = check_model(model, x, t)
                 passed = passed and all(ok(e) for e in errors.values())
                 worst = max([worst, *errors.values()], key=lambda e: math.inf if math.isnan(e) else e)
@@ -607,7 +613,8 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, s
     if summary["png"]:
         click.echo(f"strip of {len(result.trajectory)} chains at steps {result.kept_steps}: {summary['png']}")
     elif out:
-        click.echo(f"no PNG: the model's {result.samples.shape[1]} values per sample are not a one-channel image")
+        click.echo(f"no PNG: the model's {result.samples.shape[1]} values per sample are not an image (its "
+                   f"input shape is not recorded and D is not a square)")
     if h5:
         click.echo(f"chain: {h5}")
 
@@ -902,6 +909,9 @@ def bench_train(backend, batches, repeats, compile_peer, arch_spec, save, out_fi
     the whole step), JAX (jit of the whole step) and a lower bound (GEMM floor + Adam's bytes)."""
     arch_spec = tinydae.arch.canonical(arch_spec)
     tinydae.model.check_config(784, arch=arch_spec)  # a spec that does not fit 28x28 images: one error line
+    if arch_spec.startswith("unet:"):
+        raise ConfigError("bench train times stacks of layers (mlp:..., conv:...) against the same stack in "
+                          "PyTorch; no PyTorch peer of the U-Net is written yet")
     try:
         sizes = [int(b) for b in batches.split(",")]
     except ValueError:
@@ -980,7 +990,7 @@ def bench_all(ctx, backend, save):
 
 @cli.group("classifier")
 def classifier_group():
-    """A small MLP classifier whose penultimate features judge samples: FID, KID, classifier IS,
+    """A small classifier (dense or convolutional) whose penultimate features judge samples: FID, KID, classifier IS,
     class entropy, precision/recall, density/coverage, 1-NN test and novelty, each beside its
     real-vs-real floor (pixel-space Parzen and k-NN figures fail simple sanity checks)."""
 

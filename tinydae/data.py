@@ -260,11 +260,13 @@ def to_rows(arr, source, rescale=False):
     """Any supported array -> ((N, D) float32 in [0, 1], image shape or None).
     (N, D) rows (a square D read as a square image), (N, H, W) images, (N, H, W, C) images
     channels last (shape (H, W, C); C = 1 gives (H, W)), and (N, 1, H, W)."""
-    if arr.ndim == 4 and arr.shape[1] <= 4 < arr.shape[3]:  # (N, 3, 32, 32): NCHW, read silently as a
-        raise DataError(f"{source}: images of shape {arr.shape[1:]} look like channels first (N, C, H, W); "  # 3x32x32 image
+    if arr.ndim == 4 and arr.shape[3] == 1:  # (N, H, W, 1): one channel
+        arr = arr.reshape(arr.shape[:3])
+    elif arr.ndim == 4 and arr.shape[1] == 1 and arr.shape[3] > 4:  # (N, 1, H, W): one channel, first
+        arr = arr.reshape(arr.shape[0], *arr.shape[2:])
+    elif arr.ndim == 4 and arr.shape[1] <= 4 < arr.shape[3]:  # (N, 3, 32, 32) would read as 3x32 images
+        raise DataError(f"{source}: images of shape {arr.shape[1:]} look like channels first (N, C, H, W); "
                         f"tinydae reads them channels last, (N, H, W, C): store np.moveaxis(a, 1, -1)")
-    if arr.ndim == 4 and (arr.shape[3] == 1 or arr.shape[1] == 1):
-        arr = arr.reshape(arr.shape[:3] if arr.shape[3] == 1 else (arr.shape[0], *arr.shape[2:]))
     if arr.ndim not in (2, 3, 4):
         raise DataError(f"{source}: expected examples as rows (N, D) or images (N, H, W) or (N, H, W, C), "
                         f"got shape {arr.shape}")

@@ -43,6 +43,7 @@ Each activation's nodes come from its record in kernels/activations.py.  A conv 
 convolution is Conv and each transposed one ConvTranspose (its output size fixed by
 output_padding), both reading the weight as (F, C, kh, kw), tinydae's (kh*kw*C, F) matrix
 permuted once, so a tied pair shares one initializer; dense layers between them are Gemm.
+A U-Net (tinydae/unet.py) is the same layers in its wiring, each skip a Concat on the channel axis.
 ONNX Runtime implements Conv for float32 only: a float64 conv model is refused.  The model's metadata_props hold
 tinydae_version, what and the model config (JSON).
 
@@ -124,8 +125,8 @@ def require_mlp(model):
     is one ConfigError that names the formats that do take it."""
     if model.hidden is None:
         raise ConfigError(f"--format npz describes dense (mlp) models only, for the C page; {model.config['arch']} "
-                          f"is a conv model: export it with --format onnx, or run it in tinydae's NumPy-only "
-                          f"runtime (load_model(..., backend='numpy'))")
+                          f"is not one: export it with --format onnx, or run it in tinydae's NumPy-only runtime "
+                          f"(load_model(..., backend='numpy'))")
 
 
 def layer_table(model):
@@ -186,10 +187,7 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
     if model.hidden is None and model.dtype != np.float32:
         raise ConfigError(f"ONNX export of a {model.dtype.name} conv model: ONNX Runtime implements Conv and "
                           f"ConvTranspose for float32 only (1.32); train the conv model in float32 to export it")
-    if model.config["arch"].startswith("unet:"):
-        raise ConfigError(f"ONNX export of a U-Net ({model.config['arch']}) is not written yet (its skip connections "
-                          f"need Concat nodes); run it in tinydae or its NumPy-only runtime")
-    end = model.net._code if what == "encode" else len(model.layers)
+    end = model.net._code if what == "encode" and hasattr(model.net, "_code") else len(model.layers)
     inits = {}  # name -> TensorProto, each parameter once (a tied W serves two layers)
     nodes = []
 
@@ -212,17 +210,14 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
         """NCHW images -> rows (batch, H*W*C) in tinydae's channels-last order"""
         return node("Reshape", [node("Transpose", [h], perm=[0, 2, 3, 1]), const(f"rows{width}", [-1, width], np.int64)])
 
-    h, image = "x", False  # image: h is NCHW (between a Reshape to an image and one back to rows)
-    for name, layer, shape in list(zip(model.net.names, model.layers, model.net.shapes))[:end]:
+    def layer_nodes(name, layer, shape, h):
+        """One layer's nodes: h (NCHW images or rows) -> h"""
         kind = type(layer).__name__
         if kind == "Reshape":
             if len(layer.shape) == 3:  # rows -> NHWC -> NCHW
-                h = node("Transpose", [node("Reshape", [h, const(f"image{name}", [-1, *layer.shape], np.int64)])],
-                         perm=[0, 3, 1, 2])
-            elif image:
-                h = to_rows(h, layer.shape[0])
-            image = len(layer.shape) == 3
-            continue
+                return node("Transpose", [node("Reshape", [h, const(f"image{name}", [-1, *layer.shape], np.int64)])],
+                            perm=[0, 3, 1, 2])
+            return to_rows(h, layer.shape[0]) if len(shape) == 3 else h
         W, b = f"{layer.tie or name}.W", f"{name}.b"
         const(b, params[b])
         if kind == "Linear":
@@ -241,8 +236,30 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
                 extra = [o - ((n - 1) * layer.stride - 2 * layer.pad + kk)
                          for o, n, kk in zip(layer.out_hw, shape[:2], (layer.kh, layer.kw))]
                 h = node("ConvTranspose", [h, W, b], output_padding=extra, **attrs)
-        h = activate(h, layer.activation)
-    width = math.prod(model.net.shapes[end])
+        return activate(h, layer.activation)
+
+    net = model.net
+    if model.config["arch"].startswith("unet:"):  # the U-Net's wiring (tinydae/unet.py), Concat for its skips
+        shape_of = {name: shape for name, _, shape in net.entries}
+        h, skips = layer_nodes("in", net.by_name["in"], shape_of["in"], "x"), []
+        for i in range(net.k):
+            h = layer_nodes(f"enc{i}", net.by_name[f"enc{i}"], shape_of[f"enc{i}"], h)
+            skips.append(h)
+        if what == "encode":
+            end, h = net.k + 1, to_rows(h, math.prod(net.shapes[net.k + 1]))
+        else:
+            for i in range(net.k - 1, 0, -1):
+                up = layer_nodes(f"up{i}", net.by_name[f"up{i}"], shape_of[f"up{i}"], h)
+                h = layer_nodes(f"mix{i}", net.by_name[f"mix{i}"], shape_of[f"mix{i}"],
+                         node("Concat", [up, skips[i - 1]], axis=1))
+            h = layer_nodes("out", net.by_name["out"], shape_of["out"], layer_nodes("dec", net.by_name["dec"], shape_of["dec"], h))
+        image = False
+    else:
+        h = "x"
+        for name, layer, shape in list(zip(net.names, model.layers, net.shapes))[:end]:
+            h = layer_nodes(name, layer, shape, h)
+        image = len(net.shapes[end]) == 3  # encode of a conv model ends on an image
+    width = math.prod(net.shapes[end])
     if image:  # encode of a conv model: the code as rows, channels last, as DAE.encode gives it
         h = to_rows(h, width)
     if what == "reconstruct":

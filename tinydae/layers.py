@@ -2,8 +2,9 @@
 upstream gradient, *added* into the gradient buffers, except that a weight's first use in
 backward has its GEMM *write* dW (``write_dW``): that slot then needs no zeroing.
 
-The protocol (how to add a layer: write these five methods; Reshape below is the smallest
-example, Linear the next):
+The protocol (how to add a layer: write these six methods and LAUNCHES, its fused-kernel
+launches; Reshape below is the smallest example, Linear the next; a layer that can end a DAE
+also offers pre_bias(x) and bias_row(), for the fused bias + sigmoid):
 
     layer = Conv2d(32, kernel=4, stride=2, pad=1, activation="relu")   # hyperparameters only
     layer.output_shape(in_shape)  -> out_shape         per example: (D,) rows or (H, W, C) images
@@ -31,6 +32,7 @@ ACTIVATIONS.  A backward written from the output y lets a layer cache only what 
 one written from the pre-activation z (SiLU) the layer keeps z + b instead (_activate).
 """
 import math
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -48,6 +50,11 @@ class Param(NamedTuple):
     shape: tuple
     std: float
     kind: str
+
+
+def as_rows(a):
+    """(B, ...) -> (B, N) rows, a view of a C-contiguous array; B may be 0 (reshape(B, -1) fails there)."""
+    return a.reshape(a.shape[0], math.prod(a.shape[1:]))
 
 
 def weight_std(activation, fan_in, fan_out):
@@ -76,7 +83,7 @@ def flat_buffers(xp, layout, dtype):
     # Every model's parameters come through here: its size is refused before it is allocated
     # (the two buffers, and the float64 draw of the largest weight at initialisation).
     check_memory(2 * sum(sizes) * np.dtype(dtype).itemsize + 8 * max(sizes, default=0),
-                 f"a model of {sum(sizes):,} parameters", "use smaller widths (hidden=...)")
+                 f"a model of {sum(sizes):,} parameters", "use a smaller architecture (fewer or narrower layers)")
     params, grads = xp.zeros(sum(sizes), dtype), xp.zeros(sum(sizes), dtype)
     named_params, named_grads = {}, {}
     offset = 0
@@ -162,14 +169,14 @@ class Linear:
 
     def forward(self, x):
         """x: (B, *in_shape) -> y: (B, O), cache = (x rows, y (z + b for SiLU), x.shape)"""
-        rows = x.reshape(x.shape[0], -1)
+        rows = as_rows(x)
         y, read = _activate(self, self.xp.matmul(rows, self.W), self.b)  # in place, unless SiLU
         return y, (rows, read, x.shape)
 
     def pre_bias(self, x):
         """x: (B, *in_shape) -> x @ W: (B, O), before the bias (for the fused sigmoid of the
         last layer, see DAE.reconstruct); bias_row() is the bias to add to each row."""
-        return self.xp.matmul(x.reshape(x.shape[0], -1), self.W)
+        return self.xp.matmul(as_rows(x), self.W)
 
     def bias_row(self):
         return self.b
@@ -202,10 +209,13 @@ class Linear:
 
 
 def _scratch(layer, key, shape, dtype):
-    """A temporary that never leaves the call that fills it, kept by the layer for its next call:
+    """A temporary that never leaves the call that fills it, kept by the layer for its next call in
+    the same thread:
     a fresh 6 MB array each step costs its page faults again (measured: the (B*49, 512) product
     of the conv:32,64 decoder took 2.5 ms per call fresh, 0.7 ms reused, at batch 64)."""
+    # per thread: NumPy releases the GIL in matmul, so two threads using one model would share it
     ws = layer.__dict__.setdefault("_workspace", {})
+    key = (threading.get_ident(), key)
     a = ws.get(key)
     if a is None or a.shape != tuple(shape) or a.dtype != dtype:
         a = ws[key] = layer.xp.empty(shape, dtype)
@@ -233,7 +243,7 @@ def _bias_act(layer, y):
     bias repeated over the pixels: on (B*H*W, C) rows a narrow C costs a loop per pixel (C = 1,
     the decoder's last layer: 2 ms instead of 0.014 ms for its bias gradient at batch 64,
     measured)."""
-    rows = y.reshape(y.shape[0], -1)
+    rows = as_rows(y)
     out, read = _activate(layer, rows, layer.xp.tile(layer.b, rows.shape[1] // layer.b.size))
     return out.reshape(y.shape), read
 
@@ -333,7 +343,7 @@ class Conv2d:
         cols, y, x_shape = cache
         dz = _scratch(self, "dz", y.shape, y.dtype)  # (B, Ho*Wo*F)
         _bias_act_backward(self, dz, dy.reshape(y.shape), y)
-        dz = dz.reshape(cols.shape[0], -1)  # (B*Ho*Wo, F)
+        dz = dz.reshape(cols.shape[0], self.filters)  # (B*Ho*Wo, F)
         self.backend.gemm_acc(cols, dz, self.dW, accumulate=not self.write_dW)  # dW (+)= cols^T dz
         if not need_dx:
             return None
@@ -419,7 +429,7 @@ class ConvTranspose2d:
     def pre_bias(self, x):
         """x: (B, Hi, Wi, F) -> (B, H*W*C) rows before the bias; bias_row(): (H*W*C,), the
         per-channel bias repeated over the pixels (NHWC), so the fused row kernels apply."""
-        return self._columns(x).reshape(x.shape[0], -1)
+        return as_rows(self._columns(x))
 
     def bias_row(self):
         return self.xp.tile(self.b, self.out_hw[0] * self.out_hw[1])
@@ -560,8 +570,7 @@ class Sequential(FlatNet):
 
     def code(self, x):
         """x -> the output of the layers up to the last one named enc*, as rows (B, N)."""
-        h = self.infer(x, self._code)
-        return h.reshape(h.shape[0], -1)
+        return as_rows(self.infer(x, self._code))
 
     def cost(self):
         """(forward FLOPs, values a training step holds) per example, summed over the layers."""

@@ -47,10 +47,6 @@ def check_config(input_dim, hidden=None, activation="relu", tied=False, loss="bc
             raise ConfigError(f"hidden must be one or more positive integers (e.g. 1000,500), got {hidden!r}")
         arch = arch_spec.mlp_spec([int(h) for h in hidden])
     arch = arch_spec.canonical(arch)
-    if input_shape is not None:
-        if isinstance(input_shape, (int, np.integer)) or not all(isinstance(v, (int, np.integer)) for v in input_shape):
-            raise ConfigError(f"input_shape must be a tuple of integers, got {input_shape!r}")
-        input_shape = tuple(int(v) for v in input_shape)
     input_shape = arch_spec.input_shape_for(arch, int(input_dim), input_shape)
     if activation not in HIDDEN_ACTIVATIONS:
         raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(HIDDEN_ACTIVATIONS)}")
@@ -195,6 +191,18 @@ class DAE:
         c = self.config
         return (f"DAE({describe(c)}, {c['activation']}, tied={c['tied']}, {c['loss']}, "
                 f"{c['dtype']}, {self.backend.name})")
+
+    def check_image_shape(self, image_shape, what):
+        """Refuse images of another shape with the same number of values (a conv or U-Net model
+        would read 12x36 images as 12x12x3 without a word).  image_shape: (H, W), (H, W, C) or
+        None (rows: nothing to compare)."""
+        want = tuple(self.config["input_shape"])
+        if image_shape is None or len(want) != 3 or self.hidden is not None:
+            return
+        got = (*tuple(image_shape), 1)[:3]
+        if got != want:
+            raise DataError(f"{what} holds {'x'.join(map(str, got))} images; this {self.config['arch']} model takes "
+                            f"{'x'.join(map(str, want))} ones")
 
     # -- forward -----------------------------------------------------------------------
 

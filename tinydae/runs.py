@@ -15,6 +15,7 @@ from tinydae.data import is_builtin
 from tinydae.errors import ConfigError, DataError
 
 TRAIN_FILES = ("checkpoint.h5", "history.json", "samples.png")
+MODEL_OPTIONS = ("arch", "hidden", "activation", "tied", "loss", "dtype")  # what resume_settings compares
 
 
 def data_source(source):
@@ -42,7 +43,7 @@ def resume_settings(ckpt, model_options=None, train_options=None, epochs=None):
     """What resuming `ckpt` trains with, by train --resume's rules: the checkpoint's own settings,
     checked against the ones the caller gave explicitly.
 
-    model_options: {model config key: value} given (arch, activation, tied, loss, dtype)
+    model_options: {model config key: value} given (arch or hidden, activation, tied, loss, dtype)
     train_options: {train config key: value} given (data: where the recorded data is now, when
                    it moved; the rest must equal the recorded values)
     epochs: the total to reach (must exceed the epochs done)
@@ -50,10 +51,21 @@ def resume_settings(ckpt, model_options=None, train_options=None, epochs=None):
     Raises ConfigError naming every difference, DataError when the recorded data is gone and
     train_options gives no data.
     """
-    from tinydae.checkpoint import config_differences
+    from tinydae import arch
+    from tinydae.checkpoint import TRAIN_CONFIG_FIELDS, config_differences
     from tinydae.train import TrainState
 
-    train_options = dict(train_options or {})
+    model_options, train_options = dict(model_options or {}), dict(train_options or {})
+    unknown = sorted(set(model_options) - set(MODEL_OPTIONS)) + sorted(set(train_options) - set(TRAIN_CONFIG_FIELDS))
+    if unknown:
+        raise ConfigError(f"resume_settings: unknown option(s) {', '.join(map(repr, unknown))}; model options are "
+                          f"{', '.join(MODEL_OPTIONS)}, training options {', '.join(TRAIN_CONFIG_FIELDS)}")
+    if "hidden" in model_options:  # shorthand, as --hidden is
+        if "arch" in model_options:
+            raise ConfigError("give arch or hidden (shorthand for arch='mlp:...'), not both")
+        model_options["arch"] = arch.mlp_spec(model_options.pop("hidden"))
+    if "arch" in model_options:
+        model_options["arch"] = arch.canonical(model_options["arch"])
     saved = dict(ckpt.train_config)
     if "data" in saved:
         saved["data"], gone = recorded_data(ckpt)
@@ -61,7 +73,7 @@ def resume_settings(ckpt, model_options=None, train_options=None, epochs=None):
             raise moved_data_error(ckpt, saved["data"])
         if gone:  # the same data moved: train_options["data"] says where it is now
             saved["data"] = train_options.pop("data")
-    diffs = config_differences(ckpt.model_config, dict(model_options or {}))
+    diffs = config_differences(ckpt.model_config, model_options)
     diffs += config_differences(saved, train_options)
     if diffs:
         raise ConfigError(f"cannot resume {ckpt.path}: it differs from the options given: " + "; ".join(diffs))

@@ -183,9 +183,11 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
     """
     x_train = _rows(train, "training", model.backend)
     x_val = _rows(val, "validation", model.backend) if val is not None else None
-    for name, x in (("training", x_train), ("validation", x_val)):
+    for name, data, x in (("training", train, x_train), ("validation", val, x_val)):
         if x is not None and x.shape[1] != model.input_dim:
             raise DataError(f"{name} rows have {x.shape[1]} values; the model expects {model.input_dim}")
+        if isinstance(data, Dataset):
+            model.check_image_shape(data.image_shape, f"the {name} data")
         if x is not None:
             _check_values(x, name)
     if not isinstance(epochs, int) or epochs < 1:

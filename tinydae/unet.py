@@ -20,7 +20,7 @@ backward hands each its slice of the gradient; no general graph engine.
 import math
 
 from tinydae.errors import ConfigError
-from tinydae.layers import Conv2d, ConvTranspose2d, FlatNet, Reshape, flat_buffers
+from tinydae.layers import Conv2d, ConvTranspose2d, FlatNet, Reshape, as_rows, flat_buffers
 
 
 def unet_entries(filters, input_shape, activation, tied):
@@ -136,7 +136,7 @@ class UNet(FlatNet):
         h = self.by_name["in"].forward(x)[0]
         for i in range(self.k):
             h = self.by_name[f"enc{i}"].forward(h)[0]
-        return h.reshape(h.shape[0], -1)
+        return as_rows(h)
 
     def cost(self):
         costs = [layer.cost(shape) for _, layer, shape in self.entries]

@@ -88,6 +88,7 @@ def starting_points(kind, n, model, ckpt, data=None, key=None, limit=None, seed=
     start = load_dataset(kind, key=key, rescale=rescale)  # a file of samples
     if start.dim != model.input_dim:
         raise ConfigError(f"{kind}: samples have {start.dim} values, the model expects {model.input_dim}")
+    model.check_image_shape(start.image_shape, kind)
     return start.x[:n], os.path.basename(kind)
 
 
@@ -98,7 +99,7 @@ def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="mode
     """Chains from a checkpoint, as `python cli.py sample` (start="noise", ...) and `improve`
     (start= a file of samples) run them: every check before any work (outputs, memory, then the
     maybe slow starting points), the chains, a PNG strip of KEEP_CHAINS chains at `out` (for
-    one-channel images) and the chain in HDF5 at `h5`.
+    image models: several channels drawn as their mean) and the chain in HDF5 at `h5`.
 
     replace_out: `out` is a scratch file a later run may replace (the CLI's defaults); any other
     existing output needs overwrite=True.
