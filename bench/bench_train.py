@@ -55,7 +55,7 @@ from bench.common import (backend_timer, bandwidth_entries, interleaved_medians,
 from tinydae import DAE, Adam, get_backend  # noqa: E402
 from tinydae.arch import canonical  # noqa: E402
 from tinydae.corruption import Corruption  # noqa: E402
-from tinydae.model import describe  # noqa: E402
+from tinydae.model import describe, model_cost  # noqa: E402
 
 HIDDEN = (1000, 1000)
 SIGMA = 0.3
@@ -281,6 +281,7 @@ def run(backend="auto", batches=(64, 256, 1024), repeats=20, warmup=5, peers=Tru
     jax = jax_or_none() if peers and backend.name == "cpu" and arch.startswith("mlp:") else None
     tdev = "cuda" if backend.name == "cuda" else "cpu"
     n_params = int(make_model(backend).params.size)
+    flops_per_example = model_cost(make_model(backend).config)[0]
     # the streams cover as many bytes as Adam's four buffers, so both meet the same caches
     streams, stream_bytes = bandwidth_entries(backend, 2 * n_params)
     rows = []
@@ -303,6 +304,8 @@ def run(backend="auto", batches=(64, 256, 1024), repeats=20, warmup=5, peers=Tru
         # Interleaved: each round times a block of every contender, so load changes hit all alike.
         t = interleaved_medians(entries, repeats, warmup)
         GBps = {name: stream_bytes[name] / t[name] / 1e9 for name in streams}
+        # the layers' declared cost: forward FLOPs per example, and about twice that in backward
+        row["gflop_per_s"] = 3 * flops_per_example * B / t["tinydae"] / 1e9
         row.update(ms=t["tinydae"] * 1e3, examples_per_s=B / t["tinydae"], floor_ms=t["floor"] * 1e3,
                    x_floor=t["tinydae"] / t["floor"], bandwidth_GBps=max(GBps.values()), bandwidth_GBps_each=GBps,
                    bound_ms=lower_bound_ms(t["floor"] * 1e3, n_params, max(GBps.values()), model.params.itemsize))

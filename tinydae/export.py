@@ -131,18 +131,9 @@ def require_mlp(model):
 
 def layer_table(model):
     """The model's 2k layers in forward order, as [dict(W, transposed, b, fan_in, fan_out,
-    activation)], W and b naming parameters of model.named_params (see DAE._build_layers)."""
+    activation)], W and b naming parameters of model.named_params (each Linear's npz())."""
     require_mlp(model)
-    k, tied = len(model.hidden), model.config["tied"]
-    names = [(f"enc{i}.W", False, f"enc{i}.b") for i in range(k)]
-    names += [(f"enc{k - 1 - j}.W", True, f"dec{j}.b") if tied else (f"dec{j}.W", False, f"dec{j}.b")
-              for j in range(k)]
-    table = []
-    for (W, transposed, b), layer in zip(names, model.layers):
-        fan_in, fan_out = layer.W.shape  # the layer's effective weight, a transpose view if tied
-        table.append(dict(W=W, transposed=transposed, b=b, fan_in=int(fan_in), fan_out=int(fan_out),
-                          activation=layer.activation))
-    return table
+    return [layer.npz() for layer in model.layers]
 
 
 def _host_params(model):
@@ -210,33 +201,11 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
         """NCHW images -> rows (batch, H*W*C) in tinydae's channels-last order"""
         return node("Reshape", [node("Transpose", [h], perm=[0, 2, 3, 1]), const(f"rows{width}", [-1, width], np.int64)])
 
+    g = SimpleNamespace(node=node, const=const, params=params, activate=activate, to_rows=to_rows)
+
     def layer_nodes(name, layer, shape, h):
-        """One layer's nodes: h (NCHW images or rows) -> h"""
-        kind = type(layer).__name__
-        if kind == "Reshape":
-            if len(layer.shape) == 3:  # rows -> NHWC -> NCHW
-                return node("Transpose", [node("Reshape", [h, const(f"image{name}", [-1, *layer.shape], np.int64)])],
-                            perm=[0, 3, 1, 2])
-            return to_rows(h, layer.shape[0]) if len(shape) == 3 else h
-        W, b = f"{layer.tie or name}.W", f"{name}.b"
-        const(b, params[b])
-        if kind == "Linear":
-            # Gemm: h @ W + b, or h @ W^T + b (transB) for a tied decoder reading its encoder's W
-            const(W, params[W])
-            h = node("Gemm", [h, W, b], transB=int(bool(layer.tie)))
-        else:
-            # Conv and ConvTranspose both take the weight as (F, C, kh, kw): our (kh*kw*C, F) matrix
-            # permuted, one initializer for a convolution and the transposed one tied to it
-            k = params[W].reshape(layer.kh, layer.kw, -1, params[W].shape[1])
-            const(W, np.ascontiguousarray(k.transpose(3, 2, 0, 1)))
-            attrs = dict(kernel_shape=[layer.kh, layer.kw], strides=[layer.stride] * 2, pads=[layer.pad] * 4)
-            if kind == "Conv2d":
-                h = node("Conv", [h, W, b], **attrs)
-            else:  # the output size is the matching convolution's input: output_padding says which
-                extra = [o - ((n - 1) * layer.stride - 2 * layer.pad + kk)
-                         for o, n, kk in zip(layer.out_hw, shape[:2], (layer.kh, layer.kw))]
-                h = node("ConvTranspose", [h, W, b], output_padding=extra, **attrs)
-        return activate(h, layer.activation)
+        """One layer's nodes (the layer's own onnx()): h (NCHW images or rows) -> h"""
+        return layer.onnx(g, h, shape)
 
     net = model.net
     if model.config["arch"].startswith("unet:"):  # the U-Net's wiring (tinydae/unet.py), Concat for its skips

@@ -17,6 +17,7 @@ also offers pre_bias(x) and bias_row(), for the fused bias + sigmoid):
                                      name "<layer name>.<param name>" (a tied layer reads another
                                      layer's weight there: ``tie`` names that layer)
     layer.forward(x)              -> (y, cache);   layer.backward(dy, cache, need_dx) -> dx
+    layer.onnx(g, h, in_shape)    -> h: its ONNX nodes (tinydae/export.py); Linear also npz()
 
 Parameters and gradients are views into one flat buffer each (Sequential allocates them), so
 zeroing, the optimizer update and checkpoints stay one operation over one buffer.  Activations
@@ -129,6 +130,14 @@ class Reshape:
     def backward(self, dy, cache, need_dx=True):
         return dy.reshape(cache) if need_dx else None
 
+    def onnx(self, g, h, in_shape):
+        """ONNX keeps images NCHW: rows -> (B, H, W, C) -> NCHW, or NCHW -> rows channels last
+        (g: export.onnx_graph's node, const, params, activate, to_rows)"""
+        if len(self.shape) == 3:
+            shape = g.const(f"image{self.name}", [-1, *self.shape], np.int64)
+            return g.node("Transpose", [g.node("Reshape", [h, shape])], perm=[0, 3, 1, 2])
+        return g.to_rows(h, self.shape[0]) if len(in_shape) == 3 else h
+
     def __repr__(self):
         return f"Reshape({'x'.join(map(str, self.shape))})"
 
@@ -190,6 +199,19 @@ class Linear:
         # dL/dW (+)= x^T dz, by the GEMM itself: no temporary, and no add when it writes
         self.backend.gemm_acc(x, dz, self.dW, accumulate=not self.write_dW)
         return self.xp.matmul(dz, self.W.T).reshape(x_shape) if need_dx else None  # dL/dx = dz W^T
+
+    def onnx(self, g, h, in_shape):
+        """Gemm: h @ W + b, or h @ W^T + b (transB) for a tied layer reading its encoder's W"""
+        W, b = f"{self.tie or self.name}.W", f"{self.name}.b"
+        g.const(W, g.params[W])
+        g.const(b, g.params[b])
+        return g.activate(g.node("Gemm", [h, W, b], transB=int(bool(self.tie))), self.activation)
+
+    def npz(self):
+        """The npz description's entry (tinydae/export.py): parameter names, shape, activation"""
+        fan_in, fan_out = self.W.shape  # the effective weight, a transpose view if tied
+        return dict(W=f"{self.tie or self.name}.W", transposed=bool(self.tie), b=f"{self.name}.b",
+                    fan_in=int(fan_in), fan_out=int(fan_out), activation=self.activation)
 
     def __repr__(self):
         if hasattr(self, "W"):
@@ -256,6 +278,17 @@ def _bias_act_backward(layer, dz, dy, y):
     db_row[...] = 0
     layer.kernels.bias_act_backward(dz, db_row, dy, y, layer.activation)
     layer.db += db_row.reshape(-1, layer.db.size).sum(axis=0)
+
+
+def _onnx_conv(layer, g, h, op, **attrs):
+    """Conv / ConvTranspose: both read the weight as (F, C, kh, kw), our (kh*kw*C, F) matrix
+    permuted once, so a convolution and the transposed one tied to it share one initializer."""
+    W, b = f"{layer.tie or layer.name}.W", f"{layer.name}.b"
+    k = g.params[W].reshape(layer.kh, layer.kw, -1, g.params[W].shape[1])
+    g.const(W, np.ascontiguousarray(k.transpose(3, 2, 0, 1)))
+    g.const(b, g.params[b])
+    attrs.update(kernel_shape=[layer.kh, layer.kw], strides=[layer.stride] * 2, pads=[layer.pad] * 4)
+    return g.activate(g.node(op, [h, W, b], **attrs), layer.activation)
 
 
 def _tied_weight(layer, P, G, want):
@@ -352,6 +385,9 @@ class Conv2d:
         self.kernels.col2im(dx, dcols, self.kh, self.kw, self.stride, self.pad)
         return dx
 
+    def onnx(self, g, h, in_shape):
+        return _onnx_conv(self, g, h, "Conv")
+
     def __repr__(self):
         return (f"Conv2d({getattr(self, 'channels', '?')}->{self.filters}, {self.kh}x{self.kw}, stride {self.stride}, "
                 f"pad {self.pad}, {self.activation})")
@@ -444,6 +480,12 @@ class ConvTranspose2d:
                             self.stride, self.pad)
         self.backend.gemm_acc(g, rows, self.dW, accumulate=not self.write_dW)  # dW (+)= g^T x
         return self.xp.matmul(g, self.W).reshape(x_shape) if need_dx else None  # dx = g W
+
+    def onnx(self, g, h, in_shape):
+        # the output size is the matching convolution's input: output_padding says which
+        extra = [o - ((n - 1) * self.stride - 2 * self.pad + k)
+                 for o, n, k in zip(self.out_hw, in_shape[:2], (self.kh, self.kw))]
+        return _onnx_conv(self, g, h, "ConvTranspose", output_padding=extra)
 
     def __repr__(self):
         return (f"ConvTranspose2d(->{self.out_channels}, {self.kh}x{self.kw}, stride {self.stride}, "
