@@ -397,3 +397,36 @@ def test_version_1_classifier_files_still_load(tmp_path, small_model):
     back = load_classifier(path)
     assert back.config == dict(small_model.config, input_shape=[784])  # version 1 did not record the image shape
     assert back.layout == small_model.layout and np.array_equal(back.params, small_model.params)
+
+
+def test_fit_trains_a_classifier_on_labels():
+    """The classifier is trained by the DAE's loop (train.fit): labels as targets, its own
+    validation figures, the learning-rate schedule and augmentation hooks."""
+    from tinydae import fit
+    from tinydae.errors import ConfigError
+
+    data = glyphs(600, seed=2)
+    train, val = data.split(0.2, seed=0)
+    model = Classifier(784, arch="conv:8,fc16", classes=10, seed=0)
+    seen = []
+
+    def schedule(step, total):
+        seen.append((step, total))
+        return 2e-3
+
+    augmented = []
+
+    def augment(x, seed, step):
+        augmented.append((seed, step, len(x)))
+        return x
+
+    state = fit(model, train, val, corruption="none", epochs=3, batch_size=32, seed=1, handle_sigint=False,
+                lr_schedule=schedule, augment=augment)
+    assert seen[0] == (0, 3 * 15) and seen[-1] == (44, 45)
+    assert [a[1] for a in augmented] == list(range(45)) and {a[0] for a in augmented} == {1}
+    assert [r["epoch"] for r in state.history] == [1, 2, 3] and state.history[-1]["val_accuracy"] > 0.3
+    assert state.history[-1]["val_loss"] < state.history[0]["val_loss"]
+    with pytest.raises(DataError, match="a classifier trains on labelled data"):
+        fit(model, train.x, None, epochs=1, handle_sigint=False)
+    with pytest.raises(ConfigError, match="save a classifier with tinydae.classifier.save_classifier"):
+        fit(model, train, None, epochs=1, checkpoint_path="c.h5", handle_sigint=False)

@@ -26,7 +26,7 @@ import re
 
 import numpy as np
 
-from tinydae.errors import ConfigError
+from tinydae.errors import ConfigError, DataError
 from tinydae.layers import ConvTranspose2d, Conv2d, Linear, Reshape
 
 KINDS = ("mlp", "conv", "unet")
@@ -213,3 +213,16 @@ def unet_filters(spec):
     """The filters of a unet spec, or None for any other kind."""
     kind, entries = parse_arch(spec)
     return [e["filters"] for e in entries] if kind == "unet" else None
+
+
+def check_image_shape(config, image_shape, what):
+    """Refuse images of another shape with the same number of values for an image model (a conv
+    or U-Net model would read 12x36 images as 12x12x3 without a word).  config: a model's (DAE or
+    classifier); image_shape: (H, W), (H, W, C) or None (rows: nothing to compare)."""
+    want = tuple(config["input_shape"])
+    if image_shape is None or len(want) != 3 or parse_arch(config["arch"])[0] == "mlp":
+        return
+    got = (*tuple(image_shape), 1)[:3]
+    if got != want:
+        raise DataError(f"{what} holds {'x'.join(map(str, got))} images; this {config['arch']} model takes "
+                        f"{'x'.join(map(str, want))} ones")

@@ -233,6 +233,22 @@ class Classifier:
     def zero_grad(self):
         self.grads[...] = 0
 
+    targets = "labels"  # what fit() trains it to predict (a DAE: its own inputs)
+
+    def check_image_shape(self, image_shape, what):
+        """Refuse images of another shape with as many values (arch.check_image_shape)."""
+        from tinydae import arch as arch_spec
+
+        arch_spec.check_image_shape(self.config, image_shape, what)
+
+    def loss_sum_and_grad(self, x, labels, total):
+        """fit()'s step: total[0] = the batch's summed cross-entropy; grads = the gradient of its mean."""
+        total[0] = self.loss_and_grad(x, labels) * len(labels)
+
+    def validation_figures(self, x, labels):
+        """fit()'s per-epoch validation: accuracy and mean cross-entropy of (N, D) rows."""
+        return dict(val_loss=softmax_cross_entropy_forward(self.logits(x), labels), val_accuracy=self.accuracy(x, labels))
+
     def loss_and_grad(self, x, labels):
         """Mean softmax cross-entropy of the batch, and its gradient in ``self.grads``.
 
@@ -313,6 +329,7 @@ def train_classifier(data, labels=None, *, hidden=None, epochs=15, batch_size=12
     hidden / arch: the network, as for Classifier (a conv arch needs the image shape: a Dataset's,
         or a square D)
     lr: the start of a cosine decay to 0 over all steps (no tuning of the epoch count needed)
+    Trained by train.fit, the DAE's loop, with the classifier's labels as targets.
     val_fraction: held out (seeded split, as Dataset.split) to measure the accuracy saved with it
     augment: shift training images by up to 2 pixels each epoch (only when the image shape is known
         and has one channel)
@@ -322,6 +339,7 @@ def train_classifier(data, labels=None, *, hidden=None, epochs=15, batch_size=12
     """
     from tinydae.data import Dataset
     from tinydae.optim import Adam
+    from tinydae.train import fit
 
     x, y, name, image_shape = _labelled(data, labels)
     if not isinstance(epochs, int) or epochs < 1 or not isinstance(batch_size, int) or batch_size < 1:
@@ -337,29 +355,25 @@ def train_classifier(data, labels=None, *, hidden=None, epochs=15, batch_size=12
     train, held = Dataset(x, image_shape, name, y).split(val_fraction, seed)
     augment = bool(augment and image_shape and len(image_shape) == 2)  # shift_images: one channel
     model = Classifier(**config)
-    optimizer = Adam(model, lr=lr)
+    t0 = time.perf_counter()
+
+    def shifted(batch, seed_, step):  # shifts drawn from (seed, step) only: any batch order, any resume
+        return shift_images(batch, image_shape, np.random.default_rng([seed_, step, 0xC1A55]))
+
+    def cosine(step, total_steps):  # large steps early, small ones to settle at the end
+        return 0.5 * lr * (1 + math.cos(math.pi * step / total_steps))
+
+    def epoch_done(event, info):
+        if event == "epoch" and progress:
+            progress(info["epoch"], dict(epoch=info["epoch"], train_loss=info["train_loss"],
+                                         accuracy=info["val_accuracy"]))
+
+    # tinydae's one training loop (train.fit), as the DAE's: its order, divergence guard, progress
+    state = fit(model, train, held, optimizer=Adam(model, lr=lr), corruption="none", epochs=epochs,
+                batch_size=batch_size, seed=seed, progress=epoch_done, handle_sigint=False,
+                lr_schedule=cosine, augment=shifted if augment else None)
+    history = [dict(epoch=r["epoch"], train_loss=r["train_loss"], accuracy=r["val_accuracy"]) for r in state.history]
     n = len(train)
-    total_steps = epochs * math.ceil(n / batch_size)
-    history, t0 = [], time.perf_counter()
-    for epoch in range(epochs):
-        rng = np.random.default_rng([seed, epoch, 0xC1A55])  # order and shifts depend on (seed, epoch) only
-        order = rng.permutation(n)
-        x_epoch = shift_images(train.x, image_shape, rng) if augment else train.x
-        total = 0.0
-        for start in range(0, n, batch_size):
-            index = order[start:start + batch_size]
-            # cosine decay: large steps early, small ones to settle at the end
-            optimizer.hyper["lr"] = 0.5 * lr * (1 + math.cos(math.pi * optimizer.t / total_steps))
-            loss = model.loss_and_grad(x_epoch[index], train.labels[index])
-            if not math.isfinite(loss):
-                raise ConfigError(f"classifier training diverged at epoch {epoch + 1} (loss {loss}); "
-                                  f"lower the learning rate")
-            optimizer.step()
-            total += loss * len(index)
-        row = dict(epoch=epoch + 1, train_loss=total / n, accuracy=model.accuracy(held.x, held.labels))
-        history.append(row)
-        if progress:
-            progress(epoch + 1, row)
     model.info = dict(accuracy=history[-1]["accuracy"], chance=float(np.bincount(held.labels).max() / len(held)),
                       data=name, n_train=n, n_heldout=len(held), epochs=epochs, batch_size=batch_size,
                       lr=lr, val_fraction=val_fraction, augment=augment, seed=model.config["seed"],

@@ -193,16 +193,8 @@ class DAE:
                 f"{c['dtype']}, {self.backend.name})")
 
     def check_image_shape(self, image_shape, what):
-        """Refuse images of another shape with the same number of values (a conv or U-Net model
-        would read 12x36 images as 12x12x3 without a word).  image_shape: (H, W), (H, W, C) or
-        None (rows: nothing to compare)."""
-        want = tuple(self.config["input_shape"])
-        if image_shape is None or len(want) != 3 or self.hidden is not None:
-            return
-        got = (*tuple(image_shape), 1)[:3]
-        if got != want:
-            raise DataError(f"{what} holds {'x'.join(map(str, got))} images; this {self.config['arch']} model takes "
-                            f"{'x'.join(map(str, want))} ones")
+        """Refuse images of another shape with as many values (arch.check_image_shape)."""
+        arch_spec.check_image_shape(self.config, image_shape, what)
 
     # -- forward -----------------------------------------------------------------------
 

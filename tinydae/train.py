@@ -75,6 +75,17 @@ def _rows(data, name, backend=None):
     return x
 
 
+def _labels(data, name, n):
+    """The labels of a Dataset (a classifier's targets): (n,) int64 host array."""
+    labels = getattr(data, "labels", None)
+    if labels is None:
+        raise DataError(f"a classifier trains on labelled data: the {name} data must be a Dataset with labels")
+    labels = as_host_array(labels, f"{name} labels")
+    if labels.shape != (n,) or labels.dtype.kind not in "ui":
+        raise DataError(f"the {name} data needs one integer label per row, got {labels.dtype} of shape {labels.shape}")
+    return labels.astype(np.int64)
+
+
 def _check_values(x, name):
     """Refuse data outside [0, 1] or not finite: BCE on raw 0..255 pixels trains without a
     warning to a meaningless negative loss (-160,453 nats per example on MNIST)."""
@@ -166,10 +177,12 @@ class _SignalFlag:
 
 def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", epochs=1,
         batch_size=64, seed=0, state=None, checkpoint_path=None, checkpoint_every=0,
-        train_config=None, progress=None, handle_sigint=True):
-    """Train `model` to reconstruct clean rows of `train` from corrupted ones.
+        train_config=None, progress=None, handle_sigint=True, lr_schedule=None, augment=None):
+    """Train `model` to reconstruct clean rows of `train` from corrupted ones; or, for a model
+    whose targets are "labels" (a Classifier), to predict the labels of `train` (a Dataset with
+    labels) from its rows, corrupted if `corruption` says so.
 
-    train, val: Dataset or (N, D) float arrays in [0, 1]
+    train, val: Dataset or (N, D) float arrays in [0, 1] (a classifier: Datasets with labels)
     optimizer: an Optimizer bound to `model` (default Adam(lr=1e-3))
     corruption: Corruption or spec string ('gaussian:0.3', 'masking:0.25', ...)
     epochs: train until this many epochs are complete (counting resumed ones)
@@ -177,10 +190,15 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
     checkpoint_path / checkpoint_every: save every N steps, at each epoch end and at the end
     progress: callable(event, info) with event 'step' or 'epoch'
     handle_sigint: turn SIGINT and SIGTERM into a checkpoint and TrainingInterrupted
+    lr_schedule: callable(step, total_steps) -> the learning rate of that step (e.g. a cosine
+        decay), or None for the optimizer's own
+    augment: callable(x_batch, seed, step) -> the batch the step trains on (e.g. shifted images;
+        drawn from (seed, step) only, so resume stays exact), or None
     -> TrainState, whose .history holds one dict per epoch:
-       epoch, step, train_loss, val_bce_denoise, val_bce_clean (nats per example),
-       examples_per_s, wall_s
+       epoch, step, train_loss, val_bce_denoise, val_bce_clean (nats per example; a classifier:
+       val_loss, val_accuracy), examples_per_s, wall_s
     """
+    labelled = getattr(model, "targets", "inputs") == "labels"
     x_train = _rows(train, "training", model.backend)
     x_val = _rows(val, "validation", model.backend) if val is not None else None
     for name, data, x in (("training", train, x_train), ("validation", val, x_val)):
@@ -190,6 +208,11 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
             model.check_image_shape(data.image_shape, f"the {name} data")
         if x is not None:
             _check_values(x, name)
+    y_train = _labels(train, "training", len(x_train)) if labelled else None
+    y_val = _labels(val, "validation", len(x_val)) if labelled and x_val is not None else None
+    if labelled and checkpoint_path is not None:
+        raise ConfigError("fit writes DAE checkpoints; save a classifier with tinydae.classifier.save_classifier "
+                          "after fit (checkpoint_path=None)")
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -203,8 +226,13 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
     n = len(x_train)
     from tinydae.safety import check_memory  # the API checks what the CLI checks, before any step
 
-    check_memory(training_memory(model.config, n, batch_size, getattr(optimizer, "name", "adam")),
-                 f"training on {n:,} rows (batch {batch_size})", "use a smaller batch_size or fewer rows")
+    if labelled:
+        from tinydae.classifier import classifier_memory
+
+        nbytes = classifier_memory(model.config, n, batch_size)
+    else:
+        nbytes = training_memory(model.config, n, batch_size, getattr(optimizer, "name", "adam"))
+    check_memory(nbytes, f"training on {n:,} rows (batch {batch_size})", "use a smaller batch_size or fewer rows")
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
     if state.step >= total_steps:  # resuming a finished run would silently do nothing
@@ -260,9 +288,14 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
                 order = backend.to_device(np.random.default_rng([seed, epoch, 0xBA7C4]).permutation(n))
                 order_epoch = epoch
             t0 = time.perf_counter()
-            x = X[order[i * batch_size:(i + 1) * batch_size]]
+            index = order[i * batch_size:(i + 1) * batch_size]
+            x = X[index]
+            if augment is not None:
+                x = augment(x, seed, state.step)
+            if lr_schedule is not None:
+                optimizer.hyper["lr"] = lr_schedule(state.step, total_steps)
             x_in = corruption.apply(backend, x, seed, state.step)
-            model.loss_sum_and_grad(x_in, x, loss_sum)
+            model.loss_sum_and_grad(x_in, y_train[backend.to_host(index)] if labelled else x, loss_sum)
             optimizer.step(guard=loss_sum)  # skipped on the device if the loss is not finite
             loss = float(backend.to_host(loss_sum)[0]) / len(x)  # the step's one host read
             if not math.isfinite(loss):
@@ -284,7 +317,9 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
                 t1 = time.perf_counter()
                 row = dict(epoch=epoch + 1, step=state.step,
                            train_loss=state.epoch_loss_sum / state.epoch_examples)
-                if x_val is not None:
+                if x_val is not None and labelled:
+                    row.update(model.validation_figures(x_val, y_val))
+                elif x_val is not None:
                     row.update(evaluate_reconstruction(model, x_val, corruption, seed))
                 state.wall_seconds += time.perf_counter() - t1
                 row.update(examples_per_s=state.epoch_examples / state.epoch_seconds,
