@@ -430,3 +430,26 @@ def test_fit_trains_a_classifier_on_labels():
         fit(model, train.x, None, epochs=1, handle_sigint=False)
     with pytest.raises(ConfigError, match="save a classifier with tinydae.classifier.save_classifier"):
         fit(model, train, None, epochs=1, checkpoint_path="c.h5", handle_sigint=False)
+
+
+def test_fit_hooks_and_labels_are_checked_before_they_do_harm():
+    from tinydae import Adam, fit
+    from tinydae.data import Dataset
+    from tinydae.errors import ConfigError
+
+    data = glyphs(200, seed=3)
+    model = Classifier(784, hidden=(8,), classes=10, seed=0)
+    opt = Adam(model, lr=1e-3)
+    fit(model, data, None, optimizer=opt, epochs=1, batch_size=50, handle_sigint=False,
+        lr_schedule=lambda step, total: 5e-4 * (1 - step / total))
+    assert opt.hyper["lr"] == 1e-3  # the schedule's last value does not stay behind
+    assert model.corruption == "none"  # a classifier's default: its inputs as they are
+    for schedule, message in ((lambda s, t: -1e-3, "finite and > 0"), (lambda s, t: float("nan"), "finite and > 0"),
+                              (lambda s, t: "fast", "must return a number")):
+        with pytest.raises(ConfigError, match=message):
+            fit(model, data, None, epochs=1, handle_sigint=False, lr_schedule=schedule)
+    with pytest.raises(ConfigError, match="augment returned ndarray float32 \\(50, 783\\)"):
+        fit(model, data, None, epochs=1, batch_size=50, handle_sigint=False, augment=lambda x, s, t: x[:, 1:])
+    bad = Dataset(data.x[:20], data.image_shape, "bad", np.full(20, 12))
+    with pytest.raises(DataError, match=r"the validation labels lie in \[12, 12\]; this classifier has 10 classes"):
+        fit(model, data, bad, epochs=1, handle_sigint=False)

@@ -50,7 +50,7 @@ def test_chain_refuses_starting_points_outside_the_unit_interval(model):
 def test_fit_refuses_an_optimizer_of_another_model(model):
     other = td.DAE(12, hidden=(7,), seed=2)
     before = model.params.copy()
-    with pytest.raises(ConfigError, match="the optimizer was made for another DAE object"):
+    with pytest.raises(ConfigError, match="the optimizer was made for another model object"):
         td.fit(model, rows(20), optimizer=td.Adam(other), epochs=1, batch_size=5)
     np.testing.assert_array_equal(model.params, before)
 

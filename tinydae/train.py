@@ -75,15 +75,55 @@ def _rows(data, name, backend=None):
     return x
 
 
-def _labels(data, name, n):
-    """The labels of a Dataset (a classifier's targets): (n,) int64 host array."""
+def _labels(data, name, n, classes):
+    """The labels of a Dataset (a classifier's targets): (n,) int64 host array in [0, classes)."""
     labels = getattr(data, "labels", None)
     if labels is None:
         raise DataError(f"a classifier trains on labelled data: the {name} data must be a Dataset with labels")
     labels = as_host_array(labels, f"{name} labels")
     if labels.shape != (n,) or labels.dtype.kind not in "ui":
         raise DataError(f"the {name} data needs one integer label per row, got {labels.dtype} of shape {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(f"the {name} labels lie in [{labels.min()}, {labels.max()}]; this classifier has {classes} "
+                        f"classes (0 to {classes - 1})")
     return labels.astype(np.int64)
+
+
+def _scheduled_lr(schedule, step, total_steps):
+    """lr_schedule(step, total_steps), checked: a finite float > 0 (the optimizers' own rule)."""
+    lr = schedule(step, total_steps)
+    try:
+        lr = float(lr)
+    except (TypeError, ValueError):
+        raise ConfigError(f"lr_schedule returned {lr!r} at step {step}; it must return a number") from None
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr_schedule returned {lr} at step {step}; a learning rate must be finite and > 0")
+    return lr
+
+
+def _augmented(augment, x, seed, step):
+    """augment(x, seed, step), checked: the same shape and dtype as x (on the same device).  Its
+    values are the step's inputs (and a DAE's targets): keep them in [0, 1]."""
+    out = augment(x, seed, step)
+    if getattr(out, "shape", None) != x.shape or getattr(out, "dtype", None) != x.dtype or type(out) is not type(x):
+        raise ConfigError(f"augment returned {type(out).__name__} {getattr(out, 'dtype', '')} "
+                          f"{getattr(out, 'shape', '')} for a {type(x).__name__} {x.dtype} batch of shape {x.shape}; "
+                          f"it must return the batch's shape, dtype and array type")
+    return out
+
+
+class _restored:
+    """Context: puts d[key] back to value on exit (when active)."""
+
+    def __init__(self, d, key, value, active):
+        self.d, self.key, self.value, self.active = d, key, value, active
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            self.d[self.key] = self.value
 
 
 def _check_values(x, name):
@@ -175,7 +215,7 @@ class _SignalFlag:
                 signal.signal(s, handler)
 
 
-def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", epochs=1,
+def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
         batch_size=64, seed=0, state=None, checkpoint_path=None, checkpoint_every=0,
         train_config=None, progress=None, handle_sigint=True, lr_schedule=None, augment=None):
     """Train `model` to reconstruct clean rows of `train` from corrupted ones; or, for a model
@@ -184,16 +224,19 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
 
     train, val: Dataset or (N, D) float arrays in [0, 1] (a classifier: Datasets with labels)
     optimizer: an Optimizer bound to `model` (default Adam(lr=1e-3))
-    corruption: Corruption or spec string ('gaussian:0.3', 'masking:0.25', ...)
+    corruption: Corruption or spec string ('gaussian:0.3', 'masking:0.25', ...); default
+        'gaussian:0.3' for a DAE, 'none' for a classifier
     epochs: train until this many epochs are complete (counting resumed ones)
     state: TrainState to resume from (with model and optimizer restored by the caller)
     checkpoint_path / checkpoint_every: save every N steps, at each epoch end and at the end
     progress: callable(event, info) with event 'step' or 'epoch'
     handle_sigint: turn SIGINT and SIGTERM into a checkpoint and TrainingInterrupted
     lr_schedule: callable(step, total_steps) -> the learning rate of that step (e.g. a cosine
-        decay), or None for the optimizer's own
+        decay; finite, > 0), or None for the optimizer's own; the optimizer's lr is put back
+        when fit returns
     augment: callable(x_batch, seed, step) -> the batch the step trains on (e.g. shifted images;
-        drawn from (seed, step) only, so resume stays exact), or None
+        drawn from (seed, step) only, so resume stays exact): the same shape, dtype and array
+        type (device), values in [0, 1] (a DAE reconstructs them); or None
     -> TrainState, whose .history holds one dict per epoch:
        epoch, step, train_loss, val_bce_denoise, val_bce_clean (nats per example; a classifier:
        val_loss, val_accuracy), examples_per_s, wall_s
@@ -208,8 +251,8 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
             model.check_image_shape(data.image_shape, f"the {name} data")
         if x is not None:
             _check_values(x, name)
-    y_train = _labels(train, "training", len(x_train)) if labelled else None
-    y_val = _labels(val, "validation", len(x_val)) if labelled and x_val is not None else None
+    y_train = _labels(train, "training", len(x_train), model.classes) if labelled else None
+    y_val = _labels(val, "validation", len(x_val), model.classes) if labelled and x_val is not None else None
     if labelled and checkpoint_path is not None:
         raise ConfigError("fit writes DAE checkpoints; save a classifier with tinydae.classifier.save_classifier "
                           "after fit (checkpoint_path=None)")
@@ -221,7 +264,7 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
         raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
         raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    corruption = Corruption.parse(corruption)
+    corruption = Corruption.parse(corruption if corruption is not None else "none" if labelled else "gaussian:0.3")
     state = state if state is not None else TrainState()
     n = len(x_train)
     from tinydae.safety import check_memory  # the API checks what the CLI checks, before any step
@@ -240,7 +283,7 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
                           f"epochs={epochs} asks for no more: ask for more epochs (they count the total)")
     optimizer = optimizer if optimizer is not None else Adam(model)
     if getattr(optimizer, "model", model) is not model:  # it would update the other model's buffers
-        raise ConfigError(f"the optimizer was made for another DAE object ({optimizer.model!r}), not the one "
+        raise ConfigError(f"the optimizer was made for another model object ({optimizer.model!r}), not the one "
                           f"being trained: make it with this one, e.g. tinydae.Adam(model)")
     if checkpoint_path is not None:  # a folder or an unwritable place fails now, not after training
         from tinydae.checkpoint import TRAIN_CONFIG_FIELDS, _check_fields
@@ -281,7 +324,9 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
     order, order_epoch = None, -1
     loss_sum = backend.xp.zeros(1, np.float64)  # each step's loss sum, written on the device
     # Overflow on the way to a NaN is reported by the guard below, not by NumPy warnings.
-    with _SignalFlag(handle_sigint) as signals, np.errstate(over="ignore", invalid="ignore"):
+    base_lr = optimizer.hyper.get("lr")  # a schedule sets it per step; put back at the end
+    with _SignalFlag(handle_sigint) as signals, np.errstate(over="ignore", invalid="ignore"), \
+            _restored(optimizer.hyper, "lr", base_lr, lr_schedule is not None):
         while state.step < total_steps:
             epoch, i = divmod(state.step, steps_per_epoch)
             if order_epoch != epoch:  # the epoch's permutation depends on (seed, epoch) only
@@ -291,9 +336,9 @@ def fit(model, train, val=None, *, optimizer=None, corruption="gaussian:0.3", ep
             index = order[i * batch_size:(i + 1) * batch_size]
             x = X[index]
             if augment is not None:
-                x = augment(x, seed, state.step)
+                x = _augmented(augment, x, seed, state.step)
             if lr_schedule is not None:
-                optimizer.hyper["lr"] = lr_schedule(state.step, total_steps)
+                optimizer.hyper["lr"] = _scheduled_lr(lr_schedule, state.step, total_steps)
             x_in = corruption.apply(backend, x, seed, state.step)
             model.loss_sum_and_grad(x_in, y_train[backend.to_host(index)] if labelled else x, loss_sum)
             optimizer.step(guard=loss_sum)  # skipped on the device if the loss is not finite
