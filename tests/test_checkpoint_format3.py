@@ -13,6 +13,8 @@ from tinydae import checkpoint
 from tinydae.checkpoint import CheckpointError, buffer_digest, load_checkpoint
 from tinydae.cli import cli
 
+from cli_helpers import one_error_line
+
 
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
@@ -59,14 +61,6 @@ def set_json_attr(path, attr, key, value):
     set_attrs(path, "/", **{attr: json.dumps(config)})
 
 
-def one_line(r, *fragments):
-    assert r.exit_code == 2, r.output
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output, r.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
 def test_new_checkpoints_checksum_their_history(ck):
     assert load_checkpoint(ck).format_version >= 3
     with h5py.File(ck, "r") as f:
@@ -79,9 +73,9 @@ def test_new_checkpoints_checksum_their_history(ck):
 
 def test_a_resealed_history_column_of_another_length_is_one_error_line(ck, tmp_path):
     replace_dataset(ck, "history/wall_s", np.array([1.0, 2.0, 3.0]))
-    one_line(invoke("sample", ck, "--n", "4", "--steps", "2", "--backend", "cpu", "--out", tmp_path / "s.png"),
+    one_error_line(invoke("sample", ck, "--n", "4", "--steps", "2", "--backend", "cpu", "--out", tmp_path / "s.png"),
              "the /history columns differ in length")
-    one_line(invoke("train", "--resume", ck, "--epochs", "2", "--out", ck.parent, "--backend", "cpu"),
+    one_error_line(invoke("train", "--resume", ck, "--epochs", "2", "--out", ck.parent, "--backend", "cpu"),
              "the /history columns differ in length")
 
 
@@ -105,20 +99,20 @@ def test_a_nan_in_the_history_is_resumed_into_strict_json(ck):
 ])
 def test_resealed_train_config_values_are_named(ck, tmp_path, attr, key, value, field):
     set_json_attr(ck, attr, key, value)
-    one_line(invoke("improve", ck, "--n", "4", "--steps", "1", "--backend", "cpu", "--out", tmp_path / "i.png"),
+    one_error_line(invoke("improve", ck, "--n", "4", "--steps", "1", "--backend", "cpu", "--out", tmp_path / "i.png"),
              field, "it must be")
 
 
 @pytest.mark.parametrize("value,shown", [(-5, "-5"), (2.5, "2.5")])
 def test_resealed_state_values_are_named(ck, value, shown):
     set_attrs(ck, "state", step=value)
-    one_line(invoke("train", "--resume", ck, "--epochs", "2", "--out", ck.parent, "--backend", "cpu"),
+    one_error_line(invoke("train", "--resume", ck, "--epochs", "2", "--out", ck.parent, "--backend", "cpu"),
              f"/state.step is {shown}; it must be an integer >= 0")
 
 
 def test_a_negative_optimizer_step_count_is_named_not_blamed_on_the_learning_rate(ck):
     set_attrs(ck, "optimizer", t=-3)
-    one_line(invoke("train", "--resume", ck, "--epochs", "2", "--out", ck.parent, "--backend", "cpu"),
+    one_error_line(invoke("train", "--resume", ck, "--epochs", "2", "--out", ck.parent, "--backend", "cpu"),
              "/optimizer.t is -3; it must be an integer >= 0")
 
 
@@ -126,7 +120,7 @@ def test_parameters_stored_as_strings_are_named(ck, tmp_path):
     with h5py.File(ck, "r") as f:
         n = f["params"].shape[0]
     replace_dataset(ck, "params", np.array(["0.1"] * n, dtype="S8"))
-    one_line(invoke("sample", ck, "--n", "4", "--steps", "2", "--backend", "cpu", "--out", tmp_path / "s.png"),
+    one_error_line(invoke("sample", ck, "--n", "4", "--steps", "2", "--backend", "cpu", "--out", tmp_path / "s.png"),
              "/params holds |S8 values, its model config says float32")
 
 

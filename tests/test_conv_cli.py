@@ -9,20 +9,14 @@ from click.testing import CliRunner
 from tinydae import load_checkpoint, load_model
 from tinydae.cli import cli
 
+from cli_helpers import one_error_line
+
 CONV = ["--arch", "conv:4,8", "--limit", "200", "--batch-size", "32", "--backend", "cpu",
         "--checkpoint-every", "0"]
 
 
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error_line(r, *fragments):
-    assert r.exit_code == 2, r.output
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output, r.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,7 @@ FIT_CASES = [  # every activation, corruption, optimizer and loss, tied and unti
     dict(activation="tanh", tied=False, loss="mse", optimizer="adamw", corruption="salt_pepper:0.2"),
     dict(activation="sigmoid", tied=True, loss="mse", optimizer="adam", corruption="none"),
     dict(activation="softplus", tied=False, loss="bce", optimizer="adamw", corruption="gaussian:0.1..0.5"),
+    dict(activation="silu", tied=True, loss="bce", optimizer="adam", corruption="gaussian:0.3"),  # reads z + b
 ]
 
 

@@ -103,6 +103,25 @@ def mlp_widths(spec):
     return [e["width"] for e in entries] if kind == "mlp" else None
 
 
+def resolve(input_dim, hidden, spec, input_shape, default_hidden):
+    """What a model config names: hidden widths (shorthand for "mlp:...", and how older files
+    store it; default_hidden when neither is given) or a spec, with the image shape.
+    -> (the canonical spec, input_shape_for's shape); ConfigError for anything invalid."""
+    if not isinstance(input_dim, (int, np.integer)) or isinstance(input_dim, bool) or input_dim < 1:
+        raise ConfigError(f"input_dim must be a positive integer, got {input_dim!r}")
+    if spec is not None and hidden is not None:
+        raise ConfigError("give arch or hidden (shorthand for arch='mlp:...'), not both")
+    if spec is None:
+        hidden = default_hidden if hidden is None else hidden
+        hidden = (hidden,) if isinstance(hidden, (int, np.integer)) else tuple(hidden)
+        if not hidden or not all(isinstance(h, (int, np.integer)) and h >= 1 for h in hidden):
+            example = ",".join(map(str, default_hidden))
+            raise ConfigError(f"hidden must be one or more positive integers (e.g. {example}), got {hidden!r}")
+        spec = mlp_spec([int(h) for h in hidden])
+    spec = canonical(spec)
+    return spec, input_shape_for(spec, int(input_dim), input_shape)
+
+
 def input_shape_for(spec, input_dim, input_shape=None):
     """One example's shape: (D,) rows for mlp (or the given image shape), (H, W, C) for conv.
     input_shape: (H, W) or (H, W, C) or None (conv: a square single-channel image if D is a square)."""

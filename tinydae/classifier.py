@@ -98,18 +98,7 @@ def check_classifier_config(input_dim, hidden=None, classes=10, dtype="float32",
     version-1 files store it), classes, dtype, seed."""
     from tinydae import arch as arch_spec
 
-    if not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
-        raise ConfigError(f"input_dim must be a positive integer, got {input_dim!r}")
-    if arch is not None and hidden is not None:
-        raise ConfigError("give arch or hidden (shorthand for arch='mlp:...'), not both")
-    if arch is None:
-        hidden = DEFAULT_HIDDEN if hidden is None else hidden
-        hidden = (hidden,) if isinstance(hidden, (int, np.integer)) else tuple(hidden)
-        if not hidden or not all(isinstance(h, (int, np.integer)) and h >= 1 for h in hidden):
-            raise ConfigError(f"hidden must be one or more positive integers (e.g. 256,128), got {hidden!r}")
-        arch = arch_spec.mlp_spec([int(h) for h in hidden])
-    arch = arch_spec.canonical(arch)
-    input_shape = arch_spec.input_shape_for(arch, int(input_dim), input_shape)
+    arch, input_shape = arch_spec.resolve(input_dim, hidden, arch, input_shape, DEFAULT_HIDDEN)
     if not isinstance(classes, (int, np.integer)) or classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {classes!r}")
     if np.dtype(dtype).name not in ("float32", "float64"):

@@ -918,8 +918,7 @@ def bench_train(backend, batches, repeats, compile_peer, arch_spec, save, out_fi
         raise ConfigError(f"--batches takes sizes like 64,256,1024, got {batches!r}") from None
     if repeats < 1 or min(sizes) < 1:
         raise ConfigError("--repeats and --batches must be positive")
-    section = "train" if arch_spec == "mlp:1000,1000" else f"train {arch_spec}"
-    _bench_run("bench_train", section, backend, as_json, save, out_file, overwrite, batches=sizes, repeats=repeats,
+    _bench_run("bench_train", _load_bench("bench_train").section(arch_spec), backend, as_json, save, out_file, overwrite, batches=sizes, repeats=repeats,
                compile_peer=compile_peer, arch=arch_spec)
 
 

@@ -230,17 +230,18 @@ class Linear:
 # tie its weights to its encoder's as the dense DAE does.
 
 
-def _scratch(layer, key, shape, dtype):
+def _scratch(layer, key, shape, dtype, zeros=False):
     """A temporary that never leaves the call that fills it, kept by the layer for its next call in
-    the same thread:
-    a fresh 6 MB array each step costs its page faults again (measured: the (B*49, 512) product
-    of the conv:32,64 decoder took 2.5 ms per call fresh, 0.7 ms reused, at batch 64)."""
+    the same thread: a fresh 6 MB array each step costs its page faults again (the (B*49, 512)
+    product of the conv:32,64 decoder took 2.5 ms per call inside the step, 0.7 ms in isolation,
+    at batch 64; bench/NOTES.md attempt 22).  zeros: zero-filled when allocated (a buffer only
+    ever read)."""
     # per thread: NumPy releases the GIL in matmul, so two threads using one model would share it
     ws = layer.__dict__.setdefault("_workspace", {})
     key = (threading.get_ident(), key)
     a = ws.get(key)
     if a is None or a.shape != tuple(shape) or a.dtype != dtype:
-        a = ws[key] = layer.xp.empty(shape, dtype)
+        a = ws[key] = (layer.xp.zeros if zeros else layer.xp.empty)(shape, dtype)
     return a
 
 
@@ -252,8 +253,7 @@ def _activate(layer, rows, b):
         layer.kernels.bias_act_forward(rows, rows, b, layer.activation)
         return rows, rows
     layer.kernels.bias_act_forward(rows, rows, b, "identity")
-    zeros = _scratch(layer, "zeros", (rows.shape[1],), rows.dtype)
-    zeros[...] = 0
+    zeros = _scratch(layer, "zeros", (rows.shape[1],), rows.dtype, zeros=True)  # never written
     y = layer.xp.empty_like(rows)
     layer.kernels.bias_act_forward(y, rows, zeros, layer.activation)
     return y, rows
@@ -506,6 +506,27 @@ def launches(layer):
 # ----------------------------------------------------------------------------------------
 
 
+def declared(entries):
+    """The parameters that wired layers declare, without allocating anything.
+    entries: [(name, layer, its input shape), ...] in buffer order
+    -> (layout [(full name, shape), ...], {full name: Param})"""
+    layout, params = [], {}
+    for name, layer, shape in entries:
+        for p in layer.params(shape):
+            full = f"{name}.{p.name}"
+            if full in params:
+                raise ValueError(f"parameter {full!r} declared twice: layer names must differ")
+            layout.append((full, tuple(p.shape)))
+            params[full] = p
+    return layout, params
+
+
+def entries_cost(entries):
+    """(forward FLOPs, values a training step holds) per example, summed over wired layers."""
+    costs = [layer.cost(shape) for _, layer, shape in entries]
+    return sum(c[0] for c in costs), sum(c[1] for c in costs)
+
+
 def plan(named_layers, in_shape):
     """Shapes and parameters of a stack, without allocating anything (for size checks).
 
@@ -513,15 +534,10 @@ def plan(named_layers, in_shape):
     -> (shapes, layout, params): shapes[i] the input of layer i (shapes[-1] the output),
        layout [(full name, shape), ...] in buffer order, params {full name: Param}
     """
-    shapes, layout, params = [tuple(in_shape)], [], {}
-    for name, layer in named_layers:
-        for p in layer.params(shapes[-1]):
-            full = f"{name}.{p.name}"
-            if full in params:
-                raise ValueError(f"parameter {full!r} declared twice: layer names must differ")
-            layout.append((full, tuple(p.shape)))
-            params[full] = p
+    shapes = [tuple(in_shape)]
+    for _, layer in named_layers:
         shapes.append(tuple(layer.output_shape(shapes[-1])))
+    layout, params = declared([(name, layer, shape) for (name, layer), shape in zip(named_layers, shapes)])
     return shapes, layout, params
 
 
@@ -616,15 +632,13 @@ class Sequential(FlatNet):
 
     def cost(self):
         """(forward FLOPs, values a training step holds) per example, summed over the layers."""
-        costs = [layer.cost(shape) for layer, shape in zip(self.layers, self.shapes)]
-        return sum(c[0] for c in costs), sum(c[1] for c in costs)
+        return entries_cost(zip(self.names, self.layers, self.shapes))
 
 
 def stack_cost(named_layers, in_shape):
     """Sequential.cost without building the stack (no allocation): for size checks."""
     shapes = plan(named_layers, in_shape)[0]
-    costs = [layer.cost(shape) for (_, layer), shape in zip(named_layers, shapes)]
-    return sum(c[0] for c in costs), sum(c[1] for c in costs)
+    return entries_cost((name, layer, shape) for (name, layer), shape in zip(named_layers, shapes))
 
 
 def standalone(layer, in_shape, backend="cpu", dtype="float64", name="layer"):

@@ -36,18 +36,7 @@ def check_config(input_dim, hidden=None, activation="relu", tied=False, loss="bc
     input_dim, input_shape ([D] or [H, W, C]), arch (the canonical spec), activation, tied,
     loss, dtype, seed.  hidden=(1000, 500) is shorthand for arch="mlp:1000,500" (and how
     checkpoints before format 4 store it)."""
-    if not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
-        raise ConfigError(f"input_dim must be a positive integer, got {input_dim!r}")
-    if arch is not None and hidden is not None:
-        raise ConfigError("give arch or hidden (shorthand for arch='mlp:...'), not both")
-    if arch is None:
-        hidden = DEFAULT_HIDDEN if hidden is None else hidden
-        hidden = (hidden,) if isinstance(hidden, (int, np.integer)) else tuple(hidden)
-        if not hidden or not all(isinstance(h, (int, np.integer)) and h >= 1 for h in hidden):
-            raise ConfigError(f"hidden must be one or more positive integers (e.g. 1000,500), got {hidden!r}")
-        arch = arch_spec.mlp_spec([int(h) for h in hidden])
-    arch = arch_spec.canonical(arch)
-    input_shape = arch_spec.input_shape_for(arch, int(input_dim), input_shape)
+    arch, input_shape = arch_spec.resolve(input_dim, hidden, arch, input_shape, DEFAULT_HIDDEN)
     if activation not in HIDDEN_ACTIVATIONS:
         raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(HIDDEN_ACTIVATIONS)}")
     if loss not in LOSSES:
@@ -96,12 +85,19 @@ def describe(config):
     return f"{config['arch']} on {'x'.join(map(str, config['input_shape']))}"
 
 
+def normalised(config):
+    """A config as check_config returns it, from a normalised one (returned as is) or a partial
+    one (input_dim and hidden or arch, maybe dtype ...; the rest defaults), e.g. the estimates'."""
+    if "arch" in config and "input_shape" in config:
+        return config
+    keys = ("hidden", "activation", "tied", "loss", "dtype", "seed", "arch", "input_shape")
+    return check_config(config["input_dim"], **{k: config[k] for k in keys if k in config})
+
+
 def model_cost(config):
     """(forward FLOPs, values a training step holds) per example (layers.Sequential.cost), from
-    a config, normalised or partial (input_dim and hidden or arch; the rest defaults)."""
-    if "arch" not in config or "input_shape" not in config:
-        keys = ("hidden", "activation", "tied", "arch", "input_shape")
-        config = check_config(config["input_dim"], **{k: config[k] for k in keys if k in config})
+    a config, normalised or partial (see normalised)."""
+    config = normalised(config)
     filters = arch_spec.unet_filters(config["arch"])
     if filters is not None:
         from tinydae.unet import unet_cost

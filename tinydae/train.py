@@ -144,16 +144,10 @@ def training_memory(model_config, n_rows, batch_size, optimizer="adam"):
     and optimizer moments, the training rows on the device, and activations for the larger of a
     training batch and a validation batch (1000 rows), with the host's float64 draw of the
     largest weight matrix at initialisation."""
-    from tinydae.model import model_cost, param_layout
+    from tinydae.model import model_cost, normalised, param_layout
 
+    model_config = normalised(model_config)  # a partial one (input_dim, hidden, dtype, ...) too
     itemsize = np.dtype(model_config["dtype"]).itemsize
-    if "arch" not in model_config:  # a partial config (input_dim, hidden, ...): normalised
-        from tinydae.model import check_config
-
-        keys = ("hidden", "activation", "tied", "input_shape")
-        model_config = dict(check_config(model_config["input_dim"], **{k: model_config[k] for k in keys
-                                                                         if k in model_config}),
-                            dtype=model_config["dtype"])
     layout = param_layout(model_config)
     n_params = sum(math.prod(shape) for _, shape in layout)
     buffers = {"adam": 4, "adamw": 4, "sgd": 3}.get(optimizer, 4)  # params, grads, moments

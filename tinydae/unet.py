@@ -20,7 +20,7 @@ backward hands each its slice of the gradient; no general graph engine.
 import math
 
 from tinydae.errors import ConfigError
-from tinydae.layers import Conv2d, ConvTranspose2d, FlatNet, Reshape, as_rows, flat_buffers
+from tinydae.layers import Conv2d, ConvTranspose2d, FlatNet, Reshape, as_rows, declared, entries_cost, flat_buffers
 
 
 def unet_entries(filters, input_shape, activation, tied):
@@ -59,11 +59,7 @@ class UNet(FlatNet):
         self.layers = [layer for _, layer, _ in self.entries]
         self.shapes = [shape for _, _, shape in self.entries] + [(math.prod(input_shape),)]
         self.by_name = {name: layer for name, layer, _ in self.entries}
-        self.param_specs, self.layout = {}, []
-        for name, layer, shape in self.entries:
-            for p in layer.params(shape):
-                self.param_specs[f"{name}.{p.name}"] = p
-                self.layout.append((f"{name}.{p.name}", tuple(p.shape)))
+        self.layout, self.param_specs = declared(self.entries)
         self.params, self.grads, self.named_params, self.named_grads = flat_buffers(backend.xp, self.layout, dtype)
         self.backend, self.xp = backend, backend.xp
         # backward runs dec, mix1, up1, ..., up_(k-1), enc_(k-1), ..., enc0: a weight's first use
@@ -139,21 +135,20 @@ class UNet(FlatNet):
         return as_rows(h)
 
     def cost(self):
-        costs = [layer.cost(shape) for _, layer, shape in self.entries]
-        concat = sum(2 * math.prod(shape) for name, _, shape in self.entries if name.startswith("mix"))
-        return sum(c[0] for c in costs), sum(c[1] for c in costs) + concat
+        return _cost(self.entries)
+
+
+def _cost(entries):
+    """(forward FLOPs, values a training step holds) per example: the layers', and the
+    concatenations (a copy of both inputs, and the split of its gradient)."""
+    flops, values = entries_cost(entries)
+    return flops, values + sum(2 * math.prod(shape) for name, _, shape in entries if name.startswith("mix"))
 
 
 def unet_cost(filters, input_shape, activation, tied):
     """UNet.cost without building it (no allocation): for size checks."""
-    entries = unet_entries(filters, input_shape, activation, tied)
-    costs = [layer.cost(shape) for _, layer, shape in entries]
-    concat = sum(2 * math.prod(shape) for name, _, shape in entries if name.startswith("mix"))
-    return sum(c[0] for c in costs), sum(c[1] for c in costs) + concat
+    return _cost(unet_entries(filters, input_shape, activation, tied))
 
 
 def unet_layout(filters, input_shape, activation, tied):
-    return [(f"{name}.{p.name}", tuple(p.shape)) for name, layer, shape in unet_entries(filters, input_shape,
-                                                                                      activation, tied)
-            for p in layer.params(shape)]
-
+    return declared(unet_entries(filters, input_shape, activation, tied))[0]
