@@ -10,9 +10,9 @@
 
 The per-element math of the compiled twins is kernels/scalar.py's act / act_grad, one branch
 per activation code (CODES: the records' order); the CPU twin adds a branch per activation to
-its row loops so each loop vectorises (kernels/cpu.py).  Adding an activation: a record here, a
-branch in scalar.act and scalar.act_grad, and one in kernels/cpu.py's _forward_row and
-_backward_row; the layers, init, ONNX export, the CLI's choices and the tests take it from here.
+its row loops so each loop vectorises (kernels/bias_act.py).  Adding an activation: a record
+here, a branch in scalar.act and scalar.act_grad, and one in kernels/bias_act.py's
+forward_row_cpu and backward_row_cpu; the layers, init, ONNX export, the CLI's choices and the tests take it from here.
 
 Legend: z pre-activation, y output, dy the gradient of the loss with respect to y.
 """

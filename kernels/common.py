@@ -11,12 +11,14 @@ import math
 import os
 
 LOSS_BCE, LOSS_MSE = 0, 1
-KERNEL_SOURCES = ("scalar.py", "philox.py", "common.py", "reference.py", "activations.py")
+OP_MODULES = ("noise.py", "bias_act.py", "loss.py", "optim.py", "conv.py")  # reference + twins' bodies
+KERNEL_SOURCES = ("scalar.py", "philox.py", "common.py", "reference.py", "activations.py") + OP_MODULES
 
 
 def drop_stale_numba_cache(module, importer=None):
-    """numba's on-disk cache watches only the file that defines a kernel, but the kernels of
-    kernels/cpu.py and kernels/cuda.py inline functions and constants from these other files.
+    """numba's on-disk cache watches only the file that defines a kernel's body (its op module),
+    but the kernels that kernels/cpu.py and kernels/cuda.py compile inline functions and
+    constants from the other files, and take names from the backend module itself.
     Drop the module's cached kernels when those files change (best effort: the cache in
     kernels/__pycache__, where numba puts it for a writable checkout).
 
@@ -28,7 +30,7 @@ def drop_stale_numba_cache(module, importer=None):
     entry is dropped and the kernels compiled again instead."""
     here = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256(f"imported as {importer}\n".encode())
-    for name in KERNEL_SOURCES:
+    for name in KERNEL_SOURCES + (f"{module}.py",):  # the backend: its flags and the names it binds
         with open(os.path.join(here, name), "rb") as f:
             digest.update(f.read())
     cache_dir = os.path.join(here, "__pycache__")
@@ -40,13 +42,22 @@ def drop_stale_numba_cache(module, importer=None):
     except OSError:
         pass
     try:
-        for path in glob.glob(os.path.join(cache_dir, f"{module}.*.nb[ic]")):
+        for path in cache_files(module, cache_dir):
             os.remove(path)
         os.makedirs(cache_dir, exist_ok=True)
         with open(stamp, "w") as f:
             f.write(digest.hexdigest())
     except OSError:
         pass  # read-only install: numba then caches elsewhere, or not at all
+
+
+def cache_files(module, cache_dir):
+    """The backend's numba cache files: its bodies are named <op>.<body>_<module>[_serial] (and
+    <module>.<kernel> before kernels/ was organised by op)."""
+    found = []
+    for pattern in (f"*.*_{module}-*.nb[ic]", f"*.*_{module}_serial-*.nb[ic]", f"{module}.*.nb[ic]"):
+        found += glob.glob(os.path.join(cache_dir, pattern))
+    return sorted(set(found))
 
 
 def check_contiguous(arrays, accepted, kind):
@@ -136,3 +147,47 @@ def check_im2col(cols, x, kh, kw, stride, pad):
         raise ValueError(f"cols must have shape {(B * Ho * Wo, kh * kw * C)} for x {tuple(x.shape)}, "
                          f"{kh}x{kw} window, stride {stride}, pad {pad}; got {tuple(cols.shape)}")
     return Ho, Wo
+
+
+# ----------------------------------------------------------------------------------------
+# Op modules and their compilers
+# ----------------------------------------------------------------------------------------
+#
+# kernels/ is organised by op (noise.py, bias_act.py, loss.py, optim.py, conv.py): each holds
+# the op's NumPy reference and the bodies of its CPU and CUDA twins, side by side, importable
+# with NumPy alone.  A body's few compiler names (prange, cuda, the shared per-element helpers
+# of scalar.py) are plain Python placeholders in the op module; kernels/cpu.py and
+# kernels/cuda.py compile a copy of the body whose globals map those names to numba's
+# (rebind), and wrap it with the argument checks and the launch.
+
+
+class _NotCompiled:
+    """Placeholder for numba.cuda in an op module: a CUDA body runs only as compiled by
+    kernels/cuda.py (which rebinds `cuda`), never as plain Python."""
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"cuda.{name}: a CUDA body runs only as compiled by kernels/cuda.py")
+
+
+prange = range          # a CPU body's parallel loop: numba.prange once kernels/cpu.py compiles it
+cuda = _NotCompiled()   # numba.cuda once kernels/cuda.py compiles a CUDA body
+float64, int32 = "float64", "int32"  # the types of a CUDA body's shared arrays: numba's, once compiled
+
+
+def rebind(func, names, spaces, name=None, qualname=None):
+    """A copy of the op module's function `func` whose global names resolve first in `names`
+    (a backend's compiled helpers and numba's prange / cuda), then in func's own module.
+
+    spaces: the backend's {module name: globals dict}; every body of one module shares one dict,
+    so a helper compiled later (added to it by name) is seen by the bodies that call it.
+    numba names its on-disk cache entries after the source file and the qualname."""
+    import sys
+    import types
+
+    space = spaces.get(func.__module__)
+    if space is None:
+        space = spaces[func.__module__] = {**vars(sys.modules[func.__module__]), **names}
+    copy = types.FunctionType(func.__code__, space, name or func.__name__, func.__defaults__, func.__closure__)
+    copy.__qualname__ = qualname or copy.__name__
+    copy.__doc__ = func.__doc__
+    return copy

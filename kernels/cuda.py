@@ -1,6 +1,9 @@
 """CUDA twins of kernels/reference.py: numba-cuda kernels launched on CuPy arrays.
 
-Same signatures as the reference.  Arrays are CuPy arrays on a GPU, or NumPy arrays under
+The kernels' bodies live beside their references in the op modules (kernels/noise.py,
+bias_act.py, loss.py, optim.py, conv.py); this module compiles them (common.rebind: their
+`cuda` becomes numba.cuda, their helpers device functions), declares their signatures and
+launches them.  Same signatures as the reference.  Arrays are CuPy arrays on a GPU, or NumPy arrays under
 Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), which is how CI tests this file.
 
 Each kernel declares its signatures (``@kernel("void(T[::1], ...)")``, T the data dtype):
@@ -20,21 +23,19 @@ only the documented sums (loss, bias gradient, the chain's change) accumulate in
 (tests/test_cuda_build.py checks the f64 instructions of every float32 kernel's PTX).
 """
 import functools
-import math
 import os
 
 import numpy as np
 from numba import cuda, float64, int32
 from numba.cuda import libdevice
 
-from . import cuda_launch, scalar
+from . import bias_act, conv, cuda_launch, loss, noise, optim, scalar
 from .common import (LOSS_BCE, LOSS_MSE, adam_scalars, check_columns, check_contiguous, check_im2col,
-                            check_row_sums, check_same_shape, check_total, check_uint32_vector,
-                            drop_stale_numba_cache, sgd_scalars)
+                     check_row_sums, check_same_shape, check_total, check_uint32_vector,
+                     drop_stale_numba_cache, rebind, sgd_scalars)
 from .cuda_launch import kernel
-from .philox import MASK32, philox4x32_10, seed_key
-from .reference import (CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE,
-                               CORRUPTION_SALT_PEPPER, LEAKY_SLOPE)
+from .noise import CORRUPTION_GAUSSIAN, CORRUPTION_MASKING, CORRUPTION_NONE, CORRUPTION_SALT_PEPPER
+from .philox import philox4x32_10, seed_key
 from .scalar import ACT_CODES
 
 SIMULATOR = cuda_launch.SIMULATOR
@@ -50,27 +51,51 @@ if not SIMULATOR:
 
 drop_stale_numba_cache("cuda", __name__)  # before any kernel below is compiled or loaded
 # The simulator runs every GPU thread as a Python thread: smaller blocks keep CI fast.
-LOSS_THREADS = 32 if SIMULATOR else 128  # threads per row in the loss sum (fixed: sets its order)
-HALF = np.float32(0.5)
+LOSS_THREADS = 32 if SIMULATOR else loss.LOSS_THREADS  # threads per row in the loss sum (sets its order)
 
 # Launch configuration for elementwise kernels; tests change it to show results do not.
 LAUNCH = {"threads": 32 if SIMULATOR else 256, "max_blocks": 4096}
 LAUNCHES = {"count": 0}  # kernel launches since import (the GPU tests count them per step)
 LAUNCHER = cuda_launch.make_launcher()  # TINYDAE_CUDA_LAUNCHER=cupy|numba; set_launcher() to switch
 
-# The shared per-element math, compiled as device functions (see kernels/scalar.py).
-_device = cuda.jit(device=True, inline="always")  # numba-cuda: "always" (a bool is deprecated)
-philox = _device(philox4x32_10)
-_uniform = _device(scalar.uniform)
-_sigmoid = _device(scalar.sigmoid)
-if SIMULATOR:  # the simulator's libdevice functions are stubs that return None
-    _sincospif = _device(lambda x: (np.float32(math.sin(math.pi * x)), np.float32(math.cos(math.pi * x))))
+# The names an op module's CUDA body uses that only numba-cuda gives meaning: numba.cuda, the
+# shared arrays' types, the block size of the sums, and the device functions (the shared math of
+# kernels/scalar.py, and the op modules' own helpers).
+_NAMES = {"cuda": cuda, "float64": float64, "int32": int32, "LOSS_THREADS": LOSS_THREADS}
+_SPACES = {}  # op module -> the globals its compiled bodies share (common.rebind)
+
+
+def _device(func, name=None):
+    """Compile an op module's helper as an inlined device function, under `name` for the bodies."""
+    name = name or func.__name__
+    compiled = cuda.jit(device=True, inline="always")(rebind(func, _NAMES, _SPACES, name))  # "always": a bool is deprecated
+    _add_name(name, compiled)
+    return compiled
+
+
+def _add_name(name, value):
+    _NAMES[name] = value
+    for space in _SPACES.values():
+        space[name] = value
+
+
+def _body(func, name):
+    """An op module's CUDA body, named `name` for the launcher and the build (its qualname, which
+    names numba's cache entries, stays the body's own)."""
+    return rebind(func, _NAMES, _SPACES, name, qualname=func.__name__)
+
+
+_device(philox4x32_10, "philox")
+_device(scalar.sigmoid, "sigmoid_element")
+for _helper in (scalar.uniform, scalar.act, scalar.act_grad, scalar.sgd_element, scalar.adam_element):
+    _device(_helper)
+if SIMULATOR:  # the simulator's libdevice functions are stubs that return None: the plain version
+    _device(noise.sincospif)
 else:
-    _sincospif = libdevice.sincospif  # (sin(pi x), cos(pi x)) in float32
-_act = _device(scalar.act)
-_act_grad = _device(scalar.act_grad)
-_sgd_element = _device(scalar.sgd_element)
-_adam_element = _device(scalar.adam_element)
+    _add_name("sincospif", libdevice.sincospif)  # (sin(pi x), cos(pi x)) in float32
+for _helper in (noise.box_muller_cuda, noise.noisy_cuda, noise.masked_cuda, loss.block_sum_cuda,
+                loss.finish_cuda, optim.finite_cuda):
+    _device(_helper)
 
 
 def set_launcher(name):
@@ -284,7 +309,6 @@ def check_arrays(**arrays):
     check_contiguous(arrays, lambda a: isinstance(a, kind), "a CuPy array")
 
 
-
 _WORKSPACES = {}  # (key, device id) -> scratch arrays of the reductions, made once and reused
 
 
@@ -304,14 +328,8 @@ def _workspace(like, key, make):
 # ----------------------------------------------------------------------------------------
 
 
-@kernel("void(uint32[::1], uint32, uint32, int64, int64, int64)")
-def _philox_uint32(out, k0, k1, step, stream, offset):
-    for k in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        j = offset + k
-        block = j >> 2
-        words = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
-                       np.uint32(stream), k0, k1)
-        out[k] = words[j & 3]
+_philox_uint32 = kernel("void(uint32[::1], uint32, uint32, int64, int64, int64)")(
+    _body(noise.philox_uint32_cuda, "_philox_uint32"))
 
 
 def philox_uint32(out, seed, step, stream, offset=0):
@@ -324,60 +342,8 @@ def philox_uint32(out, seed, step, stream, offset=0):
                 np.int64(step), np.int64(stream), np.int64(offset))
 
 
-@cuda.jit(device=True, inline="always")
-def _box_muller(w1, w2):
-    """scalar.box_muller, but cos and sin of 2 pi u2 as cospi and sinpi of 2 u2 (exact in
-    float32): libdevice's cosf/sinf carry a Payne-Hanek slow path for huge arguments, with
-    a 28-byte local array and f64 arithmetic; sincospif reduces its argument exactly and has
-    neither.  Agrees with the reference's cos(fl(2 pi u2)) to a few float32 ulp."""
-    u1 = (np.float32(w1 >> np.uint32(9)) * np.float32(2.0) + np.float32(1.0)) * np.float32(2.0**-24)
-    u2 = (np.float32(w2 >> np.uint32(9)) * np.float32(2.0) + np.float32(1.0)) * np.float32(2.0**-24)
-    r = math.sqrt(np.float32(-2.0) * math.log(u1))
-    s, c = _sincospif(u2 * np.float32(2.0))
-    return r * c, r * s
-
-
-@cuda.jit(device=True, inline="always")
-def _noisy(out, x, i, n, noise, level):
-    if 0 <= i < n:
-        out[i] = x[i] + level * noise
-
-
-@cuda.jit(device=True, inline="always")
-def _masked(out, x, i, n, w, mode, p):
-    if 0 <= i < n:
-        if mode == CORRUPTION_MASKING:
-            out[i] = 0 if _uniform(w) < p else x[i]
-        elif mode == CORRUPTION_SALT_PEPPER:
-            u = _uniform(w)
-            out[i] = 0 if u < p * HALF else (1 if u < p else x[i])
-        else:
-            out[i] = x[i]
-
-
-@kernel("void(T[::1], T[::1], int32, T, uint32, uint32, int64, int64, int64, int64, int64)")
-def _corrupt(out, x, mode, level, k0, k1, step, stream, offset, first, nblocks):
-    # The four words are named, never indexed by a loop variable: an indexed tuple would
-    # live in local memory (ptxas: a 32-byte stack frame per thread).
-    n = x.size
-    p = np.float32(level)  # masks compare float32 uniforms with the float32 level, as the reference
-    for bi in range(cuda.grid(1), nblocks, cuda.gridsize(1)):
-        block = first + bi
-        w0, w1, w2, w3 = philox(np.uint32(block & MASK32), np.uint32(block >> 32), np.uint32(step),
-                                np.uint32(stream), k0, k1)
-        i = block * 4 - offset  # the flat index of the block's first element
-        if mode == CORRUPTION_GAUSSIAN:  # words (0, 1) feed elements 0, 1; (2, 3) feed 2, 3
-            n0, n1 = _box_muller(w0, w1)
-            n2, n3 = _box_muller(w2, w3)
-            _noisy(out, x, i, n, n0, level)
-            _noisy(out, x, i + 1, n, n1, level)
-            _noisy(out, x, i + 2, n, n2, level)
-            _noisy(out, x, i + 3, n, n3, level)
-        else:
-            _masked(out, x, i, n, w0, mode, p)
-            _masked(out, x, i + 1, n, w1, mode, p)
-            _masked(out, x, i + 2, n, w2, mode, p)
-            _masked(out, x, i + 3, n, w3, mode, p)
+_corrupt = kernel("void(T[::1], T[::1], int32, T, uint32, uint32, int64, int64, int64, int64, int64)")(
+    _body(noise.corrupt_cuda, "_corrupt"))
 
 
 def corrupt(out, x, mode, level, seed, step, stream, offset=0):
@@ -402,18 +368,12 @@ def corrupt(out, x, mode, level, seed, step, stream, offset=0):
 # ----------------------------------------------------------------------------------------
 
 
-@kernel("void(T[::1], T[::1], T[::1], int32, int64)")
-def _bias_act_forward(y, z, b, a, H):
-    zero, one, slope = z.dtype.type(0), z.dtype.type(1), z.dtype.type(LEAKY_SLOPE)  # data-dtype math
-    for k in range(cuda.grid(1), z.size, cuda.gridsize(1)):
-        y[k] = _act(a, z[k] + b[k % H], zero, one, slope)
+_bias_act_forward = kernel("void(T[::1], T[::1], T[::1], int32, int64)")(
+    _body(bias_act.bias_act_forward_cuda, "_bias_act_forward"))
 
 
-@kernel("void(T[::1], T[::1], int32, int64)")
-def _bias_act_inplace(y, b, a, H):
-    zero, one, slope = y.dtype.type(0), y.dtype.type(1), y.dtype.type(LEAKY_SLOPE)
-    for k in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        y[k] = _act(a, y[k] + b[k % H], zero, one, slope)
+_bias_act_inplace = kernel("void(T[::1], T[::1], int32, int64)")(
+    _body(bias_act.bias_act_inplace_cuda, "_bias_act_inplace"))
 
 
 def bias_act_forward(y, z, b, act):
@@ -430,56 +390,15 @@ def bias_act_forward(y, z, b, act):
         _launch(_bias_act_forward, *_grid(z.size), y.reshape(-1), z.reshape(-1), b, code, H)
 
 
-# The bias gradient is a 2-D reduction over many blocks (one thread per column over all B rows
-# kept 4 blocks busy for H = 1000).  Work item (tile, chunk): BIAS_COLS threads, one per column
-# of the tile, each sum their column of dz over the chunk's BIAS_ROWS rows into a float64
-# partial; the last block to finish a tile's items (a ticket per tile) adds the tile's partials
-# in chunk order into db.  Chunks and orders are the CPU twin's (kernels/cpu.py: blocks of
-# ROW_BLOCK rows, each summed in row order, then the blocks in order), so the float64 sums
-# agree with it bit for bit, and nothing depends on the grid size.
-BIAS_ROWS = 64  # rows per chunk: kernels.cpu.ROW_BLOCK (a test checks that they agree)
-BIAS_COLS = 32  # columns per block: one warp, so each row's loads coalesce.  An item's 32 float64
-#                 partials are 256 bytes, two whole 128-byte cache lines (CuPy allocations are
-#                 512-byte aligned): no line holds two items' partials, so a tile's last block
-#                 cannot find a line in its SM's L1 that was cached before the tile was complete.
+# The bias gradient: work items (column tile, chunk of BIAS_ROWS rows), one block of BIAS_COLS
+# threads each, then the tile's last block adds the partials in chunk order (kernels/bias_act.py).
+# Chunks and orders are the CPU twin's, so the float64 sums agree with it bit for bit.
+BIAS_ROWS = bias_act.ROW_BLOCK
+BIAS_COLS = bias_act.BIAS_COLS
 
 
-@kernel("void(T[:, ::1], T[::1], T[:, ::1], T[:, ::1], int32, float64[::1], int32[::1])")
-def _bias_act_backward(dz, db, dy, y, a, partial, ticket):
-    # partial: (tiles * chunks * cols,) float64, item = tile * chunks + chunk at item * cols;
-    # ticket: (tiles,) int32, 0 between launches (each tile's last block resets its own).
-    last = cuda.shared.array(1, int32)
-    zero, one, slope = dy.dtype.type(0), dy.dtype.type(1), dy.dtype.type(LEAKY_SLOPE)  # data-dtype math
-    B, H = dy.shape
-    cols, lane = cuda.blockDim.x, cuda.threadIdx.x
-    chunks = (B + BIAS_ROWS - 1) // BIAS_ROWS
-    tiles = (H + cols - 1) // cols
-    for item in range(cuda.blockIdx.x, tiles * chunks, cuda.gridDim.x):  # uniform per block
-        tile = item // chunks
-        j = tile * cols + lane
-        if j < H:
-            acc = np.float64(0)  # not 0.0: the simulator would add float32 terms in float32
-            first = (item - tile * chunks) * BIAS_ROWS
-            for i in range(first, min(first + BIAS_ROWS, B)):
-                g = dy[i, j] * _act_grad(a, y[i, j], zero, one, slope)
-                dz[i, j] = g
-                acc += g
-            partial[item * cols + lane] = acc
-        cuda.threadfence()  # writer side: the partials are visible before the ticket is taken
-        cuda.syncthreads()
-        if lane == 0:
-            last[0] = cuda.atomic.add(ticket, tile, 1) == chunks - 1
-        cuda.syncthreads()
-        if last[0]:
-            cuda.threadfence()  # reader side: order the partial loads after the ticket
-            if j < H:
-                total = np.float64(0)
-                for k in range(tile * chunks, (tile + 1) * chunks):  # chunk order
-                    total += partial[k * cols + lane]
-                db[j] += total
-            if lane == 0:
-                ticket[tile] = 0  # ready for the next launch, without a memset
-        cuda.syncthreads()  # every thread has read `last` before the next item rewrites it
+_bias_act_backward = kernel("void(T[:, ::1], T[::1], T[:, ::1], T[:, ::1], int32, float64[::1], int32[::1])")(
+    _body(bias_act.bias_act_backward_cuda, "_bias_act_backward"))
 
 
 def bias_act_backward(dz, db, dy, y, act):
@@ -503,70 +422,8 @@ def bias_act_backward(dz, db, dy, y, act):
 # ----------------------------------------------------------------------------------------
 
 
-@cuda.jit(device=True, inline="always")
-def _block_sum(buf, tid):
-    """Tree-sum buf[0:LOSS_THREADS] into buf[0] (fixed order)."""
-    width = LOSS_THREADS // 2
-    while width > 0:
-        cuda.syncthreads()
-        if tid < width:
-            buf[tid] += buf[tid + width]
-        width //= 2
-    cuda.syncthreads()
-
-
-@cuda.jit(device=True, inline="always")
-def _finish(partial, ticket, total, buf, last, tid):
-    """The last block to finish adds the row partials in row order, into total[0].
-
-    `last` is its own shared slot: the ticket must stay readable by every thread while
-    thread 0 goes on to reuse buf.  The last block also puts the ticket back to 0, so the
-    workspace serves the next launch without a memset.
-    """
-    cuda.threadfence()  # writer side: this block's partials are visible before it takes a ticket
-    if tid == 0:
-        last[0] = cuda.atomic.add(ticket, 0, 1) == cuda.gridDim.x - 1
-    cuda.syncthreads()
-    if last[0]:
-        cuda.threadfence()  # reader side: order the partial loads after the ticket
-        acc = 0.0
-        for i in range(tid, partial.size, LOSS_THREADS):
-            acc += partial[i]
-        buf[tid] = acc
-        _block_sum(buf, tid)
-        if tid == 0:
-            total[0] = buf[0]
-            ticket[0] = 0
-
-
-@kernel("void(T[:, ::1], T[:, ::1], T[:, ::1], T, int32, float64[::1], int32[::1], float64[::1])")
-def _loss_rows(dlogits, logits, targets, scale, kind, partial, ticket, total):
-    # Each element's loss and gradient in the data dtype, as the reference computes them; only
-    # the sum is float64 (a float32 kernel converts and adds in float64, nothing else).
-    buf = cuda.shared.array(LOSS_THREADS, float64)
-    last = cuda.shared.array(1, int32)
-    tid = cuda.threadIdx.x
-    zero, one, two = logits.dtype.type(0), logits.dtype.type(1), logits.dtype.type(2)
-    B, D = logits.shape
-    for i in range(cuda.blockIdx.x, B, cuda.gridDim.x):
-        acc = 0.0
-        for j in range(tid, D, LOSS_THREADS):
-            z = logits[i, j]
-            t = targets[i, j]
-            e = math.exp(-abs(z))  # one exp serves loss and sigmoid: never overflows
-            s = one / (one + e) if z >= zero else e / (one + e)
-            if kind == LOSS_BCE:
-                acc += max(z, zero) - z * t + math.log1p(e)  # finite for any z
-                dlogits[i, j] = (s - t) * scale
-            else:
-                r = s - t
-                acc += r * r
-                dlogits[i, j] = two * r * (e / ((one + e) * (one + e))) * scale  # s(1-s), no cancellation
-        buf[tid] = acc
-        _block_sum(buf, tid)
-        if tid == 0:
-            partial[i] = buf[0]
-    _finish(partial, ticket, total, buf, last, tid)
+_loss_rows = kernel("void(T[:, ::1], T[:, ::1], T[:, ::1], T, int32, float64[::1], int32[::1], float64[::1])")(
+    _body(loss.loss_rows_cuda, "_loss_rows"))
 
 
 def _loss(kind, dlogits, logits, targets, scale, total):
@@ -609,22 +466,8 @@ def sigmoid_mse_forward_backward(dlogits, logits, targets, scale, total=None):
 # ----------------------------------------------------------------------------------------
 
 
-@kernel("void(T[:, ::1], float64[::1], T[::1], T[:, ::1])")
-def _bias_sigmoid_change(y, change, b, prev):
-    # One block per row (like the loss): each thread sums its columns, then a fixed-order tree.
-    buf = cuda.shared.array(LOSS_THREADS, float64)
-    tid = cuda.threadIdx.x
-    zero, one = y.dtype.type(0), y.dtype.type(1)  # the sigmoid in the data dtype
-    B, D = y.shape
-    for i in range(cuda.blockIdx.x, B, cuda.gridDim.x):
-        acc = 0.0
-        for j in range(tid, D, LOSS_THREADS):
-            y[i, j] = _sigmoid(y[i, j] + b[j], zero, one)
-            acc += abs(np.float64(y[i, j]) - np.float64(prev[i, j]))  # the stored (rounded) value
-        buf[tid] = acc
-        _block_sum(buf, tid)
-        if tid == 0:
-            change[i] = buf[0]
+_bias_sigmoid_change = kernel("void(T[:, ::1], float64[::1], T[::1], T[:, ::1])")(
+    _body(bias_act.bias_sigmoid_change_cuda, "_bias_sigmoid_change"))
 
 
 def bias_sigmoid_change(y, change, b, prev):
@@ -643,20 +486,9 @@ def bias_sigmoid_change(y, change, b, prev):
 # ----------------------------------------------------------------------------------------
 
 
-# The guard: the step's float64 loss sum, read by the update on the device, so that a
-# non-finite loss skips the update without the host having to look first.  Kernels take its
-# int64 bits: finite iff the exponent bits are not all ones, an integer test that keeps float32
-# kernels free of float64 instructions.
-
-
-@cuda.jit(device=True, inline="always")
-def _finite(bits):
-    return ((bits >> 52) & 0x7FF) != 0x7FF  # the 11 exponent bits of a float64
-
-
 def _guard_bits(guard, like):
-    """guard: None or a (1,) float64 array -> its (1,) int64 bits for the kernels (a view, no
-    copy); no guard: the bits of 0.0, always finite."""
+    """guard: None or a (1,) float64 array (the step's loss sum) -> its (1,) int64 bits for the
+    kernels (a view, no copy; kernels/optim.py); no guard: the bits of 0.0, always finite."""
     if guard is None:
         return _workspace(like, ("no guard",), lambda xp: xp.zeros(1, np.int64))
     check_arrays(guard=guard)
@@ -664,12 +496,8 @@ def _guard_bits(guard, like):
     return guard.view(np.int64)
 
 
-@kernel("void(T[::1], T[::1], T[::1], T, T, boolean, T, int64[::1])")
-def _sgd(p, g, vel, lr, momentum, nesterov, wd, guard):
-    if not _finite(guard[0]):  # the step's loss is not finite: leave everything as it was
-        return
-    for k in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        p[k], vel[k] = _sgd_element(p[k], g[k], vel[k], lr, momentum, nesterov, wd)
+_sgd = kernel("void(T[::1], T[::1], T[::1], T, T, boolean, T, int64[::1])")(
+    _body(optim.sgd_cuda, "_sgd"))
 
 
 def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay, guard=None):
@@ -682,13 +510,8 @@ def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay, gu
                 *sgd_scalars(params.dtype, lr, momentum, nesterov, weight_decay), bits)
 
 
-@kernel("void(T[::1], T[::1], T[::1], T[::1], T, T, T, T, T, T, T, T, boolean, T, T, int64[::1])")
-def _adam(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, wd, lr_wd, decoupled, c1, c2, guard):
-    if not _finite(guard[0]):  # the step's loss is not finite: leave everything as it was
-        return
-    for k in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        p[k], m[k], v[k] = _adam_element(p[k], g[k], m[k], v[k], lr, b1, one_minus_b1, b2, one_minus_b2,
-                                         eps, wd, lr_wd, decoupled, c1, c2)
+_adam = kernel("void(T[::1], T[::1], T[::1], T[::1], T, T, T, T, T, T, T, T, boolean, T, T, int64[::1])")(
+    _body(optim.adam_cuda, "_adam"))
 
 
 def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t, guard=None):
@@ -707,20 +530,8 @@ def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoup
 # ----------------------------------------------------------------------------------------
 
 
-@kernel("void(T[:, ::1], T[:, :, :, ::1], int64, int64, int64, int64, int64, int64)")
-def _im2col(cols, x, kh, kw, stride, pad, Ho, Wo):
-    B, H, W, C = x.shape
-    K = cols.shape[1]
-    for k in range(cuda.grid(1), cols.size, cuda.gridsize(1)):
-        r, q = k // K, k % K
-        b, rest = r // (Ho * Wo), r % (Ho * Wo)
-        i, jc = q // (kw * C), q % (kw * C)
-        h = (rest // Wo) * stride - pad + i
-        w = (rest % Wo) * stride - pad + jc // C
-        if 0 <= h < H and 0 <= w < W:
-            cols[r, q] = x[b, h, w, jc % C]
-        else:
-            cols[r, q] = 0
+_im2col = kernel("void(T[:, ::1], T[:, :, :, ::1], int64, int64, int64, int64, int64, int64)")(
+    _body(conv.im2col_cuda, "_im2col"))
 
 
 def im2col(cols, x, kh, kw, stride, pad):
@@ -730,25 +541,8 @@ def im2col(cols, x, kh, kw, stride, pad):
     _launch(_im2col, *_grid(cols.size), cols, x, *(np.int64(v) for v in (kh, kw, stride, pad, Ho, Wo)))
 
 
-@kernel("void(T[:, :, :, ::1], T[:, ::1], int64, int64, int64, int64, int64, int64)")
-def _col2im(dx, dcols, kh, kw, stride, pad, Ho, Wo):
-    B, H, W, C = dx.shape
-    zero = dx.dtype.type(0)
-    for k in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        c = k % C
-        w = (k // C) % W
-        h = (k // (C * W)) % H
-        b = k // (C * W * H)
-        acc = zero
-        for i in range(kh):  # (i, j) order, as the reference adds them
-            t = h + pad - i
-            if t >= 0 and t % stride == 0 and t // stride < Ho:
-                row0 = (b * Ho + t // stride) * Wo
-                for j in range(kw):
-                    u = w + pad - j
-                    if u >= 0 and u % stride == 0 and u // stride < Wo:
-                        acc += dcols[row0 + u // stride, (i * kw + j) * C + c]
-        dx[b, h, w, c] = acc
+_col2im = kernel("void(T[:, :, :, ::1], T[:, ::1], int64, int64, int64, int64, int64, int64)")(
+    _body(conv.col2im_cuda, "_col2im"))
 
 
 def col2im(dx, dcols, kh, kw, stride, pad):

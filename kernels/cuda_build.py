@@ -24,7 +24,8 @@ from importlib import metadata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # What the kernels are compiled from (cuda_launch.py is not: the signatures enter the key themselves).
-SOURCES = ("cuda.py", "scalar.py", "philox.py", "common.py", "reference.py", "activations.py")
+SOURCES = ("cuda.py", "scalar.py", "philox.py", "common.py", "reference.py", "activations.py",
+           "noise.py", "bias_act.py", "loss.py", "optim.py", "conv.py")
 TOOLCHAIN_PACKAGES = ("numba", "numba-cuda", "nvidia-nvvm", "nvidia-nvjitlink", "cuda-bindings")
 # Data movement and selects in f64 are not f64 arithmetic; everything else typed .f64 is.
 _F64_NOT_ARITHMETIC = {"ld", "st", "mov", "selp", "cvta", "shfl", "atom", "red"}

@@ -12,7 +12,7 @@ therefore serves four consecutive elements.
 
 Two versions of the same round function live here:
   philox4x32_10      scalar, numba-compilable (njit and cuda.jit device function)
-  philox4x32_10_np   vectorised NumPy, used by kernels/reference.py
+  philox4x32_10_np   vectorised NumPy, used by the references (kernels/noise.py)
 """
 import numpy as np
 

@@ -481,3 +481,40 @@ def test_cpu_rng_kernels_over_many_chunks_and_unaligned_offsets(path):
             K._corrupt[path](got_x, x, mode, np.float32(0.3), np.float32(0), np.float32(1), k0, k1,
                              np.int64(5), np.int64(2), np.int64(offset))
             np.testing.assert_array_equal(got_x, want_x)
+
+
+def test_op_modules_hold_each_ops_twins_and_run_without_numba():
+    """kernels/ is organised by op: each op module holds the reference and the CPU and CUDA bodies,
+    imports NumPy alone, and its CPU bodies run as plain Python (prange = range) with the results
+    of the reference; a CUDA body refuses to run uncompiled, clearly."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["numba"] = None  # any numba import fails
+import numpy as np
+from tinydae.kernels import bias_act, conv, loss, noise, optim
+rng = np.random.default_rng(3)
+x = rng.normal(size=(2, 5, 4, 3))
+want, got = np.zeros((2 * 3 * 2, 27)), np.zeros((2 * 3 * 2, 27))
+conv.im2col(want, x, 3, 3, 2, 1)
+conv.im2col_cpu(got, x, 3, 3, 2, 1, 3, 2)
+assert np.array_equal(want, got) and np.count_nonzero(want)
+dx_want, dx_got = np.zeros_like(x), np.zeros_like(x)
+conv.col2im(dx_want, want, 3, 3, 2, 1)
+conv.col2im_cpu(dx_got, want, 3, 3, 2, 1, 3, 2)
+assert np.array_equal(dx_want, dx_got) and np.count_nonzero(dx_want)
+try:
+    conv.im2col_cuda(got, x, 3, 3, 2, 1, 3, 2)
+except RuntimeError as e:
+    assert "only as compiled by kernels/cuda.py" in str(e), e
+else:
+    raise AssertionError("a CUDA body ran as plain Python")
+for m in (bias_act, conv, loss, noise, optim):
+    names = dir(m)
+    assert any(n.endswith("_cpu") for n in names) and any(n.endswith("_cuda") for n in names), m
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
