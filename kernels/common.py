@@ -1,4 +1,6 @@
-"""Argument checks and scalar preparation shared by the CPU and CUDA twins' wrappers.
+"""What the CPU and CUDA twins share: their wrappers' argument checks and scalar preparation,
+numba's on-disk cache stamp (drop_stale_numba_cache), and how an op module's kernel bodies are
+compiled (the placeholders prange / cuda and rebind; see the section at the end).
 
 Scalars are cast to the arrays' dtype before they reach a kernel, so float32 arrays are
 updated with float32 arithmetic, as NumPy does in the reference (a Python float would make
@@ -15,12 +17,14 @@ OP_MODULES = ("noise.py", "bias_act.py", "loss.py", "optim.py", "conv.py")  # re
 KERNEL_SOURCES = ("scalar.py", "philox.py", "common.py", "reference.py", "activations.py") + OP_MODULES
 
 
-def drop_stale_numba_cache(module, importer=None):
+def drop_stale_numba_cache(module, importer=None, dispatchers=()):
     """numba's on-disk cache watches only the file that defines a kernel's body (its op module),
     but the kernels that kernels/cpu.py and kernels/cuda.py compile inline functions and
     constants from the other files, and take names from the backend module itself.
-    Drop the module's cached kernels when those files change (best effort: the cache in
-    kernels/__pycache__, where numba puts it for a writable checkout).
+    Drop the module's cached kernels when those files change (best effort), in
+    kernels/__pycache__ (where numba puts them for a writable checkout) and wherever numba's
+    cache locator put the given dispatchers' (NUMBA_CACHE_DIR, or a user-wide folder for a
+    read-only install): call it after the dispatchers are made and before their first call.
 
     importer: the module's import name (its __name__).  numba keys its cache by source file, not
     by module name, and a cached kernel refers to the module it was compiled under: one cached
@@ -33,22 +37,28 @@ def drop_stale_numba_cache(module, importer=None):
     for name in KERNEL_SOURCES + (f"{module}.py",):  # the backend: its flags and the names it binds
         with open(os.path.join(here, name), "rb") as f:
             digest.update(f.read())
-    cache_dir = os.path.join(here, "__pycache__")
-    stamp = os.path.join(cache_dir, f"{module}.sources-sha256")
-    try:
-        with open(stamp) as f:
-            if f.read() == digest.hexdigest():
-                return
-    except OSError:
-        pass
-    try:
-        for path in cache_files(module, cache_dir):
-            os.remove(path)
-        os.makedirs(cache_dir, exist_ok=True)
-        with open(stamp, "w") as f:
-            f.write(digest.hexdigest())
-    except OSError:
-        pass  # read-only install: numba then caches elsewhere, or not at all
+    folders = {os.path.join(here, "__pycache__")}
+    for d in dispatchers:
+        try:  # numba's cache locator (not public API: a missing attribute only skips the folder)
+            folders.add(d._cache._cache_path)
+        except AttributeError:
+            pass
+    for cache_dir in sorted(folders):
+        stamp = os.path.join(cache_dir, f"{module}.sources-sha256")
+        try:
+            with open(stamp) as f:
+                if f.read() == digest.hexdigest():
+                    continue
+        except OSError:
+            pass
+        try:
+            for path in cache_files(module, cache_dir):
+                os.remove(path)
+            os.makedirs(cache_dir, exist_ok=True)
+            with open(stamp, "w") as f:
+                f.write(digest.hexdigest())
+        except OSError:
+            pass  # read-only: numba then caches elsewhere, or not at all
 
 
 def cache_files(module, cache_dir):
@@ -175,11 +185,13 @@ float64, int32 = "float64", "int32"  # the types of a CUDA body's shared arrays:
 
 
 def rebind(func, names, spaces, name=None, qualname=None):
-    """A copy of the op module's function `func` whose global names resolve first in `names`
-    (a backend's compiled helpers and numba's prange / cuda), then in func's own module.
+    """A copy of the op module's function `func` whose globals are a snapshot of its module's,
+    overridden by `names` (a backend's compiled helpers and numba's prange / cuda).
 
-    spaces: the backend's {module name: globals dict}; every body of one module shares one dict,
-    so a helper compiled later (added to it by name) is seen by the bodies that call it.
+    spaces: the backend's {module name: globals dict}, made at a module's first rebind; every
+    body of one module shares it, and a backend registers each helper it compiles later into
+    every space (cpu.py: _inline, cuda.py: _add_name), before any kernel is compiled (numba
+    compiles at first call).  Later changes to the module's own globals are not seen.
     numba names its on-disk cache entries after the source file and the qualname."""
     import sys
     import types

@@ -38,7 +38,6 @@ CHUNK = noise.CHUNK  # elements per parallel task in the RNG kernels
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-drop_stale_numba_cache("cpu", __name__)  # before any kernel below is compiled or loaded
 
 # The names an op module's CPU body uses that only numba gives meaning: numba's prange and the
 # compiled per-element helpers (the shared math of kernels/scalar.py, and the op modules' own).
@@ -49,7 +48,8 @@ _SPACES = {}  # op module -> the globals its compiled bodies share (common.rebin
 def _inline(func, name=None):
     """Compile an op module's helper for inlining into the CPU bodies that call it by `name`."""
     name = name or func.__name__
-    compiled = njit(inline="always", cache=True)(rebind(func, _NAMES, _SPACES, name))
+    assert name not in _NAMES, f"{name}: a second CPU helper of one name would replace the first everywhere"
+    compiled = njit(inline="always")(rebind(func, _NAMES, _SPACES, name))  # inlined: never cached alone
     _NAMES[name] = compiled
     for space in _SPACES.values():
         space[name] = compiled
@@ -299,7 +299,7 @@ def cache_status():
 
 
 # ----------------------------------------------------------------------------------------
-# Convolution as a GEMM: im2col and col2im (NHWC; see kernels/reference.py)
+# Convolution as a GEMM: im2col and col2im (NHWC; see kernels/conv.py)
 # ----------------------------------------------------------------------------------------
 
 
@@ -322,3 +322,8 @@ def col2im(dx, dcols, kh, kw, stride, pad):
     check_arrays(dx=dx, dcols=dcols)
     Ho, Wo = check_im2col(dcols, dx, kh, kw, stride, pad)
     pick(_col2im, dx.size, PARALLEL_MIN_HEAVY)(dx, dcols, kh, kw, stride, pad, Ho, Wo)  # a gather per element
+
+
+# Every kernel is made (none compiled or loaded yet: numba does that at the first call): drop
+# cached ones compiled from other sources, wherever numba keeps them.
+drop_stale_numba_cache("cpu", __name__, [d for name in CACHED_KERNELS for d in globals()["_" + name]])

@@ -6,7 +6,7 @@ bias_act.py, loss.py, optim.py, conv.py); this module compiles them (common.rebi
 launches them.  Same signatures as the reference.  Arrays are CuPy arrays on a GPU, or NumPy arrays under
 Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), which is how CI tests this file.
 
-Each kernel declares its signatures (``@kernel("void(T[::1], ...)")``, T the data dtype):
+Each kernel declares its signatures (``kernel("void(T[::1], ...)")(body)``, T the data dtype):
 ``python cli.py build-cuda`` compiles every variant for a GPU architecture without a GPU,
 and kernels/cuda_launch.py launches them: by default from cubins through CuPy (expected: a few
 microseconds per launch; not yet measured on a GPU), or through numba's dispatcher (TINYDAE_CUDA_LAUNCHER=numba, and
@@ -49,7 +49,6 @@ if not SIMULATOR:
         from numba import config as _config
     _config.CUDA_ARRAY_INTERFACE_SYNC = False
 
-drop_stale_numba_cache("cuda", __name__)  # before any kernel below is compiled or loaded
 # The simulator runs every GPU thread as a Python thread: smaller blocks keep CI fast.
 LOSS_THREADS = 32 if SIMULATOR else loss.LOSS_THREADS  # threads per row in the loss sum (sets its order)
 
@@ -74,6 +73,7 @@ def _device(func, name=None):
 
 
 def _add_name(name, value):
+    assert name not in _NAMES, f"{name}: a second CUDA helper of one name would replace the first everywhere"
     _NAMES[name] = value
     for space in _SPACES.values():
         space[name] = value
@@ -364,7 +364,7 @@ def corrupt(out, x, mode, level, seed, step, stream, offset=0):
 
 
 # ----------------------------------------------------------------------------------------
-# Activations (kernels/scalar.py: float64 math, rounded once when stored)
+# Bias + activation (kernels/bias_act.py; kernels/scalar.py's act in the data dtype)
 # ----------------------------------------------------------------------------------------
 
 
@@ -525,7 +525,7 @@ def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoup
 
 
 # ----------------------------------------------------------------------------------------
-# Convolution as a GEMM: im2col and col2im (NHWC; see kernels/reference.py), one thread per
+# Convolution as a GEMM: im2col and col2im (NHWC; see kernels/conv.py), one thread per
 # element written: a copy, and a gather in the reference's (i, j) order (no atomics)
 # ----------------------------------------------------------------------------------------
 
@@ -551,3 +551,8 @@ def col2im(dx, dcols, kh, kw, stride, pad):
     check_arrays(dx=dx, dcols=dcols)
     Ho, Wo = check_im2col(dcols, dx, kh, kw, stride, pad)
     _launch(_col2im, *_grid(dx.size), dx, dcols, *(np.int64(v) for v in (kh, kw, stride, pad, Ho, Wo)))
+
+
+# Every kernel is declared (none compiled or loaded yet): drop cached ones compiled from other
+# sources, wherever numba keeps them.
+drop_stale_numba_cache("cuda", __name__, [k.dispatcher for k in cuda_launch.KERNELS.values()])

@@ -1,9 +1,10 @@
 """Per-element math shared by the CPU and CUDA twins, written once (like kernels/philox.py).
 
-kernels/cpu.py compiles each function with numba.njit(inline="always"), kernels/cuda.py
-with numba.cuda.jit(device=True, inline="always").  Each function is self-contained (only math
-and numpy scalars, no calls to the others): one source cannot know which target's compiled
-helper it would be calling.
+kernels/cpu.py compiles the ones its bodies call with numba.njit(inline="always"),
+kernels/cuda.py with numba.cuda.jit(device=True, inline="always"); box_muller is the scalar
+specification of the CUDA twin's kernels/noise.py:box_muller_cuda and is compiled by neither.
+Each function is self-contained (only math and numpy scalars, no calls to the others), so it
+needs no rebinding (kernels/common.py: rebind), unlike the op modules' bodies.
 
 Activations compute in the precision of the constants the caller passes (`zero`, `one`,
 `slope` = 0, 1 and LEAKY_SLOPE): the kernels pass them in the data dtype

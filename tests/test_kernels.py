@@ -378,10 +378,7 @@ def test_cuda_reductions_reuse_their_workspaces_and_reset_their_tickets():
     """The loss and bias-gradient reductions allocate their partials and tickets once per shape
     and leave every ticket at 0 (reset by the last block, no memset per launch), so a repeated
     launch gives the same result from the same arrays."""
-    import tinydae.kernels.cpu as kcpu
-
     t = Twin("cuda")
-    assert t.k.BIAS_ROWS == kcpu.ROW_BLOCK  # the CPU twin's row blocks: the same db sums
     rng = np.random.default_rng(8)
     z, x = rng.normal(0, 3, (6, 40)).astype(np.float32), rng.random((6, 40)).astype(np.float32)
     y, dy = rng.random((70, 40)).astype(np.float32), rng.normal(size=(70, 40)).astype(np.float32)  # 2 chunks
@@ -518,3 +515,27 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_every_helper_a_body_calls_is_compiled_for_its_backend(backend):
+    """A body that calls a helper the backend did not compile and register would run the plain
+    Python function: numba's CPU compiler refuses it, but the CUDA simulator runs it silently
+    and only the sm_90 build fails.  So: every function an op module's *_cpu / *_cuda body calls
+    by a global name is one the backend registered (common.rebind's names)."""
+    import types
+
+    from tinydae.kernels import bias_act, conv, loss, noise, optim
+
+    k = Twin(backend).k
+    missing = []
+    for module in (bias_act, conv, loss, noise, optim):
+        for name, body in vars(module).items():
+            if not (isinstance(body, types.FunctionType) and name.endswith(f"_{backend}")):
+                continue
+            for used in body.__code__.co_names:
+                value = vars(module).get(used)
+                if isinstance(value, types.FunctionType) and used not in k._NAMES:
+                    missing.append(f"{module.__name__}.{name} calls {used}")
+    assert not missing, missing
+    assert "philox" in k._NAMES and ("prange" in k._NAMES if backend == "cpu" else "cuda" in k._NAMES)

@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CALL = """
@@ -73,3 +75,39 @@ def test_every_kernel_source_a_compiled_kernel_reads_is_watched():
 
     assert imported("cpu.py", set()) <= set(common.KERNEL_SOURCES)
     assert imported("cuda.py", set()) <= set(cuda_build.SOURCES) - {"cuda.py"}
+
+
+LEAKY = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import kernels.cpu as K
+z = np.full((1, 8), -3.0, np.float32)
+y = np.empty_like(z)
+K.bias_act_forward(y, z, np.zeros(8, np.float32), "leaky_relu")
+print(float(y[0, 0]))
+"""
+
+
+def test_an_edited_helper_is_not_served_stale_from_numba_cache_dir(tmp_path):
+    """With NUMBA_CACHE_DIR set numba caches outside kernels/, and the stamp must be checked there
+    too: an edited per-element helper (scalar.py, inlined into bias_act's CPU body, whose own file
+    did not change) gives the new result in the next process, not the cached old one."""
+    shutil.copytree(os.path.join(ROOT, "kernels"), tmp_path / "k" / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-cache")
+
+    def run():
+        r = subprocess.run([sys.executable, "-c", LEAKY, str(tmp_path / "k")], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return float(r.stdout.split()[-1])
+
+    assert run() == np.float32(-0.03)
+    assert list((tmp_path / "numba-cache").rglob("bias_act.bias_act_forward_cpu*.nbi"))  # cached there
+    acts = tmp_path / "k" / "kernels" / "activations.py"
+    text = acts.read_text()
+    assert "LEAKY_SLOPE = 0.01" in text
+    acts.write_text(text.replace("LEAKY_SLOPE = 0.01", "LEAKY_SLOPE = 0.02"))
+    assert run() == np.float32(-0.06)
