@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tinydae as td  # noqa: E402
 from tinydae.classifier import train_classifier  # noqa: E402
-from tinydae.features import box_blur, check_feature_map, fid  # noqa: E402
+from tinydae.features import box_blur, check_feature_map, fid, spearman  # noqa: E402
 from tinydae.sampling import start_points  # noqa: E402
 
 MNIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
@@ -63,12 +63,6 @@ def main(argv=None):
         if rho:
             print(f"{arch:>22s} rank correlation of the family's FIDs between seeds: "
                   f"{', '.join(f'{r:.3f}' for r in rho)}", flush=True)
-
-
-def spearman(x, y):
-    """Spearman's rank correlation of two equal-length sequences without ties."""
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 if __name__ == "__main__":

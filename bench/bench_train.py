@@ -111,7 +111,7 @@ def tinydae_step(model, opt, x, step_counter, sigma=SIGMA):
 
     def step():
         step_counter[0] += 1
-        model.loss_sum_and_grad(c.apply(backend, x, 0, step_counter[0]), x, total)
+        model.loss_sum_and_grad(c.apply(backend, x, 0, step_counter[0]), x, total, sigma=sigma)  # a blind model ignores it
         opt.step(guard=total)
         return float(backend.to_host(total)[0]) / len(x)
     return step

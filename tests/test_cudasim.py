@@ -152,3 +152,22 @@ def test_a_conv_dae_trains_and_chains_on_the_cuda_kernels_as_on_the_reference(si
     assert launches == kernel_launches_per_step(model) - 2
     if arch.startswith("conv"):
         assert launches == 4 * 2 + 1 + (2 + 2 + 2 + 1)
+
+
+def test_a_noise_conditional_unet_trains_on_a_ladder_and_anneals_on_the_cuda_kernels(sim):
+    """unet:...,sigma: fit() telling each row its level (drawn on the device) and an annealed
+    chain telling each step its level, simulated against the reference."""
+    data = np.random.default_rng(1).uniform(0.05, 0.95, (14, 49)).astype(np.float32)
+
+    def run(backend):
+        model = td.DAE(49, arch="unet:3,4,sigma", seed=5, backend=backend)
+        td.fit(model, data[:10], data[10:], optimizer=td.Adam(model, lr=1e-2), corruption="gaussian:0.01..1",
+               epochs=2, batch_size=5, seed=5, handle_sigint=False)
+        return model, chain(model, data[:3], 4, corruption="gaussian:0.01..1", sampler="annealed", levels=2,
+                            seed=1, keep_chains=0)
+
+    ref_model, ref_chain = run(get_backend("cpu", kernels="reference"))
+    model, got_chain = run(sim)
+    np.testing.assert_allclose(model.params, ref_model.params, rtol=1e-4, atol=1e-5)
+    assert np.abs(model.params - td.DAE(49, arch="unet:3,4,sigma", seed=5).params).max() > 1e-3  # it trained
+    np.testing.assert_allclose(got_chain.samples, ref_chain.samples, rtol=1e-4, atol=1e-4)

@@ -89,13 +89,16 @@ def test_cli_science_errors(checkpoint, tmp_path):
 
 # Test-only settings: every stage of the protocol, in seconds (not a result of any worth).
 TINY = dict(experiments.QUICK, mode="test", n_data=900, n_val=100, n_test=100, seeds=2, hidden=(32,), epochs=1,
-            n_samples=200, steps=4, keep_steps=(0, 1, 2, 4), levels=2, classifier=dict(hidden=(32, 16), epochs=2),
+            n_samples=200, steps=4, keep_steps=(0, 1, 2, 4), levels=2, classifier=dict(arch="conv:4,8,fc16", epochs=2),
+            dense_classifier=dict(arch="mlp:32,16", epochs=2),
+            nc=dict(arch="unet:4,8,sigma", corruption="gaussian:0.01..1", epochs=1, levels=2, step_sizes=(0.1, 0.2)),
             claim1=dict(quick=True, n_train=600, n_eval=100, epochs=1),
+            claim1_ladder=dict(quick=True, n_train=300, n_eval=50, epochs=1),
             sweep_corruptions=("gaussian:0.1", "gaussian:0.3"), sweep_step_sizes=(0.5, 1.0), strip_chains=3)
 
 DOCUMENTED = {"config", "command", "data", "seeds", "kept_steps", "seconds", "timings", "feature_map", "claim1",
               "floor", "curves", "headline", "baselines", "best_from_noise", "legacy_parzen", "sweep", "targets",
-              "strips"}
+              "strips", "feature_maps", "feature_ranks"}
 
 
 def strict_json(text):
@@ -137,12 +140,35 @@ def test_reproduce_writes_the_documented_report_with_finite_figures(tiny_report)
     assert set(report["sweep"]["annealed_step_size"]) == {"0.5", "1.0"}
     assert {"real training rows", "blurred real training rows", "uniform noise", "PCA Gaussian"} <= set(
         report["legacy_parzen"])
-    assert [t["name"] for t in report["targets"]] == ["feature_map", "noise_fid", "noise_entropy", "noise_is",
-                                                      "pca_halved", "claim1_d2"]
+    assert [t["name"] for t in report["targets"]] == ["feature_map", "feature_ranks", "noise_fid", "noise_entropy",
+                                                      "noise_is", "pca_halved", "claim1_d2"]
+    maps = report["feature_maps"]
+    assert set(maps) == {"judge", "twin", "dense"} and report["feature_map"] == maps["judge"]
+    assert maps["judge"]["arch"] == maps["twin"]["arch"] == "conv:4,8,fc16" and maps["dense"]["arch"] == "mlp:32,16"
+    assert maps["twin"]["seed"] == maps["judge"]["seed"] + 1
+    assert maps["judge"]["min_blur_ratio"] == 10.0 and maps["dense"]["min_blur_ratio"] is None
+    assert maps["judge"]["check"]["n_half"] == 100  # validation and test rows together, halved
+    ranks = report["feature_ranks"]
+    assert len(ranks["sets"]) == 2 + 2 + len(experiments.RUNS) and ranks["n"] == 100
+    assert set(ranks["spearman"]) == {"judge vs twin", "judge vs dense", "twin vs dense"}
+    assert all(len(v) == len(ranks["sets"]) and all(f >= 0 for f in v) for v in ranks["fids"].values())
+    for h in report["headline"].values():
+        assert h["test_dense"]["fid"]["mean"] > 0
+    (ladder,) = report["claim1_ladder"]
+    assert ladder["dim"] == 8 and list(ladder["results"]) == ["0.03", "0.3"] and ladder["seeds"] == [0, 1]
+    assert ladder["results"]["0.3"]["posterior_mean"]["all"]["cosine_mean"]["mean"] > 0.99  # the instrument
+    sweep = report["nc_sweep"]  # the annealing step size, chosen on validation where the ladder ends
+    assert set(sweep["step_size"]) == {"0.1", "0.2"} and sweep["chosen"] in (0.1, 0.2)
+    final = {size: curves["fid"][-1] for size, curves in sweep["step_size"].items()}
+    assert final[str(sweep["chosen"])] == min(final.values())
+    seed0 = [stats["per_seed"][0] for stats in report["curves"]["noise_annealed_nc"]["fid"]]
+    assert seed0 == pytest.approx(sweep["step_size"][str(sweep["chosen"])]["fid"])  # seed 0's run is the sweep's
     assert all(isinstance(t["met"], bool) and (t["met"] or t["why"]) for t in report["targets"])
     md = (out / "report.md").read_text()
-    for section in ("TEST MODE", "## Feature map", "## Targets", "## Claim 1", "## Claims 2 and 3",
-                    "## Legacy", "## Curves", "## Sweeps", "noise_annealed_bce.png", "Command: `tiny`"):
+    for section in ("TEST MODE", "## Feature maps", "FID, dense map", "judge vs twin", "## Targets", "## Claim 1", "## Claims 2 and 3",
+                    "## Legacy", "## Curves", "## Sweeps", "noise_annealed_bce.png", "noise_ddim_nc.png",
+                    "mid-ladder", "U-Net told sigma", "along the noise ladder",
+                    "kernel_mean", "Command: `tiny`"):
         assert section in md, section
     assert ("FAILED its sanity check" in md) == (not report["feature_map"]["trusted"])
     assert any("claim 1" in line for line in lines) and all(line.startswith("[") or line.startswith(" ")
@@ -150,11 +176,15 @@ def test_reproduce_writes_the_documented_report_with_finite_figures(tiny_report)
 
 
 def test_reproduce_headline_steps_are_the_validation_minimum(tiny_report):
-    """What the report calls the headline step is the validation curve's minimum over steps >= 1."""
+    """What the report calls the headline step is the validation curve's minimum over steps >= 1,
+    or for a ladder sampler (annealed, ddim) the last step, where its ladder ends."""
     report = tiny_report[1]
     for run, curves in report["curves"].items():
         means = [s["mean"] for s in curves["fid"]]
-        assert report["headline"][run]["step"] == report["kept_steps"][1 + int(np.argmin(means[1:]))]
+        if experiments.RUNS[run][2] in ("annealed", "ddim"):
+            assert report["headline"][run]["step"] == report["kept_steps"][-1]
+        else:
+            assert report["headline"][run]["step"] == report["kept_steps"][1 + int(np.argmin(means[1:]))]
         k = report["kept_steps"].index(report["headline"][run]["step"])
         assert report["headline"][run]["validation"]["fid"] == curves["fid"][k]
 
@@ -179,6 +209,19 @@ def test_headline_step_is_chosen_on_validation_and_test_is_asked_once():
     # a tie goes to the earlier step
     val["run"]["fid"][4] = [32.0, 32.0]
     assert headline_steps(val, kept) == {"run": 2}
+
+
+def test_a_ladder_sampler_is_judged_only_where_its_ladder_ends():
+    """Issue 21: an annealed (or ddim) state before the last step is mid-ladder, and the headline
+    cannot pick it, however good its validation FID: the old protocol picked annealed step 10 of
+    200, one denoising of a sigma ~1 state."""
+    kept = [0, 1, 5, 10, 200]
+    curve = {"fid": [[300.0], [120.0], [110.0], [100.0], [150.0]]}
+    val = {"noise_annealed_bce": curve, "noise_mean_bce": curve}
+    assert headline_steps(val, kept) == {"noise_annealed_bce": 200, "noise_mean_bce": 10}
+    assert experiments.eligible_steps("noise_annealed_bce", kept) == [200]
+    assert all(experiments.eligible_steps(run, kept) == [200] for run, spec in experiments.RUNS.items()
+               if spec[2] in ("annealed", "ddim"))
 
 
 class LinearMap:
@@ -227,7 +270,7 @@ def _stats(mean, sd=0.0):
 
 
 def fake_report(best_fid=40.0, pca_fid=50.0, entropy=2.25, inception=8.5, improved_fid=20.0, slope=1.02,
-                cosine=0.9, controls=0.8, trusted=True):
+                cosine=0.9, controls=0.8, trusted=True, rank=0.99):
     figures = lambda fid, ent=2.3, iscore=9.0: dict(  # noqa: E731
         fid=_stats(fid), class_entropy=_stats(ent), inception_score=_stats(iscore), precision=_stats(0.7),
         recall=_stats(0.7))
@@ -236,7 +279,10 @@ def fake_report(best_fid=40.0, pca_fid=50.0, entropy=2.25, inception=8.5, improv
         bce=dict(all=dict(slope=metric(slope), cosine_mean=metric(cosine))),
         nearest_mean=dict(all=dict(cosine_mean=metric(controls))),
         gaussian=dict(all=dict(cosine_mean=metric(controls - 0.1))))))
-    return dict(feature_map=dict(trusted=trusted, test_accuracy=0.97, check=dict(problems=[] if trusted else ["x"])),
+    return dict(feature_map=dict(trusted=trusted, test_accuracy=0.97, check=dict(ok=trusted, blur_ratio=12.0,
+                                                                                 problems=[] if trusted else ["x"])),
+                feature_ranks=dict(sets=["real", "blurred 3x3", "uniform noise"], required=0.95, ok=True, problem=None,
+                                   spearman={"judge vs twin": rank, "judge vs dense": 0.8}),
                 floor=dict(test=dict(fid=3.0, class_entropy=2.3, inception_score=9.5, precision=0.75, recall=0.75)),
                 best_from_noise="noise_annealed_bce",
                 headline=dict(noise_annealed_bce=dict(step=200, test=figures(best_fid, entropy, inception)),
@@ -256,6 +302,7 @@ def test_targets_are_met_or_missed_as_the_figures_say(tiny_report):
     assert verdicts(slope=0.94)["claim1_d16"] is False and verdicts(slope=1.049)["claim1_d16"] is True
     assert verdicts(controls=0.95)["claim1_d16"] is False
     assert verdicts(trusted=False)["feature_map"] is False
+    assert verdicts(rank=0.949)["feature_ranks"] is False and verdicts(rank=0.95)["feature_ranks"] is True
     missed = {t["name"]: t for t in evaluate_targets(fake_report(slope=0.9, improved_fid=60.0))}
     assert "short of 1" in missed["claim1_d16"]["why"] and "worse" in missed["pca_halved"]["why"]
     assert missed["noise_fid"]["why"] is None
@@ -266,8 +313,8 @@ def test_targets_are_met_or_missed_as_the_figures_say(tiny_report):
     md = render_report(report)
     table = md[md.index("## Targets"):md.index("## Claim 1")]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "verdict" not in line and "---" not in line]
-    assert len(rows) == 6
-    assert sum("| **missed** |" in r for r in rows) == 1 and sum("| met |" in r for r in rows) == 5
+    assert len(rows) == 7
+    assert sum("| **missed** |" in r for r in rows) == 1 and sum("| met |" in r for r in rows) == 6
     assert "short of 1" in next(r for r in rows if "**missed**" in r)
 
 

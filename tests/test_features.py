@@ -365,3 +365,55 @@ def test_glyph_classes():
     assert mean["fid"] > 10 * blurred["fid"] and mean["kid"] > 10 * abs(floor["kid"])
     assert mean["class_entropy"] < 0.01 and mean["recall"] < 0.02
     assert floor["class_entropy"] > 2.2 and 0.4 < floor["one_nn_accuracy"] < 0.6
+
+
+class PixelMap:
+    """Features: the pixels themselves (sees every blur); probs: confident, varied classes."""
+
+    input_dim = 36
+
+    def features(self, x):
+        return np.asarray(x, np.float64)
+
+    def probs(self, x):
+        cls = (np.asarray(x)[:, :3] > 0.5) @ np.array([1, 2, 4]) % 3  # varied, a function of the image
+        return np.eye(3)[cls] * 0.97 + 0.01
+
+
+class MeanMap(PixelMap):
+    """Features: each image's mean brightness (and its square), which a 3x3 box blur nearly keeps."""
+
+    def features(self, x):
+        m = np.asarray(x, np.float64).mean(1, keepdims=True)
+        return np.hstack([m, m * m])
+
+
+def test_blur_check_separates_a_map_that_sees_blur_from_one_that_does_not():
+    """min_blur_ratio: the check issue 21 asks (3x3-blurred real rows >= 10x the real-vs-real FID
+    floor); the pixels see blur, the mean brightness does not, and only the threshold tells."""
+    x = (np.random.default_rng(5).random((1000, 36)) > 0.6).astype(np.float64)
+    sees = check_feature_map(PixelMap(), x, image_shape=(6, 6), min_blur_ratio=10)
+    blind = check_feature_map(MeanMap(), x, image_shape=(6, 6), min_blur_ratio=10)
+    assert sees["ok"] and sees["blur_ratio"] > 10 and sees["n_half"] == 500, sees
+    assert not blind["ok"] and blind["blur_ratio"] < 10, blind
+    assert [p for p in blind["problems"] if "barely sees blur" in p and "needs >= 10x" in p], blind["problems"]
+    assert sees["blur_ratio"] == pytest.approx(sees["fid_blurred"] / sees["fid_floor"])
+    # without the threshold the blind map passes the old, weak check (blurred only worse than the floor)
+    weak = check_feature_map(MeanMap(), x, image_shape=(6, 6))
+    assert not [p for p in weak["problems"] if "barely sees blur" in p]
+    with pytest.raises(DataError, match="image shape"):
+        check_feature_map(PixelMap(), x, min_blur_ratio=10)
+
+
+def test_spearman_against_known_rankings():
+    from tinydae.features import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(1 - 6 * 4 / (5 * 24))  # sum d^2 = 4
+    # ties share the mean rank: ranks (0, 1.5, 1.5, 3) against (0, 1, 2, 3)
+    r = np.array([0, 1.5, 1.5, 3]) - 1.5
+    assert spearman([1, 2, 2, 5], [1, 2, 3, 4]) == pytest.approx(r @ (np.arange(4) - 1.5) / np.sqrt(r @ r * 5))
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(DataError):
+        spearman([1, 2], [1, 2, 3])

@@ -116,7 +116,8 @@ def test_the_mean_sampler_is_the_chain_as_before(tiny):
 # -- batches, seeds, host reads ----------------------------------------------------------------
 
 SAMPLER_CASES = [("mean", {}), ("bernoulli", {}), ("bernoulli", dict(final="sample")), ("langevin", {}),
-                 ("langevin", dict(final="sample")), ("annealed", dict(levels=3))]
+                 ("langevin", dict(final="sample")), ("annealed", dict(levels=3)), ("ddim", {}),
+                 ("ddim", dict(final="sample"))]
 
 
 @pytest.mark.parametrize("sampler, kw", SAMPLER_CASES)
@@ -264,7 +265,8 @@ def test_cli_sample_runs_each_sampler(ckpt, tmp_path, sampler):
     summary = json.loads(r.stdout)
     assert summary["sampler"] == sampler and len(summary["mean_abs_change"]) == 6
     assert (tmp_path / "s.png").exists()
-    assert summary["sigmas"] == {"langevin": [0.1], "annealed": list(np.geomspace(0.5, 0.1, 10))}.get(sampler, [])
+    assert summary["sigmas"] == {"langevin": [0.1], "annealed": list(np.geomspace(0.5, 0.1, 10)),
+                                 "ddim": [0.5, 0.1]}.get(sampler, [])  # ddim: the range its per-step ladder spans
 
 
 def test_cli_improve_takes_a_sampler(ckpt, tmp_path):

@@ -10,6 +10,10 @@ and checkpoints (the model config's "arch") share.
                        (mirrored by a dense layer and a reshape back to the image)
     unet:16,32         a small U-Net (tinydae/unet.py): conv:16,32's encoder, and a decoder whose
                        every level also reads the encoder's output at that size (skip connections)
+    unet:16,32,sigma   noise-conditional: the noise level of the input enters the network as one
+                       more input channel (model.noise_channel(sigma) in every pixel), so one
+                       network denoises well at every level of an annealing ladder
+    mlp:256,256,sigma  the same for a dense DAE: one more input, the noise channel's value
 
 Every hidden layer uses the model's activation; the last decoder layer gives logits (identity),
 and the DAE applies the sigmoid.  With tied weights each decoder layer uses its encoder
@@ -32,13 +36,24 @@ from tinydae.layers import ConvTranspose2d, Conv2d, Linear, Reshape
 KINDS = ("mlp", "conv", "unet")
 _CONV_ENTRY = re.compile(r"^(\d+)(k3)?$")
 _FC_ENTRY = re.compile(r"^fc(\d+)$")
-EXAMPLES = "mlp:1000,500, conv:32,64, conv:16k3,32,64, conv:32,64,fc128 or unet:16,32"
+EXAMPLES = "mlp:1000,500, conv:32,64, conv:16k3,32,64, conv:32,64,fc128, unet:16,32 or unet:16,32,sigma"
+SIGMA = "sigma"  # the last entry of a noise-conditional U-Net's spec
 
 
 def parse_arch(spec):
     """Validate a spec; -> (kind, entries), entries as dicts:
     mlp: {"width": N}; conv: {"filters": F, "kernel": 4|3, "stride": 2|1, "pad": 1} or {"width": N}
-    (the dense bottleneck, after every convolution)."""
+    (the dense bottleneck, after every convolution).  A U-Net's trailing "sigma" is not an entry
+    (noise_conditional tells it)."""
+    return _parse(spec)[:2]
+
+
+def noise_conditional(spec):
+    """Does the network read the noise level as an input channel ("unet:16,32,sigma")?"""
+    return _parse(spec)[2]
+
+
+def _parse(spec):
     if not isinstance(spec, str) or ":" not in spec:
         raise ConfigError(f"an architecture is a string such as {EXAMPLES}; got {spec!r}")
     kind, _, body = spec.strip().partition(":")
@@ -49,6 +64,12 @@ def parse_arch(spec):
     tokens = [t.strip().lower() for t in body.split(",")]
     if not tokens or not all(tokens):
         raise ConfigError(f"{spec!r}: give one or more comma-separated layer sizes (e.g. {EXAMPLES})")
+    sigma = tokens[-1] == SIGMA
+    if sigma:
+        tokens = tokens[:-1]
+    if SIGMA in tokens or (sigma and kind == "conv"):
+        raise ConfigError(f"{spec!r}: 'sigma' (the noise level as an input) is a U-Net or mlp option, written "
+                          f"last: e.g. unet:32,64,sigma or mlp:256,256,sigma")
     entries = []
     for t in tokens:
         if kind in ("mlp", "unet"):
@@ -76,19 +97,19 @@ def parse_arch(spec):
         raise ConfigError(f"{spec!r}: a U-Net needs two levels or more (unet:F alone has no skip: it is conv:F)")
     if kind == "conv" and "width" in entries[0]:
         raise ConfigError(f"{spec!r}: a conv architecture starts with a convolution (for dense only: mlp:...)")
-    return kind, entries
+    return kind, entries, sigma
 
 
 def canonical(spec):
     """The spec in its one written form ("conv:32,64k3", lower case, no spaces)."""
-    kind, entries = parse_arch(spec)
+    kind, entries, sigma = _parse(spec)
     parts = []
     for e in entries:
         if "filters" in e:
             parts.append(f"{e['filters']}{'k3' if e['kernel'] == 3 else ''}")
         else:
             parts.append(f"fc{e['width']}" if kind == "conv" else str(e["width"]))
-    return f"{kind}:{','.join(parts)}"
+    return f"{kind}:{','.join(parts + [SIGMA] * sigma)}"
 
 
 def mlp_spec(hidden):
@@ -159,8 +180,17 @@ def dae_layers(spec, input_shape, activation, tied):
         raise ConfigError(f"{spec}: a U-Net is not a stack of layers; build it with tinydae.unet.UNet")
     D = math.prod(input_shape)
     if kind == "mlp":
+        sigma = noise_conditional(spec)
+        if sigma and tied:
+            raise ConfigError(f"{spec}: a noise-conditional mlp cannot be tied: its first layer reads the noise "
+                              f"input, which the last layer does not write")
         dims = [D] + [e["width"] for e in entries]
         k = len(entries)
+        if sigma:  # the first layer reads D + 1 values; the last still writes D
+            layers = [("enc0", Linear(dims[1], activation))] + [(f"enc{i}", Linear(dims[i + 1], activation))
+                                                                for i in range(1, k)]
+            layers += [(f"dec{j}", Linear(dims[k - 1 - j], "identity" if j == k - 1 else activation)) for j in range(k)]
+            return layers
         layers = [(f"enc{i}", Linear(dims[i + 1], activation)) for i in range(k)]
         layers += [(f"dec{j}", Linear(dims[k - 1 - j], "identity" if j == k - 1 else activation,
                                       tie=f"enc{k - 1 - j}" if tied else None)) for j in range(k)]

@@ -309,9 +309,12 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
         png = os.path.join(out, "samples.png")
         shown = (val_set if len(val_set) else train_set).x[:10]
         x = model.as_input(shown)
-        noisy = tinydae.Corruption.parse(opts["corruption"]).apply(model.backend, x, opts["seed"], 0,
-                                                                   STREAM_VALID_CORRUPTION)
-        rows = [shown, model.backend.to_host(noisy), model.backend.to_host(model.reconstruct(noisy, check=False))]
+        c = tinydae.Corruption.parse(opts["corruption"])
+        noisy = c.apply(model.backend, x, opts["seed"], 0, STREAM_VALID_CORRUPTION)
+        sigma = c.row_sigmas(model.backend, len(x), opts["seed"], 0, STREAM_VALID_CORRUPTION) \
+            if model.noise_conditional else None
+        rows = [shown, model.backend.to_host(noisy),
+                model.backend.to_host(model.reconstruct(noisy, check=False, sigma=sigma))]
         tinydae.images.save_grid(png, rows, dataset.image_shape)
     last = state.history[-1] if state.history else {}
     per_pixel = {k + "_per_pixel": v / dataset.dim for k, v in last.items() if k.startswith("val_bce")}
@@ -498,6 +501,10 @@ def gradcheck(input_dim, hidden, arch_spec, activation, loss, tied, batch, seed,
     spec = (tinydae.arch.canonical(arch_spec) if arch_spec is not None
             else tinydae.arch.mlp_spec(parse_hidden(hidden if hidden is not None else "5,3")))
     config = tinydae.model.check_config(input_dim, arch=spec)  # untied: the most parameters
+    if tinydae.arch.noise_conditional(spec):
+        if tied == "yes":
+            tinydae.model.check_config(input_dim, arch=spec, tied=True)  # its one error line says why not
+        ties = (False,)  # a noise-conditional U-Net cannot be tied: --tied both checks it untied
     # Every parameter is checked by central differences: two passes each, per model.  Estimate
     # the time first (a 3000-1000 model would run for hours, silently).
     n_params = sum(math.prod(shape) for _, shape in tinydae.model.param_layout(config))
@@ -606,7 +613,8 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, s
     if summary["sigmas"]:  # langevin, annealed: the level(s) the score is read at
         sigmas = summary["sigmas"]
         ladder = f"{sigmas[0]:g}" + (f"..{sigmas[-1]:g}" if len(sigmas) > 1 else "")
-        how = f"sigma {ladder}, step size {summary['step_size']:g}"
+        how = (f"sigma {ladder}, step size {summary['step_size']:g}" if summary["step_size"] is not None
+               else f"sigma {ladder}, one level per step")
     click.echo(f"{verb} {summary['chains']} chains x {steps} steps from {summary['start']} ({sampler} sampler, "
                f"{how}) in {summary['seconds']:.1f} s; mean |x_t - x_(t-1)| per pixel: first step {first}, "
                f"last {last}")
@@ -634,10 +642,11 @@ def _chain_options(default_start, default_steps, start_help, default_out):
                          help="mean: x <- r(c(x)), the paper's chain (mode-seeking); bernoulli: the GSN chain "
                               "x ~ Bernoulli(r(c(x))); langevin: Langevin dynamics on the score "
                               "(r(x) - x) / sigma^2; annealed: Langevin over a noise ladder (needs a model "
-                              "trained with --corruption gaussian:LO..HI)."),
+                              "trained with --corruption gaussian:LO..HI); ddim: deterministic denoising down "
+                              "the same range, one level per step."),
             click.option("--final", default=None,
                          help="mean (default): show E[x | state] (r(c(x)) for bernoulli, the final denoising "
-                              "r(x) for langevin/annealed); sample: show the chain's states themselves."),
+                              "r(x) for langevin/annealed/ddim); sample: show the chain's states themselves."),
             click.option("--step-size", type=float, default=None,
                          help="langevin/annealed: eta as a fraction of sigma^2, in (0, 1] [default: 0.5; 0.1 is more "
                               "accurate on long chains]."),

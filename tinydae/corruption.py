@@ -97,6 +97,14 @@ class Corruption:
         out += x
         return out
 
+    def row_sigmas(self, backend, rows, seed, step, stream=STREAM_TRAIN_CORRUPTION, first_row=0):
+        """The Gaussian level of each row as apply() draws it (what a noise-conditional model is
+        told): the level itself for one level, row_levels for a range."""
+        if self.mode != "gaussian" or not self.level > 0:
+            raise ConfigError(f"a noise-conditional model is told the Gaussian level of its input, and corruption "
+                              f"{self} has none: use gaussian:SIGMA or gaussian:LO..HI")
+        return self.level if self.level_max is None else self.row_levels(backend, rows, seed, step, stream, first_row)
+
     def row_levels(self, backend, rows, seed, step, stream=STREAM_TRAIN_CORRUPTION, first_row=0):
         """A range's noise level of each row: (rows,) log-uniform in [lo, hi), on the backend.
         Log-uniform gives each octave of sigma the same share of training, as a geometric

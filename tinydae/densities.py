@@ -264,6 +264,24 @@ def gaussian_score(train, x, sigma):
     return -np.linalg.solve(cov, (x - m).T).T
 
 
+def kernel_posterior_mean(train, x, sigma, chunk=256):
+    """The posterior mean E[x | x~] under the empirical law of the training draws: the exact
+    denoiser of a DAE that memorised its training set, sum_i w_i x_i with w = softmax over i of
+    -|x~ - x_i|^2 / (2 sigma^2).  A control that needs no network: what the DAE must beat to have
+    learned more than its draws.  train: (N, D), x: (n, D) -> (n, D)"""
+    train = np.asarray(train, np.float64)
+    x = np.asarray(x, np.float64)
+    sq = (train * train).sum(1)
+    out = np.empty_like(x)
+    for i in range(0, len(x), chunk):  # (chunk, N) distances at a time
+        xc = x[i:i + chunk]
+        logw = -((xc * xc).sum(1)[:, None] - 2 * xc @ train.T + sq[None]) / (2 * sigma**2)
+        logw -= logw.max(1, keepdims=True)
+        w = np.exp(logw)
+        out[i:i + chunk] = (w @ train) / w.sum(1, keepdims=True)
+    return out
+
+
 def _mean_sd(values):
     a = np.asarray(values, np.float64)
     return dict(mean=float(a.mean()), sd=float(a.std(ddof=1)) if len(a) > 1 else 0.0, per_seed=a.tolist())
@@ -356,3 +374,144 @@ def claim1_table(result, at="corrupted"):
         cells = [f(by_group[g][k]) for g in ("all", "boundary") for k in ("cosine_mean", "slope", "norm_ratio_median")]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
+# Claim 1 where the samplers run: one DAE across the ladder, checked at every level
+# ----------------------------------------------------------------------------------------
+
+LADDER_DEFAULT = dict(dims=(64,), sigmas=(0.01, 0.03, 0.1, 0.3, 1.0), seeds=(0, 1, 2), n_train=10000, n_eval=2000,
+                      hidden=(256, 256), epochs=15, batch_size=128, lr=1e-3)
+LADDER_QUICK = dict(LADDER_DEFAULT, dims=(8,), sigmas=(0.03, 0.3), seeds=(0, 1), n_train=2000, n_eval=300,
+                    hidden=(64, 64), epochs=2)
+SATURATED = 0.01  # a posterior mean within this of 0 or 1 is "saturated" (the BCE/MSE prediction below)
+LADDER_METHODS = ("bce", "mse", "bce_blind", "kernel_mean", "nearest_mean", "gaussian", "posterior_mean")
+
+
+def _logit_error(r, e, mask):
+    """Mean |logit(r) - logit(e)| over the masked coordinates (both clipped to [1e-6, 1 - 1e-6])."""
+    if not mask.any():
+        return float("nan")
+    lo, hi = 1e-6, 1 - 1e-6
+    r, e = np.clip(r[mask], lo, hi), np.clip(e[mask], lo, hi)
+    return float(np.mean(np.abs(np.log(r / (1 - r)) - np.log(e / (1 - e)))))
+
+
+def claim1_ladder(density, sigmas=LADDER_DEFAULT["sigmas"], seeds=(0, 1, 2), n_train=10000, n_eval=2000,
+                  hidden=(256, 256), epochs=15, batch_size=128, lr=1e-3, backend="cpu"):
+    """Claim 1 at the levels the samplers use.  Per seed: on n_train draws of `density`, three DAEs
+    trained across the whole ladder (gaussian:min..max, a level per row, log-uniform): BCE and MSE
+    told the level (arch mlp:...,sigma, as the sampling U-Net is), and a noise-blind BCE one (the
+    old annealing DAE).  At each sigma, n_eval held-out points corrupted by that sigma: v =
+    (r(x~) - x~) / sigma^2 against the exact score, beside the controls: kernel_mean (the posterior
+    mean under the empirical law of the same training draws: a DAE that memorised them),
+    nearest_mean, gaussian, posterior_mean (the ideal DAE, a check of the instrument).
+
+    BCE against MSE: at corrupted points both losses have one minimiser, E[x | x~], so no
+    difference is predicted from the losses alone.  One IS predicted from training: where E[x | x~]
+    is within SATURATED of 0 or 1 the sigmoid saturates, and MSE's gradient (r - x) r (1 - r) fades
+    there while BCE's (r - x) does not, so after equal training BCE should sit closer to E[x | x~]
+    in logit terms on those coordinates, and not elsewhere.  Measured: 'saturation', the mean
+    |logit r - logit E[x | x~]| on saturated coordinates and on the rest, per loss and sigma.
+
+    -> {'dim', 'sigmas', 'seeds', ..., 'seconds', 'boundary_fraction': {sigma},
+        'saturated_fraction': {sigma}, 'results': {sigma: {method: {group: {metric: stats}}}},
+        'saturation': {sigma: {loss: {'saturated', 'rest': stats}}}}  (sigma keys as strings)
+    """
+    sigmas = tuple(float(s) for s in sigmas)
+    if len(sigmas) < 1 or not all(s > 0 for s in sigmas) or len(seeds) < 1:
+        raise ConfigError(f"claim1_ladder needs sigmas > 0 and at least one seed, got {sigmas}, {seeds}")
+    t0 = time.perf_counter()
+    lo, hi = min(sigmas), max(sigmas)
+    ladder = gaussian(lo, hi) if hi > lo else gaussian(lo)
+    spec = "mlp:" + ",".join(map(str, hidden))
+    ideal = density.with_quadrature(max(1, density.panels // 2))
+    keys = [f"{s:g}" for s in sigmas]
+    rows = {k: {m: {g: {mm: [] for mm in ("cosine_mean", "slope")} for g in ("all", "boundary")}
+                for m in LADDER_METHODS} for k in keys}
+    sat = {k: {loss: {"saturated": [], "rest": []} for loss in ("bce", "mse", "bce_blind")} for k in keys}
+    fractions = {k: {"boundary": [], "saturated": []} for k in keys}
+    for seed in seeds:
+        train = density.sample(n_train, seed).astype(np.float32)
+        clean = density.sample(n_eval, 2**32 + seed)
+        models = {}
+        for name, loss, arch in (("bce", "bce", spec + ",sigma"), ("mse", "mse", spec + ",sigma"),
+                                 ("bce_blind", "bce", spec)):
+            m = DAE(density.dim, loss=loss, seed=seed, backend=backend, arch=arch)
+            fit(m, Dataset(train, None, "boundary density"), None, optimizer=Adam(m, lr=lr), corruption=ladder,
+                epochs=epochs, batch_size=batch_size, seed=seed, handle_sigint=False)
+            models[name] = m
+        for k, sigma in zip(keys, sigmas):
+            noisy = clean + sigma * np.random.default_rng([seed, 0xC1A1, int(sigma * 1e6)]).standard_normal(clean.shape)
+            x = noisy.astype(np.float32).astype(np.float64)  # what every method sees
+            g = density.score(x, sigma)
+            exact = density.posterior_mean(x, sigma)
+            r = {name: m.backend.to_host(m.reconstruct(x.astype(np.float32), sigma=sigma)).astype(np.float64)
+                 for name, m in models.items()}
+            v = {name: (rx - x) / sigma**2 for name, rx in r.items()}
+            v["kernel_mean"] = (kernel_posterior_mean(train, x, sigma) - x) / sigma**2
+            v["nearest_mean"] = nearest_mean_pull(density, x, sigma)
+            v["gaussian"] = gaussian_score(train.astype(np.float64), x, sigma)
+            v["posterior_mean"] = (ideal.posterior_mean(x, sigma).astype(np.float32) - x) / sigma**2
+            boundary = np.minimum(np.abs(x), np.abs(x - 1)) < 2 * sigma
+            saturated = (exact < SATURATED) | (exact > 1 - SATURATED)
+            fractions[k]["boundary"].append(float(boundary.mean()))
+            fractions[k]["saturated"].append(float(saturated.mean()))
+            for method, vm in v.items():
+                for group, mask in (("all", None), ("boundary", boundary)):
+                    agreement = score_agreement(vm, g, mask)
+                    for mm in ("cosine_mean", "slope"):
+                        rows[k][method][group][mm].append(agreement[mm])
+            for name, rx in r.items():
+                sat[k][name]["saturated"].append(_logit_error(rx, exact, saturated))
+                sat[k][name]["rest"].append(_logit_error(rx, exact, ~saturated))
+    return dict(density=repr(density), dim=density.dim, sigmas=list(sigmas), seeds=list(seeds), n_train=n_train,
+                n_eval=n_eval, hidden=list(hidden), epochs=epochs, batch_size=batch_size, lr=lr,
+                train_corruption=str(ladder), saturated_below=SATURATED,
+                boundary_fraction={k: float(np.mean(f["boundary"])) for k, f in fractions.items()},
+                saturated_fraction={k: float(np.mean(f["saturated"])) for k, f in fractions.items()},
+                results={k: {m: {g: {mm: _mean_sd(v) for mm, v in by.items()} for g, by in bg.items()}
+                             for m, bg in bm.items()} for k, bm in rows.items()},
+                saturation={k: {n: {g: _mean_sd(v) for g, v in by.items()} for n, by in bl.items()}
+                            for k, bl in sat.items()},
+                seconds=time.perf_counter() - t0)
+
+
+def run_claim1_ladder(quick=False, backend="cpu", log=print, **overrides):
+    """claim1_ladder on make_boundary_mixture(D) for each D of the config (LADDER_QUICK or
+    LADDER_DEFAULT, entries replaced by overrides) -> [claim1_ladder result per D]."""
+    cfg = dict(LADDER_QUICK if quick else LADDER_DEFAULT, **overrides)
+    out = []
+    for dim in cfg["dims"]:
+        log(f"claim 1 along the ladder {', '.join(f'{s:g}' for s in cfg['sigmas'])}, boundary density D = {dim} "
+            f"({len(cfg['seeds'])} seeds)")
+        out.append(claim1_ladder(make_boundary_mixture(dim), cfg["sigmas"], tuple(cfg["seeds"]), cfg["n_train"],
+                                 cfg["n_eval"], tuple(cfg["hidden"]), cfg["epochs"], cfg["batch_size"], cfg["lr"],
+                                 backend))
+    return out
+
+
+def claim1_ladder_table(result):
+    """Markdown: cosine and slope per sigma and method (all coordinates), and the BCE/MSE
+    saturation check, mean +- sd over seeds."""
+    f = lambda s: f"{s['mean']:.3f} ± {s['sd']:.3f}"  # noqa: E731
+    keys = list(result["results"])
+    L = [f"D = {result['dim']}, one DAE per loss trained across `{result['train_corruption']}` ({result['epochs']} "
+         f"epochs, {result['n_train']:,} draws), {len(result['seeds'])} seeds; {result['n_eval']:,} held-out points "
+         f"corrupted at each sigma.", "",
+         "| method | " + " | ".join(f"cosine σ={k}" for k in keys) + " | " + " | ".join(f"slope σ={k}" for k in keys) + " |",
+         "|" + " --- |" * (1 + 2 * len(keys))]
+    for method in LADDER_METHODS:
+        cells = [f(result["results"][k][method]["all"][mm]) for mm in ("cosine_mean", "slope") for k in keys]
+        L.append(f"| {method} | " + " | ".join(cells) + " |")
+    L += ["", f"Mean |logit r − logit E[x | x~]| on saturated coordinates (E within {result['saturated_below']} of 0 "
+          f"or 1; predicted: BCE below MSE there, from MSE's fading gradient) and on the rest (no difference "
+          f"predicted):", "",
+          "| sigma | saturated share | BCE saturated | MSE saturated | BCE rest | MSE rest | blind BCE saturated |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+    for k in keys:
+        s = result["saturation"][k]
+        L.append(f"| {k} | {result['saturated_fraction'][k]:.0%} | {f(s['bce']['saturated'])} | "
+                 f"{f(s['mse']['saturated'])} | {f(s['bce']['rest'])} | {f(s['mse']['rest'])} | "
+                 f"{f(s['bce_blind']['saturated'])} |")
+    return "\n".join(L)

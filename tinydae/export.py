@@ -43,7 +43,9 @@ Each activation's nodes come from its record in kernels/activations.py.  A conv 
 convolution is Conv and each transposed one ConvTranspose (its output size fixed by
 output_padding), both reading the weight as (F, C, kh, kw), tinydae's (kh*kw*C, F) matrix
 permuted once, so a tied pair shares one initializer; dense layers between them are Gemm.
-A U-Net (tinydae/unet.py) is the same layers in its wiring, each skip a Concat on the channel axis.
+A U-Net (tinydae/unet.py) is the same layers in its wiring, each skip a Concat on the channel axis; a
+noise-conditional one (unet:...,sigma) takes a second input, sigma (batch,), and builds the
+noise-level channel (1 + log10(sigma) / 2) as DAE.net_input does.
 ONNX Runtime implements Conv for float32 only: a float64 conv model is refused.  The model's metadata_props hold
 tinydae_version, what and the model config (JSON).
 
@@ -123,6 +125,10 @@ def check_options(fmt, what=None):
 def require_mlp(model):
     """The npz description (and the C page that reads it) holds dense layers only: a conv model
     is one ConfigError that names the formats that do take it."""
+    if model.noise_conditional:
+        raise ConfigError(f"--format npz describes dense (mlp) models only, of one input, for the C page; "
+                          f"{model.config['arch']} also reads the noise level: export it with --format onnx (inputs x "
+                          f"and sigma), or run it in tinydae's NumPy-only runtime (load_model(..., backend='numpy'))")
     if model.hidden is None:
         raise ConfigError(f"--format npz describes dense (mlp) models only, for the C page; {model.config['arch']} "
                           f"is not one: export it with --format onnx, or run it in tinydae's NumPy-only runtime "
@@ -208,9 +214,22 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
         return layer.onnx(g, h, shape)
 
     net = model.net
+    rows = "x"
+    if model.noise_conditional:  # rows with the noise-level channel, as DAE.net_input builds them
+        level = node("Add", [const("one", 1.0), node("Mul", [node("Log", ["sigma"]),
+                                                             const("half_over_ln10", 0.5 / math.log(10))])])
+        if len(model.input_shape) == 1:  # an mlp: one more column
+            rows = node("Concat", ["x", node("Reshape", [level, const("b1", [-1, 1], np.int64)])], axis=1)
+        else:
+            H, W, C = model.input_shape
+            plane = node("Mul", [node("Reshape", [level, const("b111", [-1, 1, 1, 1], np.int64)]),
+                                 const("ones_hw", np.ones((1, H, W, 1)))])               # (batch, H, W, 1)
+            image = node("Reshape", ["x", const("bhwc", [-1, H, W, C], np.int64)])
+            rows = node("Reshape", [node("Concat", [image, plane], axis=3),
+                                    const("rows_in", [-1, H * W * (C + 1)], np.int64)])
     if model.config["arch"].startswith("unet:"):  # the U-Net's wiring (tinydae/unet.py), Concat for its skips
         shape_of = {name: shape for name, _, shape in net.entries}
-        h, skips = layer_nodes("in", net.by_name["in"], shape_of["in"], "x"), []
+        h, skips = layer_nodes("in", net.by_name["in"], shape_of["in"], rows), []
         for i in range(net.k):
             h = layer_nodes(f"enc{i}", net.by_name[f"enc{i}"], shape_of[f"enc{i}"], h)
             skips.append(h)
@@ -224,7 +243,7 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
             h = layer_nodes("out", net.by_name["out"], shape_of["out"], layer_nodes("dec", net.by_name["dec"], shape_of["dec"], h))
         image = False
     else:
-        h = "x"
+        h = rows
         for name, layer, shape in list(zip(net.names, model.layers, net.shapes))[:end]:
             h = layer_nodes(name, layer, shape, h)
         image = len(net.shapes[end]) == 3  # encode of a conv model ends on an image
@@ -235,15 +254,18 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
         h = node("Sigmoid", [h])
     output = OUTPUT_NAMES[what]
     nodes[-1].output[0] = output  # the last node writes the graph's output
+    inputs = [helper.make_tensor_value_info("x", elem, ["batch", model.input_dim])]
+    if model.noise_conditional:
+        inputs.append(helper.make_tensor_value_info("sigma", elem, ["batch"]))
     graph = helper.make_graph(
-        nodes, f"tinydae_{what}",
-        [helper.make_tensor_value_info("x", elem, ["batch", model.input_dim])],
+        nodes, f"tinydae_{what}", inputs,
         [helper.make_tensor_value_info(output, elem, ["batch", width])],
         list(inits.values()))
     meta = _metadata(model)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(opset))],
                               producer_name="tinydae", producer_version=meta["tinydae_version"],
-                              doc_string=f"{model!r}: {what}(x), x (batch, {model.input_dim}) in [0, 1]")
+                              doc_string=f"{model!r}: {what}(x), x (batch, {model.input_dim}) in [0, 1]"
+                              + (", sigma (batch,) > 0: the noise level of each row" if model.noise_conditional else ""))
     # The oldest IR version that can hold this opset, so older runtimes load the file too.
     proto.ir_version = helper.find_min_ir_version_for(list(proto.opset_import))
     helper.set_model_props(proto, dict(tinydae_version=meta["tinydae_version"], what=what,

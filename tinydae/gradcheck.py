@@ -58,19 +58,23 @@ def random_model(input_dim=7, hidden=(5, 3), activation="relu", tied=False, loss
     return model
 
 
-def check_model(model, x_in, target, h=3e-5):
-    """-> {param name: max relative error} for a float64 model on one batch."""
+def check_model(model, x_in, target, h=3e-5, sigma=None):
+    """-> {param name: max relative error} for a float64 model on one batch.  sigma: the rows'
+    noise levels for a noise-conditional model (default: log-uniform in [0.01, 1), seeded)."""
     if model.dtype != np.float64:
         raise ConfigError("gradcheck needs a float64 model (DAE(..., dtype='float64'))")
-    model.loss_and_grad(x_in, target)
+    if getattr(model, "noise_conditional", False) and sigma is None:
+        sigma = 0.01 * 100 ** np.random.default_rng([len(x_in), 0x51C]).random(len(x_in))
+    kw = {"sigma": sigma} if sigma is not None else {}
+    model.loss_and_grad(x_in, target, **kw)
     analytic = model.backend.to_host(model.grads).copy()
     params = model.params
 
     def loss():
-        return model.loss_and_grad(x_in, target)
+        return model.loss_and_grad(x_in, target, **kw)
 
     numeric = numeric_grad(loss, params, h)
-    model.loss_and_grad(x_in, target)  # leave grads consistent with params
+    model.loss_and_grad(x_in, target, **kw)  # leave grads consistent with params
     floor = 1e-2 * max(np.abs(analytic).max(), 1e-300)
     errors = {}
     offset = 0

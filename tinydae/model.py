@@ -8,6 +8,8 @@ Legend: B batch, D input width (pixels, H*W*C for images), H_k hidden widths.
     conv:F_1,..      Conv2d layers down, ConvTranspose2d layers back up (channels last)
     unet:F_1,..      the same, with skip connections (tinydae/unet.py)
     reconstruct(x) = sigmoid(logits(x))
+    unet:F_1,..,sigma  noise-conditional: reconstruct(x, sigma), the noise level of x entering
+                     as one more input channel, noise_channel(sigma) in every pixel
 
 The model reads and writes rows (B, D); a conv model reshapes them to images (B, H, W, C) and
 back, which costs nothing (C-contiguous, channels last).  Every parameter is a view into
@@ -28,6 +30,13 @@ from tinydae.losses import LOSSES, loss_sum_forward_backward
 
 DTYPES = ("float32", "float64")
 DEFAULT_HIDDEN = (1000,)
+
+
+def noise_channel(sigma):
+    """The value a noise-conditional network reads for noise level sigma: 1 + log10(sigma) / 2,
+    so the ladder 0.01 .. 1 maps to 0 .. 1 (pixels' own range; log because the levels are
+    log-uniform), and levels outside it extend the line.  sigma: > 0, scalar or array."""
+    return 1.0 + np.log10(sigma) / 2.0
 
 
 def check_config(input_dim, hidden=None, activation="relu", tied=False, loss="bce", dtype="float32", seed=0,
@@ -62,8 +71,8 @@ def model_layers(config):
     if filters is not None:
         from tinydae.unet import unet_entries
 
-        return [(n, layer) for n, layer, _ in unet_entries(filters, tuple(config["input_shape"]),
-                                                            config["activation"], config["tied"])]
+        return [(n, layer) for n, layer, _ in unet_entries(filters, tuple(config["input_shape"]), config["activation"],
+                                                            config["tied"], arch_spec.noise_conditional(config["arch"]))]
     return arch_spec.dae_layers(config["arch"], tuple(config["input_shape"]), config["activation"], config["tied"])
 
 
@@ -73,15 +82,22 @@ def build_net(config, backend, dtype):
     if filters is not None:
         from tinydae.unet import UNet
 
-        return UNet(filters, tuple(config["input_shape"]), config["activation"], config["tied"], backend, dtype)
-    return Sequential(model_layers(config), (config["input_dim"],), backend, dtype)
+        return UNet(filters, tuple(config["input_shape"]), config["activation"], config["tied"], backend, dtype,
+                    arch_spec.noise_conditional(config["arch"]))
+    return Sequential(model_layers(config), net_in_shape(config), backend, dtype)
+
+
+def net_in_shape(config):
+    """What a Sequential network reads per example: (D,), or (D + 1,) for a noise-conditional mlp."""
+    return (config["input_dim"] + int(arch_spec.noise_conditional(config["arch"])),)
 
 
 def describe(config):
     """"784-1000-784" for an mlp, "conv:32,64 on 28x28x1" for the rest."""
     h = arch_spec.mlp_widths(config["arch"])
     if h is not None:
-        return "-".join(str(w) for w in [config["input_dim"], *h, *h[-2::-1], config["input_dim"]])
+        told = " told sigma" if arch_spec.noise_conditional(config["arch"]) else ""
+        return "-".join(str(w) for w in [config["input_dim"], *h, *h[-2::-1], config["input_dim"]]) + told
     return f"{config['arch']} on {'x'.join(map(str, config['input_shape']))}"
 
 
@@ -102,8 +118,9 @@ def model_cost(config):
     if filters is not None:
         from tinydae.unet import unet_cost
 
-        return unet_cost(filters, tuple(config["input_shape"]), config["activation"], config["tied"])
-    return stack_cost(model_layers(config), (config["input_dim"],))
+        return unet_cost(filters, tuple(config["input_shape"]), config["activation"], config["tied"],
+                         arch_spec.noise_conditional(config["arch"]))
+    return stack_cost(model_layers(config), net_in_shape(config))
 
 
 def param_layout(config):
@@ -112,8 +129,9 @@ def param_layout(config):
     if filters is not None:
         from tinydae.unet import unet_layout
 
-        return unet_layout(filters, tuple(config["input_shape"]), config["activation"], config["tied"])
-    return plan(model_layers(config), (config["input_dim"],))[1]
+        return unet_layout(filters, tuple(config["input_shape"]), config["activation"], config["tied"],
+                           arch_spec.noise_conditional(config["arch"]))
+    return plan(model_layers(config), net_in_shape(config))[1]
 
 
 class DAE:
@@ -183,6 +201,12 @@ class DAE:
         """One example's shape: (D,) or (H, W, C)."""
         return tuple(self.config["input_shape"])
 
+    @property
+    def noise_conditional(self):
+        """True when the network reads the noise level of its input (arch "unet:...,sigma"): every
+        forward call then takes sigma=."""
+        return arch_spec.noise_conditional(self.config["arch"])
+
     def __repr__(self):
         c = self.config
         return (f"DAE({describe(c)}, {c['activation']}, tied={c['tied']}, {c['loss']}, "
@@ -220,33 +244,67 @@ class DAE:
                             f"{self.config['loss']} loss compares it with a sigmoid (rescale it, e.g. x / 255)")
         return x
 
-    def encode(self, x, check=True):
+    def net_input(self, x, sigma=None):
+        """What the network reads for a batch x: (B, D) on the model's device: x itself, or for a
+        noise-conditional model x with the noise-level channel: (B, H*W*(C+1)), channels last.
+        sigma: the noise level of x, a number or one per row (B,), > 0; a noise-blind model
+        ignores it, a noise-conditional one needs it."""
+        if not self.noise_conditional:
+            return x
+        if sigma is None:
+            raise ConfigError(f"{self.config['arch']} is noise-conditional: pass the noise level of the input, "
+                              f"sigma= (a number, or one per row)")
+        xp = self.backend.xp
+        if xp is not np and isinstance(sigma, xp.ndarray):  # levels drawn on the device (fit): no host sync
+            level = sigma
+        else:
+            level = np.asarray(sigma, np.float64)
+            if level.ndim > 1 or (level.ndim == 1 and level.shape != (len(x),)):
+                raise DataError(f"sigma must be a number or one per row ({len(x)},), got shape {level.shape}")
+            if not (np.isfinite(level).all() and (level > 0).all()):
+                raise DataError("sigma must be finite and > 0")
+            level = self.backend.to_device(np.ascontiguousarray(np.broadcast_to(level, (len(x),))))
+        if len(self.input_shape) == 1:  # an mlp: one more input
+            out = xp.empty((len(x), self.input_dim + 1), self.dtype)
+            out[:, :-1] = x
+            out[:, -1] = noise_channel(level).astype(self.dtype)
+            return out
+        H, W, C = self.input_shape
+        out = xp.empty((len(x), H, W, C + 1), self.dtype)
+        out[..., :C] = x.reshape(len(x), H, W, C)
+        out[..., C] = noise_channel(level).astype(self.dtype)[:, None, None]
+        return out.reshape(len(x), H * W * (C + 1))
+
+    def encode(self, x, check=True, sigma=None):
         """x: (B, D) -> code: (B, code size), the encoder's output as rows (an image code
-        (Ho, Wo, F) flattened channels last).  check: refuse non-finite x (see _checked)."""
-        return self.net.code(self._checked(x, "the batch") if check else self.as_input(x))
+        (Ho, Wo, F) flattened channels last).  check: refuse non-finite x (see _checked).
+        sigma: the noise level of x (a noise-conditional model needs it; see net_input)."""
+        return self.net.code(self.net_input(self._checked(x, "the batch") if check else self.as_input(x), sigma))
 
-    def logits(self, x, check=True):
-        """x: (B, D) -> logits: (B, D).  check: refuse non-finite x."""
-        return self.net.infer(self._checked(x, "the batch") if check else self.as_input(x))
+    def logits(self, x, check=True, sigma=None):
+        """x: (B, D) -> logits: (B, D).  check: refuse non-finite x.  sigma: see net_input."""
+        return self.net.infer(self.net_input(self._checked(x, "the batch") if check else self.as_input(x), sigma))
 
-    def reconstruct(self, x, check=True):
+    def reconstruct(self, x, check=True, sigma=None):
         """x: (B, D) -> r(x) = sigmoid(logits(x)): (B, D), values in [0, 1]
         (the sigmoid is fused into the last layer's bias kernel).  check: refuse non-finite x
-        (a NaN would come out as NaN); x may lie outside [0, 1] (a corrupted input does)."""
+        (a NaN would come out as NaN); x may lie outside [0, 1] (a corrupted input does).
+        sigma: the noise level of x, for a noise-conditional model (see net_input)."""
         # the logits before the last bias: one fused kernel adds it and applies the sigmoid
-        y, bias = self.net.logits_parts(self._checked(x, "the batch") if check else self.as_input(x))
+        x = self._checked(x, "the batch") if check else self.as_input(x)
+        y, bias = self.net.logits_parts(self.net_input(x, sigma))
         self.backend.kernels.bias_act_forward(y, y, bias, "sigmoid")
         return y
 
-    def chain_step(self, x_in, prev, change):
+    def chain_step(self, x_in, prev, change, sigma=None):
         """One step of a sampling chain: r(x_in), and how far each chain moved, in one pass.
 
         x_in: (B, D) the corrupted state; prev: (B, D) the state before this step (on the
         model's device); change: (B,) float64 on the model's device, receives
-        sum_j |r(x_in)_ij - prev_ij| for each chain i.
+        sum_j |r(x_in)_ij - prev_ij| for each chain i; sigma: see net_input.
         -> r(x_in): (B, D)
         """
-        y, bias = self.net.logits_parts(self.as_input(x_in))
+        y, bias = self.net.logits_parts(self.net_input(self.as_input(x_in), sigma))
         self.backend.kernels.bias_sigmoid_change(y, change, bias, prev)
         return y
 
@@ -255,10 +313,11 @@ class DAE:
     def zero_grad(self):
         self.grads[...] = 0
 
-    def loss_and_grad(self, x_in, target, check=True):
+    def loss_and_grad(self, x_in, target, check=True, sigma=None):
         """Loss of reconstructing `target` from `x_in`, and its gradient in ``self.grads``.
 
-        x_in: (B, D) the (corrupted) input; target: (B, D) the clean data
+        x_in: (B, D) the (corrupted) input; target: (B, D) the clean data; sigma: the noise level
+        of x_in, for a noise-conditional model (see net_input)
         check: refuse non-finite x_in, and a target that is not finite or not in [0, 1]
         -> loss in nats per example (bce) or squared error per example (mse);
            ``self.grads`` holds d(loss)/d(params) on return.
@@ -271,10 +330,10 @@ class DAE:
             raise DataError(f"x_in and the target must have one shape, got {tuple(self.as_input(x_in).shape)} "
                             f"and {tuple(target.shape)}")
         total = self.backend.xp.empty(1, np.float64)
-        self.loss_sum_and_grad(x_in, target, total)
+        self.loss_sum_and_grad(x_in, target, total, sigma)
         return float(self.backend.to_host(total)[0]) / target.shape[0]  # checked: (B, D)
 
-    def loss_sum_and_grad(self, x_in, target, total):
+    def loss_sum_and_grad(self, x_in, target, total, sigma=None):
         """loss_and_grad without reading anything back: on a GPU the whole pass is only queued.
 
         x_in, target: (B, D) as in loss_and_grad; total: (1,) float64 on the model's device.
@@ -285,7 +344,7 @@ class DAE:
         """
         x_in, target = self.as_input(x_in), self.as_input(target)
         self.net.clear_accumulated()
-        logits, caches = self.net.forward(x_in)
+        logits, caches = self.net.forward(self.net_input(x_in, sigma))
         dy = self.backend.xp.empty_like(logits)
         loss_sum_forward_backward(self.backend, self.config["loss"], dy, logits, target, total)
         self.net.backward(dy, caches)

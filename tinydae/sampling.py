@@ -27,7 +27,17 @@ Tweedie), so (r(x) - x) / sigma^2 estimates the score of the noise-smoothed dens
   annealed   annealed Langevin (Song & Ermon 2019): the same update over a geometric ladder
              sigma_1 > ... > sigma_L, eta_i = step_size * sigma_i^2 (= eta * sigma_i^2 /
              sigma_L^2), T / L steps per level; large levels mix between classes, small ones
-             refine.
+             refine.  The sample is the state after the whole ladder (with its final denoising):
+             a state kept before step T is mid-ladder, not an annealing result.
+  ddim       deterministic denoising (DDIM with eta = 0, Song et al. 2021, in the variance-
+             exploding form of Karras et al. 2022): the start is first put at the top of the
+             ladder, x_1 = x_0 + sigma_1 n (one Gaussian draw, STREAM_LANGEVIN at step 0: the ODE
+             needs a start that looks like data plus noise of that size, which uniform noise in
+             [0, 1] does not), then one level per step, sigma_t geometric from the range's top to
+             its bottom, x0_t = r(x_t) read at sigma_t (the posterior mean), x_(t+1) = x0_t +
+             (sigma_(t+1) / sigma_t) (x_t - x0_t), and sigma_(T+1) = 0, so the last step lands on
+             x0_T.  No draw after the start.  Needs a DAE trained across a range
+             (gaussian:LO..HI), best one that is told sigma (arch unet:...,sigma).
 
 What a chain shows (`final`): 'mean' (the default) shows E[x | state], 'sample' the state itself.
 For bernoulli 'mean' is r(c(x_t)), the expected value of the next draw: a Bernoulli draw of a
@@ -71,7 +81,7 @@ from tinydae.safety import check_memory
 
 START_KINDS = ("noise", "bernoulli", "pca", "pixels")
 CHANGE_ROWS = 256  # steps of per-chain changes held on the device before they are summed
-SAMPLERS = ("mean", "bernoulli", "langevin", "annealed")
+SAMPLERS = ("mean", "bernoulli", "langevin", "annealed", "ddim")
 FINALS = ("mean", "sample")
 STEP_SIZE = 0.5    # Langevin eta as a fraction of sigma^2 (module docstring: why 0.5)
 LEVELS = 10        # annealed: noise levels in the ladder
@@ -121,7 +131,8 @@ def _check_states(x, dim, what, backend=None):
 class Sampler:
     """A checked sampler: name, the corruption c (mean, bernoulli) or the Gaussian whose
     level(s) the score is read at (langevin, annealed), final, step_size, and `sigmas`: the
-    Langevin levels, sigma_1 > ... > sigma_L (one for langevin, none for the others)."""
+    Langevin levels, sigma_1 > ... > sigma_L (one for langevin, none for the others); for ddim
+    (top, bottom): the range its per-step ladder spans."""
     name: str
     corruption: Corruption
     final: str = "mean"
@@ -129,8 +140,20 @@ class Sampler:
     sigmas: tuple = ()
 
     def sigma(self, t, steps):
-        """The Langevin level of step t = 1..steps: the ladder in equal runs of steps / L."""
+        """The level of step t = 1..steps: Langevin's ladder in equal runs of steps / L; ddim's
+        geometric from top (t = 1) to bottom (t = steps)."""
+        if self.name == "ddim":
+            top, bottom = self.sigmas
+            return top if steps <= 1 else top * (bottom / top) ** ((t - 1) / (steps - 1))
         return self.sigmas[min(len(self.sigmas) - 1, (t - 1) * len(self.sigmas) // steps)]
+
+    def next_sigma(self, t, steps):
+        """The level after step t: where that step's r(x) is read next (langevin, annealed: the
+        next drift; after the last step, the final denoising at the last level), or the level
+        ddim moves to (0 after its last step: the sample is the denoised x0)."""
+        if self.name == "ddim" and t >= steps:
+            return 0.0
+        return self.sigma(min(t + 1, steps), steps)
 
 
 def make_sampler(sampler="mean", corruption="gaussian:0.3", final=None, step_size=None, levels=None):
@@ -156,6 +179,12 @@ def make_sampler(sampler="mean", corruption="gaussian:0.3", final=None, step_siz
                               f"not {sampler}")
     if sampler in ("mean", "bernoulli"):
         return Sampler(sampler, c, final)
+    if sampler == "ddim":
+        if c.mode != "gaussian" or c.level_max is None:
+            raise ConfigError(f"the ddim sampler walks a range of Gaussian levels, and corruption {c} has none: "
+                              "train with e.g. --corruption gaussian:0.01..1, or pass a range such as "
+                              "gaussian:0.01..1")
+        return Sampler(sampler, c, final, None, (c.level_max, c.level))
     step_size = STEP_SIZE if step_size is None else step_size
     if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not 0 < step_size <= 1:
         raise ConfigError(f"step size must be a number in (0, 1] (eta as a fraction of sigma^2; "
@@ -216,6 +245,11 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
                               "(e.g. 'gaussian:0.3', or 'none' for x_{t+1} = r(x_t))")
         corruption = model.corruption
     s = make_sampler(sampler, corruption, final, step_size, levels)
+    if getattr(model, "noise_conditional", False) and not s.sigmas:  # mean, bernoulli: told c's one level
+        c = s.corruption
+        if c.mode != "gaussian" or not c.level > 0 or c.level_max is not None:
+            raise ConfigError(f"a noise-conditional model is told the noise level of its input: the {s.name} chain "
+                              f"needs one Gaussian level (e.g. corruption='gaussian:0.3'), got {c}")
     check_memory(chain_memory(model, len(x0), steps, keep_every, keep_chains, batch_size, sampler=sampler,
                               keep_steps=keep_steps),
                  f"{len(x0):,} chains of {model.input_dim} values x {steps:,} steps",
@@ -250,12 +284,16 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
         row_changes = xp.empty((min(steps, CHANGE_ROWS), len(x)), np.float64)
         changes = xp.zeros(steps, np.float64)
         # state: what the next step needs; view: what is shown (x_0 at step 0, module docstring)
-        state = (x, model.reconstruct(x, check=False)) if s.sigmas else x
+        langevin = s.name in ("langevin", "annealed")  # their state carries r(x)
+        state = (x, model.reconstruct(x, check=False, sigma=s.sigmas[0])) if langevin else x
+        if s.name == "ddim":  # x_T = x_0 + sigma_top n: the start at the top of the ladder (STREAM_LANGEVIN, step 0)
+            state = gaussian(s.sigmas[0]).apply(backend, x, seed, 0, STREAM_LANGEVIN, offset=start * D)
         view = x
         k = 0
         keep(view, start, k, 0)
         for t in range(1, steps + 1):
-            draw = Draw(seed, t, start * D, s.sigma(t, steps) if s.sigmas else None)
+            draw = Draw(seed, t, start * D, *((s.sigma(t, steps), s.next_sigma(t, steps)) if s.sigmas
+                                               else (None, None)))
             state, view = step(model, s, state, view, draw, row_changes[(t - 1) % CHANGE_ROWS])
             if t % CHANGE_ROWS == 0 or t == steps:
                 first = (t - 1) // CHANGE_ROWS * CHANGE_ROWS
@@ -278,11 +316,13 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
 @dataclass(frozen=True)
 class Draw:
     """Where a step's random draws come from: Philox (seed, step t), stream element
-    offset + i*D + j for chain i, pixel j of the batch; sigma: the step's Langevin level."""
+    offset + i*D + j for chain i, pixel j of the batch; sigma: the step's Langevin level;
+    sigma_next: the next step's (the level at which the step's r(x) is read: the next drift's)."""
     seed: int
     t: int
     offset: int
     sigma: float | None = None
+    sigma_next: float | None = None
 
 
 def _corrupted(model, c, x, draw):
@@ -306,16 +346,23 @@ def uniforms(backend, shape, draw, stream):
     return ((words >> np.uint32(8)).astype(np.float32) * TWO_M24).reshape(shape)
 
 
+def _told(s):
+    """The noise level a noise-conditional model is told for c(x): c's level (noise-blind
+    models ignore it; chain() checked that c has one Gaussian level for such a model)."""
+    return s.corruption.level if s.corruption.level > 0 else None
+
+
 def mean_step(model, s, x, view, draw, change):
     """x_{t+1} = r(c(x_t)): the fused chain step (bias, sigmoid and change in one pass)."""
-    x = model.chain_step(_corrupted(model, s.corruption, x, draw), x, change)
+    x = model.chain_step(_corrupted(model, s.corruption, x, draw), x, change, sigma=_told(s))
     return x, x
 
 
 def bernoulli_step(model, s, x, view, draw, change):
     """p = r(c(x_t)), x_{t+1} = [u < p] ~ Bernoulli(p), u from STREAM_GSN; shows p or x_{t+1}."""
     x_in = _corrupted(model, s.corruption, x, draw)
-    p = model.chain_step(x_in, view, change) if s.final == "mean" else model.reconstruct(x_in, check=False)
+    p = model.chain_step(x_in, view, change, sigma=_told(s)) if s.final == "mean" else \
+        model.reconstruct(x_in, check=False, sigma=_told(s))
     x = (uniforms(model.backend, p.shape, draw, STREAM_GSN) < p).astype(p.dtype)
     return x, p if s.final == "mean" else _changed(model.backend.xp, x, view, change)
 
@@ -328,12 +375,23 @@ def langevin_step(model, s, state, view, draw, change):
     drift = x + s.step_size * (rx - x)  # x + eta * score, the score (r(x) - x) / sigma^2
     x = gaussian(math.sqrt(2 * s.step_size) * draw.sigma).apply(
         model.backend, drift, draw.seed, draw.t, STREAM_LANGEVIN, offset=draw.offset)
-    rx = model.chain_step(x, view, change) if s.final == "mean" else model.reconstruct(x, check=False)
+    level = draw.sigma_next  # r(x) serves the next step's drift (and, after the last, the final denoising)
+    rx = model.chain_step(x, view, change, sigma=level) if s.final == "mean" else \
+        model.reconstruct(x, check=False, sigma=level)
     return (x, rx), rx if s.final == "mean" else _changed(model.backend.xp, x, view, change)
 
 
+def ddim_step(model, s, x, view, draw, change):
+    """x0 = r(x) at sigma_t, x <- x0 + (sigma_(t+1) / sigma_t) (x - x0): deterministic, no draw.
+    Shows x0 (the posterior mean) or x."""
+    x0 = model.chain_step(x, view, change, sigma=draw.sigma) if s.final == "mean" else \
+        model.reconstruct(x, check=False, sigma=draw.sigma)
+    x = x0 + x.dtype.type(draw.sigma_next / draw.sigma) * (x - x0)
+    return x, x0 if s.final == "mean" else _changed(model.backend.xp, x, view, change)
+
+
 STEPS = {"mean": mean_step, "bernoulli": bernoulli_step, "langevin": langevin_step,
-         "annealed": langevin_step}  # annealed: the level changes with the step (Draw.sigma)
+         "annealed": langevin_step, "ddim": ddim_step}  # annealed: the level changes with the step (Draw.sigma)
 
 
 # Peak bytes per value while (n, D) start points are drawn: Philox's uint64 counters and index
@@ -344,7 +402,7 @@ START_BYTES_PER_VALUE = 48
 # Extra bytes per value of a batch for the samplers beyond the fused mean step: the carried
 # r(x), the drift or the uniforms, a float64 change temporary (tracemalloc, float64 model: 16
 # at most, for langevin with final='sample').
-SAMPLER_BYTES_PER_VALUE = {"mean": 0, "bernoulli": 24, "langevin": 24, "annealed": 24}
+SAMPLER_BYTES_PER_VALUE = {"mean": 0, "bernoulli": 24, "langevin": 24, "annealed": 24, "ddim": 24}
 
 
 def chain_memory(model, n, steps, keep_every=1, keep_chains=64, batch_size=1024, start=None,

@@ -139,11 +139,11 @@ def _check_values(x, name):
                         "rescale it (x / 255 for 8-bit pixels, or load_dataset(..., rescale=True))")
 
 
-def training_memory(model_config, n_rows, batch_size, optimizer="adam"):
+def training_memory(model_config, n_rows, batch_size, optimizer="adam", val_batch=1000):
     """An estimate, in bytes, of the arrays a training run allocates: parameters, gradients
     and optimizer moments, the training rows on the device, and activations for the larger of a
-    training batch and a validation batch (1000 rows), with the host's float64 draw of the
-    largest weight matrix at initialisation."""
+    training batch and a validation batch (val_batch rows; 0 for a run without validation), with
+    the host's float64 draw of the largest weight matrix at initialisation."""
     from tinydae.model import model_cost, normalised, param_layout
 
     model_config = normalised(model_config)  # a partial one (input_dim, hidden, dtype, ...) too
@@ -155,7 +155,7 @@ def training_memory(model_config, n_rows, batch_size, optimizer="adam"):
     # twice over for the input, corrupted input and target rows and allocator slack.  No batch is
     # larger than the rows there are: a batch size of 10^9 on 270 rows trains on batches of 270.
     batch = min(batch_size, max(n_rows, 1))
-    activations = max(batch, 1000) * 2 * model_cost(model_config)[1]
+    activations = max(batch, val_batch) * 2 * model_cost(model_config)[1]
     largest = max(math.prod(shape) for _, shape in layout)
     return (buffers * n_params + activations + n_rows * model_config["input_dim"]) * itemsize + 2 * 8 * largest
 
@@ -169,12 +169,15 @@ def evaluate_reconstruction(model, data, corruption, seed, batch_size=1000):
     """
     x_all = _rows(data, "validation", model.backend)
     backend, D = model.backend, x_all.shape[1]
+    nc = getattr(model, "noise_conditional", False)
     total_denoise = total_clean = 0.0
     for start in range(0, len(x_all), batch_size):
         x = model.as_input(x_all[start:start + batch_size])
         x_in = corruption.apply(backend, x, seed, 0, STREAM_VALID_CORRUPTION, offset=start * D)
-        total_denoise += bce(backend, model.logits(x_in, check=False), x) * len(x)
-        total_clean += bce(backend, model.logits(x, check=False), x) * len(x)
+        # a noise-conditional model is told each row's level, and reads clean rows at the lowest
+        sigma = corruption.row_sigmas(backend, len(x), seed, 0, STREAM_VALID_CORRUPTION, start) if nc else None
+        total_denoise += bce(backend, model.logits(x_in, check=False, sigma=sigma), x) * len(x)
+        total_clean += bce(backend, model.logits(x, check=False, sigma=corruption.level if nc else None), x) * len(x)
     return dict(val_bce_denoise=total_denoise / len(x_all), val_bce_clean=total_clean / len(x_all))
 
 
@@ -259,6 +262,9 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
         raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     corruption = Corruption.parse(corruption if corruption is not None else "none" if labelled else "gaussian:0.3")
+    nc = getattr(model, "noise_conditional", False)  # the model is told each row's noise level
+    if nc:
+        corruption.row_sigmas(model.backend, 0, seed, 0)  # a ConfigError unless the corruption is Gaussian
     state = state if state is not None else TrainState()
     n = len(x_train)
     from tinydae.safety import check_memory  # the API checks what the CLI checks, before any step
@@ -334,7 +340,8 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
             if lr_schedule is not None:
                 optimizer.hyper["lr"] = _scheduled_lr(lr_schedule, state.step, total_steps)
             x_in = corruption.apply(backend, x, seed, state.step)
-            model.loss_sum_and_grad(x_in, y_train[backend.to_host(index)] if labelled else x, loss_sum)
+            model.loss_sum_and_grad(x_in, y_train[backend.to_host(index)] if labelled else x, loss_sum,
+                                    **({"sigma": corruption.row_sigmas(backend, len(x), seed, state.step)} if nc else {}))
             optimizer.step(guard=loss_sum)  # skipped on the device if the loss is not finite
             loss = float(backend.to_host(loss_sum)[0]) / len(x)  # the step's one host read
             if not math.isfinite(loss):

@@ -12,6 +12,13 @@ Legend: F_i the filters of level i (the spec's entries), H_i x W_i its image siz
     mix_i:  Conv2d(F_(i-1), 3x3, stride 1, pad 1)       (H_(i-1), W_(i-1), F_(i-1))
     dec:    ConvTranspose2d(C, 4x4, stride 2) -> (H, W, C) logits (identity)
 
+Noise-conditional ("unet:16,32,sigma"): the input has one more channel, the noise level of the
+image (model.noise_channel(sigma), the same in every pixel), so x is (H, W, C + 1) and only the
+logits are (H, W, C).  A channel rather than a per-channel bias from an embedding: it needs no
+new layer, the first convolution learns its own use of it at every pixel, and ONNX / the
+NumPy runtime see a plain input; on MNIST-sized images a level map as input is enough for one
+network to denoise across a ladder.  It cannot be tied: dec would have to emit C + 1 channels.
+
 Every hidden layer uses the model's activation.  Tied: up_i and dec read enc_i's and enc0's
 weights (the adjoint of each convolution); the mix layers have their own.  The concatenation is
 the one op here that is not a layer: forward copies both inputs side by side (channels last),
@@ -23,10 +30,15 @@ from tinydae.errors import ConfigError
 from tinydae.layers import Conv2d, ConvTranspose2d, FlatNet, Reshape, as_rows, declared, entries_cost, flat_buffers
 
 
-def unet_entries(filters, input_shape, activation, tied):
-    """-> [(name, layer, its input shape), ...] in forward order (not bound)."""
+def unet_entries(filters, input_shape, activation, tied, sigma=False):
+    """-> [(name, layer, its input shape), ...] in forward order (not bound).  input_shape: the
+    image's (H, W, C); sigma: one more input channel, the noise level (not the output's)."""
     H, W, C = input_shape
-    entries, shape, outs = [("in", Reshape(input_shape), (H * W * C,))], tuple(input_shape), []
+    if sigma and tied:
+        raise ConfigError("a noise-conditional U-Net (unet:...,sigma) cannot be tied: its first convolution "
+                          "reads the noise channel, which the last layer does not write")
+    Cin = C + int(bool(sigma))
+    entries, shape, outs = [("in", Reshape((H, W, Cin)), (H * W * Cin,))], (H, W, Cin), []
     for i, F in enumerate(filters):
         layer = Conv2d(F, 4, 2, 1, activation)
         try:
@@ -52,8 +64,8 @@ def unet_entries(filters, input_shape, activation, tied):
 class UNet(FlatNet):
     """The bound U-Net: parameters and gradients views into one flat buffer each (as Sequential)."""
 
-    def __init__(self, filters, input_shape, activation, tied, backend, dtype):
-        self.entries = unet_entries(filters, input_shape, activation, tied)
+    def __init__(self, filters, input_shape, activation, tied, backend, dtype, sigma=False):
+        self.entries = unet_entries(filters, input_shape, activation, tied, sigma)
         self.k = len(filters)
         self.names = [name for name, _, _ in self.entries]
         self.layers = [layer for _, layer, _ in self.entries]
@@ -145,10 +157,10 @@ def _cost(entries):
     return flops, values + sum(2 * math.prod(shape) for name, _, shape in entries if name.startswith("mix"))
 
 
-def unet_cost(filters, input_shape, activation, tied):
+def unet_cost(filters, input_shape, activation, tied, sigma=False):
     """UNet.cost without building it (no allocation): for size checks."""
-    return _cost(unet_entries(filters, input_shape, activation, tied))
+    return _cost(unet_entries(filters, input_shape, activation, tied, sigma))
 
 
-def unet_layout(filters, input_shape, activation, tied):
-    return declared(unet_entries(filters, input_shape, activation, tied))[0]
+def unet_layout(filters, input_shape, activation, tied, sigma=False):
+    return declared(unet_entries(filters, input_shape, activation, tied, sigma))[0]
