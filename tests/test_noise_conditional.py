@@ -215,3 +215,31 @@ def test_a_noise_conditional_mlp_gradchecks_exports_and_refuses_npz(tmp_path):
     session = ort.InferenceSession(str(export_onnx(m32, tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"x": xs, "sigma": sg})[0], m32.reconstruct(xs, sigma=sg),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_review_findings_stay_fixed(tmp_path):
+    """A second reviewer's findings: an mlp told sigma on image data (the plane of a U-Net was
+    built for it), an empty 'mlp:sigma', a classifier told sigma, evaluate and sample of a model
+    trained on a range, spearman of a NaN figure, unknown claim-1 options, a string sigma."""
+    from tinydae.classifier import Classifier
+    from tinydae.densities import run_claim1_ladder
+    from tinydae.experiments import evaluate_checkpoint
+    from tinydae.features import spearman
+
+    d = td.load_dataset("glyphs", limit=80)
+    m = td.DAE(d.dim, arch="mlp:16,sigma", input_shape=d.image_shape, seed=0)
+    fit(m, d, corruption="gaussian:0.01..1", epochs=1, batch_size=40, seed=0)  # images, one more input
+    assert m.reconstruct(d.x[:3], sigma=0.1).shape == (3, d.dim)
+    with pytest.raises(ConfigError, match="layer sizes before 'sigma'"):
+        td.DAE(16, arch="mlp:sigma")
+    with pytest.raises(ConfigError, match="a classifier reads images alone"):
+        Classifier(784, arch="mlp:32,sigma", classes=10)
+    nc = td.DAE(d.dim, arch="unet:4,8,sigma", input_shape=d.image_shape, seed=0)
+    fit(nc, d, corruption="gaussian:0.01..1", epochs=1, batch_size=40, seed=0)
+    out = evaluate_checkpoint(nc, d, n_samples=20, steps=2)
+    assert out["sampler"] == "ddim" and np.isfinite(out["chain"]["parzen_ll"] if "parzen_ll" in out["chain"] else 0)
+    assert math.isnan(spearman([np.nan, 1, 2], [1, 2, 3])) and math.isnan(spearman([1, 2, 3], [1, np.inf, 3]))
+    with pytest.raises(ConfigError, match="got sigma"):
+        run_claim1_ladder(quick=True, sigma=(0.1,))
+    with pytest.raises(DataError, match="sigma must be a number"):
+        nc.reconstruct(d.x[:2], sigma="0.3")

@@ -67,6 +67,8 @@ def _parse(spec):
     sigma = tokens[-1] == SIGMA
     if sigma:
         tokens = tokens[:-1]
+        if not tokens:
+            raise ConfigError(f"{spec!r}: give one or more layer sizes before 'sigma' (e.g. {kind}:32,64,sigma)")
     if SIGMA in tokens or (sigma and kind == "conv"):
         raise ConfigError(f"{spec!r}: 'sigma' (the noise level as an input) is a U-Net or mlp option, written "
                           f"last: e.g. unet:32,64,sigma or mlp:256,256,sigma")

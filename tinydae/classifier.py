@@ -99,6 +99,9 @@ def check_classifier_config(input_dim, hidden=None, classes=10, dtype="float32",
     from tinydae import arch as arch_spec
 
     arch, input_shape = arch_spec.resolve(input_dim, hidden, arch, input_shape, DEFAULT_HIDDEN)
+    if arch_spec.noise_conditional(arch):
+        raise ConfigError(f"{arch}: 'sigma' (the noise level as an input) is for denoisers; a classifier reads "
+                          f"images alone: drop ',sigma'")
     if not isinstance(classes, (int, np.integer)) or classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {classes!r}")
     if np.dtype(dtype).name not in ("float32", "float64"):

@@ -167,8 +167,9 @@ def _restore_aside(out, aside):
 @click.option("--kernels", "kernel_set", type=click.Choice(["fused", "reference"]), default="fused",
               show_default=True, help="Fused numba kernels, or the plain NumPy reference (CPU only).")
 @click.option("--arch", "arch_spec", default=None,
-              help="Architecture: mlp:1000,500 | conv:32,64 | conv:16k3,32,64 | conv:32,64,fc128 "
-                   "(README: the architecture spec).  [default: mlp:1000]")
+              help="Architecture: mlp:1000,500 | conv:32,64 | conv:16k3,32,64 | conv:32,64,fc128 | unet:16,32; "
+                   "a trailing ,sigma (unet, mlp) tells the network the noise level (train it with "
+                   "--corruption gaussian:LO..HI) (README: the architecture spec).  [default: mlp:1000]")
 @click.option("--hidden", default=None, help="Shorthand for --arch mlp:WIDTHS, e.g. 1000,500.")
 @click.option("--activation", type=click.Choice(list(tinydae.layers.HIDDEN_ACTIVATIONS)),
               default="relu", show_default=True)

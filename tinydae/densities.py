@@ -480,7 +480,13 @@ def claim1_ladder(density, sigmas=LADDER_DEFAULT["sigmas"], seeds=(0, 1, 2), n_t
 def run_claim1_ladder(quick=False, backend="cpu", log=print, **overrides):
     """claim1_ladder on make_boundary_mixture(D) for each D of the config (LADDER_QUICK or
     LADDER_DEFAULT, entries replaced by overrides) -> [claim1_ladder result per D]."""
+    unknown = set(overrides) - set(LADDER_DEFAULT)
+    if unknown:
+        raise ConfigError(f"run_claim1_ladder takes {', '.join(sorted(LADDER_DEFAULT))}; got {', '.join(sorted(unknown))}")
     cfg = dict(LADDER_QUICK if quick else LADDER_DEFAULT, **overrides)
+    if not isinstance(cfg["dims"], (tuple, list)) or not isinstance(cfg["sigmas"], (tuple, list)):
+        raise ConfigError(f"dims and sigmas are sequences, e.g. dims=(64,), sigmas=(0.01, 0.1, 1); got "
+                          f"{cfg['dims']!r}, {cfg['sigmas']!r}")
     out = []
     for dim in cfg["dims"]:
         log(f"claim 1 along the ladder {', '.join(f'{s:g}' for s in cfg['sigmas'])}, boundary density D = {dim} "

@@ -218,7 +218,7 @@ def onnx_graph(model, what="reconstruct", opset=DEFAULT_OPSET):
     if model.noise_conditional:  # rows with the noise-level channel, as DAE.net_input builds them
         level = node("Add", [const("one", 1.0), node("Mul", [node("Log", ["sigma"]),
                                                              const("half_over_ln10", 0.5 / math.log(10))])])
-        if len(model.input_shape) == 1:  # an mlp: one more column
+        if model.hidden is not None:  # an mlp (of rows or images): one more column
             rows = node("Concat", ["x", node("Reshape", [level, const("b1", [-1, 1], np.int64)])], axis=1)
         else:
             H, W, C = model.input_shape

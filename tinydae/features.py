@@ -286,6 +286,9 @@ def check_feature_map(feature_map, x, labels=None, image_shape=None, seed=0, min
     -> {'ok', 'problems': [str], 'accuracy', 'chance', 'recorded_accuracy', 'inception_score',
         'class_entropy', 'fid_floor', 'fid_blurred', 'blur_ratio', 'n_half'}
     """
+    if min_blur_ratio is not None and (isinstance(min_blur_ratio, bool) or not isinstance(min_blur_ratio, (int, float))
+                                       or not math.isfinite(min_blur_ratio) or min_blur_ratio <= 0):
+        raise ConfigError(f"min_blur_ratio must be a finite number > 0 (e.g. 10), got {min_blur_ratio!r}")
     x = as_host_array(x, "the real rows")  # any array in host memory, see tinydae.backend
     if x.ndim != 2 or len(x) < 20:
         raise DataError(f"checking a feature map needs at least 20 real rows (N, D), got shape {x.shape}")
@@ -358,6 +361,8 @@ def spearman(x, y):
     share a mean rank).  -> float in [-1, 1]; nan if either sequence is constant."""
     if len(x) != len(y) or len(x) < 2:
         raise DataError(f"rank correlation needs two sequences of one length >= 2, got {len(x)} and {len(y)}")
+    if not (np.isfinite(np.asarray(x, np.float64)).all() and np.isfinite(np.asarray(y, np.float64)).all()):
+        return math.nan  # a NaN or infinite figure has no rank: no agreement to claim
     rx, ry = ranks(x), ranks(y)
     if rx.std() == 0 or ry.std() == 0:
         return math.nan

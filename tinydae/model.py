@@ -258,13 +258,15 @@ class DAE:
         if xp is not np and isinstance(sigma, xp.ndarray):  # levels drawn on the device (fit): no host sync
             level = sigma
         else:
+            if isinstance(sigma, (bool, str, np.bool_)):
+                raise DataError(f"sigma must be a number or one per row, got {sigma!r}")
             level = np.asarray(sigma, np.float64)
             if level.ndim > 1 or (level.ndim == 1 and level.shape != (len(x),)):
                 raise DataError(f"sigma must be a number or one per row ({len(x)},), got shape {level.shape}")
             if not (np.isfinite(level).all() and (level > 0).all()):
                 raise DataError("sigma must be finite and > 0")
             level = self.backend.to_device(np.ascontiguousarray(np.broadcast_to(level, (len(x),))))
-        if len(self.input_shape) == 1:  # an mlp: one more input
+        if arch_spec.parse_arch(self.config["arch"])[0] == "mlp":  # an mlp (of rows or images): one more input
             out = xp.empty((len(x), self.input_dim + 1), self.dtype)
             out[:, :-1] = x
             out[:, -1] = noise_channel(level).astype(self.dtype)

@@ -205,6 +205,18 @@ def make_sampler(sampler="mean", corruption="gaussian:0.3", final=None, step_siz
     return Sampler(sampler, c, final, float(step_size), sigmas)
 
 
+def check_sampler_for(model, s):
+    """A noise-conditional model is told the level of its input: the mean and bernoulli chains
+    need c to have one Gaussian level (a ladder sampler reads its own levels)."""
+    if getattr(model, "noise_conditional", False) and not s.sigmas:
+        c = s.corruption
+        if c.mode != "gaussian" or not c.level > 0 or c.level_max is not None:
+            raise ConfigError(f"a noise-conditional model is told the noise level of its input: the {s.name} chain "
+                              f"needs one Gaussian level, got {c}: pass one (--chain-corruption gaussian:0.3; "
+                              f"corruption='gaussian:0.3' in Python), or walk the ladder with --sampler ddim or "
+                              f"annealed")
+
+
 def _kept_steps(steps, keep_every, keep_steps):
     """The steps whose states chain() keeps: 0, every keep_every-th and the last, or exactly
     0, the given keep_steps and the last."""
@@ -245,11 +257,7 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
                               "(e.g. 'gaussian:0.3', or 'none' for x_{t+1} = r(x_t))")
         corruption = model.corruption
     s = make_sampler(sampler, corruption, final, step_size, levels)
-    if getattr(model, "noise_conditional", False) and not s.sigmas:  # mean, bernoulli: told c's one level
-        c = s.corruption
-        if c.mode != "gaussian" or not c.level > 0 or c.level_max is not None:
-            raise ConfigError(f"a noise-conditional model is told the noise level of its input: the {s.name} chain "
-                              f"needs one Gaussian level (e.g. corruption='gaussian:0.3'), got {c}")
+    check_sampler_for(model, s)
     check_memory(chain_memory(model, len(x0), steps, keep_every, keep_chains, batch_size, sampler=sampler,
                               keep_steps=keep_steps),
                  f"{len(x0):,} chains of {model.input_dim} values x {steps:,} steps",

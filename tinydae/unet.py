@@ -44,7 +44,8 @@ def unet_entries(filters, input_shape, activation, tied, sigma=False):
         try:
             out = layer.output_shape(shape)
         except ValueError as err:
-            raise ConfigError(f"unet:{','.join(map(str, filters))} on {H}x{W}x{C} images: level {i + 1} ({err}); "
+            raise ConfigError(f"unet:{','.join(map(str, filters))}{',sigma' * bool(sigma)} on {H}x{W}x{C} images: "
+                              f"level {i + 1} ({err}); "
                               f"use fewer levels") from None
         entries.append((f"enc{i}", layer, shape))
         outs.append(out)

@@ -105,7 +105,7 @@ def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="mode
     existing output needs overwrite=True.
     -> (summary dict: the CLI's JSON, ChainResult)
     """
-    from tinydae.sampling import START_KINDS, chain, make_sampler
+    from tinydae.sampling import START_KINDS, chain, check_sampler_for, make_sampler
 
     if n < 1 or steps < 0 or keep_every < 1 or batch_size < 1:
         raise ConfigError("--n, --keep-every and --batch-size must be >= 1, --steps >= 0")
@@ -119,6 +119,7 @@ def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="mode
     # A typo in the corruption or sampler options fails now, not after the start points are drawn.
     sampler_opts = dict(sampler=sampler, final=final, step_size=step_size, levels=levels)
     chosen = make_sampler(corruption=corruption, **sampler_opts)
+    check_sampler_for(model, chosen)
     shape = image_shape(model)
     png = out if out and shape else None
     inputs = [("the checkpoint", checkpoint), ("--data", data), (option, start)]
