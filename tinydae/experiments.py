@@ -177,7 +177,7 @@ FULL = dict(
     nc=dict(arch="unet:32,64,sigma", corruption="gaussian:0.01..5", epochs=20, levels=10, step_sizes=(0.1, 0.2)),
     sweep_corruptions=("gaussian:0.1", "gaussian:0.2", "gaussian:0.3", "gaussian:0.5"),
     sweep_step_sizes=(0.1, 0.5, 1.0), strip_chains=8)
-# Smaller everything, for a look in under a minute: not the reported results.
+# Smaller everything, for a look in about 3 minutes: not the reported results.
 QUICK = dict(FULL, mode="quick", n_data=4_000, n_val=400, n_test=400, seeds=2, hidden=(256,), epochs=3,
              n_samples=800, steps=50, keep_steps=(0, 1, 2, 5, 10, 20, 50),
              classifier=dict(arch="conv:16,32,fc32", epochs=3), dense_classifier=dict(arch="mlp:128,64", epochs=4),
