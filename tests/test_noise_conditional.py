@@ -237,7 +237,8 @@ def test_review_findings_stay_fixed(tmp_path):
     nc = td.DAE(d.dim, arch="unet:4,8,sigma", input_shape=d.image_shape, seed=0)
     fit(nc, d, corruption="gaussian:0.01..1", epochs=1, batch_size=40, seed=0)
     out = evaluate_checkpoint(nc, d, n_samples=20, steps=2)
-    assert out["sampler"] == "ddim" and np.isfinite(out["chain"]["parzen_ll"] if "parzen_ll" in out["chain"] else 0)
+    assert out["sampler"] == "ddim" and out["steps"] == 2
+    assert all(np.isfinite(v) for v in out["chain"].values() if isinstance(v, float))
     assert math.isnan(spearman([np.nan, 1, 2], [1, 2, 3])) and math.isnan(spearman([1, 2, 3], [1, np.inf, 3]))
     with pytest.raises(ConfigError, match="got sigma"):
         run_claim1_ladder(quick=True, sigma=(0.1,))

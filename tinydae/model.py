@@ -265,16 +265,19 @@ class DAE:
                 raise DataError(f"sigma must be a number or one per row ({len(x)},), got shape {level.shape}")
             if not (np.isfinite(level).all() and (level > 0).all()):
                 raise DataError("sigma must be finite and > 0")
-            level = self.backend.to_device(np.ascontiguousarray(np.broadcast_to(level, (len(x),))))
+            if level.ndim == 1:  # one per row: uploaded once; a single level is written as a scalar
+                level = self.backend.to_device(level)
         if arch_spec.parse_arch(self.config["arch"])[0] == "mlp":  # an mlp (of rows or images): one more input
             out = xp.empty((len(x), self.input_dim + 1), self.dtype)
             out[:, :-1] = x
-            out[:, -1] = noise_channel(level).astype(self.dtype)
+            out[:, -1] = self.dtype.type(noise_channel(level)) if np.ndim(level) == 0 else \
+                noise_channel(level).astype(self.dtype)
             return out
         H, W, C = self.input_shape
         out = xp.empty((len(x), H, W, C + 1), self.dtype)
         out[..., :C] = x.reshape(len(x), H, W, C)
-        out[..., C] = noise_channel(level).astype(self.dtype)[:, None, None]
+        out[..., C] = self.dtype.type(noise_channel(level)) if np.ndim(level) == 0 else \
+            noise_channel(level).astype(self.dtype)[:, None, None]
         return out.reshape(len(x), H * W * (C + 1))
 
     def encode(self, x, check=True, sigma=None):
