@@ -78,7 +78,7 @@ step_preflight() {
 
 # -- smoke: stages with time budgets ---------------------------------------------------------------
 
-SMOKE_BUDGETS=${SMOKE_BUDGETS:-"versions:20 wheels:40 bundle:50 preflight:60 train:70 sample:40 pytest:100 bench:40"}
+SMOKE_BUDGETS=${SMOKE_BUDGETS:-"versions:20 wheels:30 bundle:45 preflight:60 train:65 sample:35 nccl:30 pytest:90 bench:35"}
 SMOKE_WORK=${SMOKE_WORK:-/tmp/tinydae-smoke}  # training runs, samples, the stage table: outside $OUT
 SITE=/tmp/tinydae-site                         # where carried wheels are installed
 SITE_HOOK=/tmp/tinydae-site-hook               # its sitecustomize.py makes SITE a site folder
@@ -145,12 +145,20 @@ smoke_sample() {
   python3 cli.py improve "$ck" --backend cuda --from pca --n 256 --steps 5 --out "$SMOKE_WORK/improve.png" --json
 }
 
+smoke_nccl() {  # smoke_train's cuda run again, through MPI and NCCL with R = 1 (an identity all-reduce)
+  local args=(train --data glyphs --limit 1280 --hidden 128 --epochs 2 --batch-size 64 --seed 3 --overwrite --json)
+  python3 -c "import mpi4py.MPI; from cupy.cuda import nccl; print('mpi4py', mpi4py.__version__, 'NCCL', nccl.get_version())" \
+    || return 1
+  python3 cli.py --distributed mpi "${args[@]}" --backend cuda --out "$SMOKE_WORK/nccl" || return 1
+  python3 bench/gpu_smoke.py compare "$SMOKE_WORK/nccl/checkpoint.h5" "$SMOKE_WORK/cuda/checkpoint.h5"
+}
+
 step_smoke() {
   rm -rf "$SMOKE_WORK"
   mkdir -p "$SMOKE_WORK"
   rm -rf "$SITE" "$SITE_HOOK"
   export SMOKE_WORK SITE SITE_HOOK ROOT
-  export -f smoke_wheels smoke_bundle smoke_train smoke_sample
+  export -f smoke_wheels smoke_bundle smoke_train smoke_sample smoke_nccl
   local failed=0 bundle
   stage versions python3 bench/gpu_smoke.py versions || failed=1
   if python3 bench/gpu_preflight.py --require-gpu; then
@@ -162,6 +170,7 @@ step_smoke() {
     stage preflight python3 bench/gpu_preflight.py --out "$OUT" --build-out "${bundle:-$TINYDAE_CUDA_CACHE/none}" --no-build || failed=1
     stage train smoke_train || failed=1
     stage sample smoke_sample || failed=1
+    stage nccl smoke_nccl || failed=1
     stage pytest python3 -m pytest -x -q -rs -p no:cacheprovider tests/test_gpu.py || failed=1
     stage bench python3 cli.py bench launch --backend cuda --repeats 5 --launches 100 --no-save --overwrite \
       --out "$OUT/bench-launch-$TINYDAE_GPU_DEVICE.json" || failed=1

@@ -540,7 +540,7 @@ def smoke_budgets():
 
 def test_smoke_stages_have_budgets_that_fit_one_device_call():
     budgets = smoke_budgets()
-    assert list(budgets) == ["versions", "wheels", "bundle", "preflight", "train", "sample", "pytest", "bench"]
+    assert list(budgets) == ["versions", "wheels", "bundle", "preflight", "train", "sample", "nccl", "pytest", "bench"]
     # the stages' own limits (plus up to 5 s each to die, and the GPU check and summary between
     # them) end the step before run_step's 470 s, well inside 8 minutes
     assert sum(budgets.values()) + 5 * len(budgets) <= 460 and all(b > 0 for b in budgets.values())
@@ -585,7 +585,7 @@ def test_smoke_runs_every_stage_under_its_budget_and_writes_few_files(tmp_path):
     fake.write_text(FAKE_PYTHON3.replace("REAL", sys.executable))
     fake.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", OUT=str(out), SMOKE_WORK=str(work),
-               SMOKE_BUDGETS="versions:1 wheels:5 bundle:5 preflight:5 train:5 sample:5 pytest:5 bench:5")
+               SMOKE_BUDGETS="versions:1 wheels:5 bundle:5 preflight:5 train:5 sample:5 nccl:5 pytest:5 bench:5")
     env.pop("TINYDAE_CUDA_CUBINS", None)
     t = time.time()
     r = subprocess.run(["bash", SCRIPT, "smoke"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)

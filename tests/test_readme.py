@@ -12,6 +12,7 @@ after the README's install command (CI has just done that install); or skip, wit
 the test that covers it instead.  A command no rule matches fails the test, so a new README
 command cannot escape.
 """
+import importlib.util
 import os
 import re
 import shlex
@@ -73,6 +74,12 @@ RULES = [
     (r"^python cli\.py (sample|improve|evaluate|info|gradcheck|--help)\b", "run", ""),
     (r"^python bench/report\.py", "run", ""),
     (r"^python bench/bench_arch_quality\.py", "run", " --seconds 1 --seeds 0 --data glyphs"),
+    (r'^python -m pip install -e "\.\[mpi\]"$', "skip",
+     "installs the mpi extra, which the test extra includes: CI has installed it"),
+    (r"^srun ", "skip", "needs a Slurm cluster; the same command under mpiexec runs above and in tests/test_distributed.py"),
+    (r"^mpiexec -n \d+ python cli\.py train", "run", " --epochs 1 --limit 1500"),
+    (r"^mpiexec -n \d+ python cli\.py (sample|improve)\b", "run", ""),
+    (r"^python cli\.py bench scale", "run", " --ranks 1,2 --steps 2 --repeats 2 --arch mlp:16"),
 ]
 
 
@@ -200,6 +207,12 @@ def test_readme_command_runs(workdir, where, command):
         command = command[len(INSTALL):]
     # `python` here is the interpreter running the tests (the venv the README's install made)
     argv = shlex.split(command + arg)
+    if argv[0] == "mpiexec":  # the mpi extra's mpiexec, beside this python; its `python` is this one
+        if importlib.util.find_spec("mpi4py") is None:
+            pytest.skip("mpi4py is not installed (the test extra brings it)")
+        beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+        argv[0] = beside if os.path.exists(beside) else argv[0]
+        argv = [sys.executable if a == "python" else a for a in argv]
     if argv[0] == "python":
         argv[0] = sys.executable
     r = subprocess.run(argv, cwd=workdir, env=_env(workdir), capture_output=True, text=True, timeout=600)

@@ -4,6 +4,7 @@ Thin: parse options, call the library, print.  A user mistake (any TinyDAEError)
 with one line on stderr and exit code 2, never a traceback; SIGINT during training
 saves a checkpoint and exits 130.
 """
+import contextlib
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ import click
 from click.core import ParameterSource
 
 import tinydae
+import tinydae.distributed
 from tinydae import runs
 from tinydae.errors import ConfigError, TinyDAEError
 from tinydae.rng import STREAM_VALID_CORRUPTION
@@ -26,10 +28,50 @@ TRAIN_OPTIONS = ("data", "key", "limit", "rescale", "val_fraction", "corruption"
                  "lr", "momentum", "weight_decay", "batch_size", "seed")
 
 
+# The commands that run on several processes (mpiexec -n R python cli.py COMMAND ...)
+DISTRIBUTED_COMMANDS = ("train", "sample", "improve")
+# How long a rank whose error the others may not share waits for them to end before it ends
+# the job with MPI_Abort (a rank the others wait for in a collective would hang them forever)
+ABORT_AFTER_S = 20.0
+
+
+def _silence():
+    """A rank other than 0 prints nothing (its crash report still goes to the real stderr)."""
+    sys.stdout = sys.stderr = open(os.devnull, "w")
+
+
 class Group(click.Group):
-    """Turns tinydae's errors into one clear line and an exit code."""
+    """Turns tinydae's errors into one clear line and an exit code.
+
+    In a run of several processes only rank 0 prints; every rank ends with the same exit code,
+    and a rank that fails alone ends the job (distributed.finish)."""
 
     def invoke(self, ctx):
+        try:
+            value = self._invoke(ctx)
+        except SystemExit as e:
+            self._finish(ctx, e.code)
+            raise
+        except BaseException:  # a bug, or an error not turned into a line: the rank's traceback
+            comm = ctx.meta.get("tinydae.comm")
+            if comm is None or comm.size == 1:
+                raise
+            import traceback
+
+            sys.__stderr__.write(f"rank {comm.rank}: " + traceback.format_exc())
+            sys.__stderr__.flush()
+            comm.abort(1)
+            raise
+        self._finish(ctx, 0)
+        return value
+
+    @staticmethod
+    def _finish(ctx, code):
+        comm = ctx.meta.get("tinydae.comm")
+        if comm is not None and comm.size > 1:
+            tinydae.distributed.finish(comm, code or 0, ABORT_AFTER_S)
+
+    def _invoke(self, ctx):
         import warnings
 
         from tinydae.backend import BackendWarning
@@ -46,7 +88,9 @@ class Group(click.Group):
                 warnings.showwarning = show
                 return super().invoke(ctx)
         except TinyDAEError as e:
-            click.echo(f"error: {e}", err=True)
+            comm = ctx.meta.get("tinydae.comm")
+            if comm is not None or tinydae.distributed.launcher_rank() == 0 or ctx.meta.get("tinydae.mode") == "off":
+                click.echo(f"error: {e}", err=True)  # (non-zero ranks print into devnull)
             sys.exit(e.exit_code)
         except RuntimeError as e:  # a CUDA kernel the self-check could not foresee failing to load
             if type(e).__name__ != "LaunchError":
@@ -60,16 +104,31 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(tinydae.__version__, prog_name="tinydae")
+@click.option("--distributed", type=click.Choice(tinydae.distributed.MODES), envvar="TINYDAE_DISTRIBUTED",
+              default="auto", show_default=True,
+              help="Several processes over MPI: 'auto' when started by mpiexec or srun with more than one, 'mpi' "
+                   "always (one process too), 'off' never [env TINYDAE_DISTRIBUTED]. Runs train, sample, improve.")
 @click.option("--threads", envvar="TINYDAE_THREADS", default=None, metavar="N|auto|all",
               help="CPU threads for kernels and GEMMs [env TINYDAE_THREADS; default: all "
                    "cores]. 'auto' leaves to other processes the cores the load average says "
                    "they use (see README, CPU threading).")
-def cli(threads):
+@click.pass_context
+def cli(ctx, threads, distributed):
     """tinydae: denoising autoencoders trained with binary cross-entropy."""
-    if threads is not None:
-        from tinydae.threads import set_threads
+    from tinydae.threads import cores, set_threads
 
+    ctx.meta["tinydae.mode"] = distributed
+    comm = tinydae.distributed.connect(distributed)
+    ctx.meta["tinydae.comm"] = comm
+    if comm.size > 1 and not comm.root:
+        _silence()
+    if comm.size > 1 and ctx.invoked_subcommand not in DISTRIBUTED_COMMANDS:
+        raise ConfigError(f"'{ctx.invoked_subcommand}' runs on one process: start it without mpiexec or srun "
+                          f"(these run on several: {', '.join(DISTRIBUTED_COMMANDS)})")
+    if threads is not None:
         set_threads(threads)
+    elif comm.local_size > 1:  # the ranks on a node share its cores instead of each taking all
+        set_threads(max(1, cores() // comm.local_size))
 
 
 def parse_hidden(text):
@@ -226,28 +285,66 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arc
         raise ConfigError("--epochs and --batch-size must be >= 1")
     if checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
-    backend = tinydae.get_backend(backend, kernels=kernel_set)
-    safety.check_output_dir(out, "--out")
-    with safety.exclusive_lock(out, "--out"):
-        replace = _check_train_out(out, resume, overwrite)
-        _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json)
+    comm = _comm(ctx)
+    comm.check_same("the command's options", dict(ctx.params, **opts), "; start every rank with the same command")
+    backend = _backend(comm, backend, kernel_set)
+    with contextlib.ExitStack() as held:
+        def claim_out():  # rank 0 alone checks, locks and clears the run folder
+            safety.check_output_dir(out, "--out")
+            held.enter_context(safety.exclusive_lock(out, "--out"))
+            return _check_train_out(out, resume, overwrite)
+
+        replace = comm.root_call(claim_out)
+        _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json, comm)
 
 
-def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json):
-    """The rest of `train`, with `out` checked and locked."""
+def _write_train_outputs(history_path, state, png, model, opts, dataset, val_set, train_set):
+    """train's files after training: history.json, and samples.png for image data."""
+    from tinydae import safety
+
+    tinydae.checkpoint.atomic_write(history_path, lambda f: f.write(safety.dumps(state.history, indent=2).encode()))
+    if png is None:
+        return
+    shown = (val_set if len(val_set) else train_set).x[:10]
+    x = model.as_input(shown)
+    c = tinydae.Corruption.parse(opts["corruption"])
+    noisy = c.apply(model.backend, x, opts["seed"], 0, STREAM_VALID_CORRUPTION)
+    sigma = c.row_sigmas(model.backend, len(x), opts["seed"], 0, STREAM_VALID_CORRUPTION) \
+        if model.noise_conditional else None
+    rows = [shown, model.backend.to_host(noisy),
+            model.backend.to_host(model.reconstruct(noisy, check=False, sigma=sigma))]
+    tinydae.images.save_grid(png, rows, dataset.image_shape)
+
+
+def _comm(ctx):
+    """The command's communicator (distributed.SingleProcess unless started by mpiexec or srun)."""
+    return ctx.find_root().meta.get("tinydae.comm") or tinydae.distributed.SingleProcess()
+
+
+def _backend(comm, name, kernel_set):
+    """get_backend on every rank (one GPU per rank); an error on one rank stops them all."""
+    if name in ("cuda", "auto"):
+        tinydae.distributed.select_gpu(comm)
+    return comm.agree(lambda: tinydae.get_backend(name, kernels=kernel_set))
+
+
+def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json, comm):
+    """The rest of `train`, with `out` checked and locked (by rank 0 of a distributed run, which
+    alone writes files; every rank trains)."""
     from tinydae import safety
     from tinydae.train import training_memory
 
-    dataset = tinydae.load_dataset(opts["data"], limit=opts["limit"], rescale=opts["rescale"],
-                                   key=opts["key"], seed=opts["seed"])
+    dataset = comm.agree(lambda: tinydae.load_dataset(opts["data"], limit=opts["limit"], rescale=opts["rescale"],
+                                                      key=opts["key"], seed=opts["seed"]))
     train_set, val_set = dataset.split(opts["val_fraction"], seed=opts["seed"])
     arch = dict(arch, input_shape=dataset.image_shape)  # conv layers need it; an mlp records it
     config = ckpt.model_config if ckpt is not None else tinydae.model.check_config(
         dataset.dim, seed=opts["seed"], **arch)
     shape = tinydae.model.describe(config)
     fix = "use a smaller --arch (--hidden) or --batch-size, or fewer examples (--limit)"
-    safety.check_memory(training_memory(config, len(train_set), opts["batch_size"], opts["optimizer"]),
-                        f"training a {shape} DAE (batch {opts['batch_size']}, {len(train_set):,} examples)", fix)
+    comm.agree(lambda: safety.check_memory(
+        training_memory(config, len(train_set), opts["batch_size"], opts["optimizer"]),
+        f"training a {shape} DAE (batch {opts['batch_size']}, {len(train_set):,} examples)", fix))
     with safety.out_of_memory(f"building the {shape} DAE", fix):
         if ckpt is not None:
             model = tinydae.restore_model(ckpt, backend=backend)
@@ -262,8 +359,8 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
     # The checkpoint (parameters and optimizer buffers) twice over: a save writes the new file
     # beside the old one before it replaces it.
     buffers = 1 + len(opt.buffers)
-    safety.check_free_space(out, 2 * buffers * model.params.nbytes + 2**20,
-                            f"saving the checkpoints of a {shape} DAE ({opts['optimizer']})")
+    comm.root_call(lambda: safety.check_free_space(out, 2 * buffers * model.params.nbytes + 2**20,
+                                                   f"saving the checkpoints of a {shape} DAE ({opts['optimizer']})"))
     ckpt_path = os.path.join(out, "checkpoint.h5")
     # --overwrite: the old run's files move aside (no file of it may pass for one of this run) and
     # are deleted once this run has saved a regular checkpoint (an epoch's end or --checkpoint-every);
@@ -272,14 +369,15 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
     aside = None
     steps_per_epoch = -(-len(train_set) // opts["batch_size"])
     if not as_json:
+        ranks = f", {comm.size} process{'es' * (comm.size > 1)} ({comm.name})" if comm.collective else ""
         click.echo(f"{model} on {dataset.name}: {len(train_set)} train / {len(val_set)} val, "
-                   f"{opts['corruption']}, {opt}, {backend.kernel_set} kernels on {backend.device}",
+                   f"{opts['corruption']}, {opt}, {backend.kernel_set} kernels on {backend.device}{ranks}",
                    err=True)
     shown_progress = Progress(steps_per_epoch, epochs, enabled=not as_json)
 
     def progress(event, info):
         nonlocal aside
-        if aside is not None and os.path.exists(ckpt_path):  # this run's first checkpoint is saved
+        if aside is not None and comm.root and os.path.exists(ckpt_path):  # this run's first checkpoint is saved
             _drop_aside(aside)
             aside = None
         shown_progress(event, info)
@@ -288,35 +386,24 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
     finished = False
     try:
         if replace:
-            aside = _move_run_aside(out)
+            aside = comm.root_call(lambda: _move_run_aside(out))
         with safety.out_of_memory("training", fix + f"; the last checkpoint, if any, is {ckpt_path}"):
             state = tinydae.fit(model, train_set, val_set if len(val_set) else None, optimizer=opt,
                                 corruption=opts["corruption"], epochs=epochs,
                                 batch_size=opts["batch_size"], seed=opts["seed"], state=state,
                                 checkpoint_path=ckpt_path, checkpoint_every=checkpoint_every,
-                                train_config=dict(opts, epochs=epochs), progress=progress)
+                                train_config=dict(opts, epochs=epochs), progress=progress, comm=comm)
         finished = True
     finally:
         shown_progress.close()
-        if aside is not None:
+        if aside is not None and comm.root:
             if finished:
                 _drop_aside(aside)
             else:
                 _restore_aside(out, aside)
     history_path = os.path.join(out, "history.json")
-    tinydae.checkpoint.atomic_write(history_path, lambda f: f.write(safety.dumps(state.history, indent=2).encode()))
-    png = None
-    if dataset.image_shape is not None:
-        png = os.path.join(out, "samples.png")
-        shown = (val_set if len(val_set) else train_set).x[:10]
-        x = model.as_input(shown)
-        c = tinydae.Corruption.parse(opts["corruption"])
-        noisy = c.apply(model.backend, x, opts["seed"], 0, STREAM_VALID_CORRUPTION)
-        sigma = c.row_sigmas(model.backend, len(x), opts["seed"], 0, STREAM_VALID_CORRUPTION) \
-            if model.noise_conditional else None
-        rows = [shown, model.backend.to_host(noisy),
-                model.backend.to_host(model.reconstruct(noisy, check=False, sigma=sigma))]
-        tinydae.images.save_grid(png, rows, dataset.image_shape)
+    png = os.path.join(out, "samples.png") if dataset.image_shape is not None else None
+    comm.root_call(lambda: _write_train_outputs(history_path, state, png, model, opts, dataset, val_set, train_set))
     last = state.history[-1] if state.history else {}
     per_pixel = {k + "_per_pixel": v / dataset.dim for k, v in last.items() if k.startswith("val_bce")}
     summary = dict(checkpoint=ckpt_path, history=history_path, samples=png, step=state.step,
@@ -602,9 +689,14 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, s
     # run replaces them.  A file the user named is replaced only with --overwrite.
     ctx = click.get_current_context(silent=True)
     default_out = ctx is not None and ctx.get_parameter_source("out") == ParameterSource.DEFAULT
+    comm = _comm(ctx) if ctx is not None else tinydae.distributed.SingleProcess()
+    if comm.collective:
+        comm.check_same("the command's options", ctx.params, "; start every rank with the same command")
+        if backend in ("cuda", "auto"):
+            tinydae.distributed.select_gpu(comm)
     summary, result = run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, step_size, levels,
                                  keep_every, seed, batch_size, data, key, limit, rescale, out, h5, overwrite,
-                                 default_out, backend, option, log=_stderr)
+                                 default_out, backend, option, log=_stderr, comm=comm)
     if as_json:
         _echo_json(summary)
         return
@@ -616,8 +708,9 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, s
         ladder = f"{sigmas[0]:g}" + (f"..{sigmas[-1]:g}" if len(sigmas) > 1 else "")
         how = (f"sigma {ladder}, step size {summary['step_size']:g}" if summary["step_size"] is not None
                else f"sigma {ladder}, one level per step")
+    ranks = f" on {comm.size} process{'es' * (comm.size > 1)}" if comm.collective else ""
     click.echo(f"{verb} {summary['chains']} chains x {steps} steps from {summary['start']} ({sampler} sampler, "
-               f"{how}) in {summary['seconds']:.1f} s; mean |x_t - x_(t-1)| per pixel: first step {first}, "
+               f"{how}) in {summary['seconds']:.1f} s{ranks}; mean |x_t - x_(t-1)| per pixel: first step {first}, "
                f"last {last}")
     if summary["png"]:
         click.echo(f"strip of {len(result.trajectory)} chains at steps {result.kept_steps}: {summary['png']}")
@@ -952,6 +1045,46 @@ def bench_chain(backend, chains, repeats, compile_peer, save, out_file, overwrit
         raise ConfigError("--repeats must be positive")
     _bench_run("bench_chain", "chain", backend, as_json, save, out_file, overwrite, sizes=chains, repeats=repeats,
                compile_peer=compile_peer)
+
+
+@bench.command("scale")
+@click.option("--ranks", default="1,2", show_default=True, help="Process counts to run under mpiexec, e.g. 1,2,4.")
+@click.option("--batch", type=int, default=256, show_default=True,
+              help="Rows per step: the global batch (strong scaling) and the rows per rank (weak).")
+@click.option("--steps", type=int, default=20, show_default=True, help="Timed steps per case.")
+@click.option("--repeats", type=int, default=20, show_default=True, help="Timed all-reduces per buffer size.")
+@click.option("--arch", "archs", default="mlp:1000;conv:32,64", show_default=True,
+              help="Architectures on 28x28 images, separated by ';'.")
+@_result_options
+def bench_scale(ranks, batch, steps, repeats, archs, save, out_file, overwrite, as_json):
+    """Data-parallel training on R processes (mpiexec -n R, needs the mpi extra): compute and
+    all-reduce time per step, strong and weak scaling, the all-reduce fitted as alpha + beta *
+    bytes, and a model of the all-reduce for N GPUs on NVLink and InfiniBand."""
+    try:
+        rank_list = [int(r) for r in ranks.split(",")]
+    except ValueError:
+        raise ConfigError(f"--ranks takes process counts like 1,2,4, got {ranks!r}") from None
+    if min(rank_list) < 1 or batch < 1 or steps < 1 or repeats < 1:
+        raise ConfigError("--ranks, --batch, --steps and --repeats must be positive")
+    if batch < max(rank_list):
+        raise ConfigError(f"--batch {batch} is smaller than {max(rank_list)} ranks: each needs a row")
+    arch_list = [tinydae.arch.canonical(a) for a in archs.split(";")]
+    for spec in arch_list:
+        tinydae.model.check_config(784, arch=spec, input_shape=(28, 28, 1))
+    import importlib.util
+
+    if importlib.util.find_spec("mpi4py") is None:
+        raise ConfigError("bench scale runs several processes with mpi4py, which is not installed: "
+                          "pip install -e \".[mpi]\"")
+    _check_out(out_file, overwrite)
+    mod = _load_bench("bench_scale")
+    if not as_json:
+        click.echo(mod.HEADER)
+    result = mod.run(rank_list, batch, steps, repeats, arch_list, log=(lambda line: None) if as_json else _stderr)
+    result.update(device=tinydae.backend.cpu_name(), backend="cpu")
+    if not as_json:
+        click.echo(mod.format_table(result))
+    _emit(mod, "cpu", "scale", result, save, out_file, as_json)
 
 
 @bench.command("launch")

@@ -9,16 +9,18 @@ LOSSES = ("bce", "mse")
 KERNELS = {"bce": "sigmoid_bce_forward_backward", "mse": "sigmoid_mse_forward_backward"}
 
 
-def loss_sum_forward_backward(backend, loss, dlogits, logits, targets, total):
+def loss_sum_forward_backward(backend, loss, dlogits, logits, targets, total, mean_over=None):
     """The training step's loss: writes dlogits = d(mean over the batch of per-example loss)/dlogits
     and total[0] = the loss summed over the batch, and reads nothing back (on a GPU both are
     only queued; fit reads total once per step, after the optimizer update).
 
     dlogits, logits, targets: (B, D); total: (1,) float64 on the backend
+    mean_over: the rows the mean is over (default B; a data-parallel rank's part of a batch
+    divides by the global batch size)
     """
     if loss not in KERNELS:
         raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
-    getattr(backend.kernels, KERNELS[loss])(dlogits, logits, targets, 1.0 / logits.shape[0], total=total)
+    getattr(backend.kernels, KERNELS[loss])(dlogits, logits, targets, 1.0 / (mean_over or logits.shape[0]), total=total)
 
 
 def loss_forward_backward(backend, loss, dlogits, logits, targets):

@@ -230,7 +230,7 @@ def _kept_steps(steps, keep_every, keep_steps):
 
 def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, seed=0,
           batch_size=1024, quality=None, sampler="mean", final=None, step_size=None, levels=None,
-          keep_steps=None):
+          keep_steps=None, first_chain=0):
     """Run N chains for `steps` steps from x0 (N, D).
 
     corruption: 'model' (the model's training corruption), a spec such as 'gaussian:0.3',
@@ -244,6 +244,9 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
     step_size:  langevin / annealed: eta / sigma^2, default STEP_SIZE
     levels:     annealed: the ladder's length, default LEVELS
     keep_steps: the steps to keep (0 and `steps` always are), instead of every keep_every-th
+    first_chain: the index of x0's first chain in a larger set (chain i's draws depend on i only:
+                a rank of a sharded run passes its share's first index and draws what one
+                process would)
     -> ChainResult
     """
     x0 = _check_states(x0, model.input_dim, "chain starting points", model.backend)
@@ -295,12 +298,12 @@ def chain(model, x0, steps, corruption="model", keep_every=1, keep_chains=64, se
         langevin = s.name in ("langevin", "annealed")  # their state carries r(x)
         state = (x, model.reconstruct(x, check=False, sigma=s.sigmas[0])) if langevin else x
         if s.name == "ddim":  # x_T = x_0 + sigma_top n: the start at the top of the ladder (STREAM_LANGEVIN, step 0)
-            state = gaussian(s.sigmas[0]).apply(backend, x, seed, 0, STREAM_LANGEVIN, offset=start * D)
+            state = gaussian(s.sigmas[0]).apply(backend, x, seed, 0, STREAM_LANGEVIN, offset=(first_chain + start) * D)
         view = x
         k = 0
         keep(view, start, k, 0)
         for t in range(1, steps + 1):
-            draw = Draw(seed, t, start * D, *((s.sigma(t, steps), s.next_sigma(t, steps)) if s.sigmas
+            draw = Draw(seed, t, (first_chain + start) * D, *((s.sigma(t, steps), s.next_sigma(t, steps)) if s.sigmas
                                                else (None, None)))
             state, view = step(model, s, state, view, draw, row_changes[(t - 1) % CHANGE_ROWS])
             if t % CHANGE_ROWS == 0 or t == steps:
@@ -462,14 +465,15 @@ def improve(model, samples, steps, **kwargs):
 # ----------------------------------------------------------------------------------------
 
 
-def noise_start(n, dim, seed=0):
-    """Uniform noise in [0, 1): (n, dim) float32 from Philox stream STREAM_START, step 0."""
-    return philox_uniform(n * dim, seed, 0, STREAM_START).reshape(n, dim)
+def noise_start(n, dim, seed=0, first=0):
+    """Uniform noise in [0, 1): (n, dim) float32 from Philox stream STREAM_START, step 0.
+    first: the index of the first chain (chains first..first+n-1 of a larger set: a rank's share)."""
+    return philox_uniform(n * dim, seed, 0, STREAM_START, first * dim).reshape(n, dim)
 
 
-def bernoulli_start(n, dim, seed=0):
+def bernoulli_start(n, dim, seed=0, first=0):
     """Bernoulli(0.5) pixels: (n, dim) float32 of 0s and 1s (STREAM_START, step 1)."""
-    return (philox_uniform(n * dim, seed, 1, STREAM_START) < 0.5).astype(np.float32).reshape(n, dim)
+    return (philox_uniform(n * dim, seed, 1, STREAM_START, first * dim) < 0.5).astype(np.float32).reshape(n, dim)
 
 
 class PCABaseline:
@@ -492,9 +496,10 @@ class PCABaseline:
         self.std = s[:k] / math.sqrt(max(len(x) - 1, 1))      # per-component standard deviation
         return self
 
-    def sample(self, n, seed=0):
-        """-> (n, D) float32 in [0, 1] (Philox normals, STREAM_START step 2)."""
-        z = philox_normal(n * len(self.std), seed, 2, STREAM_START).reshape(n, -1).astype(np.float64)
+    def sample(self, n, seed=0, first=0):
+        """-> (n, D) float32 in [0, 1] (Philox normals, STREAM_START step 2); first: as noise_start."""
+        k = len(self.std)
+        z = philox_normal(n * k, seed, 2, STREAM_START, first * k).reshape(n, -1).astype(np.float64)
         return np.clip(self.mean + (z * self.std) @ self.basis, 0, 1).astype(np.float32)
 
 
@@ -507,24 +512,25 @@ class PixelBernoulliBaseline:
         self.p = as_host_array(data, "baseline training data", np.float64).mean(0)
         return self
 
-    def sample(self, n, seed=0):
-        u = philox_uniform(n * len(self.p), seed, 3, STREAM_START).reshape(n, -1)
+    def sample(self, n, seed=0, first=0):
+        u = philox_uniform(n * len(self.p), seed, 3, STREAM_START, first * len(self.p)).reshape(n, -1)
         return (u < self.p).astype(np.float32)
 
 
-def start_points(kind, n, dim, seed=0, data=None):
+def start_points(kind, n, dim, seed=0, data=None, first=0):
     """'noise' | 'bernoulli' | 'pca' | 'pixels' -> (n, dim) float32 starting points.
-    The baselines ('pca', 'pixels') are fitted to `data` (N, dim)."""
+    The baselines ('pca', 'pixels') are fitted to `data` (N, dim).  first: the first chain's index
+    (chain i's start depends on i only, so a rank draws just its share)."""
     if kind not in START_KINDS:
         raise ConfigError(f"unknown start {kind!r}; choose one of {', '.join(START_KINDS)}")
     if n < 1:
         raise ConfigError(f"need at least one chain, got n={n}")
     if kind == "noise":
-        return noise_start(n, dim, seed)
+        return noise_start(n, dim, seed, first)
     if kind == "bernoulli":
-        return bernoulli_start(n, dim, seed)
+        return bernoulli_start(n, dim, seed, first)
     if data is None:
         raise ConfigError(f"the {kind!r} baseline is fitted to training data; pass data=")
     data = _check_states(data, dim, "baseline training data")
     baseline = PCABaseline().fit(data) if kind == "pca" else PixelBernoulliBaseline().fit(data)
-    return baseline.sample(n, seed)
+    return baseline.sample(n, seed, first)

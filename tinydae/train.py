@@ -160,24 +160,29 @@ def training_memory(model_config, n_rows, batch_size, optimizer="adam", val_batc
     return (buffers * n_params + activations + n_rows * model_config["input_dim"]) * itemsize + 2 * 8 * largest
 
 
-def evaluate_reconstruction(model, data, corruption, seed, batch_size=1000):
+def evaluate_reconstruction(model, data, corruption, seed, batch_size=1000, comm=None):
     """Validation BCE in nats per example: denoising (corrupted -> clean) and clean.
 
     The validation corruption uses stream STREAM_VALID_CORRUPTION at step 0 with the
     element offset of each batch, so it is the same every epoch and for any batch size.
+    comm: a data-parallel run's communicator: rank r evaluates batches r, r + R, ... and the
+    sums are reduced (every rank gets the figures)
     data: (N, D) -> {'val_bce_denoise': float, 'val_bce_clean': float}
     """
     x_all = _rows(data, "validation", model.backend)
     backend, D = model.backend, x_all.shape[1]
     nc = getattr(model, "noise_conditional", False)
     total_denoise = total_clean = 0.0
-    for start in range(0, len(x_all), batch_size):
+    rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
+    for start in range(rank * batch_size, len(x_all), size * batch_size):
         x = model.as_input(x_all[start:start + batch_size])
         x_in = corruption.apply(backend, x, seed, 0, STREAM_VALID_CORRUPTION, offset=start * D)
         # a noise-conditional model is told each row's level, and reads clean rows at the lowest
         sigma = corruption.row_sigmas(backend, len(x), seed, 0, STREAM_VALID_CORRUPTION, start) if nc else None
         total_denoise += bce(backend, model.logits(x_in, check=False, sigma=sigma), x) * len(x)
         total_clean += bce(backend, model.logits(x, check=False, sigma=corruption.level if nc else None), x) * len(x)
+    if comm is not None and comm.collective:
+        total_denoise, total_clean = comm.allreduce_host([total_denoise, total_clean])
     return dict(val_bce_denoise=total_denoise / len(x_all), val_bce_clean=total_clean / len(x_all))
 
 
@@ -214,7 +219,7 @@ class _SignalFlag:
 
 def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
         batch_size=64, seed=0, state=None, checkpoint_path=None, checkpoint_every=0,
-        train_config=None, progress=None, handle_sigint=True, lr_schedule=None, augment=None):
+        train_config=None, progress=None, handle_sigint=True, lr_schedule=None, augment=None, comm=None):
     """Train `model` to reconstruct clean rows of `train` from corrupted ones; or, for a model
     whose targets are "labels" (a Classifier), to predict the labels of `train` (a Dataset with
     labels) from its rows, corrupted if `corruption` says so.
@@ -234,10 +239,16 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
     augment: callable(x_batch, seed, step) -> the batch the step trains on (e.g. shifted images;
         drawn from (seed, step) only, so resume stays exact): the same shape, dtype and array
         type (device), values in [0, 1] (a DAE reconstructs them); or None
+    comm: a tinydae.distributed communicator for a data-parallel run (every rank calls fit with
+        the same arguments; batch_size is the global batch, split by rows; rank 0 alone writes
+        the checkpoint; see tinydae/distributed.py), or None for one process
     -> TrainState, whose .history holds one dict per epoch:
        epoch, step, train_loss, val_bce_denoise, val_bce_clean (nats per example; a classifier:
        val_loss, val_accuracy), examples_per_s, wall_s
     """
+    from tinydae.distributed import SingleProcess, digest, shard
+
+    comm = (comm if comm is not None else SingleProcess()).bind(model.backend)
     labelled = getattr(model, "targets", "inputs") == "labels"
     x_train = _rows(train, "training", model.backend)
     x_val = _rows(val, "validation", model.backend) if val is not None else None
@@ -267,6 +278,19 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
         corruption.row_sigmas(model.backend, 0, seed, 0)  # a ConfigError unless the corruption is Gaussian
     state = state if state is not None else TrainState()
     n = len(x_train)
+    if comm.collective:
+        if augment is not None and comm.size > 1:  # it is handed a rank's rows: its draws would depend on R
+            raise ConfigError("augment is not supported with more than one process: its draws would depend "
+                              "on how the batch is split")
+        options = dict(model.config, corruption=str(corruption), epochs=epochs, batch_size=batch_size,
+                       seed=int(seed), step=state.step, optimizer=repr(optimizer))
+        comm.check_same("the training options", options, "; start every rank with the same command")
+        # the data: its shape and up to 4096 rows spread over it (a different file shows there)
+        sample = x_train[np.linspace(0, n - 1, min(n, 4096)).astype(np.int64)]
+        comm.check_same("the training data", (x_train.shape, digest(sample, to_host=as_host_array)),
+                        "; every rank must read the same rows")
+        comm.check_same("the initial parameters", digest(model.params, to_host=model.backend.to_host),
+                        "; give every rank the same seed or checkpoint")
     from tinydae.safety import check_memory  # the API checks what the CLI checks, before any step
 
     if labelled:
@@ -310,6 +334,10 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
         nonlocal saved_step
         if checkpoint_path is None:
             return
+        if comm.collective:  # the replicas must not have drifted apart (they take identical steps)
+            comm.check_same(f"the parameters and optimizer state at step {state.step}",
+                            digest(model.params, *optimizer.buffers.values(), to_host=backend.to_host),
+                            ": the replicas drifted apart (a bug: please report it)")
         # One read for the parameters and the optimizer's moments together: a save of either
         # non-finite would be refused by save_checkpoint anyway, but as divergence (exit 3).
         xp = backend.xp
@@ -318,7 +346,7 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
             raise TrainingDiverged(f"parameters or optimizer state became non-finite by step {state.step}; "
                                    f"{kept()}", state.step)
         saved = dict(asdict(state), rng_seed=seed, rng_train_corruption_counter=state.step)
-        save_checkpoint(checkpoint_path, model, optimizer, saved, train_config)
+        comm.root_call(lambda: save_checkpoint(checkpoint_path, model, optimizer, saved, train_config))
         saved_step = state.step
 
     order, order_epoch = None, -1
@@ -334,16 +362,33 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
                 order_epoch = epoch
             t0 = time.perf_counter()
             index = order[i * batch_size:(i + 1) * batch_size]
-            x = X[index]
+            lo, hi = shard(len(index), comm)  # this rank's rows of the global batch
+            x = X[index[lo:hi]]
             if augment is not None:
                 x = _augmented(augment, x, seed, state.step)
             if lr_schedule is not None:
                 optimizer.hyper["lr"] = _scheduled_lr(lr_schedule, state.step, total_steps)
-            x_in = corruption.apply(backend, x, seed, state.step)
-            model.loss_sum_and_grad(x_in, y_train[backend.to_host(index)] if labelled else x, loss_sum,
-                                    **({"sigma": corruption.row_sigmas(backend, len(x), seed, state.step)} if nc else {}))
+            if hi == lo:  # more ranks than rows in this (last) batch: nothing to add
+                model.zero_grad()
+                loss_sum[...] = 0
+            elif labelled:
+                model.loss_sum_and_grad(x, y_train[backend.to_host(index[lo:hi])], loss_sum)
+                if comm.size > 1:  # the classifier's gradient is its rows' mean: make it a part of the batch's
+                    model.grads *= (hi - lo) / len(index)
+            else:
+                # each row's noise is drawn at its global position in the batch (element offset lo * D)
+                x_in = corruption.apply(backend, x, seed, state.step, offset=lo * x.shape[1])
+                sigma = {"sigma": corruption.row_sigmas(backend, hi - lo, seed, state.step, first_row=lo)} if nc else {}
+                model.loss_sum_and_grad(x_in, x, loss_sum, mean_over=len(index), **sigma)
+            if comm.collective:  # the data-parallel step: sums over the ranks, queued like the rest
+                comm.allreduce_sum(model.grads)
+                comm.allreduce_sum(loss_sum)
+                # a signal on any rank stops every rank after this step (a host collective: no device wait)
+                stop = int(comm.allreduce_host([signals.signum or 0], "max")[0])
+                if stop and signals.signum is None:
+                    signals.signum = stop
             optimizer.step(guard=loss_sum)  # skipped on the device if the loss is not finite
-            loss = float(backend.to_host(loss_sum)[0]) / len(x)  # the step's one host read
+            loss = float(backend.to_host(loss_sum)[0]) / len(index)  # the step's one host read
             if not math.isfinite(loss):
                 optimizer.step_skipped()  # parameters and moments are as they were
                 where = f"; {kept()}" if checkpoint_path else ""
@@ -351,8 +396,8 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
                     f"training diverged: step {state.step + 1} (epoch {epoch + 1}) gave a non-finite "
                     f"loss ({loss}); lower the learning rate{where}", state.step + 1)
             state.step += 1
-            state.epoch_loss_sum += loss * len(x)
-            state.epoch_examples += len(x)
+            state.epoch_loss_sum += loss * len(index)
+            state.epoch_examples += len(index)
             dt = time.perf_counter() - t0
             state.epoch_seconds += dt
             state.wall_seconds += dt
@@ -366,7 +411,7 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
                 if x_val is not None and labelled:
                     row.update(model.validation_figures(x_val, y_val))
                 elif x_val is not None:
-                    row.update(evaluate_reconstruction(model, x_val, corruption, seed))
+                    row.update(evaluate_reconstruction(model, x_val, corruption, seed, comm=comm))
                 state.wall_seconds += time.perf_counter() - t1
                 row.update(examples_per_s=state.epoch_examples / state.epoch_seconds,
                            wall_s=state.wall_seconds)

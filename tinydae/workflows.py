@@ -70,9 +70,9 @@ def check_chain_memory(model, n, steps, keep_every, batch_size, start, png_shape
 
 
 def starting_points(kind, n, model, ckpt, data=None, key=None, limit=None, seed=0, option="--start",
-                    rescale=False, log=None):
+                    rescale=False, log=None, first=0):
     """-> (x0: (n, D), its name): drawn (noise, bernoulli, pca, pixels: START_KINDS) or read
-    from a file of samples."""
+    from a file of samples; chains first..first+n-1 of them (a rank's share)."""
     from tinydae.sampling import START_KINDS, start_points
 
     log = log or (lambda line: None)
@@ -82,20 +82,20 @@ def starting_points(kind, n, model, ckpt, data=None, key=None, limit=None, seed=
             log(f"loading the data for the {kind} starting points ...")
             train = training_data(ckpt, data, key, limit).x
             log(f"fitting the {kind} baseline to {len(train):,} rows and drawing {n:,} starting points ...")
-        return start_points(kind, n, model.input_dim, seed, train), kind
+        return start_points(kind, n, model.input_dim, seed, train, first), kind
     if not os.path.exists(kind):  # most often a typo of a start kind: name them all
         raise ConfigError(f"{option} {kind}: no such file; give {START_CHOICES}")
     start = load_dataset(kind, key=key, rescale=rescale)  # a file of samples
     if start.dim != model.input_dim:
         raise ConfigError(f"{kind}: samples have {start.dim} values, the model expects {model.input_dim}")
     model.check_image_shape(start.image_shape, kind)
-    return start.x[:n], os.path.basename(kind)
+    return start.x[first:first + n], os.path.basename(kind)
 
 
 def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="model", sampler="mean", final=None,
                step_size=None, levels=None, keep_every=5, seed=0, batch_size=1024, data=None, key=None, limit=None,
                rescale=False, out=None, h5=None, overwrite=False, replace_out=False, backend="cpu",
-               option="--start", log=None):
+               option="--start", log=None, comm=None):
     """Chains from a checkpoint, as `python cli.py sample` (start="noise", ...) and `improve`
     (start= a file of samples) run them: every check before any work (outputs, memory, then the
     maybe slow starting points), the chains, a PNG strip of KEEP_CHAINS chains at `out` (for
@@ -103,16 +103,25 @@ def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="mode
 
     replace_out: `out` is a scratch file a later run may replace (the CLI's defaults); any other
     existing output needs overwrite=True.
-    -> (summary dict: the CLI's JSON, ChainResult)
+    comm: a tinydae.distributed communicator: every rank calls run_chains alike; rank r runs
+    chains shard(n) (chain i's draws depend on i only: the samples are one process's at the same
+    batch size per rank) and rank 0 gathers them and writes the files (one PNG, one HDF5 file)
+    -> (summary dict: the CLI's JSON, ChainResult: all chains on rank 0, a rank's own elsewhere)
     """
-    from tinydae.sampling import START_KINDS, chain, check_sampler_for, make_sampler
+    from tinydae.distributed import SingleProcess, shard
+    from tinydae.sampling import START_KINDS, ChainResult, chain, check_sampler_for, make_sampler
 
+    comm = comm if comm is not None else SingleProcess()
+    log = log if comm.root else None
     if n < 1 or steps < 0 or keep_every < 1 or batch_size < 1:
         raise ConfigError("--n, --keep-every and --batch-size must be >= 1, --steps >= 0")
-    ckpt = load_checkpoint(checkpoint, optimizer=False)
+    if n < comm.size:
+        raise ConfigError(f"--n {n} gives fewer chains than the {comm.size} processes: ask for at least {comm.size}")
+    ckpt = comm.agree(lambda: load_checkpoint(checkpoint, optimizer=False))
     if ckpt.note and log:
         log(f"note: {ckpt.note}")
-    model = restore_model(ckpt, backend=backend)
+    model = comm.agree(lambda: restore_model(ckpt, backend=backend))
+    comm.bind(model.backend)
     corruption = model.corruption if chain_corruption == "model" else chain_corruption
     if corruption is None:
         raise ConfigError(f"{checkpoint} does not record its training corruption; pass --chain-corruption")
@@ -125,33 +134,56 @@ def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="mode
     inputs = [("the checkpoint", checkpoint), ("--data", data), (option, start)]
     if isinstance(ckpt.train_config.get("data"), str):  # the training data it records is an input too
         inputs.append(("the training data recorded in the checkpoint", recorded_data(ckpt)[0]))
-    if png:
-        safety.check_output_file(png, "--out", overwrite or replace_out, inputs)
-    if h5:
-        safety.check_output_file(h5, "--h5", overwrite, inputs, outputs=[("--out", png)])
+    def check_outputs():  # rank 0 alone writes them
+        if png:
+            safety.check_output_file(png, "--out", overwrite or replace_out, inputs)
+        if h5:
+            safety.check_output_file(h5, "--h5", overwrite, inputs, outputs=[("--out", png)])
+
+    comm.root_call(check_outputs)
+    if start not in START_KINDS:  # a file of samples: n is at most its rows
+        rows = comm.agree(lambda: starting_points(start, n, model, ckpt, data, key, limit, seed, option, rescale))
+        n = len(rows[0])
+        if n < comm.size:
+            raise ConfigError(f"{start} holds {n} samples, fewer than the {comm.size} processes")
+    lo, hi = shard(n, comm)  # this rank's chains
     if start in START_KINDS:
-        check_chain_memory(model, n, steps, keep_every, batch_size, start, png and shape, sampler)
-    x0, start_name = starting_points(start, n, model, ckpt, data, key, limit, seed, option, rescale, log)
-    if start not in START_KINDS:
-        check_chain_memory(model, len(x0), steps, keep_every, batch_size, None, png and shape, sampler)
+        comm.agree(lambda: check_chain_memory(model, hi - lo, steps, keep_every, batch_size, start,
+                                              png and shape, sampler))
+        x0, start_name = comm.agree(lambda: starting_points(start, hi - lo, model, ckpt, data, key, limit, seed,
+                                                            option, rescale, log, first=lo))
+    else:
+        x0, start_name = rows[0][lo:hi], rows[1]
+        comm.agree(lambda: check_chain_memory(model, len(x0), steps, keep_every, batch_size, None,
+                                              png and shape, sampler))
     t0 = time.perf_counter()
     # An overflow inside the network is reported once, below, not as NumPy's RuntimeWarnings.
     with safety.out_of_memory(f"running {len(x0):,} chains", "use a smaller --n, fewer --steps or a "
                                                               "larger --keep-every"), \
             np.errstate(over="ignore", invalid="ignore"):
         result = chain(model, x0, steps, corruption=corruption, keep_every=keep_every,
-                       keep_chains=KEEP_CHAINS, seed=seed, batch_size=batch_size, **sampler_opts)
+                       keep_chains=max(0, min(hi, KEEP_CHAINS) - lo), seed=seed, batch_size=batch_size,
+                       first_chain=lo, **sampler_opts)
+        if comm.collective:  # the ranks' chains joined on rank 0, in chain order
+            change = comm.allreduce_host(result.mean_abs_change * (hi - lo)) / n
+            samples, trajectory = comm.gather_rows(result.samples), comm.gather_rows(result.trajectory)
+            if comm.root:
+                result = ChainResult(samples, trajectory, result.kept_steps, change)
         seconds = time.perf_counter() - t0
-        if png:
-            # NaN states (see the warning below) drawn black, not cast to uint8 with a warning
-            images.save_grid(png, list(np.nan_to_num(result.trajectory)), shape)
-        if h5:
-            result.save_h5(h5)
+
+        def write():
+            if png:
+                # NaN states (see the warning below) drawn black, not cast to uint8 with a warning
+                images.save_grid(png, list(np.nan_to_num(result.trajectory)), shape)
+            if h5:
+                result.save_h5(h5)
+
+        comm.root_call(write)
     broken = int((~np.isfinite(result.samples)).any(axis=1).sum())
     if broken and log:  # r(x) is a sigmoid: only an overflow inside the network gives NaN
-        log(f"warning: {broken} of {len(x0)} chains ended in NaN or infinite values: the model's "
+        log(f"warning: {broken} of {n} chains ended in NaN or infinite values: the model's "
             f"outputs overflow (its parameters are corrupt or far too large)")
-    summary = dict(chains=len(x0), steps=steps, start=start_name, corruption=str(corruption),
+    summary = dict(chains=n, steps=steps, start=start_name, corruption=str(corruption),
                    sampler=sampler, final=chosen.final, step_size=chosen.step_size,
                    sigmas=list(chosen.sigmas),
                    kept_steps=result.kept_steps, mean_abs_change=result.mean_abs_change.tolist(),

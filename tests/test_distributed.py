@@ -1,0 +1,411 @@
+"""Data-parallel training over MPI (tinydae/distributed.py).
+
+Without MPI: the pieces that make R ranks equal one process (global-position noise, gradients
+as parts of the global mean, the row split), the launcher detection and the clear errors.
+With the mpi extra (mpi4py + MPICH's mpiexec): whole `cli.py train` runs under mpiexec -n 2
+and -n 3 (oversubscribed on a 2-core machine) compared with one process.
+"""
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tinydae
+from tinydae import distributed
+from tinydae.checkpoint import load_checkpoint
+from tinydae.cli import cli
+from tinydae.corruption import Corruption
+
+from cli_helpers import one_error_line
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mpiexec():
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.path.exists(here) else shutil.which("mpiexec")
+
+
+MPI_MISSING = ("mpi4py is not installed (pip install -e '.[mpi]')" if importlib.util.find_spec("mpi4py") is None
+               else "no mpiexec on PATH or beside python" if _mpiexec() is None else None)
+needs_mpi = pytest.mark.skipif(MPI_MISSING is not None, reason=MPI_MISSING or "")
+
+
+# -- without MPI -----------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 200), size=st.integers(1, 9))
+def test_shards_cover_the_batch_once_in_order(n, size):
+    parts = []
+    for rank in range(size):
+        comm = distributed.SingleProcess()
+        comm.rank, comm.size = rank, size
+        parts.append(distributed.shard(n, comm))
+    assert parts[0][0] == 0 and parts[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    sizes = [hi - lo for lo, hi in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("spec", ["gaussian:0.3", "gaussian:0.05..1", "masking:0.25", "salt_pepper:0.1"])
+def test_a_rank_draws_its_rows_noise_at_their_global_position(spec):
+    """Corrupting rows lo:hi with element offset lo * D (and the levels from row lo) gives
+    exactly rows lo:hi of the whole batch's corruption: the noise does not depend on R."""
+    backend = tinydae.get_backend("cpu")
+    x = np.random.default_rng(1).uniform(0.05, 0.95, (37, 19)).astype(np.float32)
+    c = Corruption.parse(spec)
+    whole = c.apply(backend, x, 7, 5)
+    for lo, hi in [(0, 12), (12, 25), (25, 37), (36, 37)]:
+        part = c.apply(backend, x[lo:hi], 7, 5, offset=lo * x.shape[1])
+        np.testing.assert_array_equal(part, whole[lo:hi])
+    if c.level_max is not None:
+        levels = c.row_sigmas(backend, 37, 7, 5)
+        np.testing.assert_array_equal(c.row_sigmas(backend, 13, 7, 5, first_row=12), levels[12:25])
+
+
+@pytest.mark.parametrize("arch", ["mlp:9", "unet:4,6,sigma"])
+def test_the_parts_gradients_sum_to_the_whole_batch_gradient(arch):
+    """float64: each part's gradient with mean_over = B, summed, is the batch's gradient, and the
+    parts' loss sums add up to the batch's."""
+    shape = (8, 8, 1) if arch.startswith("unet") else None
+    D = 64
+    model = tinydae.DAE(D, arch=arch, dtype="float64", seed=2, input_shape=shape)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (11, D))
+    x_in = x + 0.3 * rng.standard_normal(x.shape)
+    sigma = rng.uniform(0.1, 1, 11) if model.noise_conditional else None
+    total = np.zeros(1)
+    model.loss_sum_and_grad(x_in, x, total, sigma=sigma)
+    whole, whole_loss = model.grads.copy(), total[0]
+    summed, loss = np.zeros_like(whole), 0.0
+    for lo, hi in [(0, 4), (4, 8), (8, 11)]:
+        model.loss_sum_and_grad(x_in[lo:hi], x[lo:hi], total, mean_over=11,
+                                sigma=None if sigma is None else sigma[lo:hi])
+        summed += model.grads
+        loss += total[0]
+    assert np.abs(whole).max() > 1e-3  # a real gradient, not zeros
+    np.testing.assert_allclose(summed, whole, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(loss, whole_loss, rtol=1e-13)
+
+
+def test_launcher_detection():
+    assert distributed.launcher_size({}) == 1 and distributed.launcher_rank({}) == 0
+    assert distributed.launcher_size({"PMI_SIZE": "3", "PMI_RANK": "2"}) == 3
+    assert distributed.launcher_rank({"PMI_SIZE": "3", "PMI_RANK": "2"}) == 2
+    assert distributed.launcher_size({"OMPI_COMM_WORLD_SIZE": "4"}) == 4
+    assert distributed.launcher_size({"PMIX_RANK": "0", "SLURM_NTASKS": "8"}) == 8
+    assert distributed.launcher_size({"SLURM_NTASKS": "8"}) == 1  # a batch script's own python is one process
+
+
+def test_connect_off_and_unknown_mode(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "4")
+    assert isinstance(distributed.connect("off"), distributed.SingleProcess)
+    with pytest.raises(tinydae.ConfigError, match="auto, mpi, off"):
+        distributed.connect("nccl")
+
+
+def test_several_processes_without_mpi4py_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("PMI_RANK", "0")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py -> ImportError
+    r = CliRunner().invoke(cli, ["train", "--epochs", "1"])
+    one_error_line(r, "mpi4py", 'pip install -e ".[mpi]"')
+    monkeypatch.setenv("PMI_RANK", "1")  # the other ranks stay silent: one line in all
+    r = CliRunner().invoke(cli, ["train", "--epochs", "1"])
+    assert r.exit_code == 2 and r.stderr == ""
+
+
+def test_fit_refuses_augment_with_several_ranks():
+    comm = distributed.SingleProcess()
+    comm.size, comm.collective = 2, True
+    model = tinydae.DAE(16, hidden=(4,), seed=0)
+    x = np.random.default_rng(0).uniform(0, 1, (8, 16)).astype(np.float32)
+    with pytest.raises(tinydae.ConfigError, match="augment"):
+        tinydae.fit(model, x, epochs=1, comm=comm, augment=lambda b, seed, step: b)
+
+
+class _FakeNccl:
+    """cupy.cuda.nccl as far as NcclAllReduce uses it: records what it is asked to do."""
+    NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 7, 8, 0
+    calls = []
+
+    @staticmethod
+    def get_unique_id():
+        return (1, 2, 3)
+
+    class NcclCommunicator:
+        def __init__(self, size, uid, rank):
+            _FakeNccl.calls.append(("init", size, uid, rank))
+
+        def allReduce(self, send, recv, count, dtype, op, stream):
+            _FakeNccl.calls.append(("allReduce", send, recv, count, dtype, op, stream))
+
+
+def test_nccl_is_wired_in_place_on_the_current_stream(monkeypatch):
+    """Without a GPU: the unique id comes from rank 0 over MPI, and a device buffer is reduced
+    in place (send = receive pointer), as float32 sums over its elements, on the current stream."""
+    import types
+
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.ModuleType("cupy.cuda")
+    cupy.cuda.nccl = _FakeNccl
+    cupy.cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=0xABC)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", cupy.cuda)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", _FakeNccl)
+    sent = []
+    mpi = types.SimpleNamespace(bcast=lambda obj: sent.append(obj) or obj)
+    comm = types.SimpleNamespace(comm=mpi, root=True, size=2, rank=0)
+    _FakeNccl.calls.clear()
+    reduce = distributed.NcclAllReduce(comm, types.SimpleNamespace(xp=cupy))
+    buf = types.SimpleNamespace(flags=types.SimpleNamespace(c_contiguous=True), data=types.SimpleNamespace(ptr=4096),
+                                size=1234, dtype=np.dtype(np.float32))
+    reduce(buf)
+    assert sent == [(1, 2, 3)]
+    assert _FakeNccl.calls == [("init", 2, (1, 2, 3), 0), ("allReduce", 4096, 4096, 1234, 7, 0, 0xABC)]
+    buf.flags.c_contiguous = False
+    with pytest.raises(tinydae.ConfigError, match="contiguous"):
+        reduce(buf)
+
+
+def test_nccl_missing_is_a_clear_error(monkeypatch):
+    import types
+
+    monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))
+    monkeypatch.setitem(sys.modules, "cupy.cuda", None)
+    with pytest.raises(tinydae.ConfigError, match="nvidia-nccl-cu13"):
+        distributed.NcclAllReduce(types.SimpleNamespace(), types.SimpleNamespace(xp=None))
+
+
+class _RecordingComm(distributed.SingleProcess):
+    """One process that goes through fit's collective path, recording each reduction."""
+    collective = True
+
+    def __init__(self):
+        self.reduced = []
+
+    def allreduce_sum(self, buf):
+        self.reduced.append((buf.shape, buf.dtype))
+
+
+def test_fit_reduces_the_gradient_buffer_and_the_loss_once_a_step():
+    model = tinydae.DAE(16, hidden=(4,), seed=0)
+    x = np.random.default_rng(0).uniform(0, 1, (20, 16)).astype(np.float32)
+    comm = _RecordingComm()
+    tinydae.fit(model, x, epochs=1, batch_size=8, comm=comm)  # 3 steps
+    grads = (model.grads.shape, model.grads.dtype)
+    assert comm.reduced == [grads, ((1,), np.float64)] * 3
+
+
+# -- under mpiexec ---------------------------------------------------------------------------
+
+def _run(ranks, *args, timeout=240, env=None, mpiexec_args=()):
+    """python cli.py ARGS under mpiexec -n RANKS (RANKS=None: one plain process)."""
+    command = [sys.executable, os.path.join(ROOT, "cli.py"), *args]
+    if ranks is not None:
+        command = [_mpiexec(), *mpiexec_args, "-n", str(ranks), *command]
+    full_env = dict(os.environ, TINYDAE_THREADS="1", **(env or {}))
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
+
+
+# SGD: an update proportional to the gradient, so the ranks' rounding stays rounding.  (Adam's
+# m / sqrt(v) turns a rounding difference in a near-zero gradient into a different step, up to
+# lr: the resume test below compares Adam runs by their losses and 99.9% of their parameters.)
+TRAIN = ["train", "--limit", "300", "--hidden", "48", "--batch-size", "32", "--seed", "5",
+         "--checkpoint-every", "0", "--optimizer", "sgd", "--lr", "0.05"]
+
+
+def _params(path):
+    return load_checkpoint(path).params
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """One plain process's runs, per dtype."""
+    outs = {}
+    for dtype in ("float32", "float64"):
+        outs[dtype] = tmp_path_factory.mktemp(f"one-{dtype}")
+        r = _run(None, *TRAIN, "--epochs", "2", "--dtype", dtype, "--out", str(outs[dtype]))
+        assert r.returncode == 0, r.stderr
+    return outs
+
+
+# How far R ranks may end from one process after 18 SGD steps with momentum: float32 rounding of
+# the reordered sums (~1e-7 relative), grown by the training dynamics; float64 shows that
+# nothing but rounding differs.
+TOLERANCE = {"float32": 3e-5, "float64": 1e-12}
+
+
+@needs_mpi
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks,dtype", [(2, "float32"), (3, "float32"), (3, "float64")])
+def test_ranks_train_as_one_process_does(ranks, dtype, one_process, tmp_path):
+    """R ranks: within rounding of one process (the batch of 32 split 16/16 or 11/11/10, 270
+    rows: the last batch 14 rows), bit-identical when repeated; one set of files, one summary."""
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"r{i}"
+        r = _run(ranks, *TRAIN, "--epochs", "2", "--dtype", dtype, "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.count("epoch 2/2  train") == 1 and r.stdout.count("checkpoint:") == 1, r.stderr
+        assert f"{ranks} processes (MPI)" in r.stderr
+        runs.append(out)
+    one = one_process[dtype]
+    assert sorted(os.listdir(runs[0])) == sorted(os.listdir(one))
+    a, b, ref = (_params(p / "checkpoint.h5") for p in (*runs, one))
+    np.testing.assert_array_equal(a, b)  # the same R: the same bits
+    assert not np.array_equal(a, ref)  # summed in another order: rounding differs ...
+    np.testing.assert_allclose(a, ref, rtol=0, atol=TOLERANCE[dtype] * np.abs(ref).max())  # ... by rounding only
+    h1, hr = (load_checkpoint(p / "checkpoint.h5").history for p in (one, runs[0]))
+    for row1, rowr in zip(h1, hr):
+        for key in ("train_loss", "val_bce_denoise", "val_bce_clean"):
+            assert rowr[key] == pytest.approx(row1[key], rel=1e-5 if dtype == "float32" else 1e-12), key
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_resume_with_another_number_of_ranks_adam(tmp_path):
+    adam = [*TRAIN[:-4], "--lr", "0.002"]
+    one, out = tmp_path / "one", tmp_path / "run"
+    assert _run(None, *adam, "--epochs", "2", "--out", str(one)).returncode == 0
+    r = _run(2, *adam, "--epochs", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    r = _run(3, "train", "--resume", str(out / "checkpoint.h5"), "--out", str(out), "--epochs", "2",
+             "--checkpoint-every", "0")
+    assert r.returncode == 0, r.stderr
+    ref, got = _params(one / "checkpoint.h5"), _params(out / "checkpoint.h5")
+    diff = np.abs(got - ref)
+    assert np.quantile(diff, 0.999) < 1e-6 * np.abs(ref).max() and diff.max() < 2 * 0.002, diff.max()
+    h1, hr = (load_checkpoint(p / "checkpoint.h5").history for p in (one, out))
+    assert [row["val_bce_denoise"] for row in hr] == pytest.approx([row["val_bce_denoise"] for row in h1], rel=1e-5)
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_distributed_mistakes_are_one_error_line(tmp_path):
+    python, cli_py = sys.executable, os.path.join(ROOT, "cli.py")
+    r = _run(2, "train", "--epochs", "0", "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --epochs and --batch-size must be >= 1"]
+    r = _run(2, "export", "nothing.h5")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: 'export' runs on one process")
+    assert len(r.stderr.strip().splitlines()) == 1
+    # ranks started with different options (an MPMD launch): refused before any work
+    common = ["--epochs", "1", "--limit", "200", "--out", str(tmp_path / "b")]
+    r = subprocess.run([_mpiexec(), "-n", "1", python, cli_py, "train", *common, ":", "-n", "1", python, cli_py,
+                        "train", *common, "--seed", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "ranks disagree on the command's options: rank 1 has {'seed': 1}, rank 0 {'seed': 0}" in lines[0]
+    assert not (tmp_path / "b").exists()
+
+
+AGREE = """
+import sys
+from tinydae import distributed
+from tinydae.errors import DataError, TinyDAEError
+comm = distributed.connect("mpi")
+def read():  # rank 2 alone fails
+    if comm.rank == 2:
+        raise DataError("x.npz: no such file")
+    return comm.rank
+def write():  # rank 0 alone runs it
+    raise DataError("disk full")
+for what, fn in (("agree", read), ("root_call", write)):
+    try:
+        getattr(comm, what)(fn)
+        line = f"{what} {comm.rank} ok"
+    except TinyDAEError as e:
+        line = f"{what} {comm.rank} {type(e).__name__} {e} {e.exit_code}"
+    sys.stdout.write(line + "\\n")  # one write: the ranks' lines do not interleave
+    sys.stdout.flush()
+"""
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_a_failure_on_one_rank_reaches_every_rank():
+    """agree: rank 2 fails, ranks 0 and 1 raise 'rank 2: ...' (nobody waits in a collective);
+    root_call: rank 0's error reaches ranks 1 and 2."""
+    r = subprocess.run([_mpiexec(), "-n", "3", sys.executable, "-c", AGREE], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    lines = sorted(r.stdout.splitlines())
+    assert lines == ["agree 0 RankFailed rank 2: x.npz: no such file 2", "agree 1 RankFailed rank 2: x.npz: no such file 2",
+                     "agree 2 DataError x.npz: no such file 2", "root_call 0 DataError disk full 2",
+                     "root_call 1 RankFailed disk full 2", "root_call 2 RankFailed disk full 2"], r.stdout
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_sigterm_stops_every_rank_with_the_checkpoint_saved(tmp_path):
+    out = tmp_path / "run"
+    command = [_mpiexec(), "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), *TRAIN, "--epochs", "500",
+               "--out", str(out)]
+    p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                         env=dict(os.environ, TINYDAE_THREADS="1"))
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.h5").exists() and time.monotonic() < deadline:  # training is under way
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert p.returncode == 143 and len(lines) == 1 and "by SIGTERM" in lines[0], err
+    ckpt = load_checkpoint(out / "checkpoint.h5")
+    assert f"at step {ckpt.state['step']} by" in lines[0]  # saved where it stopped, on both ranks alike
+
+
+@needs_mpi
+@pytest.mark.mpi
+@pytest.mark.parametrize("sampler", ["mean", "annealed"])
+def test_sharded_chains_are_one_process_chains(sampler, one_process, tmp_path):
+    """mpiexec -n 3 sample: chain i's draws depend on i only, so at the same batch size per rank
+    (12 chains, batches of 4) and one thread each, the samples and the kept states are one
+    process's bit for bit; the mean change per step is a reordered float sum; one PNG, one h5."""
+    import h5py
+
+    ckpt = str(one_process["float32"] / "checkpoint.h5")
+    args = ["sample", ckpt, "--n", "12", "--batch-size", "4", "--steps", "6", "--keep-every", "2",
+            "--sampler", sampler, "--chain-corruption", "gaussian:0.1..1"]
+    for ranks, name in ((None, "one"), (3, "three")):
+        r = _run(ranks, *args, "--out", str(tmp_path / f"{name}.png"), "--h5", str(tmp_path / f"{name}.h5"))
+        assert r.returncode == 0, r.stderr
+    assert r.stdout.count("chain:") == 1 and "on 3 processes" in r.stdout
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "three.h5") as b:
+        assert a["samples"].shape == (12, 784) and a["trajectory"].shape == (10, 4, 784)
+        for key in ("samples", "trajectory", "kept_steps"):
+            np.testing.assert_array_equal(b[key][()], a[key][()])
+        np.testing.assert_allclose(b["mean_abs_change"][()], a["mean_abs_change"][()], rtol=1e-12)
+        assert np.abs(np.diff(a["samples"][()], axis=0)).max() > 0.1  # distinct chains, not one repeated
+    assert (tmp_path / "three.png").read_bytes() == (tmp_path / "one.png").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5", "one.png", "three.h5", "three.png"]
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_sharded_improve_of_a_samples_file(one_process, tmp_path):
+    """improve --from FILE under mpiexec -n 2: the file's rows split between the ranks; the
+    result is one process's."""
+    import h5py
+
+    ckpt = str(one_process["float32"] / "checkpoint.h5")
+    start = tmp_path / "start.npz"
+    np.savez(start, x=np.random.default_rng(4).uniform(0, 1, (7, 784)).astype(np.float32))
+    for ranks, name in ((None, "one"), (2, "two")):
+        r = _run(ranks, "improve", ckpt, "--from", str(start), "--n", "100", "--steps", "3", "--batch-size", "4",
+                 "--out", str(tmp_path / f"{name}.png"), "--h5", str(tmp_path / f"{name}.h5"))
+        assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "two.h5") as b:
+        assert a["samples"].shape == (7, 784)
+        np.testing.assert_array_equal(b["samples"][()], a["samples"][()])
+    r = _run(3, "sample", ckpt, "--n", "2", "--out", str(tmp_path / "x.png"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --n 2 gives fewer chains than the 3 processes: ask for at least 3"], r.stderr

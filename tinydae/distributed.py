@@ -1,0 +1,317 @@
+"""More than one process: data-parallel training and sharded sampling over MPI.
+
+A run of R processes ("ranks", started by ``mpiexec -n R`` or ``srun``) is R replicas of one
+model.  fit() splits each global batch by rows; a row's corruption is drawn at its *global*
+position in the batch (Philox is keyed by (seed, stream, step, element)), so the R ranks draw
+exactly the noise one process would.  Each rank's gradient is the sum over its rows of
+d(loss)/d(params) divided by the *global* batch size; one all-reduce (sum) over the flat
+gradient buffer makes every rank's gradient the one-process gradient up to the order of the
+float sums, and every rank then takes the same optimizer step, so replicas never drift (their
+checksums are compared at every checkpoint).
+
+Collectives: MPI (mpi4py) on the host; for CuPy arrays NCCL (``cupy.cuda.nccl``) on the current
+stream, its unique id broadcast over MPI, one GPU per rank chosen by the rank's index on its node.
+
+Errors: a mistake every rank makes (a bad option) ends every rank the same way, and only rank 0
+prints.  A failure on some ranks only (rank 0 could not write a checkpoint, one rank could not
+read the data) is shared at the points where it can happen (agree, root_call), so that no
+rank waits forever in a collective; anything else (a crash, a killed process) ends the job
+through the launcher (the CLI calls MPI_Abort; mpiexec and srun end the other ranks).
+
+Legend: R ranks; B the global batch size; D values per row.
+"""
+import hashlib
+import os
+
+import numpy as np
+
+from tinydae.errors import ConfigError, TinyDAEError
+
+MODES = ("auto", "mpi", "off")
+# What a launcher sets in each process: MPICH's hydra and srun --mpi=pmi2 (PMI_*), Open MPI
+# (OMPI_COMM_WORLD_*), MVAPICH (MV2_*), srun --mpi=pmix (PMIX_RANK beside SLURM_NTASKS).
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+def launcher_size(environ=os.environ):
+    """The number of processes a launcher says this job has (1 when none did)."""
+    for var in _SIZE_VARS:
+        if environ.get(var, "").isdigit():
+            return int(environ[var])
+    if "PMIX_RANK" in environ and environ.get("SLURM_NTASKS", "").isdigit():
+        return int(environ["SLURM_NTASKS"])
+    return 1
+
+
+def launcher_rank(environ=os.environ):
+    """This process's rank as the launcher says it (0 when none did): who prints before MPI is up."""
+    for var in _RANK_VARS:
+        if environ.get(var, "").isdigit():
+            return int(environ[var])
+    return 0
+
+
+class RankFailed(TinyDAEError):
+    """Another rank failed: its message, raised on this rank so that every rank stops alike."""
+
+    def __init__(self, message, exit_code=2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class SingleProcess:
+    """One process: every collective is the identity.  fit(comm=None) uses this."""
+
+    rank, size, local_rank, local_size = 0, 1, 0, 1
+    name = "one process"
+    collective = False  # fit and run_chains call the collectives (even for R = 1 under MPI)
+
+    @property
+    def root(self):
+        return self.rank == 0
+
+    def bind(self, backend):
+        return self
+
+    def allreduce_sum(self, buf):
+        """Sum buf (a host or device array) over the ranks, in place."""
+
+    def allreduce_host(self, values, op="sum"):
+        """(n,) float64 host values summed (or maxed) over the ranks -> new array."""
+        return np.asarray(values, np.float64).copy()
+
+    def agree(self, fn):
+        """Every rank runs fn(); if it raised a TinyDAEError on any rank, every rank raises."""
+        return fn()
+
+    def root_call(self, fn):
+        """Rank 0 alone runs fn(); its value (or its TinyDAEError) reaches every rank."""
+        return fn()
+
+    def check_same(self, what, value, fix=""):
+        """Refuse (ConfigError on every rank) when the ranks hold different `value`s."""
+
+    def gather(self, obj):
+        """[obj of rank 0, ..., obj of rank R-1] on rank 0; None elsewhere."""
+        return [obj]
+
+    def gather_rows(self, a):
+        """Host arrays (n_r, ...) of every rank joined along axis 0, in rank order, on rank 0
+        (None elsewhere): one Gatherv, no pickling."""
+        return a
+
+    def barrier(self):
+        pass
+
+    def abort(self, code):
+        raise SystemExit(code)
+
+    def __repr__(self):
+        return "SingleProcess()"
+
+
+class MPIComm(SingleProcess):
+    """MPI_COMM_WORLD (or a given communicator) through mpi4py, and NCCL once bound to a
+    CuPy backend."""
+
+    name = "MPI"
+    collective = True
+
+    def __init__(self, comm=None):
+        MPI = import_mpi()
+        self.MPI = MPI
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this node
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+        self.nccl = None
+
+    def bind(self, backend):
+        """Use NCCL for device arrays of a CuPy backend (one per rank, on the rank's GPU)."""
+        if backend.xp is np or self.nccl is not None:
+            return self
+        self.nccl = self.agree(lambda: NcclAllReduce(self, backend))
+        return self
+
+    def allreduce_sum(self, buf):
+        # R = 1 reduces too (an identity): --distributed mpi runs the whole path on one process,
+        # NCCL included (the GPU smoke test's R = 1)
+        if isinstance(buf, np.ndarray):
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        elif self.nccl is not None:
+            self.nccl(buf)
+        else:
+            raise ConfigError("a device array needs NCCL to be reduced: bind the communicator to the backend "
+                              "(comm.bind(backend)) before training")
+
+    def allreduce_host(self, values, op="sum"):
+        values = np.array(values, np.float64)
+        if self.collective:
+            self.comm.Allreduce(self.MPI.IN_PLACE, values, op=self.MPI.SUM if op == "sum" else self.MPI.MAX)
+        return values
+
+    def agree(self, fn):
+        own = value = None
+        try:
+            value = fn()
+        except TinyDAEError as e:
+            own = e
+        # errors are sent as (message, exit code): some take more than a message to rebuild
+        errors = self.comm.allgather(None if own is None else (str(own), own.exit_code))
+        failed = [r for r, e in enumerate(errors) if e is not None]
+        if not failed:
+            return value
+        if own is not None and failed[0] == self.rank:
+            raise own  # the first failing rank keeps its own error and type
+        message, code = errors[failed[0]]
+        raise RankFailed(f"rank {failed[0]}: {message}", code)
+
+    def root_call(self, fn):
+        value = error = None
+        if self.root:
+            try:
+                value = fn()
+            except TinyDAEError as e:
+                self.comm.bcast((None, (str(e), e.exit_code)))
+                raise
+        value, error = self.comm.bcast((value, None))
+        if error is not None:
+            raise RankFailed(*error)  # rank 0's error: rank 0 prints it
+        return value
+
+    def check_same(self, what, value, fix=""):
+        values = self.comm.allgather(value)
+        odd = next((r for r, v in enumerate(values) if v != values[0]), None)
+        if odd is None:
+            return
+        mine, theirs = values[0], values[odd]
+        if isinstance(mine, dict) and isinstance(theirs, dict):  # name the fields that differ
+            keys = [k for k in {**mine, **theirs} if mine.get(k) != theirs.get(k)]
+            mine, theirs = ({k: d.get(k) for k in keys} for d in (mine, theirs))
+        raise ConfigError(f"the ranks disagree on {what}: rank {odd} has {theirs!r}, rank 0 {mine!r}{fix}")
+
+    def gather(self, obj):
+        return self.comm.gather(obj, root=0)
+
+    def gather_rows(self, a):
+        a = np.ascontiguousarray(a)
+        counts = self.comm.allgather(a.shape[0])
+        if not self.root:
+            self.comm.Gatherv(a, None, root=0)
+            return None
+        out = np.empty((sum(counts), *a.shape[1:]), a.dtype)
+        per_row = int(np.prod(a.shape[1:], dtype=np.int64))
+        self.comm.Gatherv(a, (out, [c * per_row for c in counts]), root=0)
+        return out
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def abort(self, code):
+        self.comm.Abort(code)
+
+    def __repr__(self):
+        return f"MPIComm(rank={self.rank}, size={self.size})"
+
+
+class NcclAllReduce:
+    """Sum a CuPy array over the ranks with NCCL, in place, on the current stream (no host wait).
+
+    The unique id comes from rank 0 over MPI; each rank has chosen its GPU (local rank) before.
+    """
+
+    TYPES = {"float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64"}
+
+    def __init__(self, comm, backend):
+        try:
+            from cupy.cuda import nccl
+        except ImportError as e:
+            raise ConfigError(f"--backend cuda with more than one process reduces gradients with NCCL, which "
+                              f"CuPy cannot load here ({e}): pip install nvidia-nccl-cu13") from None
+        if not getattr(nccl, "available", True):
+            raise ConfigError("--backend cuda with more than one process needs NCCL, and this CuPy was built "
+                              "without it: pip install nvidia-nccl-cu13")
+        self.nccl, self.xp = nccl, backend.xp
+        uid = comm.comm.bcast(nccl.get_unique_id() if comm.root else None)
+        self.comm = nccl.NcclCommunicator(comm.size, uid, comm.rank)
+
+    def __call__(self, buf):
+        if not buf.flags.c_contiguous:
+            raise ConfigError("NCCL reduces contiguous buffers only")
+        kind = getattr(self.nccl, self.TYPES[str(buf.dtype)])
+        stream = self.xp.cuda.get_current_stream().ptr
+        self.comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, kind, self.nccl.NCCL_SUM, stream)
+
+
+def import_mpi():
+    """mpi4py's MPI module, or a ConfigError saying how to install it."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ConfigError(f"more than one process needs mpi4py and an MPI library ({e}): "
+                          f"pip install -e \".[mpi]\" (mpi4py and mpich)") from None
+    return MPI
+
+
+def connect(mode="auto"):
+    """The communicator for this process.
+
+    mode: 'auto' (MPI when a launcher started more than one process, else one process),
+          'mpi' (MPI even for one process: R = 1 through the same code), 'off' (one process,
+          whatever the launcher says)
+    """
+    if mode not in MODES:
+        raise ConfigError(f"--distributed must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "off" or (mode == "auto" and launcher_size() == 1):
+        return SingleProcess()
+    return MPIComm()
+
+
+def finish(comm, code, wait_s):
+    """The end of a command on every rank.  A rank that succeeded waits for the others; a rank
+    that failed waits at most wait_s for them to end too (they share its error, or have ended),
+    then ends the job with MPI_Abort: its error may be its own, and the others could be
+    waiting for it in a collective that never completes."""
+    import time
+
+    if comm.size == 1:
+        return
+    request = comm.comm.Ibarrier()
+    deadline = time.monotonic() + wait_s
+    while not request.Test():
+        if code and time.monotonic() > deadline:
+            comm.abort(code if isinstance(code, int) else 1)
+        time.sleep(0.01)
+
+
+def select_gpu(comm):
+    """One GPU per rank: rank r of its node uses GPU r (mod the GPUs there).  Call before the
+    CUDA backend is made.  -> the device index, or None without CuPy or a GPU."""
+    if comm.size == 1 and comm.local_rank == 0:
+        return None
+    try:
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no CuPy, no driver: the CPU backend, or get_backend's own clear error
+        return None
+    if count == 0:
+        return None
+    device = comm.local_rank % count
+    cupy.cuda.Device(device).use()
+    return device
+
+
+def shard(n, comm):
+    """The contiguous part [lo, hi) of n items that this rank takes: sizes differ by at most 1,
+    lower ranks take the larger parts."""
+    return n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size
+
+
+def digest(*arrays, to_host=np.asarray):
+    """A short hash of arrays' bytes (what replicas compare at each checkpoint)."""
+    h = hashlib.blake2b(digest_size=8)
+    for a in arrays:
+        h.update(np.ascontiguousarray(to_host(a)).tobytes())
+    return h.hexdigest()
