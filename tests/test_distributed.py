@@ -409,3 +409,90 @@ def test_sharded_improve_of_a_samples_file(one_process, tmp_path):
     r = _run(3, "sample", ckpt, "--n", "2", "--out", str(tmp_path / "x.png"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --n 2 gives fewer chains than the 3 processes: ask for at least 3"], r.stderr
+
+
+# -- rows left on disk (data.Rows): each rank reads its rows only ------------------------------
+
+@pytest.fixture(scope="module")
+def glyph_files(tmp_path_factory):
+    import h5py
+
+    folder = tmp_path_factory.mktemp("lazy")
+    u8 = (tinydae.glyphs(600, seed=0).x * 255).round().astype(np.uint8).reshape(-1, 28, 28)
+    np.save(folder / "g.npy", u8)
+    with h5py.File(folder / "g.h5", "w") as f:
+        f["images"] = u8
+    return folder
+
+
+@pytest.mark.parametrize("name", ["g.npy", "g.h5"])
+def test_rows_on_disk_train_as_rows_in_memory(glyph_files, name):
+    """lazy=True: the same rows, the same training, bit for bit (one process)."""
+    path = str(glyph_files / name)
+    eager, lazy = (tinydae.load_dataset(path, lazy=flag) for flag in (False, True))
+    assert isinstance(lazy.x, tinydae.data.Rows) and isinstance(eager.x, np.ndarray)
+    assert lazy.image_shape == eager.image_shape == (28, 28)
+    index = np.array([5, 3, 3, 599, 0])
+    np.testing.assert_array_equal(lazy.x[index], eager.x[index])  # any order, repeats (h5py reads sorted)
+    runs = []
+    for data in (eager, lazy):
+        train, val = data.split(0.1, seed=0)
+        model = tinydae.DAE(784, hidden=(32,), seed=0)
+        state = tinydae.fit(model, train, val, epochs=2, batch_size=50, seed=1)
+        runs.append((model.params.copy(), state.history))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1][-1]["val_bce_denoise"] == runs[1][1][-1]["val_bce_denoise"]
+
+
+def test_rows_on_disk_are_read_a_batch_at_a_time(glyph_files, monkeypatch):
+    reads = []
+    original = tinydae.data.Rows._read
+    monkeypatch.setattr(tinydae.data.Rows, "_read", lambda self, rows: reads.append(len(rows)) or original(self, rows))
+    data = tinydae.load_dataset(str(glyph_files / "g.npy"), lazy=True)
+    train, _ = data.split(0.1, seed=0)
+    tinydae.fit(tinydae.DAE(784, hidden=(8,), seed=0), train, epochs=1, batch_size=50, seed=1)
+    assert reads[0] == 540  # the value check: one block (blocks of 65,536 rows)
+    assert reads[1:] == [50] * 10 + [40]  # then one batch per step, nothing else
+
+
+def test_bad_rows_on_disk_are_found_where_they_are(tmp_path):
+    x = np.random.default_rng(0).uniform(0, 1, (300, 16)).astype(np.float32)
+    x[237, 3] = 2.5
+    np.save(tmp_path / "x.npy", x)
+    data = tinydae.load_dataset(str(tmp_path / "x.npy"), lazy=True)
+    with pytest.raises(tinydae.DataError, match=r"lies in \[.*2\.5\]"):
+        tinydae.fit(tinydae.DAE(16, hidden=(4,), seed=0), data, epochs=1)
+    x[237, 3] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    data = tinydae.load_dataset(str(tmp_path / "x.npy"), lazy=True)
+    with pytest.raises(tinydae.DataError, match="first in row 237"):
+        tinydae.fit(tinydae.DAE(16, hidden=(4,), seed=0), data, epochs=1)
+    with pytest.raises(tinydae.DataError, match="--rescale needs the whole file"):
+        tinydae.load_dataset(str(tmp_path / "x.npy"), lazy=True, rescale=True)
+
+
+READS = """
+import sys, numpy as np, tinydae
+from tinydae import distributed
+comm = distributed.connect("mpi")
+reads = []
+original = tinydae.data.Rows._read
+tinydae.data.Rows._read = lambda self, rows: reads.append(len(rows)) or original(self, rows)
+train, val = tinydae.load_dataset(sys.argv[1], lazy=True).split(0.1, seed=0)
+tinydae.fit(tinydae.DAE(784, hidden=(8,), seed=0), train, epochs=1, batch_size=50, seed=1, comm=comm)
+sys.stdout.write(f"{comm.rank} {reads}\\n")
+"""
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_each_rank_reads_only_its_rows(glyph_files):
+    """mpiexec -n 2, a .npy file left on disk: rank 0 checks the one block of values, each rank
+    reads the rows the ranks compare (up to 4,096 spread over the file: all 540 here), and each
+    step each rank reads its half of the batch, nothing more."""
+    r = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-c", READS, str(glyph_files / "g.npy")],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT, env=dict(os.environ, TINYDAE_THREADS="1"))
+    assert r.returncode == 0, r.stderr
+    reads = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert reads["0"] == str([540, 540] + [25] * 10 + [20])
+    assert reads["1"] == str([540] + [25] * 10 + [20])

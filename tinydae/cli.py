@@ -216,7 +216,7 @@ def _restore_aside(out, aside):
 
 @cli.command()
 @click.option("--data", default="glyphs", show_default=True,
-              help="'glyphs' (built-in, synthetic) or a file: IDX (.gz or raw), .npz, .h5")
+              help="'glyphs' (built-in, synthetic) or a file: IDX (.gz or raw), .npy, .npz, .h5")
 @click.option("--key", default=None, help="Array name in a .npz, or dataset path in a .h5.")
 @click.option("--limit", type=int, default=None, help="Use only the first N examples.")
 @click.option("--rescale", is_flag=True, help="Scale data linearly to [0, 1] (min-max).")
@@ -255,10 +255,14 @@ def _restore_aside(out, aside):
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="Continue the run saved in this checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout, no progress.")
+@click.option("--lazy/--no-lazy", default=None,
+              help="Leave a .npy or .h5 --data file on disk and read each batch's rows from it (a data set "
+                   "larger than memory; each process reads only its rows). [default: on with several "
+                   "processes, off for one]")
 @click.pass_context
 def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arch_spec, hidden, activation, tied, loss,
           dtype, corruption, optimizer, lr, momentum, weight_decay, batch_size, epochs, seed, out,
-          overwrite, checkpoint_every, resume, as_json):
+          overwrite, checkpoint_every, resume, as_json, lazy):
     """Train a DAE; writes OUT/checkpoint.h5, OUT/history.json and OUT/samples.png.
 
     Refuses an OUT that holds another run unless --overwrite (or --resume of its checkpoint).
@@ -295,7 +299,8 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arc
             return _check_train_out(out, resume, overwrite)
 
         replace = comm.root_call(claim_out)
-        _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json, comm)
+        lazy = comm.collective if lazy is None else lazy
+        _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json, comm, lazy)
 
 
 def _write_train_outputs(history_path, state, png, model, opts, dataset, val_set, train_set):
@@ -328,14 +333,14 @@ def _backend(comm, name, kernel_set):
     return comm.agree(lambda: tinydae.get_backend(name, kernels=kernel_set))
 
 
-def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json, comm):
+def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json, comm, lazy=False):
     """The rest of `train`, with `out` checked and locked (by rank 0 of a distributed run, which
     alone writes files; every rank trains)."""
     from tinydae import safety
     from tinydae.train import training_memory
 
     dataset = comm.agree(lambda: tinydae.load_dataset(opts["data"], limit=opts["limit"], rescale=opts["rescale"],
-                                                      key=opts["key"], seed=opts["seed"]))
+                                                      key=opts["key"], seed=opts["seed"], lazy=lazy))
     train_set, val_set = dataset.split(opts["val_fraction"], seed=opts["seed"])
     arch = dict(arch, input_shape=dataset.image_shape)  # conv layers need it; an mlp records it
     config = ckpt.model_config if ckpt is not None else tinydae.model.check_config(
@@ -343,7 +348,8 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
     shape = tinydae.model.describe(config)
     fix = "use a smaller --arch (--hidden) or --batch-size, or fewer examples (--limit)"
     comm.agree(lambda: safety.check_memory(
-        training_memory(config, len(train_set), opts["batch_size"], opts["optimizer"]),
+        training_memory(config, len(train_set), opts["batch_size"], opts["optimizer"],
+                        rows_on_device=not isinstance(dataset.x, tinydae.data.Rows)),
         f"training a {shape} DAE (batch {opts['batch_size']}, {len(train_set):,} examples)", fix))
     with safety.out_of_memory(f"building the {shape} DAE", fix):
         if ckpt is not None:
@@ -768,7 +774,7 @@ def _chain_options(default_start, default_steps, start_help, default_out):
 
 
 @cli.command()
-@_chain_options("noise", 50, "noise | bernoulli | pca | pixels | FILE (.npz, .h5 or IDX samples).", "sample")
+@_chain_options("noise", 50, "noise | bernoulli | pca | pixels | FILE (.npy, .npz, .h5 or IDX samples).", "sample")
 def sample(**kw):
     """Run sampling chains from CHECKPOINT's DAE: x_(t+1) = r(c(x_t)) (--sampler mean), or a sampler
     that really samples (bernoulli, langevin, annealed)."""
@@ -1139,7 +1145,7 @@ def classifier_group():
 
 @classifier_group.command("train")
 @click.option("--data", default="glyphs", show_default=True,
-              help="'glyphs' (built-in, labelled) or an image file: IDX (.gz or raw), .npz, .h5")
+              help="'glyphs' (built-in, labelled) or an image file: IDX (.gz or raw), .npy, .npz, .h5")
 @click.option("--labels", default=None, help="Labels of --data, one integer class per row: IDX (e.g. "
                                              "t10k-labels-idx1-ubyte.gz), .npz or .h5.")
 @click.option("--key", default=None, help="Array name in a .npz, or dataset path in a .h5, of --data.")

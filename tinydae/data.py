@@ -9,9 +9,14 @@ Sources:
                      alone: D = 2); Dataset.density gives its exact log p and score
 An existing file always wins over a built-in name (a file gmm_samples.npz is a file).
   *.gz / *-ubyte / *.idx   MNIST-style IDX files (magic and dims checked)
+  *.npy              one array
   *.npz              one array (or name it with key=)
   *.h5 / *.hdf5      one dataset (or give its path with key=)
 uint8 is scaled by 1/255; float data must already lie in [0, 1] (or pass rescale=True).
+
+load_dataset(..., lazy=True) leaves a .npy (memory-mapped) or HDF5 file on disk: Dataset.x is
+then a Rows, which reads only the rows it is indexed with (a training batch, a rank's share of
+it), so a data set larger than memory can be trained on.
 
 Labels (for the feature-space classifier, tinydae/classifier.py): load_labels(path) reads one
 integer class per example from the same formats (MNIST's *-labels-idx1-ubyte.gz, .npz, .h5);
@@ -49,7 +54,8 @@ class Dataset:
 
     def subset(self, index, name=None):
         labels = None if self.labels is None else self.labels[index]
-        return Dataset(self.x[index], self.image_shape, name or self.name, labels, self.density)
+        x = self.x.take(index) if isinstance(self.x, Rows) else self.x[index]  # Rows: nothing read yet
+        return Dataset(x, self.image_shape, name or self.name, labels, self.density)
 
     def split(self, val_fraction, seed=0):
         """Seeded shuffle, then (train, val) with round(N * val_fraction) validation rows."""
@@ -210,6 +216,88 @@ def read_idx(path):
     return np.frombuffer(raw, dtype, offset=header).reshape(dims)
 
 
+class Rows:
+    """(N, D) float32 rows of a file, read when indexed: a .npy memory map or an HDF5 dataset.
+
+    rows[i] for an int array or a slice i -> (len(i), D) float32 (uint8 / 255, bool as 0/1, floats
+    as stored: fit checks their range block by block); take(i) -> the Rows of those positions,
+    reading nothing.  Only the rows asked for leave the disk (the page cache aside).
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, array, source, index=None):
+        self.array, self.source = array, source  # (N, ...) as stored; index: positions -> its rows
+        self.index = None if index is None else np.asarray(index, np.int64)
+        n = array.shape[0] if index is None else len(self.index)
+        self.shape = (n, math.prod(array.shape[1:]))
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            pos = np.arange(*item.indices(len(self)), dtype=np.int64)
+        else:
+            pos = np.asarray(item, np.int64)
+            if pos.ndim != 1:
+                raise TypeError("Rows are indexed by a slice or a 1-d array of row positions")
+        rows = pos if self.index is None else self.index[pos]
+        raw = self._read(rows).reshape(len(rows), -1)
+        if raw.dtype == np.uint8:
+            return raw.astype(np.float32) / np.float32(255)
+        return raw.astype(np.float32)
+
+    def _read(self, rows):
+        if len(rows) == 0:
+            return np.empty((0, *self.array.shape[1:]), self.array.dtype)
+        if isinstance(self.array, np.ndarray):  # a memory map: reads these rows' pages only
+            return np.asarray(self.array[rows])
+        # h5py reads increasing, distinct indices: read those, then put them in the asked order
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return self.array[unique][inverse]
+
+    def take(self, index):
+        index = np.asarray(index, np.int64)
+        return Rows(self.array, self.source, index if self.index is None else self.index[index])
+
+    def blocks(self, size=65536, part=(0, 1)):
+        """(first position, float32 rows) of consecutive blocks; part=(k, K): blocks k, k + K, ..."""
+        k, K = part
+        for start in range(k * size, len(self), K * size):
+            yield start, self[start:start + size]
+
+    def __repr__(self):
+        return f"Rows({self.source}, {self.shape[0]:,} x {self.shape[1]}, {self.array.dtype} on disk)"
+
+
+def _open_lazy(path, key, option):
+    """A .npy (memory-mapped) or HDF5 file's array, left on disk."""
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        return _read_npy(path, mmap=True)
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read HDF5 file ({e})") from None
+    names = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return f[_pick(names, key, path, "dataset", option)]  # the file stays open while the dataset is used
+
+
+def _read_npy(path, mmap=False):
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: cannot read .npy ({type(e).__name__}: {e}); save arrays with numpy.save") from None
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"{path}: not a .npy array; save arrays with numpy.save")
+    return arr
+
+
 def _pick(names, key, path, what, option="--key"):
     if not names:
         raise DataError(f"{path}: holds no {what}s (empty)")
@@ -313,20 +401,22 @@ def is_builtin(source):
 
 
 def _read_array(path, key, option="--key"):
-    """A data file (IDX, .npz or .h5) -> its array, as stored.  option: the CLI option that
+    """A data file (IDX, .npy, .npz or .h5) -> its array, as stored.  option: the CLI option that
     names an array in it (for the message when it holds several)."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file, and not a built-in data set ({BUILTINS})")
     if os.path.isdir(path):
-        raise DataError(f"{path}: is a directory; give a data file (IDX, .npz or .h5)")
+        raise DataError(f"{path}: is a directory; give a data file (IDX, .npy, .npz or .h5)")
     lower = path.lower()
+    if lower.endswith(".npy"):
+        return _read_npy(path)
     if lower.endswith(".npz"):
         return _read_npz(path, key, option)
     if lower.endswith((".h5", ".hdf5")):
         return _read_h5(path, key, option)
     if lower.endswith((".gz", ".idx")) or "ubyte" in lower or "idx" in os.path.basename(lower):
         return read_idx(path)
-    raise DataError(f"{path}: unknown data format; use IDX (.gz or raw), .npz or .h5")
+    raise DataError(f"{path}: unknown data format; use IDX (.gz or raw), .npy, .npz or .h5")
 
 
 def load_labels(path, key=None):
@@ -357,12 +447,14 @@ def load_labels(path, key=None):
 
 
 def load_dataset(source="glyphs", *, limit=None, rescale=False, key=None, seed=0, labels=None, labels_key=None,
-                 key_option="--key"):
+                 key_option="--key", lazy=False):
     """'glyphs', 'gmm:D' or a file path -> Dataset of float32 rows in [0, 1].
 
     limit: keep the first `limit` examples; key: array name (.npz) or dataset path (.h5)
     labels: a labels file (see load_labels; labels_key names its array) for a data file, one
     label per example; the built-in glyphs bring their own labels.
+    lazy: leave a .npy or HDF5 file on disk (Dataset.x a Rows, read as batches need it; the
+    values' range is checked by fit, block by block); other sources load as usual
     """
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be >= 1, got {limit}")
@@ -378,6 +470,8 @@ def load_dataset(source="glyphs", *, limit=None, rescale=False, key=None, seed=0
         if path == "glyphs":
             return glyphs(limit or 10000, seed=seed)
         return gmm(limit or 10000, int(path.partition(":")[2] or 2), seed=seed)
+    if lazy and path.lower().endswith((".npy", ".h5", ".hdf5")) and os.path.isfile(path):
+        return _lazy_dataset(path, key, key_option, limit, rescale, labels, labels_key)
     arr = _read_array(path, key, key_option)
     y = None
     if labels is not None:
@@ -390,3 +484,27 @@ def load_dataset(source="glyphs", *, limit=None, rescale=False, key=None, seed=0
         y = None if y is None else y[:limit]
     x, shape = to_rows(arr, path, rescale)
     return Dataset(np.ascontiguousarray(x), shape, os.path.basename(path), y)
+
+
+def _lazy_dataset(path, key, key_option, limit, rescale, labels, labels_key):
+    """load_dataset(lazy=True) of a .npy or HDF5 file: a Dataset whose x is a Rows."""
+    if rescale:
+        raise DataError(f"{path}: --rescale needs the whole file's range, which reading rows lazily does not "
+                        f"have; store the data in [0, 1] (or as uint8), or load it whole")
+    arr = _open_lazy(path, key, key_option)
+    if arr.ndim not in (2, 3, 4) or arr.shape[0] == 0:
+        raise DataError(f"{path}: expected examples as rows (N, D) or images (N, H, W) or (N, H, W, C), "
+                        f"got shape {arr.shape}")
+    if arr.dtype != np.uint8 and arr.dtype != np.bool_ and arr.dtype.kind != "f":
+        raise DataError(f"{path}: rows read lazily must be uint8, bool or floats in [0, 1], got {arr.dtype}")
+    _, shape = to_rows(np.asarray(arr[:1]), path)  # the image shape, the layout checks, the first row's values
+    y = None
+    if labels is not None:
+        y = load_labels(labels, labels_key)
+        if len(y) != arr.shape[0]:
+            raise DataError(f"{os.fspath(labels)}: {len(y):,} labels for the {arr.shape[0]:,} examples of {path}; "
+                            f"give the labels file that belongs to this data")
+    rows = Rows(arr, path)
+    if limit is not None and limit < len(rows):
+        rows, y = rows.take(np.arange(limit)), None if y is None else y[:limit]
+    return Dataset(rows, shape, os.path.basename(path), y)

@@ -27,7 +27,7 @@ import numpy as np
 from tinydae.backend import as_host_array
 from tinydae.checkpoint import save_checkpoint
 from tinydae.corruption import Corruption
-from tinydae.data import Dataset
+from tinydae.data import Dataset, Rows
 from tinydae.errors import CheckpointError, ConfigError, DataError, TrainingDiverged, TrainingInterrupted
 from tinydae.losses import bce
 from tinydae.optim import Adam
@@ -67,6 +67,8 @@ class TrainState:
 
 def _rows(data, name, backend=None):
     x = data.x if isinstance(data, Dataset) else data
+    if isinstance(x, Rows):  # rows left on disk: read by the batch
+        return x
     # any array (Backend.as_array): a GPU array stays on the GPU (cuda backend), the rest on the host
     x = backend.as_array(x, f"{name} data", keep_host=True) if backend else as_host_array(x, f"{name} data")
     if x.ndim != 2 or x.shape[0] == 0:
@@ -126,11 +128,20 @@ class _restored:
             self.d[self.key] = self.value
 
 
-def _check_values(x, name):
+def _check_values(x, name, part=(0, 1)):
     """Refuse data outside [0, 1] or not finite: BCE on raw 0..255 pixels trains without a
-    warning to a meaningless negative loss (-160,453 nats per example on MNIST)."""
+    warning to a meaningless negative loss (-160,453 nats per example on MNIST).  Rows on disk
+    are read block by block (part=(k, K): blocks k, k + K, ..., a rank's share of the check)."""
+    if isinstance(x, Rows):
+        for first, block in x.blocks(part=part):
+            _check_block(block, name, first=first)
+        return
+    _check_block(x, name)
+
+
+def _check_block(x, name, first=0):
     if not np.isfinite(x).all():
-        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        row = first + int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise DataError(f"{name} data holds NaN or infinite values (first in row {row}); "
                         "remove or replace them")
     lo, hi = float(x.min()), float(x.max())
@@ -139,11 +150,12 @@ def _check_values(x, name):
                         "rescale it (x / 255 for 8-bit pixels, or load_dataset(..., rescale=True))")
 
 
-def training_memory(model_config, n_rows, batch_size, optimizer="adam", val_batch=1000):
+def training_memory(model_config, n_rows, batch_size, optimizer="adam", val_batch=1000, rows_on_device=True):
     """An estimate, in bytes, of the arrays a training run allocates: parameters, gradients
     and optimizer moments, the training rows on the device, and activations for the larger of a
     training batch and a validation batch (val_batch rows; 0 for a run without validation), with
-    the host's float64 draw of the largest weight matrix at initialisation."""
+    the host's float64 draw of the largest weight matrix at initialisation.  rows_on_device=False:
+    the rows stay on disk (data.Rows), only batches are read."""
     from tinydae.model import model_cost, normalised, param_layout
 
     model_config = normalised(model_config)  # a partial one (input_dim, hidden, dtype, ...) too
@@ -157,7 +169,8 @@ def training_memory(model_config, n_rows, batch_size, optimizer="adam", val_batc
     batch = min(batch_size, max(n_rows, 1))
     activations = max(batch, val_batch) * 2 * model_cost(model_config)[1]
     largest = max(math.prod(shape) for _, shape in layout)
-    return (buffers * n_params + activations + n_rows * model_config["input_dim"]) * itemsize + 2 * 8 * largest
+    data = n_rows * model_config["input_dim"] if rows_on_device else 0
+    return (buffers * n_params + activations + data) * itemsize + 2 * 8 * largest
 
 
 def evaluate_reconstruction(model, data, corruption, seed, batch_size=1000, comm=None):
@@ -252,12 +265,15 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
     labelled = getattr(model, "targets", "inputs") == "labels"
     x_train = _rows(train, "training", model.backend)
     x_val = _rows(val, "validation", model.backend) if val is not None else None
+    lazy = isinstance(x_train, Rows)  # rows on disk: each step reads its (rank's) rows
     for name, data, x in (("training", train, x_train), ("validation", val, x_val)):
         if x is not None and x.shape[1] != model.input_dim:
             raise DataError(f"{name} rows have {x.shape[1]} values; the model expects {model.input_dim}")
         if isinstance(data, Dataset):
             model.check_image_shape(data.image_shape, f"the {name} data")
-        if x is not None:
+        if isinstance(x, Rows):  # each rank checks a share of the blocks; a bad one stops every rank
+            comm.agree(lambda x=x, name=name: _check_values(x, name, part=(comm.rank, comm.size)))
+        elif x is not None:
             _check_values(x, name)
     y_train = _labels(train, "training", len(x_train), model.classes) if labelled else None
     y_val = _labels(val, "validation", len(x_val), model.classes) if labelled and x_val is not None else None
@@ -287,7 +303,7 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
         comm.check_same("the training options", options, "; start every rank with the same command")
         # the data: its shape and up to 4096 rows spread over it (a different file shows there)
         sample = x_train[np.linspace(0, n - 1, min(n, 4096)).astype(np.int64)]
-        comm.check_same("the training data", (x_train.shape, digest(sample, to_host=as_host_array)),
+        comm.check_same("the training data", (x_train.shape, digest(sample, to_host=model.backend.to_host)),
                         "; every rank must read the same rows")
         comm.check_same("the initial parameters", digest(model.params, to_host=model.backend.to_host),
                         "; give every rank the same seed or checkpoint")
@@ -298,7 +314,8 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
 
         nbytes = classifier_memory(model.config, n, batch_size)
     else:
-        nbytes = training_memory(model.config, n, batch_size, getattr(optimizer, "name", "adam"))
+        nbytes = training_memory(model.config, n, batch_size, getattr(optimizer, "name", "adam"),
+                                 rows_on_device=not lazy)
     check_memory(nbytes, f"training on {n:,} rows (batch {batch_size})", "use a smaller batch_size or fewer rows")
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
@@ -320,7 +337,8 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
             raise ConfigError(str(e)) from None
     model.corruption = str(corruption)  # chains default to the corruption the model learned
     backend = model.backend
-    X = backend.to_device(x_train, dtype=model.dtype)  # the whole set lives on the device
+    # the whole set lives on the device, unless it stays on disk (Rows: a batch is read per step)
+    X = x_train if lazy else backend.to_device(x_train, dtype=model.dtype)
     saved_step = None  # the step of this call's last checkpoint, for honest error messages
 
     def kept():
@@ -358,12 +376,13 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
         while state.step < total_steps:
             epoch, i = divmod(state.step, steps_per_epoch)
             if order_epoch != epoch:  # the epoch's permutation depends on (seed, epoch) only
-                order = backend.to_device(np.random.default_rng([seed, epoch, 0xBA7C4]).permutation(n))
+                order = np.random.default_rng([seed, epoch, 0xBA7C4]).permutation(n)
+                order = order if lazy else backend.to_device(order)
                 order_epoch = epoch
             t0 = time.perf_counter()
             index = order[i * batch_size:(i + 1) * batch_size]
             lo, hi = shard(len(index), comm)  # this rank's rows of the global batch
-            x = X[index[lo:hi]]
+            x = backend.to_device(X[index[lo:hi]], dtype=model.dtype) if lazy else X[index[lo:hi]]
             if augment is not None:
                 x = _augmented(augment, x, seed, state.step)
             if lr_schedule is not None:
