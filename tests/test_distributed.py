@@ -496,3 +496,49 @@ def test_each_rank_reads_only_its_rows(glyph_files):
     reads = dict(line.split(" ", 1) for line in r.stdout.splitlines())
     assert reads["0"] == str([540, 540] + [25] * 10 + [20])
     assert reads["1"] == str([540] + [25] * 10 + [20])
+
+
+# -- feature figures from sums: one reduction --------------------------------------------------
+
+def test_sharded_figures_equal_the_whole_set_figures():
+    """One process: the figures from sums equal features.fid / inception_score / class_entropy of
+    the whole sets (the covariance from sums, float64)."""
+    from tinydae import features
+    from tinydae.classifier import Classifier
+
+    judge = Classifier(784, hidden=(32, 16), seed=0)
+    rows = tinydae.glyphs(700, seed=3).x
+    samples, reference = rows[:300], rows[300:]
+    got = features.sharded_figures(judge, samples, reference, batch=128)  # several blocks per set
+    fs, fr, ps = judge.features(samples), judge.features(reference), judge.probs(samples)
+    assert got["fid"] == pytest.approx(features.fid(fs, fr), rel=1e-8) and got["fid"] > 0.01
+    assert got["inception_score"] == pytest.approx(features.inception_score(ps), rel=1e-10)
+    assert got["inception_score"] > 1.001
+    assert got["class_entropy"] == pytest.approx(features.class_entropy(ps), abs=1e-12)
+    assert (got["n_samples"], got["n_reference"]) == (300, 400)
+    with pytest.raises(tinydae.DataError, match="at least 2"):
+        features.sharded_figures(judge, samples[:1], reference)
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_sample_scores_with_one_reduction_as_one_process_does(one_process, tmp_path):
+    """sample --score under mpiexec -n 3: each rank scores its own chains and reference rows;
+    the figures are one process's up to the order of the sums."""
+    import json
+
+    clf = tmp_path / "clf.h5"
+    r = _run(None, "classifier", "train", "--limit", "600", "--epochs", "1", "--hidden", "32,16", "--out", str(clf))
+    assert r.returncode == 0, r.stderr
+    ckpt = str(one_process["float32"] / "checkpoint.h5")
+    scores = []
+    for ranks in (None, 3):
+        r = _run(ranks, "sample", ckpt, "--n", "30", "--steps", "3", "--batch-size", "10", "--score", str(clf),
+                 "--out", str(tmp_path / f"{ranks}.png"), "--json")
+        assert r.returncode == 0, r.stderr
+        scores.append(json.loads(r.stdout)["score"])
+    one, three = scores
+    assert one["n_samples"] == three["n_samples"] == 30 and one["n_reference"] == three["n_reference"] == 300
+    for key in ("fid", "inception_score", "class_entropy"):
+        assert three[key] == pytest.approx(one[key], rel=1e-9, abs=1e-12), key
+    assert one["fid"] > 0

@@ -687,7 +687,8 @@ def _echo_json(obj):
 
 
 def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, step_size, levels, keep_every,
-                seed, batch_size, data, key, limit, rescale, out, h5, overwrite, backend, as_json, verb, option):
+                seed, batch_size, data, key, limit, rescale, out, h5, overwrite, backend, as_json, verb, option,
+                score=None, score_data=None):
     """sample and improve: tinydae.workflows.run_chains, then its summary printed."""
     from tinydae.workflows import run_chains
 
@@ -702,7 +703,8 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, s
             tinydae.distributed.select_gpu(comm)
     summary, result = run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, step_size, levels,
                                  keep_every, seed, batch_size, data, key, limit, rescale, out, h5, overwrite,
-                                 default_out, backend, option, log=_stderr, comm=comm)
+                                 default_out, backend, option, log=_stderr, comm=comm, score=score,
+                                 score_data=score_data)
     if as_json:
         _echo_json(summary)
         return
@@ -725,6 +727,11 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, s
                    f"input shape is not recorded and D is not a square)")
     if h5:
         click.echo(f"chain: {h5}")
+    if "score" in summary:
+        sc = summary["score"]
+        click.echo(f"score in {score}'s features: FID {sc['fid']:.2f} against {sc['n_reference']:,} reference rows, "
+                   f"inception score {sc['inception_score']:.2f}, class entropy {sc['class_entropy']:.3f} nats "
+                   f"({sc['n_samples']:,} samples)")
 
 
 def _chain_options(default_start, default_steps, start_help, default_out):
@@ -763,6 +770,12 @@ def _chain_options(default_start, default_steps, start_help, default_out):
             click.option("--out", default=f"runs/{default_out}.png", show_default=True,
                          help=f"PNG strip of {KEEP_CHAINS} chains at the kept steps."),
             click.option("--h5", default=None, help="Also write the chain to this HDF5 file."),
+            click.option("--score", default=None, metavar="CLASSIFIER",
+                         help="Score the final samples in this classifier's features (classifier train): FID "
+                              "against --score-data, inception score, class entropy; with several processes each "
+                              "scores its own chains and one reduction joins them."),
+            click.option("--score-data", default=None,
+                         help="Reference rows for --score's FID [default: the checkpoint's training data]."),
             click.option("--overwrite", is_flag=True, help="Replace existing --out and --h5 files."),
             click.option("--backend", type=click.Choice(["cpu", "cuda", "auto", "numpy"]), default="auto",
                          show_default=True, help="numpy: the NumPy reference kernels, no numba."),

@@ -490,7 +490,7 @@ def _lazy_dataset(path, key, key_option, limit, rescale, labels, labels_key):
     """load_dataset(lazy=True) of a .npy or HDF5 file: a Dataset whose x is a Rows."""
     if rescale:
         raise DataError(f"{path}: --rescale needs the whole file's range, which reading rows lazily does not "
-                        f"have; store the data in [0, 1] (or as uint8), or load it whole")
+                        f"have; store the data in [0, 1] (or as uint8), or load it whole (--no-lazy; lazy=False)")
     arr = _open_lazy(path, key, key_option)
     if arr.ndim not in (2, 3, 4) or arr.shape[0] == 0:
         raise DataError(f"{path}: expected examples as rows (N, D) or images (N, H, W) or (N, H, W, C), "

@@ -23,6 +23,9 @@ and 'chance' is used by check_feature_map).
                       held-out reals: memorisation shows as a small ratio and many near-copies
   check_feature_map   flags a useless feature map (untrained, trained on shuffled labels)
   feature_report      all of the above for samples and for the real-vs-real floor
+  sharded_figures     FID, inception score and class entropy of sets split over the ranks of an
+                      MPI run (tinydae/distributed.py): every rank sums over its rows, one
+                      all-reduce of the sums, the figures from them
 
 Everything is float64 on the host and batched so that memory stays bounded; the pixel-space
 helpers (sq_distances, knn_radii) are tinydae/metrics.py's.
@@ -446,3 +449,70 @@ def feature_report(samples, real, holdout, feature_map, train=None, seed=0, hold
     judged = {name: figures(rows) for name, rows in sets.items()}
     return dict(n=n, k=k, seed=seed, samples=judged if isinstance(samples, dict) else judged["samples"],
                 floor=floor, check=check_feature_map(feature_map, holdout, holdout_labels, image_shape, seed))
+
+
+# ----------------------------------------------------------------------------------------
+# Figures of sets split over the ranks of a distributed run: sums, one reduction
+# ----------------------------------------------------------------------------------------
+
+
+def _sums(feature_map, rows, batch=4096):
+    """The sums the reducible figures need, over rows (n, D): [n, sum f (F), sum f f^T (F*F),
+    sum p (C), class counts (C), sum_x sum_y p log p] as one float64 vector."""
+    F, C = None, None
+    parts = None
+    for start in range(0, len(rows), batch):
+        x = rows[start:start + batch]
+        f, p = np.asarray(feature_map.features(x), np.float64), np.asarray(feature_map.probs(x), np.float64)
+        F, C = f.shape[1], p.shape[1]
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.0).sum()
+        block = [np.array([len(x)], np.float64), f.sum(0), (f.T @ f).ravel(), p.sum(0),
+                 np.bincount(p.argmax(1), minlength=C).astype(np.float64), np.array([plogp])]
+        parts = block if parts is None else [a + b for a, b in zip(parts, block)]
+    return parts, F, C
+
+
+def sharded_figures(feature_map, samples, reference, comm=None, batch=4096):
+    """FID (samples against reference), inception score and class entropy (of the samples), with
+    each set split over the ranks: each rank passes its own rows (any number, 0 too), sums its
+    features' first and second moments, its class probabilities, class counts and sum p log p,
+    and one all-reduce of all of them gives every rank the figures (the same on every rank).
+    The figures equal fid / inception_score / class_entropy of the whole sets up to the order
+    of the float sums (covariance from sums: (S2 - n mu mu^T) / (n - 1)).
+
+    samples, reference: (n_r, D) this rank's rows -> dict(fid, inception_score, class_entropy,
+    n_samples, n_reference)
+    """
+    from tinydae.distributed import SingleProcess
+
+    comm = comm if comm is not None else SingleProcess()
+    vectors, F, C = [], None, None
+    for name, rows in (("samples", samples), ("reference", reference)):
+        rows = as_host_array(rows, name)
+        if rows.ndim != 2 or rows.shape[1] != feature_map.input_dim:
+            raise DataError(f"{name} must be rows (N, {feature_map.input_dim}) for this feature map, got {rows.shape}")
+        parts, F_, C_ = _sums(feature_map, rows, batch) if len(rows) else (None, None, None)
+        F, C = F_ or F, C_ or C
+        vectors.append(None if parts is None else np.concatenate(parts))
+    if F is None:  # this rank has no rows of either set: the widths from one probe row
+        probe = np.full((1, feature_map.input_dim), 0.5, np.float32)
+        F, C = np.asarray(feature_map.features(probe)).shape[1], np.asarray(feature_map.probs(probe)).shape[1]
+    size = 1 + F + F * F + 2 * C + 1
+    buf = np.concatenate([v if v is not None else np.zeros(size) for v in vectors])
+    total = comm.allreduce_host(buf)
+    stats = []
+    for k in range(2):
+        v = total[k * size:(k + 1) * size]
+        n = v[0]
+        if n < 2:
+            raise DataError(f"{('samples', 'reference')[k]}: {int(n)} rows in all; the figures need at least 2")
+        mu = v[1:1 + F] / n
+        cov = (v[1 + F:1 + F + F * F].reshape(F, F) - n * np.outer(mu, mu)) / (n - 1)
+        p_sum, counts, plogp = v[1 + F + F * F:1 + F + F * F + C], v[1 + F + F * F + C:-1], v[-1]
+        stats.append(dict(n=int(n), mu=mu, cov=(cov + cov.T) / 2, py=p_sum / n, counts=counts, plogp=plogp))
+    s, r = stats
+    py = s["py"]
+    kl = s["plogp"] / s["n"] - float(np.where(py > 0, py * np.log(np.where(py > 0, py, 1)), 0.0).sum())
+    q = s["counts"][s["counts"] > 0] / s["n"]
+    return dict(fid=frechet_distance(s["mu"], s["cov"], r["mu"], r["cov"]), inception_score=float(math.exp(kl)),
+                class_entropy=float(-(q * np.log(q)).sum()) + 0.0, n_samples=s["n"], n_reference=r["n"])

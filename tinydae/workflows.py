@@ -95,7 +95,7 @@ def starting_points(kind, n, model, ckpt, data=None, key=None, limit=None, seed=
 def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="model", sampler="mean", final=None,
                step_size=None, levels=None, keep_every=5, seed=0, batch_size=1024, data=None, key=None, limit=None,
                rescale=False, out=None, h5=None, overwrite=False, replace_out=False, backend="cpu",
-               option="--start", log=None, comm=None):
+               option="--start", log=None, comm=None, score=None, score_data=None):
     """Chains from a checkpoint, as `python cli.py sample` (start="noise", ...) and `improve`
     (start= a file of samples) run them: every check before any work (outputs, memory, then the
     maybe slow starting points), the chains, a PNG strip of KEEP_CHAINS chains at `out` (for
@@ -103,6 +103,10 @@ def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="mode
 
     replace_out: `out` is a scratch file a later run may replace (the CLI's defaults); any other
     existing output needs overwrite=True.
+    score: a classifier file (tinydae.classifier): the final samples' FID against the reference
+    rows (score_data, default the checkpoint's training data), inception score and class entropy
+    in its features, each rank scoring its own chains and reference rows, one reduction
+    (features.sharded_figures), in the summary under 'score'
     comm: a tinydae.distributed communicator: every rank calls run_chains alike; rank r runs
     chains shard(n) (chain i's draws depend on i only: the samples are one process's at the same
     batch size per rank) and rank 0 gathers them and writes the files (one PNG, one HDF5 file)
@@ -141,6 +145,17 @@ def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="mode
             safety.check_output_file(h5, "--h5", overwrite, inputs, outputs=[("--out", png)])
 
     comm.root_call(check_outputs)
+    judge = reference = None
+    if score is not None:  # the classifier and the reference rows before any chain runs
+        from tinydae.classifier import load_classifier
+
+        judge = comm.agree(lambda: load_classifier(score))
+        if judge.input_dim != model.input_dim:
+            raise ConfigError(f"--score {score}: the classifier reads {judge.input_dim} values, the model writes "
+                              f"{model.input_dim}")
+        reference = comm.agree(lambda: training_data(ckpt, score_data, key).x)
+        lo_ref, hi_ref = shard(len(reference), comm)
+        reference = reference[lo_ref:hi_ref]
     if start not in START_KINDS:  # a file of samples: n is at most its rows
         rows = comm.agree(lambda: starting_points(start, n, model, ckpt, data, key, limit, seed, option, rescale))
         n = len(rows[0])
@@ -164,6 +179,11 @@ def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="mode
         result = chain(model, x0, steps, corruption=corruption, keep_every=keep_every,
                        keep_chains=max(0, min(hi, KEEP_CHAINS) - lo), seed=seed, batch_size=batch_size,
                        first_chain=lo, **sampler_opts)
+        figures = None
+        if judge is not None:  # each rank scores its own chains: one reduction, no gather needed
+            from tinydae.features import sharded_figures
+
+            figures = sharded_figures(judge, result.samples, reference, comm)
         if comm.collective:  # the ranks' chains joined on rank 0, in chain order
             change = comm.allreduce_host(result.mean_abs_change * (hi - lo)) / n
             samples, trajectory = comm.gather_rows(result.samples), comm.gather_rows(result.trajectory)
@@ -188,4 +208,6 @@ def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="mode
                    sigmas=list(chosen.sigmas),
                    kept_steps=result.kept_steps, mean_abs_change=result.mean_abs_change.tolist(),
                    seconds=seconds, png=png, h5=h5)
+    if figures is not None:
+        summary["score"] = dict(figures, classifier=score)
     return summary, result
