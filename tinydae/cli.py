@@ -255,6 +255,9 @@ def _restore_aside(out, aside):
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="Continue the run saved in this checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout, no progress.")
+@click.option("--deterministic", is_flag=True,
+              help="Gradients of 64-row chunks summed exactly (as integers): the same bits for any number of "
+                   "processes (at the same threads per process), at a cost (README: More than one machine).")
 @click.option("--lazy/--no-lazy", default=None,
               help="Leave a .npy or .h5 --data file on disk and read each batch's rows from it (a data set "
                    "larger than memory; each process reads only its rows). [default: on with several "
@@ -262,7 +265,7 @@ def _restore_aside(out, aside):
 @click.pass_context
 def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arch_spec, hidden, activation, tied, loss,
           dtype, corruption, optimizer, lr, momentum, weight_decay, batch_size, epochs, seed, out,
-          overwrite, checkpoint_every, resume, as_json, lazy):
+          overwrite, checkpoint_every, resume, as_json, lazy, deterministic):
     """Train a DAE; writes OUT/checkpoint.h5, OUT/history.json and OUT/samples.png.
 
     Refuses an OUT that holds another run unless --overwrite (or --resume of its checkpoint).
@@ -300,7 +303,8 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arc
 
         replace = comm.root_call(claim_out)
         lazy = comm.collective if lazy is None else lazy
-        _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json, comm, lazy)
+        _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json, comm, lazy,
+                      deterministic)
 
 
 def _write_train_outputs(history_path, state, png, model, opts, dataset, val_set, train_set):
@@ -333,7 +337,8 @@ def _backend(comm, name, kernel_set):
     return comm.agree(lambda: tinydae.get_backend(name, kernels=kernel_set))
 
 
-def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json, comm, lazy=False):
+def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json, comm, lazy=False,
+                  deterministic=False):
     """The rest of `train`, with `out` checked and locked (by rank 0 of a distributed run, which
     alone writes files; every rank trains)."""
     from tinydae import safety
@@ -398,7 +403,8 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
                                 corruption=opts["corruption"], epochs=epochs,
                                 batch_size=opts["batch_size"], seed=opts["seed"], state=state,
                                 checkpoint_path=ckpt_path, checkpoint_every=checkpoint_every,
-                                train_config=dict(opts, epochs=epochs), progress=progress, comm=comm)
+                                train_config=dict(opts, epochs=epochs), progress=progress, comm=comm,
+                                deterministic=deterministic)
         finished = True
     finally:
         shown_progress.close()

@@ -222,7 +222,7 @@ class NcclAllReduce:
     The unique id comes from rank 0 over MPI; each rank has chosen its GPU (local rank) before.
     """
 
-    TYPES = {"float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64"}
+    TYPES = {"float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64", "int64": "NCCL_INT64"}
 
     def __init__(self, comm, backend):
         try:

@@ -199,6 +199,57 @@ def evaluate_reconstruction(model, data, corruption, seed, batch_size=1000, comm
     return dict(val_bce_denoise=total_denoise / len(x_all), val_bce_clean=total_clean / len(x_all))
 
 
+DETERMINISTIC_ROWS = 64  # fit(deterministic=True): the rows of one partial gradient
+
+
+def _chunk_shard(n, comm):
+    """This rank's rows [lo, hi) of an n-row batch in whole DETERMINISTIC_ROWS chunks."""
+    from tinydae.distributed import shard
+
+    c_lo, c_hi = shard(-(-n // DETERMINISTIC_ROWS), comm)
+    return min(n, c_lo * DETERMINISTIC_ROWS), min(n, c_hi * DETERMINISTIC_ROWS)
+
+
+def _fixed_point_step(model, x_in, x, sigma, first, batch, loss_sum, comm):
+    """The deterministic gradient of a batch, the same bits for any number of ranks.
+
+    Each DETERMINISTIC_ROWS-row chunk's gradient (of the global mean) is computed alone, so it is
+    the same whichever rank computes it; the chunks are then summed exactly: as integers, after
+    scaling every value by one power of two chosen from the largest value of any chunk (one max
+    reduction), and integer sums do not depend on their order (one int64 all-reduce).  A value
+    keeps 61 - log2(chunks) bits below the largest: finer than float32 for everything within
+    ~1e-11 of it.  The loss: each chunk's sum, reduced (one rank wrote each), added in chunk order.
+    x_in, x: (n, D) this rank's rows of the batch, from row `first` (a multiple of the chunk);
+    sigma: None, a level, or (n,) levels; loss_sum: (1,) receives the batch's loss sum.
+    """
+    xp, C = model.backend.xp, DETERMINISTIC_ROWS
+    starts = range(0, x.shape[0], C)
+    parts = xp.empty((len(starts), model.grads.size), model.grads.dtype)
+    losses = np.zeros(-(-batch // C))
+    total = xp.empty(1, np.float64)
+    for k, a in enumerate(starts):
+        level = sigma if sigma is None or np.ndim(sigma) == 0 else sigma[a:a + C]
+        model.loss_sum_and_grad(x_in[a:a + C], x[a:a + C], total, mean_over=batch,
+                                **({} if sigma is None else {"sigma": level}))
+        parts[k] = model.grads
+        losses[(first + a) // C] = float(model.backend.to_host(total)[0])
+    biggest = comm.allreduce_host([float(xp.abs(parts).max()) if len(starts) else 0.0], "max")[0]
+    losses = comm.allreduce_host(losses)
+    if not math.isfinite(biggest):  # the loss guard below reports it, as for any step
+        model.grads[...] = np.nan
+        loss_sum[...] = np.nan
+        return
+    shift = 61 - math.ceil(math.log2(len(losses))) - math.frexp(biggest)[1] if biggest > 0 else 0
+    acc, scaled = xp.zeros(model.grads.size, np.int64), xp.empty(model.grads.size, np.float64)
+    for part in parts:  # |acc| < 2**61: every sum exact
+        xp.multiply(part, 2.0 ** shift, out=scaled)  # exact: a power of two, in float64
+        xp.rint(scaled, out=scaled)
+        acc += scaled.astype(np.int64)
+    comm.allreduce_sum(acc)
+    model.grads[...] = (acc * 2.0 ** -shift).astype(model.grads.dtype)
+    loss_sum[...] = losses.sum()
+
+
 class _SignalFlag:
     """Turns SIGINT and SIGTERM into a flag checked between steps (main thread only).
 
@@ -232,7 +283,8 @@ class _SignalFlag:
 
 def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
         batch_size=64, seed=0, state=None, checkpoint_path=None, checkpoint_every=0,
-        train_config=None, progress=None, handle_sigint=True, lr_schedule=None, augment=None, comm=None):
+        train_config=None, progress=None, handle_sigint=True, lr_schedule=None, augment=None, comm=None,
+        deterministic=False):
     """Train `model` to reconstruct clean rows of `train` from corrupted ones; or, for a model
     whose targets are "labels" (a Classifier), to predict the labels of `train` (a Dataset with
     labels) from its rows, corrupted if `corruption` says so.
@@ -255,6 +307,8 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
     comm: a tinydae.distributed communicator for a data-parallel run (every rank calls fit with
         the same arguments; batch_size is the global batch, split by rows; rank 0 alone writes
         the checkpoint; see tinydae/distributed.py), or None for one process
+    deterministic: each 64-row chunk's gradient alone, the chunks summed exactly (_fixed_point_step):
+        the same bits for any number of ranks (at the same threads per process), at a cost
     -> TrainState, whose .history holds one dict per epoch:
        epoch, step, train_loss, val_bce_denoise, val_bce_clean (nats per example; a classifier:
        val_loss, val_accuracy), examples_per_s, wall_s
@@ -294,6 +348,8 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
         corruption.row_sigmas(model.backend, 0, seed, 0)  # a ConfigError unless the corruption is Gaussian
     state = state if state is not None else TrainState()
     n = len(x_train)
+    if deterministic and labelled:
+        raise ConfigError("deterministic training is written for DAEs, not classifiers")
     if comm.collective:
         if augment is not None and comm.size > 1:  # it is handed a rank's rows: its draws would depend on R
             raise ConfigError("augment is not supported with more than one process: its draws would depend "
@@ -381,7 +437,8 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
                 order_epoch = epoch
             t0 = time.perf_counter()
             index = order[i * batch_size:(i + 1) * batch_size]
-            lo, hi = shard(len(index), comm)  # this rank's rows of the global batch
+            # this rank's rows of the global batch (whole chunks for a deterministic step)
+            lo, hi = _chunk_shard(len(index), comm) if deterministic else shard(len(index), comm)
             x = backend.to_device(X[index[lo:hi]], dtype=model.dtype) if lazy else X[index[lo:hi]]
             if augment is not None:
                 x = _augmented(augment, x, seed, state.step)
@@ -398,10 +455,16 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
                 # each row's noise is drawn at its global position in the batch (element offset lo * D)
                 x_in = corruption.apply(backend, x, seed, state.step, offset=lo * x.shape[1])
                 sigma = {"sigma": corruption.row_sigmas(backend, hi - lo, seed, state.step, first_row=lo)} if nc else {}
-                model.loss_sum_and_grad(x_in, x, loss_sum, mean_over=len(index), **sigma)
-            if comm.collective:  # the data-parallel step: sums over the ranks, queued like the rest
+                if deterministic:  # reduces over the ranks itself
+                    _fixed_point_step(model, x_in, x, sigma.get("sigma"), lo, len(index), loss_sum, comm)
+                else:
+                    model.loss_sum_and_grad(x_in, x, loss_sum, mean_over=len(index), **sigma)
+            if hi == lo and deterministic:  # a rank without a chunk still joins the chunks' reductions
+                _fixed_point_step(model, x, x, None, lo, len(index), loss_sum, comm)
+            if comm.collective and not deterministic:  # the data-parallel step: sums over the ranks
                 comm.allreduce_sum(model.grads)
                 comm.allreduce_sum(loss_sum)
+            if comm.collective:
                 # a signal on any rank stops every rank after this step (a host collective: no device wait)
                 stop = int(comm.allreduce_host([signals.signum or 0], "max")[0])
                 if stop and signals.signum is None:
