@@ -292,3 +292,26 @@ def test_noise_conditional_unet_on_the_gpu_matches_the_cpu():
     assert abs(results[1][0] - results[0][0]) < 1e-4 * abs(results[0][0])
     for got, want in zip(results[1][1:], results[0][1:]):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_fit_through_nccl_with_one_rank_reads_the_host_once_and_matches():
+    """--distributed mpi with one process on the GPU: the gradient and loss go through NCCL (an
+    identity for R = 1) on the current stream; a step still reads the host once, and the run is
+    the plain run's, bit for bit."""
+    pytest.importorskip("mpi4py")
+    from tinydae import distributed
+    from tinydae.backend import HOST_READS
+
+    comm = distributed.connect("mpi")
+    data = td.glyphs(512, seed=0).x
+    runs = []
+    for c in (None, comm):
+        model = td.DAE(784, hidden=(128, 32), seed=0, backend="cuda")
+        before = HOST_READS["count"]
+        state = td.fit(model, data, epochs=1, comm=c)
+        runs.append((model.backend.to_host(model.params), HOST_READS["count"] - before, state.step))
+    assert comm.nccl is not None  # bound: device buffers went to NCCL
+    (plain, reads_plain, steps), (nccl, reads_nccl, _) = runs
+    assert reads_plain == steps == 8
+    assert reads_nccl == steps + 1  # + the initial parameters' digest the ranks compare
+    np.testing.assert_array_equal(nccl, plain)
