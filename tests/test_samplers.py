@@ -84,6 +84,12 @@ def test_annealed_runs_the_ladder_high_to_low(tiny):
     np.testing.assert_allclose(s.sigmas, [0.4, 0.2, 0.1])
     assert [s.sigma(t, 6) for t in range(1, 7)] == [0.4, 0.4, 0.2, 0.2, 0.1, 0.1]
     assert [s.sigma(t, 4) for t in range(1, 5)] == [0.4, 0.4, 0.2, 0.1]  # 4 steps over 3 levels
+    # fewer steps than levels: the chain still starts at the top and ends at the bottom
+    ten = make_sampler("annealed", "gaussian:0.01..1", levels=10)
+    for steps in (1, 2, 3, 7, 9):
+        ladder = [ten.sigma(t, steps) for t in range(1, steps + 1)]
+        assert ladder[-1] == ten.sigmas[-1] and (steps == 1 or ladder[0] == ten.sigmas[0])
+        assert all(a > b for a, b in zip(ladder, ladder[1:]))  # no level twice, none back up
     x = noise_start(N, D, seed=2)
     for t in range(1, 5):
         sigma = s.sigma(t, 4)

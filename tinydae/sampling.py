@@ -140,12 +140,17 @@ class Sampler:
     sigmas: tuple = ()
 
     def sigma(self, t, steps):
-        """The level of step t = 1..steps: Langevin's ladder in equal runs of steps / L; ddim's
-        geometric from top (t = 1) to bottom (t = steps)."""
+        """The level of step t = 1..steps: Langevin's ladder in equal runs of steps / L (with fewer
+        steps than levels, L - 1 levels spread over the steps: the first step at the top, the last
+        at the bottom, so that a short chain still ends where the ladder ends); ddim's geometric
+        from top (t = 1) to bottom (t = steps)."""
         if self.name == "ddim":
             top, bottom = self.sigmas
             return top if steps <= 1 else top * (bottom / top) ** ((t - 1) / (steps - 1))
-        return self.sigmas[min(len(self.sigmas) - 1, (t - 1) * len(self.sigmas) // steps)]
+        L = len(self.sigmas)
+        if steps < L:
+            return self.sigmas[-1] if steps <= 1 else self.sigmas[round((t - 1) * (L - 1) / (steps - 1))]
+        return self.sigmas[min(L - 1, (t - 1) * L // steps)]
 
     def next_sigma(self, t, steps):
         """The level after step t: where that step's r(x) is read next (langevin, annealed: the
