@@ -78,7 +78,7 @@ def _allreduce_sweep(comm, repeats):
     return out
 
 
-def _steps(comm, arch, local, global_batch, steps):
+def _steps(comm, arch, local, global_batch, steps, first):
     """Median compute and communication seconds of fit()'s step (its code, inlined to time the
     parts) on `local` rows of a `global_batch`."""
     import tinydae
@@ -93,7 +93,7 @@ def _steps(comm, arch, local, global_batch, steps):
     for step in range(steps + 3):
         comm.barrier()
         t0 = time.perf_counter()
-        x_in = c.apply(model.backend, x, 0, step, offset=comm.rank * local * 784)
+        x_in = c.apply(model.backend, x, 0, step, offset=first * 784)
         model.loss_sum_and_grad(x_in, x, loss, mean_over=global_batch)
         t1 = time.perf_counter()
         comm.allreduce_sum(model.grads)
@@ -127,9 +127,11 @@ def worker(argv):
     set_threads(os.environ.get("TINYDAE_THREADS") or max(1, cores() // comm.local_size))
     R = comm.size
     result = dict(ranks=R, sweep=_allreduce_sweep(comm, a.repeats) if R > 1 else [], steps=[])
+    lo, hi = distributed.shard(a.batch, comm)  # strong scaling: this rank's rows of the global batch
     for arch in a.archs.split(";"):
-        for kind, local, global_batch in (("strong", a.batch // R, a.batch), ("weak", a.batch, a.batch * R)):
-            row = _steps(comm, arch, local, global_batch, a.steps)
+        for kind, local, global_batch, first in (("strong", hi - lo, a.batch, lo),
+                                                 ("weak", a.batch, a.batch * R, comm.rank * a.batch)):
+            row = _steps(comm, arch, local, global_batch, a.steps, first)
             result["steps"].append(dict(row, arch=arch, scaling=kind, local_batch=local, global_batch=global_batch))
     if comm.root:
         with open(a.out, "w") as f:
@@ -147,12 +149,12 @@ def mpiexec():
     return shutil.which("mpiexec")
 
 
-def run(ranks=(1, 2), batch=256, steps=20, repeats=20, archs=ARCHS, log=print):
+def run(ranks=(1, 2), batch=256, steps=20, repeats=20, archs=ARCHS, log=print, timeout_s=1800):
     """-> dict(runs=[worker results], fit=dict(alpha_us, beta_ns_per_byte, GBps), model=...)."""
+    from tinydae.errors import ConfigError
+
     runner = mpiexec()
     if runner is None:
-        from tinydae.errors import ConfigError
-
         raise ConfigError("bench scale starts mpiexec, which is not installed: pip install -e \".[mpi]\"")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,17 +164,24 @@ def run(ranks=(1, 2), batch=256, steps=20, repeats=20, archs=ARCHS, log=print):
             command = [runner, "-n", str(R), sys.executable, os.path.abspath(__file__), "--worker", "--out", out,
                        "--batch", str(batch), "--steps", str(steps), "--repeats", str(repeats),
                        "--archs", ";".join(archs)]
-            done = subprocess.run(command, capture_output=True, text=True,
-                                  env=dict(os.environ, TINYDAE_DISTRIBUTED="mpi"))
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
+                                      env=dict(os.environ, TINYDAE_DISTRIBUTED="mpi"))
+            except subprocess.TimeoutExpired:
+                raise ConfigError(f"bench scale: mpiexec -n {R} ran past {timeout_s} s; use fewer --steps or "
+                                  f"--repeats") from None
             if done.returncode != 0:
-                raise RuntimeError(f"mpiexec -n {R} failed:\n{done.stderr[-2000:]}")
+                last = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1]
+                raise ConfigError(f"bench scale: mpiexec -n {R} failed (exit {done.returncode}): {last}")
             with open(out) as f:
                 runs.append(json.load(f))
     sweep = [tuple(s) for r in runs if r["ranks"] == 2 for s in r["sweep"]]
     fit = None
     if sweep:
         alpha, beta = fit_alpha_beta(sweep)
-        fit = dict(ranks=2, alpha_us=alpha * 1e6, beta_ns_per_byte=beta * 1e9, GBps=1 / beta / 1e9 if beta > 0 else None)
+        # a negative alpha (noise at the small sizes) is reported as it came out, flagged
+        fit = dict(ranks=2, alpha_us=alpha * 1e6, beta_ns_per_byte=beta * 1e9, GBps=1 / beta / 1e9 if beta > 0 else None,
+                   alpha_negative=alpha < 0)
     return dict(runs=runs, fit=fit, model=model_table(runs))
 
 

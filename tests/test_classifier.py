@@ -453,3 +453,17 @@ def test_fit_hooks_and_labels_are_checked_before_they_do_harm():
     bad = Dataset(data.x[:20], data.image_shape, "bad", np.full(20, 12))
     with pytest.raises(DataError, match=r"the validation labels lie in \[12, 12\]; this classifier has 10 classes"):
         fit(model, data, bad, epochs=1, handle_sigint=False)
+
+
+def test_fit_corrupts_a_classifiers_inputs_when_asked():
+    """corruption= reaches a classifier's inputs (a regression: it once trained on clean rows)."""
+    import tinydae as td
+    from tinydae.classifier import Classifier
+
+    data = td.glyphs(400, seed=0)
+    runs = []
+    for corruption in ("none", "masking:0.9"):
+        model = Classifier(784, hidden=(32,), seed=0)
+        state = td.fit(model, data, epochs=1, corruption=corruption, seed=0)
+        runs.append((state.history[-1]["train_loss"], model.params.copy()))
+    assert runs[0][0] != runs[1][0] and not np.array_equal(runs[0][1], runs[1][1])

@@ -197,6 +197,26 @@ class _RecordingComm(distributed.SingleProcess):
         self.reduced.append((buf.shape, buf.dtype))
 
 
+def test_a_signal_after_the_steps_flag_reduction_stops_at_the_next_step():
+    """The ranks decide to stop on the reduced flag: a signal that reaches a rank after this
+    step's reduction (here: during the progress callback) is acted on at the next step, by every
+    rank alike; acting on the rank's own flag at once would leave the others in the next step's
+    all-reduce, waiting forever (a review found it)."""
+    model = tinydae.DAE(16, hidden=(4,), seed=0)
+    x = np.random.default_rng(0).uniform(0, 1, (80, 16)).astype(np.float32)
+
+    def progress(event, info):
+        if event == "step" and info["step"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(tinydae.TrainingInterrupted) as stopped:
+        tinydae.fit(model, x, epochs=1, batch_size=8, comm=_RecordingComm(), progress=progress)
+    assert stopped.value.step == 4 and stopped.value.exit_code == 143
+    with pytest.raises(tinydae.TrainingInterrupted) as stopped:  # one process decides at once, as before
+        tinydae.fit(tinydae.DAE(16, hidden=(4,), seed=0), x, epochs=1, batch_size=8, progress=progress)
+    assert stopped.value.step == 3
+
+
 def test_fit_reduces_the_gradient_buffer_and_the_loss_once_a_step():
     model = tinydae.DAE(16, hidden=(4,), seed=0)
     x = np.random.default_rng(0).uniform(0, 1, (20, 16)).astype(np.float32)
@@ -298,6 +318,11 @@ def test_distributed_mistakes_are_one_error_line(tmp_path):
     r = _run(2, "export", "nothing.h5")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: 'export' runs on one process")
     assert len(r.stderr.strip().splitlines()) == 1
+    # click's own messages, once: a usage error (exit 2) and --help (exit 0)
+    r = _run(2, "train", "--bogus")
+    assert r.returncode == 2 and r.stderr.count("No such option") == 1 and "Traceback" not in r.stderr, r.stderr
+    r = _run(2, "train", "--help")
+    assert r.returncode == 0 and r.stdout.count("Usage: ") == 1 and "Traceback" not in r.stderr, r.stderr
     # ranks started with different options (an MPMD launch): refused before any work
     common = ["--epochs", "1", "--limit", "200", "--out", str(tmp_path / "b")]
     r = subprocess.run([_mpiexec(), "-n", "1", python, cli_py, "train", *common, ":", "-n", "1", python, cli_py,
@@ -306,6 +331,11 @@ def test_distributed_mistakes_are_one_error_line(tmp_path):
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "ranks disagree on the command's options: rank 1 has {'seed': 1}, rank 0 {'seed': 0}" in lines[0]
     assert not (tmp_path / "b").exists()
+    r = subprocess.run([_mpiexec(), "-n", "1", python, cli_py, "train", *common, ":", "-n", "1", python, cli_py,
+                        "sample", "x.h5"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: the ranks disagree on the command: rank 1 has 'sample', rank 0 'train'; start every rank with the "
+        "same command"], r.stderr
 
 
 AGREE = """
@@ -344,9 +374,27 @@ def test_a_failure_on_one_rank_reaches_every_rank():
                      "root_call 1 RankFailed disk full 2", "root_call 2 RankFailed disk full 2"], r.stdout
 
 
+def _ranks_of(out):
+    """pids of the python processes whose command line names `out` (the ranks, not mpiexec)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if str(out).encode() in args and any(a.endswith(b"cli.py") for a in args) \
+                and not any(a.endswith(b"mpiexec") or a.endswith(b"mpiexec.hydra") for a in args):
+            pids.append(int(entry))
+    return sorted(pids)
+
+
 @needs_mpi
 @pytest.mark.mpi
-def test_sigterm_stops_every_rank_with_the_checkpoint_saved(tmp_path):
+@pytest.mark.parametrize("target", ["mpiexec", "one rank"])
+def test_sigterm_stops_every_rank_with_the_checkpoint_saved(tmp_path, target):
+    """SIGTERM to mpiexec (forwarded to every rank) or to one rank alone, at any moment of a step:
+    the ranks stop at one step (they decide on the reduced flag), exit 143, checkpoint saved."""
     out = tmp_path / "run"
     command = [_mpiexec(), "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), *TRAIN, "--epochs", "500",
                "--out", str(out)]
@@ -355,8 +403,20 @@ def test_sigterm_stops_every_rank_with_the_checkpoint_saved(tmp_path):
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.h5").exists() and time.monotonic() < deadline:  # training is under way
         time.sleep(0.2)
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
+    if target == "mpiexec":
+        p.send_signal(signal.SIGTERM)
+    else:
+        ranks = _ranks_of(out)
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[-1], signal.SIGTERM)
+    try:
+        _, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # the ranks hang: end them, then fail
+        for pid in _ranks_of(out):
+            os.kill(pid, signal.SIGKILL)
+        p.kill()
+        p.communicate()
+        pytest.fail("the ranks did not stop within 120 s of SIGTERM")
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert p.returncode == 143 and len(lines) == 1 and "by SIGTERM" in lines[0], err
     ckpt = load_checkpoint(out / "checkpoint.h5")

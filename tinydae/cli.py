@@ -32,7 +32,7 @@ TRAIN_OPTIONS = ("data", "key", "limit", "rescale", "val_fraction", "corruption"
 DISTRIBUTED_COMMANDS = ("train", "sample", "improve")
 # How long a rank whose error the others may not share waits for them to end before it ends
 # the job with MPI_Abort (a rank the others wait for in a collective would hang them forever)
-ABORT_AFTER_S = 20.0
+ABORT_AFTER_S = 10.0
 
 
 def _silence():
@@ -52,6 +52,10 @@ class Group(click.Group):
         except SystemExit as e:
             self._finish(ctx, e.code)
             raise
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort) as e:
+            # click's own (a usage error, --help of a command): click prints it, on rank 0 only
+            self._finish(ctx, getattr(e, "exit_code", 1))
+            raise
         except BaseException:  # a bug, or an error not turned into a line: the rank's traceback
             comm = ctx.meta.get("tinydae.comm")
             if comm is None or comm.size == 1:
@@ -69,7 +73,7 @@ class Group(click.Group):
     def _finish(ctx, code):
         comm = ctx.meta.get("tinydae.comm")
         if comm is not None and comm.size > 1:
-            tinydae.distributed.finish(comm, code or 0, ABORT_AFTER_S)
+            tinydae.distributed.finish(comm, code or 0, ABORT_AFTER_S, ctx.meta.get("tinydae.error"))
 
     def _invoke(self, ctx):
         import warnings
@@ -88,6 +92,7 @@ class Group(click.Group):
                 warnings.showwarning = show
                 return super().invoke(ctx)
         except TinyDAEError as e:
+            ctx.meta["tinydae.error"] = str(e)
             comm = ctx.meta.get("tinydae.comm")
             if comm is not None or tinydae.distributed.launcher_rank() == 0 or ctx.meta.get("tinydae.mode") == "off":
                 click.echo(f"error: {e}", err=True)  # (non-zero ranks print into devnull)
@@ -122,6 +127,8 @@ def cli(ctx, threads, distributed):
     ctx.meta["tinydae.comm"] = comm
     if comm.size > 1 and not comm.root:
         _silence()
+    if comm.size > 1:  # ranks running different commands (an MPMD launch) would wait on each other
+        comm.check_same("the command", ctx.invoked_subcommand, "; start every rank with the same command")
     if comm.size > 1 and ctx.invoked_subcommand not in DISTRIBUTED_COMMANDS:
         raise ConfigError(f"'{ctx.invoked_subcommand}' runs on one process: start it without mpiexec or srun "
                           f"(these run on several: {', '.join(DISTRIBUTED_COMMANDS)})")
@@ -272,6 +279,8 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arc
     """
     from tinydae import safety
 
+    comm = _comm(ctx)  # ranks started with different options: refused before anything else
+    comm.check_same("the command's options", ctx.params, "; start every rank with the same command")
     opts = dict(data=_data_source(data), key=key, limit=limit, rescale=rescale, val_fraction=val_fraction,
                 corruption=str(tinydae.Corruption.parse(corruption)), optimizer=optimizer, lr=lr,
                 momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
@@ -292,8 +301,7 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arc
         raise ConfigError("--epochs and --batch-size must be >= 1")
     if checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
-    comm = _comm(ctx)
-    comm.check_same("the command's options", dict(ctx.params, **opts), "; start every rank with the same command")
+    comm.check_same("the command's options", opts, "; start every rank with the same command")  # files resolved
     backend = _backend(comm, backend, kernel_set)
     with contextlib.ExitStack() as held:
         def claim_out():  # rank 0 alone checks, locks and clears the run folder
@@ -330,10 +338,23 @@ def _comm(ctx):
     return ctx.find_root().meta.get("tinydae.comm") or tinydae.distributed.SingleProcess()
 
 
+def _gpu_or_cpu(comm, name):
+    """Several processes: each takes a GPU of its own (distributed.select_gpu).  More processes
+    on a node than GPUs: --backend cuda is refused, --backend auto runs on the CPU. -> the name"""
+    if name not in ("cuda", "auto") or not comm.collective:
+        return name
+    try:
+        comm.agree(lambda: tinydae.distributed.select_gpu(comm, required=True))
+    except TinyDAEError:
+        if name == "cuda":
+            raise
+        return "cpu"
+    return name
+
+
 def _backend(comm, name, kernel_set):
     """get_backend on every rank (one GPU per rank); an error on one rank stops them all."""
-    if name in ("cuda", "auto"):
-        tinydae.distributed.select_gpu(comm)
+    name = _gpu_or_cpu(comm, name)
     return comm.agree(lambda: tinydae.get_backend(name, kernels=kernel_set))
 
 
@@ -705,8 +726,7 @@ def _run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, s
     comm = _comm(ctx) if ctx is not None else tinydae.distributed.SingleProcess()
     if comm.collective:
         comm.check_same("the command's options", ctx.params, "; start every rank with the same command")
-        if backend in ("cuda", "auto"):
-            tinydae.distributed.select_gpu(comm)
+        backend = _gpu_or_cpu(comm, backend)
     summary, result = run_chains(checkpoint, start, n, steps, chain_corruption, sampler, final, step_size, levels,
                                  keep_every, seed, batch_size, data, key, limit, rescale, out, h5, overwrite,
                                  default_out, backend, option, log=_stderr, comm=comm, score=score,
@@ -1317,6 +1337,12 @@ def classifier_evaluate(classifier_file, samples, samples_key, data, labels, key
 
 
 def main():
+    # Under a launcher, ranks other than 0 print nothing, click's own messages (--help, a usage
+    # error) included; a rank's crash report still reaches the real stderr (Group.invoke).
+    argv = " ".join(sys.argv[1:])
+    off = "--distributed off" in argv or "--distributed=off" in argv or os.environ.get("TINYDAE_DISTRIBUTED") == "off"
+    if tinydae.distributed.launcher_size() > 1 and tinydae.distributed.launcher_rank() != 0 and not off:
+        _silence()
     try:
         cli(prog_name="tinydae")
     except KeyboardInterrupt:  # outside a command (click's parsing, the imports it triggers)

@@ -132,7 +132,9 @@ class MPIComm(SingleProcess):
         """Use NCCL for device arrays of a CuPy backend (one per rank, on the rank's GPU)."""
         if backend.xp is np or self.nccl is not None:
             return self
-        self.nccl = self.agree(lambda: NcclAllReduce(self, backend))
+        nccl = self.agree(load_nccl)  # every rank loads it, or every rank stops
+        uid = self.comm.bcast(nccl.get_unique_id() if self.root else None)  # outside agree: one bcast each
+        self.nccl = self.agree(lambda: NcclAllReduce(self, backend, nccl, uid))
         return self
 
     def allreduce_sum(self, buf):
@@ -224,18 +226,16 @@ class NcclAllReduce:
 
     TYPES = {"float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64", "int64": "NCCL_INT64"}
 
-    def __init__(self, comm, backend):
-        try:
-            from cupy.cuda import nccl
-        except ImportError as e:
-            raise ConfigError(f"--backend cuda with more than one process reduces gradients with NCCL, which "
-                              f"CuPy cannot load here ({e}): pip install nvidia-nccl-cu13") from None
-        if not getattr(nccl, "available", True):
-            raise ConfigError("--backend cuda with more than one process needs NCCL, and this CuPy was built "
-                              "without it: pip install nvidia-nccl-cu13")
+    def __init__(self, comm, backend, nccl=None, uid=None):
+        nccl = nccl if nccl is not None else load_nccl()
+        if uid is None:
+            uid = comm.comm.bcast(nccl.get_unique_id() if comm.root else None)
         self.nccl, self.xp = nccl, backend.xp
-        uid = comm.comm.bcast(nccl.get_unique_id() if comm.root else None)
-        self.comm = nccl.NcclCommunicator(comm.size, uid, comm.rank)
+        try:  # NCCL's own errors (e.g. two ranks on one GPU: "Duplicate GPU detected") as one line
+            self.comm = nccl.NcclCommunicator(comm.size, uid, comm.rank)
+        except Exception as e:
+            raise ConfigError(f"NCCL could not connect the {comm.size} processes ({type(e).__name__}: {e}); "
+                              f"each needs a GPU of its own") from None
 
     def __call__(self, buf):
         if not buf.flags.c_contiguous:
@@ -243,6 +243,19 @@ class NcclAllReduce:
         kind = getattr(self.nccl, self.TYPES[str(buf.dtype)])
         stream = self.xp.cuda.get_current_stream().ptr
         self.comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, kind, self.nccl.NCCL_SUM, stream)
+
+
+def load_nccl():
+    """cupy.cuda.nccl, or a ConfigError saying how to install it."""
+    try:
+        from cupy.cuda import nccl
+    except ImportError as e:
+        raise ConfigError(f"--backend cuda with more than one process reduces gradients with NCCL, which "
+                          f"CuPy cannot load here ({e}): pip install nvidia-nccl-cu13") from None
+    if not getattr(nccl, "available", True):
+        raise ConfigError("--backend cuda with more than one process needs NCCL, and this CuPy was built "
+                          "without it: pip install nvidia-nccl-cu13")
+    return nccl
 
 
 def import_mpi():
@@ -269,11 +282,13 @@ def connect(mode="auto"):
     return MPIComm()
 
 
-def finish(comm, code, wait_s):
+def finish(comm, code, wait_s, message=None):
     """The end of a command on every rank.  A rank that succeeded waits for the others; a rank
     that failed waits at most wait_s for them to end too (they share its error, or have ended),
-    then ends the job with MPI_Abort: its error may be its own, and the others could be
-    waiting for it in a collective that never completes."""
+    then says its error on the real stderr (a rank other than 0 prints nothing else) and ends
+    the job with MPI_Abort: its error may be its own, and the others could be waiting for it in
+    a collective that never completes."""
+    import sys
     import time
 
     if comm.size == 1:
@@ -282,13 +297,18 @@ def finish(comm, code, wait_s):
     deadline = time.monotonic() + wait_s
     while not request.Test():
         if code and time.monotonic() > deadline:
+            if message and not comm.root:
+                sys.__stderr__.write(f"error: rank {comm.rank}: {message}\n")
+                sys.__stderr__.flush()
             comm.abort(code if isinstance(code, int) else 1)
         time.sleep(0.01)
 
 
-def select_gpu(comm):
-    """One GPU per rank: rank r of its node uses GPU r (mod the GPUs there).  Call before the
-    CUDA backend is made.  -> the device index, or None without CuPy or a GPU."""
+def select_gpu(comm, required=False):
+    """One GPU per rank: rank r of its node uses GPU r.  Call before the CUDA backend is made.
+    required (--backend cuda): more ranks on a node than GPUs is refused (NCCL cannot put two
+    ranks on one GPU); otherwise (--backend auto) such ranks are left to the CPU backend.
+    -> the device index, or None without CuPy or a GPU."""
     if comm.size == 1 and comm.local_rank == 0:
         return None
     try:
@@ -298,7 +318,12 @@ def select_gpu(comm):
         return None
     if count == 0:
         return None
-    device = comm.local_rank % count
+    if comm.local_size > count:
+        if required:
+            raise ConfigError(f"{comm.local_size} processes on this node share {count} GPU(s); NCCL needs a GPU per "
+                              f"process: start at most {count} per node, or use --backend cpu")
+        return None
+    device = comm.local_rank
     cupy.cuda.Device(device).use()
     return device
 

@@ -373,7 +373,9 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
     else:
         nbytes = training_memory(model.config, n, batch_size, getattr(optimizer, "name", "adam"),
                                  rows_on_device=not lazy)
-    check_memory(nbytes, f"training on {n:,} rows (batch {batch_size})", "use a smaller batch_size or fewer rows")
+    # ranks on one node see different free memory: a refusal on any of them stops them all
+    comm.agree(lambda: check_memory(nbytes, f"training on {n:,} rows (batch {batch_size})",
+                                    "use a smaller batch_size or fewer rows"))
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
     if state.step >= total_steps:  # resuming a finished run would silently do nothing
@@ -387,11 +389,14 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
         from tinydae.checkpoint import TRAIN_CONFIG_FIELDS, _check_fields
         from tinydae.safety import check_output_file
 
-        check_output_file(checkpoint_path, "checkpoint_path", overwrite=True)
-        try:  # a train_config its checkpoint could not record fails now too
-            _check_fields(checkpoint_path, "train_config", train_config or {}, TRAIN_CONFIG_FIELDS, saving=True)
-        except CheckpointError as e:
-            raise ConfigError(str(e)) from None
+        def check_checkpoint():  # rank 0 alone writes it
+            check_output_file(checkpoint_path, "checkpoint_path", overwrite=True)
+            try:  # a train_config its checkpoint could not record fails now too
+                _check_fields(checkpoint_path, "train_config", train_config or {}, TRAIN_CONFIG_FIELDS, saving=True)
+            except CheckpointError as e:
+                raise ConfigError(str(e)) from None
+
+        comm.root_call(check_checkpoint)
     model.corruption = str(corruption)  # chains default to the corruption the model learned
     backend = model.backend
     # the whole set lives on the device, unless it stays on disk (Rows: a batch is read per step)
@@ -448,8 +453,9 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
             if hi == lo:  # more ranks than rows in this (last) batch: nothing to add
                 model.zero_grad()
                 loss_sum[...] = 0
-            elif labelled:
-                model.loss_sum_and_grad(x, y_train[backend.to_host(index[lo:hi])], loss_sum)
+            elif labelled:  # its inputs corrupted as a DAE's are (corruption 'none' by default)
+                x_in = corruption.apply(backend, x, seed, state.step, offset=lo * x.shape[1])
+                model.loss_sum_and_grad(x_in, y_train[backend.to_host(index[lo:hi])], loss_sum)
                 if comm.size > 1:  # the classifier's gradient is its rows' mean: make it a part of the batch's
                     model.grads *= (hi - lo) / len(index)
             else:
@@ -465,11 +471,12 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
             if comm.collective and not deterministic:  # the data-parallel step: sums over the ranks
                 comm.allreduce_sum(model.grads)
                 comm.allreduce_sum(loss_sum)
+            # A signal on any rank stops every rank after this step: the decision is taken on the
+            # reduced flag (a host collective, no device wait), never on a rank's own, which may
+            # change between the reduction and the check (a signal arriving then counts next step).
+            stop = signals.signum or 0
             if comm.collective:
-                # a signal on any rank stops every rank after this step (a host collective: no device wait)
-                stop = int(comm.allreduce_host([signals.signum or 0], "max")[0])
-                if stop and signals.signum is None:
-                    signals.signum = stop
+                stop = int(comm.allreduce_host([stop], "max")[0])
             optimizer.step(guard=loss_sum)  # skipped on the device if the loss is not finite
             loss = float(backend.to_host(loss_sum)[0]) / len(index)  # the step's one host read
             if not math.isfinite(loss):
@@ -506,10 +513,12 @@ def fit(model, train, val=None, *, optimizer=None, corruption=None, epochs=1,
                 save()
             elif checkpoint_every and state.step % checkpoint_every == 0:
                 save()
-            if signals.raised:
+            if not comm.collective:  # one process decides on its own flag, at the step's very end
+                stop = signals.signum or 0
+            if stop:
                 save()
-                name = signal.Signals(signals.signum).name
+                name = signal.Signals(stop).name
                 where = f"; checkpoint saved to {checkpoint_path}" if checkpoint_path else ""
                 raise TrainingInterrupted(f"interrupted at step {state.step} by {name}{where}", state.step,
-                                          checkpoint_path, signals.signum)
+                                          checkpoint_path, stop)
     return state

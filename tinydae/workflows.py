@@ -162,6 +162,10 @@ def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="mode
         if n < comm.size:
             raise ConfigError(f"{start} holds {n} samples, fewer than the {comm.size} processes")
     lo, hi = shard(n, comm)  # this rank's chains
+    if comm.collective:  # rank 0 gathers every chain's final state (and the kept chains' states)
+        comm.root_call(lambda: safety.check_memory(
+            n * model.input_dim * 4 * 2, f"gathering {n:,} samples of {model.input_dim} values on rank 0",
+            "use a smaller --n (or several runs with other --seed)"))
     if start in START_KINDS:
         comm.agree(lambda: check_chain_memory(model, hi - lo, steps, keep_every, batch_size, start,
                                               png and shape, sampler))
