@@ -225,16 +225,20 @@ def _fixed_point_step(model, x_in, x, sigma, first, batch, loss_sum, comm):
     xp, C = model.backend.xp, DETERMINISTIC_ROWS
     starts = range(0, x.shape[0], C)
     parts = xp.empty((len(starts), model.grads.size), model.grads.dtype)
-    losses = np.zeros(-(-batch // C))
-    total = xp.empty(1, np.float64)
+    # each chunk's loss sum and the largest |value| of each chunk stay on the device until one
+    # read after the last chunk (a step reads the host twice here, not once per chunk)
+    sums = xp.zeros(-(-batch // C) + 1, np.float64)  # the chunks' loss sums, then the largest value
     for k, a in enumerate(starts):
         level = sigma if sigma is None or np.ndim(sigma) == 0 else sigma[a:a + C]
-        model.loss_sum_and_grad(x_in[a:a + C], x[a:a + C], total, mean_over=batch,
+        c = (first + a) // C
+        model.loss_sum_and_grad(x_in[a:a + C], x[a:a + C], sums[c:c + 1], mean_over=batch,
                                 **({} if sigma is None else {"sigma": level}))
         parts[k] = model.grads
-        losses[(first + a) // C] = float(model.backend.to_host(total)[0])
-    biggest = comm.allreduce_host([float(xp.abs(parts).max()) if len(starts) else 0.0], "max")[0]
-    losses = comm.allreduce_host(losses)
+    if len(starts):
+        sums[-1] = xp.abs(parts).max()
+    sums = model.backend.to_host(sums)
+    biggest = comm.allreduce_host([sums[-1]], "max")[0]
+    losses = comm.allreduce_host(sums[:-1])
     if not math.isfinite(biggest):  # the loss guard below reports it, as for any step
         model.grads[...] = np.nan
         loss_sum[...] = np.nan
