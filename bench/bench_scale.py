@@ -109,6 +109,40 @@ def _steps(comm, arch, local, global_batch, steps, first):
                 bytes_per_step=int(model.grads.nbytes) + 16, params=int(model.params.size))
 
 
+def _overlap(comm, arch, local, global_batch, steps, first, buckets):
+    """Median whole-step ms (the slowest rank's) of fit()'s step with the gradient reduced by one
+    all-reduce after backward (bucket None) or in buckets started during backward (MiB), the
+    cases taking turns step by step so that the machine's drift falls on all of them alike."""
+    import tinydae
+    from tinydae.corruption import Corruption
+    from tinydae.distributed import GradientBuckets
+
+    c = Corruption.parse("gaussian:0.3")
+    x = np.random.default_rng(comm.rank).uniform(0, 1, (local, 784)).astype(np.float32)
+    cases = []
+    for mb in buckets:
+        model = tinydae.DAE(784, arch=arch, seed=0, input_shape=(28, 28, 1))
+        reducer = None if mb is None else GradientBuckets(comm, model.net, mb)
+        cases.append((mb, model, tinydae.Adam(model), reducer, np.zeros(1), []))
+    for step in range(steps + 3):
+        for mb, model, opt, reducer, loss, times in cases:
+            comm.barrier()
+            t0 = time.perf_counter()
+            x_in = c.apply(model.backend, x, 0, step, offset=first * 784)
+            model.loss_sum_and_grad(x_in, x, loss, mean_over=global_batch, done=reducer and reducer.layer_done)
+            if reducer is None:
+                comm.allreduce_sum(model.grads)
+            else:
+                reducer.finish()
+            comm.allreduce_sum(loss)
+            comm.allreduce_host([0.0], "max")
+            opt.step(guard=loss)
+            times.append(comm.allreduce_host([time.perf_counter() - t0], "max")[0])
+    return [dict(bucket_mb=mb, step_ms=statistics.median(times[3:]) * 1e3,
+                 buckets=len([r for rs in (reducer.plan.values() if reducer else [[0]]) for r in rs]))
+            for mb, model, opt, reducer, loss, times in cases]
+
+
 def worker(argv):
     p = argparse.ArgumentParser()
     p.add_argument("--worker", action="store_true")
@@ -117,6 +151,7 @@ def worker(argv):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--archs", default=";".join(ARCHS))
+    p.add_argument("--buckets", default="0,1", help="bucket sizes (MiB) compared with one all-reduce; '' for none")
     a = p.parse_args(argv)
     from tinydae import distributed
     from tinydae.threads import cores, set_threads
@@ -133,6 +168,10 @@ def worker(argv):
                                                  ("weak", a.batch, a.batch * R, comm.rank * a.batch)):
             row = _steps(comm, arch, local, global_batch, a.steps, first)
             result["steps"].append(dict(row, arch=arch, scaling=kind, local_batch=local, global_batch=global_batch))
+        if R > 1 and a.buckets:  # the all-reduce overlapped with backward, against one after it (strong)
+            sizes = [None] + [float(b) for b in a.buckets.split(",")]
+            for row in _overlap(comm, arch, hi - lo, a.batch, a.steps, lo, sizes):
+                result.setdefault("overlap", []).append(dict(row, arch=arch, ranks=R, local_batch=hi - lo))
     if comm.root:
         with open(a.out, "w") as f:
             json.dump(result, f)
@@ -149,7 +188,7 @@ def mpiexec():
     return shutil.which("mpiexec")
 
 
-def run(ranks=(1, 2), batch=256, steps=20, repeats=20, archs=ARCHS, log=print, timeout_s=1800):
+def run(ranks=(1, 2), batch=256, steps=20, repeats=20, archs=ARCHS, log=print, timeout_s=1800, buckets=(0, 1)):
     """-> dict(runs=[worker results], fit=dict(alpha_us, beta_ns_per_byte, GBps), model=...)."""
     from tinydae.errors import ConfigError
 
@@ -163,7 +202,7 @@ def run(ranks=(1, 2), batch=256, steps=20, repeats=20, archs=ARCHS, log=print, t
             log(f"R = {R}: mpiexec -n {R} ...")
             command = [runner, "-n", str(R), sys.executable, os.path.abspath(__file__), "--worker", "--out", out,
                        "--batch", str(batch), "--steps", str(steps), "--repeats", str(repeats),
-                       "--archs", ";".join(archs)]
+                       "--archs", ";".join(archs), "--buckets", ",".join(str(b) for b in buckets)]
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
                                       env=dict(os.environ, TINYDAE_DISTRIBUTED="mpi"))
@@ -182,7 +221,10 @@ def run(ranks=(1, 2), batch=256, steps=20, repeats=20, archs=ARCHS, log=print, t
         # a negative alpha (noise at the small sizes) is reported as it came out, flagged
         fit = dict(ranks=2, alpha_us=alpha * 1e6, beta_ns_per_byte=beta * 1e9, GBps=1 / beta / 1e9 if beta > 0 else None,
                    alpha_negative=alpha < 0)
-    return dict(runs=runs, fit=fit, model=model_table(runs))
+    # one flat row per measured case: what bench/results keeps of each saved run (common.save_section)
+    rows = [dict(kind="step", ranks=r["ranks"], **s) for r in runs for s in r["steps"]]
+    rows += [dict(kind="overlap", **o) for r in runs for o in r.get("overlap", [])]
+    return dict(runs=runs, fit=fit, model=model_table(runs), rows=rows)
 
 
 def model_table(runs):
@@ -217,6 +259,14 @@ def format_table(result):
     if fit:
         lines.append(f"all-reduce on 2 ranks here: alpha {fit['alpha_us']:.1f} us + {fit['beta_ns_per_byte']:.3f} ns/byte "
                      f"({fit['GBps'] or float('nan'):.2f} GB/s)")
+    for r in result["runs"]:  # the overlapped all-reduce: whole steps, against one all-reduce after backward
+        rows = r.get("overlap", [])
+        flat = {o["arch"]: o["step_ms"] for o in rows if o["bucket_mb"] is None}
+        for o in rows:
+            if o["bucket_mb"] is not None:
+                lines.append(f"overlap {o['arch']} R={o['ranks']}: buckets >= {o['bucket_mb']:g} MiB ({o['buckets']}) "
+                             f"{o['step_ms']:.2f} ms a step, one all-reduce {flat[o['arch']]:.2f} ms: "
+                             f"x{flat[o['arch']] / o['step_ms']:.2f}")
     for row in result["model"]:
         cells = ", ".join(f"N={n}: {us:,.0f} us" for n, us in row["allreduce_us"].items())
         lines.append(f"model {row['arch']} ({row['bytes'] / 1e6:.1f} MB) on {row['link']}: {cells}")

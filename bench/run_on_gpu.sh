@@ -150,7 +150,10 @@ smoke_nccl() {  # smoke_train's cuda run again, through MPI and NCCL with R = 1 
   python3 -c "import mpi4py.MPI; from cupy.cuda import nccl; print('mpi4py', mpi4py.__version__, 'NCCL', nccl.get_version())" \
     || return 1
   python3 cli.py --distributed mpi "${args[@]}" --backend cuda --out "$SMOKE_WORK/nccl" || return 1
-  python3 bench/gpu_smoke.py compare "$SMOKE_WORK/nccl/checkpoint.h5" "$SMOKE_WORK/cuda/checkpoint.h5"
+  python3 bench/gpu_smoke.py compare "$SMOKE_WORK/nccl/checkpoint.h5" "$SMOKE_WORK/cuda/checkpoint.h5" || return 1
+  # --bucket-mb 0: a bucket per layer, NCCL on a side stream after the compute stream's events
+  python3 cli.py --distributed mpi "${args[@]}" --backend cuda --bucket-mb 0 --out "$SMOKE_WORK/nccl-buckets" || return 1
+  python3 bench/gpu_smoke.py compare "$SMOKE_WORK/nccl-buckets/checkpoint.h5" "$SMOKE_WORK/cuda/checkpoint.h5"
 }
 
 step_smoke() {

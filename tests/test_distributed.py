@@ -177,6 +177,51 @@ def test_nccl_is_wired_in_place_on_the_current_stream(monkeypatch):
         reduce(buf)
 
 
+def test_nccl_buckets_run_on_a_side_stream_after_the_compute_stream(monkeypatch):
+    """Without a GPU: each bucket's reduction is queued on a stream of its own after an event
+    recorded on the compute stream (the backward that wrote it), and join() makes the compute
+    stream wait for the last reduction on the device: no host wait anywhere."""
+    import types
+
+    log = []
+
+    class Stream:
+        def __init__(self, ptr=0x51DE, non_blocking=False):
+            self.ptr = ptr
+
+        def wait_event(self, event):
+            log.append(("wait", self.ptr, event.on))
+
+    class Event:
+        def __init__(self, disable_timing=False):
+            self.on = None
+
+        def record(self, stream):
+            self.on = stream.ptr
+            log.append(("record", stream.ptr))
+
+    compute = Stream(0xABC)
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(nccl=_FakeNccl, Stream=Stream, Event=Event, get_current_stream=lambda: compute)
+    reduce = distributed.NcclAllReduce.__new__(distributed.NcclAllReduce)
+    reduce.nccl, reduce.xp, reduce.comm = _FakeNccl, cupy, _FakeNccl.NcclCommunicator(2, (1,), 0)
+    _FakeNccl.calls.clear()
+
+    def buf(ptr, size):
+        return types.SimpleNamespace(flags=types.SimpleNamespace(c_contiguous=True), data=types.SimpleNamespace(ptr=ptr),
+                                     size=size, dtype=np.dtype(np.float32))
+
+    reduce.join()  # nothing started: nothing to wait for
+    assert log == []
+    reduce.start(buf(4096, 10))
+    reduce.start(buf(4136, 20))
+    reduce.join()
+    side = 0x51DE
+    assert log == [("record", 0xABC), ("wait", side, 0xABC), ("record", 0xABC), ("wait", side, 0xABC),
+                   ("record", side), ("wait", 0xABC, side)]
+    assert [c[1:4] + c[6:] for c in _FakeNccl.calls] == [(4096, 4096, 10, side), (4136, 4136, 20, side)]
+
+
 def test_nccl_missing_is_a_clear_error(monkeypatch):
     import types
 
@@ -224,6 +269,89 @@ def test_fit_reduces_the_gradient_buffer_and_the_loss_once_a_step():
     tinydae.fit(model, x, epochs=1, batch_size=8, comm=comm)  # 3 steps
     grads = (model.grads.shape, model.grads.dtype)
     assert comm.reduced == [grads, ((1,), np.float64)] * 3
+
+
+# -- the overlapped all-reduce (bucket_mb) ----------------------------------------------------
+
+BUCKET_NETS = [("mlp:40,20", False, None), ("mlp:40,20", True, None), ("conv:4,6", True, (8, 8, 1)),
+               ("unet:4,6", True, (8, 8, 1)), ("unet:4,6,sigma", False, (8, 8, 1))]
+
+
+@pytest.mark.parametrize("arch,tied,shape", BUCKET_NETS)
+@pytest.mark.parametrize("bucket_bytes", [0, 600, 2**30])
+def test_each_bucket_starts_once_its_gradient_is_final(arch, tied, shape, bucket_bytes):
+    """The buckets cover the gradient buffer once; when backward reports a layer done, the
+    buckets planned there already hold their final values (a tied decoder adds to its encoder's
+    weight before the encoder's own backward: starting that bucket at the decoder would send a
+    partial sum); backward reports the layers in the order the plan assumed."""
+    model = tinydae.DAE(64, arch=arch, tied=tied, dtype="float64", seed=1, input_shape=shape)
+    plan = distributed.bucket_plan(model.net, bucket_bytes)
+    ranges = sorted(r for rs in plan.values() for r in rs)
+    assert ranges[0][0] == 0 and ranges[-1][1] == model.grads.size
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (5, 64))
+    sigma = rng.uniform(0.1, 1, 5) if model.noise_conditional else None
+    model.grads[...] = np.nan  # what a bucket would send if started before its layer wrote it
+    seen, sent = [], []
+
+    def done(name):
+        seen.append(name)
+        sent.extend((lo, hi, model.grads[lo:hi].copy()) for lo, hi in plan.get(name, ()))
+
+    model.loss_sum_and_grad(x + 0.2 * rng.standard_normal(x.shape), x, np.zeros(1), sigma=sigma, done=done)
+    sent.extend((lo, hi, model.grads[lo:hi].copy()) for lo, hi in plan.get(None, ()))
+    assert seen == model.net.backward_order
+    assert np.isfinite(model.grads).all() and np.abs(model.grads).max() > 1e-3
+    for lo, hi, values in sent:
+        np.testing.assert_array_equal(values, model.grads[lo:hi])
+    if bucket_bytes == 0:  # every layer with parameters starts its own run at once
+        assert None not in plan
+    if bucket_bytes == 2**30:  # one bucket at the end: the plain all-reduce
+        assert plan == {None: [(0, model.grads.size)]}
+
+
+class _BucketComm(distributed.SingleProcess):
+    """A collective rank `rank` of `size` that records the bucket reductions it starts, per step."""
+    collective = True
+
+    def __init__(self, rank, size):
+        self.rank, self.size, self.started, self.waits = rank, size, [], 0
+
+    def start_allreduce_sum(self, buf):
+        self.started.append((buf.size, float(buf.sum())))
+
+    def wait_all(self, handles):
+        self.waits += 1
+
+
+def test_a_rank_without_rows_starts_the_same_buckets_in_the_same_order():
+    """The last batch (2 rows) leaves rank 0 of 3 without rows: it must start the others'
+    buckets, in their order (mismatched collectives would hang), and wait once a step."""
+    x = np.random.default_rng(0).uniform(0, 1, (18, 16)).astype(np.float32)
+    started = {}
+    for rank in (0, 2):
+        comm = _BucketComm(rank, 3)
+        tinydae.fit(tinydae.DAE(16, arch="mlp:8,6", seed=0), x, epochs=1, batch_size=8, comm=comm, bucket_mb=0)
+        assert comm.waits == 3  # 3 steps
+        started[rank] = comm.started
+    sizes = [[size for size, _ in started[r]] for r in (0, 2)]
+    assert sizes[0] == sizes[1] and len(sizes[0]) == 3 * 4  # 4 layers with parameters, 3 steps
+    assert all(total == 0 for _, total in started[0][-4:])  # rank 0's last step: zeroed gradients
+    assert any(total != 0 for _, total in started[2][-4:])
+
+
+def test_bucket_mb_mistakes_are_clear():
+    x = np.random.default_rng(0).uniform(0, 1, (8, 16)).astype(np.float32)
+    for bad, match in [(-1, ">= 0"), (float("nan"), ">= 0"), ("4", ">= 0")]:
+        with pytest.raises(tinydae.ConfigError, match=match):
+            tinydae.fit(tinydae.DAE(16, hidden=(4,), seed=0), x, comm=_BucketComm(0, 2), bucket_mb=bad)
+    with pytest.raises(tinydae.ConfigError, match="deterministic"):
+        tinydae.fit(tinydae.DAE(16, hidden=(4,), seed=0), x, deterministic=True, bucket_mb=1)
+    r = CliRunner().invoke(cli, ["train", "--bucket-mb", "-1"])
+    one_error_line(r, "--bucket-mb must be a number of MiB >= 0")
+    r = CliRunner().invoke(cli, ["train", "--bucket-mb", "1", "--deterministic"])
+    one_error_line(r, "--bucket-mb and --deterministic")
 
 
 # -- under mpiexec ---------------------------------------------------------------------------
@@ -624,3 +752,34 @@ def test_deterministic_training_is_bit_identical_for_any_number_of_ranks(tmp_pat
     np.testing.assert_array_equal(three, one)
     assert not np.array_equal(plain, one)
     np.testing.assert_allclose(one, plain, rtol=0, atol=2e-5 * np.abs(plain).max())
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_buckets_reduce_to_the_same_gradients(tmp_path):
+    """--bucket-mb: the all-reduce in buckets started during backward.  2 ranks: the same bits as
+    one all-reduce after backward (a sum of two values has one rounding); 3 ranks (MPICH may
+    associate the three sums otherwise per bucket size): within rounding of one process."""
+    runs = {}
+    for name, ranks, extra in [("flat2", 2, []), ("bucket2", 2, ["--bucket-mb", "0"]),
+                               ("bucket3", 3, ["--bucket-mb", "0.05"]), ("one", None, [])]:
+        r = _run(ranks, *TRAIN, "--epochs", "1", "--out", str(tmp_path / name), *extra)
+        assert r.returncode == 0, r.stderr
+        runs[name] = _params(tmp_path / name / "checkpoint.h5")
+    np.testing.assert_array_equal(runs["bucket2"], runs["flat2"])
+    np.testing.assert_allclose(runs["bucket3"], runs["one"], rtol=0, atol=TOLERANCE["float32"] * np.abs(runs["one"]).max())
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_bench_scale_compares_buckets_with_one_allreduce():
+    import json as json_module
+
+    r = CliRunner().invoke(cli, ["bench", "scale", "--ranks", "2", "--steps", "2", "--repeats", "2", "--arch", "mlp:16",
+                                 "--buckets", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [row for row in json_module.loads(r.stdout)["rows"] if row["kind"] == "overlap"]
+    assert [row["bucket_mb"] for row in rows] == [None, 0.0]
+    assert rows[1]["buckets"] == 2 and all(row["step_ms"] > 0 for row in rows)  # enc0 and dec0 apart
+    r = CliRunner().invoke(cli, ["bench", "scale", "--buckets", "1,x"])
+    one_error_line(r, "--buckets takes sizes in MiB")

@@ -294,10 +294,12 @@ def test_noise_conditional_unet_on_the_gpu_matches_the_cpu():
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
 
 
-def test_fit_through_nccl_with_one_rank_reads_the_host_once_and_matches():
+@pytest.mark.parametrize("bucket_mb", [None, 0])
+def test_fit_through_nccl_with_one_rank_reads_the_host_once_and_matches(bucket_mb):
     """--distributed mpi with one process on the GPU: the gradient and loss go through NCCL (an
-    identity for R = 1) on the current stream; a step still reads the host once, and the run is
-    the plain run's, bit for bit."""
+    identity for R = 1) on the current stream (bucket_mb=0: a bucket per layer on a side stream,
+    after the compute stream's events); a step still reads the host once, and the run is the
+    plain run's, bit for bit."""
     pytest.importorskip("mpi4py")
     from tinydae import distributed
     from tinydae.backend import HOST_READS
@@ -308,7 +310,7 @@ def test_fit_through_nccl_with_one_rank_reads_the_host_once_and_matches():
     for c in (None, comm):
         model = td.DAE(784, hidden=(128, 32), seed=0, backend="cuda")
         before = HOST_READS["count"]
-        state = td.fit(model, data, epochs=1, comm=c)
+        state = td.fit(model, data, epochs=1, comm=c, bucket_mb=None if c is None else bucket_mb)
         runs.append((model.backend.to_host(model.params), HOST_READS["count"] - before, state.step))
     assert comm.nccl is not None  # bound: device buffers went to NCCL
     (plain, reads_plain, steps), (nccl, reads_nccl, _) = runs

@@ -6,6 +6,7 @@ saves a checkpoint and exits 130.
 """
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -265,6 +266,11 @@ def _restore_aside(out, aside):
 @click.option("--deterministic", is_flag=True,
               help="Gradients of 64-row chunks summed exactly (as integers): the same bits for any number of "
                    "processes (at the same threads per process), at a cost (README: More than one machine).")
+@click.option("--bucket-mb", type=float, default=None,
+              help="With several processes: reduce the gradient in buckets of at least this many MiB, each "
+                   "started during backward as soon as its layers are done (0: a bucket per layer), instead of "
+                   "one all-reduce after backward. The same sums; whether it is faster: bench scale "
+                   "(README: More than one machine).")
 @click.option("--lazy/--no-lazy", default=None,
               help="Leave a .npy or .h5 --data file on disk and read each batch's rows from it (a data set "
                    "larger than memory; each process reads only its rows). [default: on with several "
@@ -272,7 +278,7 @@ def _restore_aside(out, aside):
 @click.pass_context
 def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arch_spec, hidden, activation, tied, loss,
           dtype, corruption, optimizer, lr, momentum, weight_decay, batch_size, epochs, seed, out,
-          overwrite, checkpoint_every, resume, as_json, lazy, deterministic):
+          overwrite, checkpoint_every, resume, as_json, lazy, deterministic, bucket_mb):
     """Train a DAE; writes OUT/checkpoint.h5, OUT/history.json and OUT/samples.png.
 
     Refuses an OUT that holds another run unless --overwrite (or --resume of its checkpoint).
@@ -301,6 +307,11 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arc
         raise ConfigError("--epochs and --batch-size must be >= 1")
     if checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    if bucket_mb is not None and not 0 <= bucket_mb < math.inf:
+        raise ConfigError(f"--bucket-mb must be a number of MiB >= 0, got {bucket_mb}")
+    if bucket_mb is not None and deterministic:
+        raise ConfigError("--bucket-mb and --deterministic do not go together: --deterministic reduces "
+                          "64-row chunks exactly after backward")
     comm.check_same("the command's options", opts, "; start every rank with the same command")  # files resolved
     backend = _backend(comm, backend, kernel_set)
     with contextlib.ExitStack() as held:
@@ -312,7 +323,7 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arc
         replace = comm.root_call(claim_out)
         lazy = comm.collective if lazy is None else lazy
         _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json, comm, lazy,
-                      deterministic)
+                      deterministic, bucket_mb)
 
 
 def _write_train_outputs(history_path, state, png, model, opts, dataset, val_set, train_set):
@@ -359,7 +370,7 @@ def _backend(comm, name, kernel_set):
 
 
 def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkpoint_every, as_json, comm, lazy=False,
-                  deterministic=False):
+                  deterministic=False, bucket_mb=None):
     """The rest of `train`, with `out` checked and locked (by rank 0 of a distributed run, which
     alone writes files; every rank trains)."""
     from tinydae import safety
@@ -425,7 +436,7 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
                                 batch_size=opts["batch_size"], seed=opts["seed"], state=state,
                                 checkpoint_path=ckpt_path, checkpoint_every=checkpoint_every,
                                 train_config=dict(opts, epochs=epochs), progress=progress, comm=comm,
-                                deterministic=deterministic)
+                                deterministic=deterministic, bucket_mb=bucket_mb)
         finished = True
     finally:
         shown_progress.close()
@@ -1100,8 +1111,11 @@ def bench_chain(backend, chains, repeats, compile_peer, save, out_file, overwrit
 @click.option("--repeats", type=int, default=20, show_default=True, help="Timed all-reduces per buffer size.")
 @click.option("--arch", "archs", default="mlp:1000;conv:32,64", show_default=True,
               help="Architectures on 28x28 images, separated by ';'.")
+@click.option("--buckets", default="0,1", show_default=True,
+              help="Bucket sizes in MiB (train --bucket-mb) whose steps are compared with one all-reduce "
+                   "after backward, on R > 1; '' for none.")
 @_result_options
-def bench_scale(ranks, batch, steps, repeats, archs, save, out_file, overwrite, as_json):
+def bench_scale(ranks, batch, steps, repeats, archs, buckets, save, out_file, overwrite, as_json):
     """Data-parallel training on R processes (mpiexec -n R, needs the mpi extra): compute and
     all-reduce time per step, strong and weak scaling, the all-reduce fitted as alpha + beta *
     bytes, and a model of the all-reduce for N GPUs on NVLink and InfiniBand."""
@@ -1113,6 +1127,12 @@ def bench_scale(ranks, batch, steps, repeats, archs, save, out_file, overwrite, 
         raise ConfigError("--ranks, --batch, --steps and --repeats must be positive")
     if batch < max(rank_list):
         raise ConfigError(f"--batch {batch} is smaller than {max(rank_list)} ranks: each needs a row")
+    try:
+        bucket_list = [float(b) for b in buckets.split(",")] if buckets.strip() else []
+    except ValueError:
+        raise ConfigError(f"--buckets takes sizes in MiB like 0,1,4, got {buckets!r}") from None
+    if any(not 0 <= b < math.inf for b in bucket_list):
+        raise ConfigError(f"--buckets must be sizes in MiB >= 0, got {buckets!r}")
     arch_list = [tinydae.arch.canonical(a) for a in archs.split(";")]
     for spec in arch_list:
         tinydae.model.check_config(784, arch=spec, input_shape=(28, 28, 1))
@@ -1125,7 +1145,8 @@ def bench_scale(ranks, batch, steps, repeats, archs, save, out_file, overwrite, 
     mod = _load_bench("bench_scale")
     if not as_json:
         click.echo(mod.HEADER)
-    result = mod.run(rank_list, batch, steps, repeats, arch_list, log=(lambda line: None) if as_json else _stderr)
+    result = mod.run(rank_list, batch, steps, repeats, arch_list, log=(lambda line: None) if as_json else _stderr,
+                     buckets=bucket_list)
     result.update(device=tinydae.backend.cpu_name(), backend="cpu")
     if not as_json:
         click.echo(mod.format_table(result))

@@ -21,6 +21,7 @@ through the launcher (the CLI calls MPI_Abort; mpiexec and srun end the other ra
 Legend: R ranks; B the global batch size; D values per row.
 """
 import hashlib
+import math
 import os
 
 import numpy as np
@@ -76,6 +77,16 @@ class SingleProcess:
 
     def allreduce_sum(self, buf):
         """Sum buf (a host or device array) over the ranks, in place."""
+
+    def start_allreduce_sum(self, buf):
+        """Start summing buf over the ranks in place -> a handle for wait_all (GradientBuckets)."""
+        self.allreduce_sum(buf)
+
+    def progress(self, handles):
+        """Let the started reductions advance (MPI progresses them only inside its calls)."""
+
+    def wait_all(self, handles):
+        """Wait until the started reductions are done (on a GPU: the compute stream waits)."""
 
     def allreduce_host(self, values, op="sum"):
         """(n,) float64 host values summed (or maxed) over the ranks -> new array."""
@@ -147,6 +158,26 @@ class MPIComm(SingleProcess):
         else:
             raise ConfigError("a device array needs NCCL to be reduced: bind the communicator to the backend "
                               "(comm.bind(backend)) before training")
+
+    def start_allreduce_sum(self, buf):
+        if isinstance(buf, np.ndarray):
+            return self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        if self.nccl is None:
+            self.allreduce_sum(buf)  # its clear error
+        self.nccl.start(buf)
+        return None
+
+    def progress(self, handles):
+        requests = [h for h in handles if h is not None]
+        if requests:
+            self.MPI.Request.Testall(requests)
+
+    def wait_all(self, handles):
+        requests = [h for h in handles if h is not None]
+        if requests:
+            self.MPI.Request.Waitall(requests)
+        if self.nccl is not None:
+            self.nccl.join()
 
     def allreduce_host(self, values, op="sum"):
         values = np.array(values, np.float64)
@@ -237,12 +268,123 @@ class NcclAllReduce:
             raise ConfigError(f"NCCL could not connect the {comm.size} processes ({type(e).__name__}: {e}); "
                               f"each needs a GPU of its own") from None
 
-    def __call__(self, buf):
+    def __call__(self, buf, stream=None):
         if not buf.flags.c_contiguous:
             raise ConfigError("NCCL reduces contiguous buffers only")
         kind = getattr(self.nccl, self.TYPES[str(buf.dtype)])
-        stream = self.xp.cuda.get_current_stream().ptr
+        stream = (stream or self.xp.cuda.get_current_stream()).ptr
         self.comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, kind, self.nccl.NCCL_SUM, stream)
+
+    def start(self, buf):
+        """Reduce buf on a stream of its own once the compute stream's queued work (the backward
+        that wrote buf) is done: the compute stream goes on with the rest of backward."""
+        cuda = self.xp.cuda
+        if getattr(self, "side", None) is None:
+            self.side = cuda.Stream(non_blocking=True)
+        written = cuda.Event(disable_timing=True)
+        written.record(cuda.get_current_stream())
+        self.side.wait_event(written)
+        self(buf, self.side)
+        self.started = True
+
+    def join(self):
+        """The compute stream waits (on the device) for the reductions started so far."""
+        if not getattr(self, "started", False):
+            return
+        cuda = self.xp.cuda
+        reduced = cuda.Event(disable_timing=True)
+        reduced.record(self.side)
+        cuda.get_current_stream().wait_event(reduced)
+        self.started = False
+
+
+def bucket_plan(net, bucket_bytes):
+    """When each part of the flat gradient buffer can be reduced during backward.
+
+    net: a network over one flat buffer (Sequential, UNet) with layout and backward_order;
+    bucket_bytes: the smallest bucket (0: every part as soon as it is final)
+    -> {layer name: [(lo, hi), ...] element ranges to start reducing once that layer's backward
+       is queued, ...; None: the ranges left for the end of backward}
+
+    A parameter's gradient is final once the backward of the layer that declares it is done
+    (a tied decoder adds to its encoder's weight earlier in backward).  A bucket is a run of
+    whole, final, adjacent parameters of at least bucket_bytes; runs grow as backward goes on.
+    The plan depends on the network and bucket_bytes only, so every rank starts the same
+    reductions in the same order (as MPI requires), whatever its rows.
+    """
+    owners, extents, offset = [], [], 0
+    for name, shape in net.layout:  # buffer order
+        size = math.prod(shape)
+        owners.append(name.split(".")[0])
+        extents.append((offset, offset + size))
+        offset += size
+    itemsize = np.dtype(net.grads.dtype).itemsize
+    final, planned = [False] * len(owners), [False] * len(owners)
+
+    def runs():  # maximal runs of final, not yet planned parameters: [(first, last + 1), ...]
+        out, start = [], None
+        for k in range(len(owners) + 1):
+            free = k < len(owners) and final[k] and not planned[k]
+            if free and start is None:
+                start = k
+            elif not free and start is not None:
+                out.append((start, k))
+                start = None
+        return out
+
+    plan = {}
+    for layer in [*net.backward_order, None]:
+        if layer is None:  # the end of backward: everything left, however small
+            unseen = sorted({o for o, f in zip(owners, final) if not f})
+            if unseen:
+                raise ValueError(f"parameters of layers {unseen} are not in the network's backward_order")
+        for k, owner in enumerate(owners):
+            final[k] = final[k] or owner == layer
+        for a, b in runs():
+            lo, hi = extents[a][0], extents[b - 1][1]
+            if layer is None or (hi - lo) * itemsize >= bucket_bytes:
+                plan.setdefault(layer, []).append((lo, hi))
+                planned[a:b] = [True] * (b - a)
+    return plan
+
+
+class GradientBuckets:
+    """The gradient all-reduce started bucket by bucket during backward, each bucket as soon as
+    its parameters' gradients are final (PyTorch DDP's buckets), so that communication can run
+    beside the rest of backward.  fit(bucket_mb=...) uses it in place of one all-reduce of the
+    whole buffer after backward.
+
+    On the host: MPI_Iallreduce per bucket, polled (MPI_Testall) after each layer so that MPI can
+    progress the reductions while backward computes, waited at finish().  For CuPy arrays: NCCL on
+    a stream of its own, each bucket after an event on the compute stream, and the compute stream
+    waits for the reductions at finish() (no host wait).
+    """
+
+    def __init__(self, comm, net, bucket_mb):
+        if not bucket_mb >= 0:
+            raise ConfigError(f"bucket_mb must be >= 0, got {bucket_mb!r}")
+        self.comm, self.grads = comm, net.grads
+        self.plan = bucket_plan(net, int(bucket_mb * 2**20))
+        self.order = list(net.backward_order)
+        self.pending = []
+
+    def layer_done(self, name):
+        for lo, hi in self.plan.get(name, ()):
+            self.pending.append(self.comm.start_allreduce_sum(self.grads[lo:hi]))
+        self.comm.progress(self.pending)
+
+    def finish(self):
+        """Start what is left and wait for every bucket: the gradients are summed over the ranks."""
+        self.layer_done(None)
+        self.comm.wait_all(self.pending)
+        self.pending = []
+
+    def all_at_once(self):
+        """A rank without rows this step (its gradient zeroed) starts the same buckets in the same
+        order as the others, then waits."""
+        for name in self.order:
+            self.layer_done(name)
+        self.finish()
 
 
 def load_nccl():
@@ -330,7 +472,7 @@ def select_gpu(comm, required=False):
 
 def shard(n, comm):
     """The contiguous part [lo, hi) of n items that this rank takes: sizes differ by at most 1,
-    lower ranks take the larger parts."""
+    higher ranks take the larger parts (n < R leaves the lowest ranks without rows)."""
     return n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size
 
 

@@ -615,10 +615,19 @@ class Sequential(FlatNet):
             x = layer.forward(x)[0]
         return x
 
-    def backward(self, dy, caches):
-        """dy: the gradient of the output -> nothing (no dx for the data); fills the gradients."""
+    @property
+    def backward_order(self):
+        """The names of the layers backward runs, in its order (a parameter's gradient is final
+        once its layer's backward is done: distributed.bucket_plan starts reductions then)."""
+        return [self.names[i] for i in reversed(range(self.first_trained, len(self.layers)))]
+
+    def backward(self, dy, caches, done=None):
+        """dy: the gradient of the output -> nothing (no dx for the data); fills the gradients.
+        done: called with each layer's name once its backward has been queued (or None)."""
         for i in reversed(range(self.first_trained, len(self.layers))):
             dy = self.layers[i].backward(dy, caches[i], need_dx=i > self.first_trained)
+            if done is not None:
+                done(self.names[i])
 
     def logits_parts(self, x):
         """x -> (the output before the last layer's bias, as rows (B, N); that bias as an (N,) row),

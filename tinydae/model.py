@@ -338,7 +338,7 @@ class DAE:
         self.loss_sum_and_grad(x_in, target, total, sigma)
         return float(self.backend.to_host(total)[0]) / target.shape[0]  # checked: (B, D)
 
-    def loss_sum_and_grad(self, x_in, target, total, sigma=None, mean_over=None):
+    def loss_sum_and_grad(self, x_in, target, total, sigma=None, mean_over=None, done=None):
         """loss_and_grad without reading anything back: on a GPU the whole pass is only queued.
 
         x_in, target: (B, D) as in loss_and_grad; total: (1,) float64 on the model's device.
@@ -348,10 +348,12 @@ class DAE:
         device if the loss is not finite.
         mean_over: the number of rows the gradient is a mean over (default B): a rank of a
         data-parallel run holds part of a global batch, and sums with the others (distributed.py)
+        done: called with each layer's name once its backward is queued (the overlapped
+        all-reduce of distributed.GradientBuckets starts the buckets that became final)
         """
         x_in, target = self.as_input(x_in), self.as_input(target)
         self.net.clear_accumulated()
         logits, caches = self.net.forward(self.net_input(x_in, sigma))
         dy = self.backend.xp.empty_like(logits)
         loss_sum_forward_backward(self.backend, self.config["loss"], dy, logits, target, total, mean_over)
-        self.net.backward(dy, caches)
+        self.net.backward(dy, caches, done)

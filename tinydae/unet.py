@@ -121,17 +121,29 @@ class UNet(FlatNet):
     def infer(self, x, layers=None):
         return self._run(x)
 
-    def backward(self, dy, caches):
+    @property
+    def backward_order(self):
+        """The layers with parameters in the order backward runs them (see Sequential's)."""
+        return ["dec"] + [n for i in range(1, self.k) for n in (f"mix{i}", f"up{i}")] + \
+            [f"enc{i}" for i in reversed(range(self.k))]
+
+    def backward(self, dy, caches, done=None):
+        """done: called with each layer's name once its backward has been queued (or None)."""
         L = self.by_name
+        done = done or (lambda name: None)
         dh = L["dec"].backward(L["out"].backward(dy, caches["out"]), caches["dec"])
+        done("dec")
         dskips = {}
         for i in range(1, self.k):
             dcat = L[f"mix{i}"].backward(dh, caches[f"mix{i}"])
+            done(f"mix{i}")
             F = dcat.shape[3] // 2
             dskips[i - 1] = self.xp.ascontiguousarray(dcat[..., F:])
             dh = L[f"up{i}"].backward(self.xp.ascontiguousarray(dcat[..., :F]), caches[f"up{i}"])
+            done(f"up{i}")
         for i in reversed(range(self.k)):
             dh = L[f"enc{i}"].backward(dh, caches[f"enc{i}"], need_dx=i > 0)
+            done(f"enc{i}")
             if i > 0:
                 dh = dh + dskips[i - 1]  # enc_(i-1)'s output feeds enc_i and, skipped, mix_i
 
