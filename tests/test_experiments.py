@@ -98,7 +98,7 @@ TINY = dict(experiments.QUICK, mode="test", n_data=900, n_val=100, n_test=100, s
 
 DOCUMENTED = {"config", "command", "data", "seeds", "kept_steps", "seconds", "timings", "feature_map", "claim1",
               "floor", "curves", "headline", "baselines", "best_from_noise", "legacy_parzen", "sweep", "targets",
-              "strips", "feature_maps", "feature_ranks"}
+              "strips", "feature_maps", "feature_ranks", "samples"}
 
 
 def strict_json(text):
@@ -141,7 +141,10 @@ def test_reproduce_writes_the_documented_report_with_finite_figures(tiny_report)
     assert {"real training rows", "blurred real training rows", "uniform noise", "PCA Gaussian"} <= set(
         report["legacy_parzen"])
     assert [t["name"] for t in report["targets"]] == ["feature_map", "feature_ranks", "noise_fid", "noise_entropy",
-                                                      "noise_is", "pca_halved", "claim1_d2"]
+                                                      "noise_is", "pca_cut", "ladder_slope_d8", "ladder_kernel_d8",
+                                                      "claim1_d2"]
+    # the bar for samples from noise: blurred real rows, judged like the samples, further than the floor
+    assert report["floor"]["test_blurred"]["fid"] > report["floor"]["test"]["fid"]
     maps = report["feature_maps"]
     assert set(maps) == {"judge", "twin", "dense"} and report["feature_map"] == maps["judge"]
     assert maps["judge"]["arch"] == maps["twin"]["arch"] == "conv:4,8,fc16" and maps["dense"]["arch"] == "mlp:32,16"
@@ -173,6 +176,32 @@ def test_reproduce_writes_the_documented_report_with_finite_figures(tiny_report)
     assert ("FAILED its sanity check" in md) == (not report["feature_map"]["trusted"])
     assert any("claim 1" in line for line in lines) and all(line.startswith("[") or line.startswith(" ")
                                                              for line in lines)
+
+
+def test_reproduce_saves_each_runs_headline_samples_for_anyone_to_rescore(tiny_report):
+    """Issue 21: one uint8 .npz per run, named as its strip, holding every seed's samples at the
+    headline step.  Checked against a figure reproduce computed from the float samples: the legacy
+    Parzen log-likelihood of the test rows, recomputed here from the file on the same split."""
+    out, report, _ = tiny_report
+    assert set(report["samples"]) == set(experiments.RUNS)
+    ds = experiments._load_labelled("glyphs", None, TINY, 0)
+    _, val, test = experiments.split_three(ds, TINY["n_data"], TINY["n_val"], TINY["n_test"], 0)
+    for run, name in report["samples"].items():
+        assert name == report["strips"][run].replace(".png", ".npz")
+        with np.load(out / name) as f:
+            samples, seed, step, shape = f["samples"], f["seed"], int(f["step"]), list(f["image_shape"])
+        assert samples.dtype == np.uint8 and samples.shape == (2 * TINY["n_samples"], 784), run
+        assert list(seed) == [0] * TINY["n_samples"] + [1] * TINY["n_samples"] and shape == [28, 28]
+        assert step == report["headline"][run]["step"]
+        assert len(np.unique(samples)) > 2 and not np.array_equal(samples[:200], samples[200:])
+        for i in range(2):
+            ll = parzen_legacy(samples[seed == i] / 255.0, val.x, test.x)["mean_ll"]
+            assert ll == pytest.approx(report["legacy_parzen"][run]["per_seed"][i], abs=0.2), (run, i)
+
+
+def test_to_uint8_rounds_and_clips():
+    x = np.array([-0.2, 0.0, 0.4 / 255, 0.6 / 255, 0.5, 1.0, 1.3])
+    assert experiments.to_uint8(x).tolist() == [0, 0, 0, 1, 128, 255, 255]
 
 
 def test_reproduce_headline_steps_are_the_validation_minimum(tiny_report):
@@ -269,8 +298,9 @@ def _stats(mean, sd=0.0):
     return dict(mean=mean, sd=sd, per_seed=[mean])
 
 
-def fake_report(best_fid=40.0, pca_fid=50.0, entropy=2.25, inception=8.5, improved_fid=20.0, slope=1.02,
-                cosine=0.9, controls=0.8, trusted=True, rank=0.99):
+def fake_report(best_fid=40.0, pca_fid=60.0, entropy=2.25, inception=8.5, improved_fid=20.0, slope=1.02,
+                cosine=0.9, controls=0.8, trusted=True, rank=0.99, blurred_fid=50.0, ladder_slopes=(0.5, 1.02, 0.97),
+                ladder_cos=(0.2, 0.9, 0.99), kernel_cos=(0.1, 0.8, 0.98)):
     figures = lambda fid, ent=2.3, iscore=9.0: dict(  # noqa: E731
         fid=_stats(fid), class_entropy=_stats(ent), inception_score=_stats(iscore), precision=_stats(0.7),
         recall=_stats(0.7))
@@ -279,11 +309,15 @@ def fake_report(best_fid=40.0, pca_fid=50.0, entropy=2.25, inception=8.5, improv
         bce=dict(all=dict(slope=metric(slope), cosine_mean=metric(cosine))),
         nearest_mean=dict(all=dict(cosine_mean=metric(controls))),
         gaussian=dict(all=dict(cosine_mean=metric(controls - 0.1))))))
+    ladder = dict(dim=64, results={k: dict(bce=dict(all=dict(slope=metric(sl), cosine_mean=metric(c))),
+                                           kernel_mean=dict(all=dict(cosine_mean=metric(kc))))
+                                   for k, sl, c, kc in zip(("0.01", "0.1", "1.0"), ladder_slopes, ladder_cos, kernel_cos)})
     return dict(feature_map=dict(trusted=trusted, test_accuracy=0.97, check=dict(ok=trusted, blur_ratio=12.0,
                                                                                  problems=[] if trusted else ["x"])),
                 feature_ranks=dict(sets=["real", "blurred 3x3", "uniform noise"], required=0.95, ok=True, problem=None,
                                    spearman={"judge vs twin": rank, "judge vs dense": 0.8}),
-                floor=dict(test=dict(fid=3.0, class_entropy=2.3, inception_score=9.5, precision=0.75, recall=0.75)),
+                floor=dict(test=dict(fid=3.0, class_entropy=2.3, inception_score=9.5, precision=0.75, recall=0.75),
+                           test_blurred=dict(fid=blurred_fid)), claim1_ladder=[ladder],
                 best_from_noise="noise_annealed_bce",
                 headline=dict(noise_annealed_bce=dict(step=200, test=figures(best_fid, entropy, inception)),
                               pca_mean_bce=dict(step=2, test=figures(improved_fid))),
@@ -295,16 +329,25 @@ def test_targets_are_met_or_missed_as_the_figures_say(tiny_report):
         return {t["name"]: t["met"] for t in evaluate_targets(fake_report(**kw))}
 
     assert all(verdicts().values())
-    assert verdicts(best_fid=50.1)["noise_fid"] is False and verdicts(best_fid=50.0)["noise_fid"] is True
-    assert verdicts(entropy=2.19)["noise_entropy"] is False
-    assert verdicts(inception=7.9)["noise_is"] is False
-    assert verdicts(improved_fid=25.1)["pca_halved"] is False and verdicts(improved_fid=25.0)["pca_halved"] is True
+    # issue 21's bars: lower FID than blurred real rows (not the PCA samples'), 2.25 nats, IS 8.5, 3-fold
+    assert verdicts(best_fid=50.0)["noise_fid"] is False and verdicts(best_fid=49.9)["noise_fid"] is True
+    assert verdicts(best_fid=55.0, pca_fid=60.0)["noise_fid"] is False
+    assert verdicts(entropy=2.24)["noise_entropy"] is False
+    assert verdicts(inception=8.49)["noise_is"] is False
+    assert verdicts(improved_fid=20.1)["pca_cut"] is False and verdicts(improved_fid=20.0)["pca_cut"] is True
+    # the ladder: slopes at sigma >= 0.05 only (0.5 at sigma 0.01 is outside the target), every sigma for the kernel
+    assert verdicts(ladder_slopes=(0.5, 1.049, 0.951))["ladder_slope_d64"] is True
+    assert verdicts(ladder_slopes=(1.0, 1.06, 1.0))["ladder_slope_d64"] is False
+    assert verdicts(ladder_slopes=(1.0, 1.0, 0.94))["ladder_slope_d64"] is False
+    assert verdicts(kernel_cos=(0.1, 0.8, 0.99))["ladder_kernel_d64"] is False
+    assert verdicts(kernel_cos=(0.3, 0.8, 0.98))["ladder_kernel_d64"] is False
     assert verdicts(slope=0.94)["claim1_d16"] is False and verdicts(slope=1.049)["claim1_d16"] is True
     assert verdicts(controls=0.95)["claim1_d16"] is False
     assert verdicts(trusted=False)["feature_map"] is False
     assert verdicts(rank=0.949)["feature_ranks"] is False and verdicts(rank=0.95)["feature_ranks"] is True
-    missed = {t["name"]: t for t in evaluate_targets(fake_report(slope=0.9, improved_fid=60.0))}
-    assert "short of 1" in missed["claim1_d16"]["why"] and "worse" in missed["pca_halved"]["why"]
+    missed = {t["name"]: t for t in evaluate_targets(fake_report(slope=0.9, improved_fid=70.0, kernel_cos=(0.3, 0.8, 0.98)))}
+    assert "short of 1" in missed["claim1_d16"]["why"] and "worse" in missed["pca_cut"]["why"]
+    assert "σ 0.01" in missed["ladder_kernel_d64"]["why"] and "σ 0.1" not in missed["ladder_kernel_d64"]["why"]
     assert missed["noise_fid"]["why"] is None
     # and the report renders each verdict: met, or **missed** with the why
     out, report, _ = tiny_report
@@ -313,8 +356,8 @@ def test_targets_are_met_or_missed_as_the_figures_say(tiny_report):
     md = render_report(report)
     table = md[md.index("## Targets"):md.index("## Claim 1")]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "verdict" not in line and "---" not in line]
-    assert len(rows) == 7
-    assert sum("| **missed** |" in r for r in rows) == 1 and sum("| met |" in r for r in rows) == 6
+    assert len(rows) == 9
+    assert sum("| **missed** |" in r for r in rows) == 1 and sum("| met |" in r for r in rows) == 8
     assert "short of 1" in next(r for r in rows if "**missed**" in r)
 
 

@@ -1265,7 +1265,16 @@ def classifier_train(data, labels, key, labels_key, limit, rescale, arch_spec, h
 
 
 def _samples_key(path, key):
-    """--samples-key, or 'samples' for an HDF5 file that holds one (sample --h5 writes several datasets)."""
+    """--samples-key, or 'samples' for an HDF5 file that holds one (sample --h5 writes several
+    datasets) or an .npz that holds one (reproduce's headline samples hold `seed` and `step` too)."""
+    if key is None and str(path).lower().endswith(".npz") and os.path.isfile(path):
+        import numpy as np
+
+        try:
+            with np.load(path) as f:
+                return "samples" if "samples" in f.files else None
+        except (OSError, ValueError):
+            return None  # load_dataset says what is wrong with the file
     if key is None and str(path).lower().endswith((".h5", ".hdf5")) and os.path.isfile(path):
         import h5py
 
@@ -1281,7 +1290,8 @@ def _samples_key(path, key):
 @click.argument("classifier_file", metavar="CLASSIFIER", type=click.Path(dir_okay=False))
 @click.argument("samples", type=click.Path(dir_okay=False))
 @click.option("--samples-key", default=None, help="Array name / dataset path of SAMPLES in a .npz or .h5 "
-                                                  "(default: 'samples' in an .h5 written by sample --h5).")
+                                                  "(default: 'samples' where the file has one: sample --h5, "
+                                                  "reproduce's .npz).")
 @click.option("--data", default=None, help="Real data (default: the data the classifier was trained on).")
 @click.option("--labels", default=None, help="Labels of --data, for the feature map's accuracy check.")
 @click.option("--key", default=None)
