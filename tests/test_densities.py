@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tinydae import ConfigError
-from tinydae.densities import (CLAIM1_QUICK, CONTROLS, GROUPS, METRICS, BoundaryMixture, beta_rule,
+from tinydae.densities import (CLAIM1_QUICK, CONTROLS, GROUPS, METRICS, POINTS, BoundaryMixture, beta_rule,
                                claim1_check, claim1_table, gaussian_score, make_boundary_mixture,
                                nearest_mean_pull, run_claim1, score_agreement)
 
@@ -141,28 +141,49 @@ def test_bad_parameters_raise_config_errors():
 
 def test_quick_claim1_check_returns_finite_figures_with_the_documented_keys():
     (r,) = run_claim1(quick=True, log=lambda *_: None)
-    assert r["dim"] == 2 and r["seeds"] == list(CLAIM1_QUICK["seeds"]) and len(r["seeds"]) == 2
-    for at in ("corrupted", "clean"):
-        assert set(r["results"][at]) == {"bce", "mse", *CONTROLS}
-        for method, by_group in r["results"][at].items():
+    assert r["dim"] == 2 and r["seeds"] == list(CLAIM1_QUICK["boundary"]["seeds"]) and len(r["seeds"]) == 2
+    assert r["train_corruption"] == "gaussian:0.1" and [d["told_sigma"] for d in r["daes"]] == [False, False]
+    for at in POINTS:
+        (res,) = r["results"][at].values()
+        assert set(res) == {"bce", "mse", *CONTROLS}
+        for method, by_group in res.items():
             assert set(by_group) == set(GROUPS)
             for by_metric in by_group.values():
                 assert set(by_metric) == set(METRICS)
                 for s in by_metric.values():
                     assert len(s["per_seed"]) == 2 and np.isfinite([s["mean"], s["sd"], *s["per_seed"]]).all()
-        ideal = r["results"][at]["posterior_mean"]["all"]
+        ideal = res["posterior_mean"]["all"]
         assert ideal["cosine_mean"]["mean"] > 0.9999 and abs(ideal["slope"]["mean"] - 1) < 1e-3
     table = claim1_table(r)
-    assert all(f"| {m} |" in table for m in r["results"]["corrupted"])
+    assert all(f"| {m} |" in table for m in r["results"]["corrupted"]["0.1"])
+    assert "corrupted points" in table and "clean points" in table
 
 
 def test_a_trained_bce_dae_follows_the_score_and_beats_the_controls():
-    r = claim1_check(make_boundary_mixture(2), SIGMA, seeds=(1,), losses=("bce",), n_train=5000, n_eval=1000,
-                     hidden=(64, 64), epochs=8)["results"]["corrupted"]
+    r = claim1_check(make_boundary_mixture(2), (SIGMA,), seeds=(1,), losses=("bce",), n_train=5000, n_eval=1000,
+                     hidden=(64, 64), epochs=8)["results"]["corrupted"][f"{SIGMA:g}"]
     bce = {g: {k: s["mean"] for k, s in r["bce"][g].items()} for g in GROUPS}
     assert abs(bce["all"]["slope"] - 1) < 0.1, bce
     for control in ("nearest_mean", "gaussian"):
         assert bce["boundary"]["cosine_mean"] > r[control]["boundary"]["cosine_mean"]["mean"] + 0.3
+
+
+def test_claim1_presets_and_their_mistakes():
+    from tinydae.densities import claim1_config, claim1_daes, claim1_hidden
+
+    assert claim1_daes((0.1,)) == [("bce", "bce", False), ("mse", "mse", False)]
+    assert claim1_daes((0.01, 1.0)) == [("bce", "bce", True), ("mse", "mse", True), ("bce_blind", "bce", False)]
+    cfg = claim1_config("gmm", dims=(2, 16))
+    assert claim1_hidden(cfg, 2) == (64, 64) and claim1_hidden(cfg, 16) == (256, 256)
+    assert claim1_hidden(claim1_config("ladder"), 64) == (256, 256)
+    with pytest.raises(ConfigError, match="presets"):
+        claim1_config("nope")
+    with pytest.raises(ConfigError, match="got sigma"):
+        claim1_config("ladder", sigma=0.1)
+    with pytest.raises(ConfigError, match="sequences"):
+        claim1_config("boundary", sigmas=0.1)
+    with pytest.raises(ConfigError, match="sigmas > 0"):
+        claim1_check(make_boundary_mixture(2), (0.1, 0.0), seeds=(0,))
 
 
 def test_kernel_posterior_mean_against_brute_force_and_its_limits():
@@ -181,21 +202,42 @@ def test_kernel_posterior_mean_against_brute_force_and_its_limits():
     np.testing.assert_allclose(kernel_posterior_mean(train, x, 1e4), np.tile(train.mean(0), (37, 1)), atol=1e-6)
 
 
-def test_claim1_ladder_separates_what_it_measures():
+def test_claim1_along_a_ladder_separates_what_it_measures():
     """Structure, and the checks inside: the ideal DAE scores 1 at every level (the instrument), the
     kernel mean of the training draws beats the single-Gaussian score, and the logit error of the
     saturation check is the one written out."""
-    from tinydae.densities import LADDER_METHODS, _logit_error, claim1_ladder, make_boundary_mixture
+    from tinydae.densities import _logit_error
 
-    result = claim1_ladder(make_boundary_mixture(6), sigmas=(0.05, 0.5), seeds=(0,), n_train=800, n_eval=120,
-                           hidden=(16,), epochs=1)
-    assert result["train_corruption"] == "gaussian:0.05..0.5" and list(result["results"]) == ["0.05", "0.5"]
-    for k, res in result["results"].items():
-        assert set(res) == set(LADDER_METHODS)
-        assert res["posterior_mean"]["all"]["cosine_mean"]["mean"] > 0.999, k
+    result = claim1_check(make_boundary_mixture(6), sigmas=(0.05, 0.5), seeds=(0,), n_train=800, n_eval=120,
+                          hidden=(16,), epochs=1)
+    assert result["train_corruption"] == "gaussian:0.05..0.5"
+    assert [d["name"] for d in result["daes"]] == ["bce", "mse", "bce_blind"]
+    for at in POINTS:
+        assert list(result["results"][at]) == ["0.05", "0.5"]
+        for k, res in result["results"][at].items():
+            assert set(res) == {"bce", "mse", "bce_blind", *CONTROLS}
+            assert res["posterior_mean"]["all"]["cosine_mean"]["mean"] > 0.999, (at, k)
+    for k, res in result["results"]["corrupted"].items():
         assert res["kernel_mean"]["all"]["cosine_mean"]["mean"] > res["gaussian"]["all"]["cosine_mean"]["mean"], k
         assert set(result["saturation"][k]) == {"bce", "mse", "bce_blind"}
+    assert "saturated share" in claim1_table(result) and "cosine σ=0.05" in claim1_table(result)
     r, e = np.array([[0.5, 0.9], [0.001, 0.2]]), np.array([[0.5, 0.99], [0.01, 0.2]])
     mask = np.array([[False, True], [True, False]])
     want = (abs(np.log(0.9 / 0.1) - np.log(0.99 / 0.01)) + abs(np.log(0.001 / 0.999) - np.log(0.01 / 0.99))) / 2
     assert _logit_error(r, e, mask) == pytest.approx(want)
+
+
+def test_gmm_posterior_mean_is_tweedie_and_matches_monte_carlo():
+    """The Gaussian mixture's E[x | x~] (used by the one claim-1 check for evaluate --theorem)
+    against importance sampling over the mixture's own draws."""
+    from tinydae.metrics import make_gmm
+
+    g = make_gmm(3)
+    x = np.array([[0.5, 0.4, 0.6], [0.2, 0.9, 0.5]])
+    sigma = 0.1
+    draws = g.sample(400_000, seed=3)
+    w = np.exp(-((x[:, None, :] - draws[None]) ** 2).sum(-1) / (2 * sigma**2))
+    want = (w @ draws) / w.sum(1, keepdims=True)
+    np.testing.assert_allclose(g.posterior_mean(x, sigma), want, atol=2e-3)
+    means, var = g.factor_moments()
+    assert means.shape == var.shape == (4, 3) and np.allclose(var, 0.05**2)

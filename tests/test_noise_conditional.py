@@ -222,7 +222,7 @@ def test_review_findings_stay_fixed(tmp_path):
     built for it), an empty 'mlp:sigma', a classifier told sigma, evaluate and sample of a model
     trained on a range, spearman of a NaN figure, unknown claim-1 options, a string sigma."""
     from tinydae.classifier import Classifier
-    from tinydae.densities import run_claim1_ladder
+    from tinydae.densities import run_claim1
     from tinydae.experiments import evaluate_checkpoint
     from tinydae.features import spearman
 
@@ -241,6 +241,6 @@ def test_review_findings_stay_fixed(tmp_path):
     assert all(np.isfinite(v) for v in out["chain"].values() if isinstance(v, float))
     assert math.isnan(spearman([np.nan, 1, 2], [1, 2, 3])) and math.isnan(spearman([1, 2, 3], [1, np.inf, 3]))
     with pytest.raises(ConfigError, match="got sigma"):
-        run_claim1_ladder(quick=True, sigma=(0.1,))
+        run_claim1("ladder", quick=True, sigma=(0.1,))
     with pytest.raises(DataError, match="sigma must be a number"):
         nc.reconstruct(d.x[:2], sigma="0.3")

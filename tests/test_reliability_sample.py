@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import tinydae
-from tinydae import experiments, safety, sampling
+from tinydae import densities, experiments, safety, sampling
 from tinydae.cli import cli
 
 GiB = 2**30
@@ -67,7 +67,7 @@ def no_chains(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a chain ran before the checks")
     monkeypatch.setattr(sampling, "chain", refuse)
-    monkeypatch.setattr(experiments, "theorem_check", refuse)  # evaluate --theorem
+    monkeypatch.setattr(densities, "claim1_check", refuse)  # evaluate --theorem
     monkeypatch.setattr(experiments, "run_claim1", refuse)  # reproduce's first work: claim 1, the classifier
     monkeypatch.setattr(experiments, "train_classifier", refuse)
 
@@ -187,15 +187,20 @@ def test_evaluate_refuses_overflowing_chains_and_its_json_is_strict(overflowing_
     assert_one_error_line(invoke("evaluate", overflowing_ckpt, "--n-samples", 20, "--steps", 2,
                                  "--backend", "cpu"), "chains ended in NaN", "overflow")
 
-    def nan_theorem(dim, sigma, **kw):
-        nan = float("nan")
-        return dict(dim=dim, sigma=sigma, results={"bce": dict(cosine_mean=nan, cosine_median=nan,
-                                                              rel_error_median=float("inf"))})
-    monkeypatch.setattr(experiments, "theorem_check", nan_theorem)
-    r = invoke("evaluate", "--theorem", "--dims", "2", "--json")
+    real_check = densities.claim1_check
+
+    def nan_theorem(*a, **kw):
+        t = real_check(*a, **kw)
+        bce = t["results"]["corrupted"]["0.1"]["bce"]["all"]
+        bce["cosine_mean"]["mean"] = bce["slope"]["mean"] = float("nan")
+        bce["rel_error_median"]["mean"] = float("inf")
+        return t
+    monkeypatch.setattr(densities, "claim1_check", nan_theorem)
+    r = invoke("evaluate", "--theorem", "--dims", "2", "--epochs", "1", "--json")
     assert r.exit_code == 0, r.output
-    assert strict_json(r.stdout)[0]["results"]["bce"] == dict(cosine_mean=None, cosine_median=None,
-                                                              rel_error_median=None)
+    bce = strict_json(r.stdout)[0]["results"]["corrupted"]["0.1"]["bce"]["all"]
+    assert bce["cosine_mean"]["mean"] is None and bce["slope"]["mean"] is None
+    assert bce["rel_error_median"]["mean"] is None
     assert "3 values are NaN or infinite" in r.stderr
 
 
@@ -209,14 +214,16 @@ def test_reproduce_report_json_is_strict(tmp_path, monkeypatch):
 
     def nan_claim1(*a, **k):
         t = real(*a, **k)
-        t[0]["results"]["corrupted"]["bce"]["all"]["slope"]["mean"] = float("nan")
+        if a[0] != "boundary":  # the ladder check runs through run_claim1 too
+            return t
+        t[0]["results"]["corrupted"]["0.1"]["bce"]["all"]["slope"]["mean"] = float("nan")
         return t
     monkeypatch.setattr(experiments, "run_claim1", nan_claim1)
     r = invoke("reproduce", "--quick", "--out", tmp_path, "--backend", "cpu")
     assert r.exit_code == 0, r.output
     report = strict_json((tmp_path / "report.json").read_text())
-    assert report["claim1"][0]["results"]["corrupted"]["bce"]["all"]["slope"]["mean"] is None
-    assert "claim1[0].results.corrupted.bce.all.slope.mean" in report["non_finite"]
+    assert report["claim1"][0]["results"]["corrupted"]["0.1"]["bce"]["all"]["slope"]["mean"] is None
+    assert "claim1[0].results.corrupted.0.1.bce.all.slope.mean" in report["non_finite"]
     assert {t["name"]: t["met"] for t in report["targets"]}["claim1_d2"] is False  # NaN meets no target
 
 

@@ -874,20 +874,25 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
             raise ConfigError(f"--sigma must be a finite number > 0 (the Gaussian corruption's level), got {sigma}")
         if epochs < 1 or min(dim_list) < 1:
             raise ConfigError("--epochs and --dims must be >= 1")
+        from tinydae import densities
+
+        cfg = densities.claim1_config("gmm", sigmas=(sigma,), dims=tuple(dim_list), epochs=epochs, seeds=(seed,))
         for d in dim_list:  # every dimension's size before the first one trains
-            safety.check_memory(experiments.theorem_memory(d, (64, 64) if d <= 4 else (256, 256)),
+            safety.check_memory(densities.claim1_memory(d, densities.claim1_hidden(cfg, d), cfg["n_train"],
+                                                        cfg["n_eval"]),
                                 f"the --theorem check on gmm:{d}", "use smaller --dims")
-        out = [experiments.theorem_check(d, sigma, epochs=epochs, hidden=(64, 64) if d <= 4 else (256, 256),
-                                         seed=seed, backend=backend, log=lambda m: click.echo(m, err=True))
-               for d in dim_list]
+        out = densities.run_claim1("gmm", backend=backend, log=lambda m: click.echo(m, err=True), **{
+            k: cfg[k] for k in ("sigmas", "dims", "epochs", "seeds")})
         if as_json:
             _echo_json(out)
             return
-        click.echo(f"(r(x) - x)/sigma^2 vs grad log p_sigma(x), sigma = {sigma}, 2,000 held-out points")
-        click.echo(f"{'data':8s} {'loss':5s} {'cos mean':>9s} {'cos median':>11s} {'rel err median':>15s}")
+        click.echo(f"(r(x) - x)/sigma^2 vs grad log p_sigma(x), sigma = {sigma}, {cfg['n_eval']:,} held-out points "
+                   f"(corrupted: x + sigma eps), seed {seed}")
+        click.echo(f"{'data':8s} {'method':15s} {'cos mean':>9s} {'slope':>7s} {'rel err median':>15s}")
         for t in out:
-            for loss, r in t["results"].items():
-                click.echo(f"gmm:{t['dim']:<4d} {loss:5s} {r['cosine_mean']:>9.3f} {r['cosine_median']:>11.3f} "
+            for method, r in t["results"]["corrupted"][f"{sigma:g}"].items():
+                r = {k: v["mean"] for k, v in r["all"].items()}
+                click.echo(f"gmm:{t['dim']:<4d} {method:15s} {r['cosine_mean']:>9.3f} {r['slope']:>7.3f} "
                            f"{r['rel_error_median']:>15.3f}")
         return
     if checkpoint is None:

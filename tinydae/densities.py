@@ -29,9 +29,11 @@ discrete measure, and Z, m and log p_sigma are log-sum-exps over atoms: float64,
 no overflow for any x~.  E[x | x~] minimises both the MSE and the BCE pointwise, so it is what
 an unconstrained DAE converges to for either loss.
 
-claim1_check trains BCE and MSE DAEs on draws from such a density and compares
-v = (r(x) - x) / sigma^2 with the exact score beside trivial controls (nearest-mean pull,
-single-Gaussian score) and the ideal DAE (the exact posterior mean, a check of the instrument).
+claim1_check, the one claim-1 check (at one sigma, or along a ladder of them; also on the
+Gaussian mixture of gmm:D for `evaluate --theorem`), trains BCE and MSE DAEs on draws from such
+a density and compares v = (r(x) - x) / sigma^2 with the exact score beside controls (the kernel
+posterior mean of the same draws, nearest-mean pull, single-Gaussian score) and the ideal DAE
+(the exact posterior mean, a check of the instrument).
 """
 import math
 import time
@@ -220,13 +222,6 @@ def make_boundary_mixture(dim, components=4, stroke_fraction=0.4):
 
 METRICS = ("cosine_mean", "cosine_median", "slope", "norm_ratio_median", "rel_error_median")
 GROUPS = ("all", "boundary", "rest")
-CONTROLS = ("nearest_mean", "gaussian", "posterior_mean")
-
-CLAIM1_DEFAULT = dict(dims=(2, 16), sigma=0.1, seeds=(0, 1, 2), n_train=10000, n_eval=2000,
-                      hidden={2: (64, 64), 16: (128, 128)}, epochs=15, batch_size=128, lr=1e-3)
-CLAIM1_QUICK = dict(dims=(2,), sigma=0.1, seeds=(0, 1), n_train=2000, n_eval=400,
-                    hidden={2: (32, 32)}, epochs=2, batch_size=128, lr=1e-3)
-
 
 def score_agreement(v, g, mask=None):
     """How well v: (n, D) follows the exact score g: (n, D), over the coordinates where the
@@ -287,105 +282,48 @@ def _mean_sd(values):
     return dict(mean=float(a.mean()), sd=float(a.std(ddof=1)) if len(a) > 1 else 0.0, per_seed=a.tolist())
 
 
-def claim1_check(density, sigma=0.1, seeds=(0, 1, 2), losses=("bce", "mse"), n_train=10000, n_eval=2000,
-                 hidden=(64, 64), activation="relu", epochs=15, batch_size=128, lr=1e-3, backend="cpu"):
-    """Per seed: train one DAE per loss (of 'bce', 'mse') on n_train draws of `density` (a
-    BoundaryMixture) with gaussian:sigma, then compare v = (r(x) - x) / sigma^2 with the exact
-    score g = grad log p_sigma(x) at n_eval held-out points, both corrupted (x~ = x + sigma eps:
-    what the DAE sees in training) and clean, beside the controls nearest_mean, gaussian (the
-    single-Gaussian score) and posterior_mean (the ideal DAE: E[x | x~] from a second, coarser
-    quadrature rule, rounded to float32 like a DAE's output).  Groups: all coordinates;
-    'boundary', the coordinates within 2 sigma of 0 or 1 (where BCE and MSE can differ); 'rest',
-    the others (inside, or more than 2 sigma outside [0, 1]).
-
-    -> {'dim', 'sigma', 'seeds', ..., 'seconds',
-        'boundary_fraction': {at: fraction of coordinates in the boundary group},
-        'results': {at: {method: {group: {metric: {'mean', 'sd', 'per_seed'}}}}}}
-       at in ('corrupted', 'clean'), method in losses + CONTROLS, group in GROUPS, metric in METRICS
-    """
-    if not sigma > 0 or len(seeds) < 1:
-        raise ConfigError(f"claim1_check needs sigma > 0 and at least one seed, got {sigma}, {seeds}")
-    t0 = time.perf_counter()
-    ideal = density.with_quadrature(max(1, density.panels // 2))
-    methods = tuple(losses) + CONTROLS
-    rows = {at: {m: {g: {k: [] for k in METRICS} for g in GROUPS} for m in methods} for at in ("corrupted", "clean")}
-    fraction = {at: [] for at in rows}
-    train_seconds = {loss: [] for loss in losses}
-    for seed in seeds:
-        train = density.sample(n_train, seed).astype(np.float32)
-        clean = density.sample(n_eval, 2**32 + seed)  # 2**32 + seed: apart from every training stream
-        noisy = clean + sigma * np.random.default_rng([seed, 0xC1A1]).standard_normal(clean.shape)
-        # Points rounded to float32 once: the DAE, the score and the controls see the same numbers.
-        points = {at: p.astype(np.float32).astype(np.float64) for at, p in (("corrupted", noisy), ("clean", clean))}
-        models = {}
-        for loss in losses:
-            t1 = time.perf_counter()
-            models[loss] = DAE(density.dim, hidden, activation, loss=loss, seed=seed, backend=backend)
-            fit(models[loss], Dataset(train, None, "boundary density"), None, optimizer=Adam(models[loss], lr=lr),
-                corruption=gaussian(sigma), epochs=epochs, batch_size=batch_size, seed=seed)
-            train_seconds[loss].append(time.perf_counter() - t1)
-        for at, x in points.items():
-            g = density.score(x, sigma)
-            v = {loss: (m.backend.to_host(m.reconstruct(x.astype(np.float32))).astype(np.float64) - x) / sigma**2
-                 for loss, m in models.items()}
-            v["nearest_mean"] = nearest_mean_pull(density, x, sigma)
-            v["gaussian"] = gaussian_score(train.astype(np.float64), x, sigma)
-            v["posterior_mean"] = (ideal.posterior_mean(x, sigma).astype(np.float32) - x) / sigma**2
-            boundary = np.minimum(np.abs(x), np.abs(x - 1)) < 2 * sigma
-            fraction[at].append(float(boundary.mean()))
-            for method, vm in v.items():
-                for group, mask in zip(GROUPS, (None, boundary, ~boundary)):
-                    agreement = score_agreement(vm, g, mask)
-                    for k in METRICS:
-                        rows[at][method][group][k].append(agreement[k])
-    results = {at: {m: {g: {k: _mean_sd(vals) for k, vals in by_metric.items()} for g, by_metric in by_group.items()}
-                    for m, by_group in by_method.items()} for at, by_method in rows.items()}
-    return dict(density=repr(density), dim=density.dim, sigma=sigma, seeds=list(seeds), losses=list(losses),
-                n_train=n_train, n_eval=n_eval, hidden=list(hidden), activation=activation, epochs=epochs,
-                batch_size=batch_size, lr=lr, boundary_fraction={at: float(np.mean(f)) for at, f in fraction.items()},
-                train_seconds={loss: float(np.mean(s)) for loss, s in train_seconds.items()},
-                seconds=time.perf_counter() - t0, results=results)
-
-
-def run_claim1(quick=False, backend="cpu", log=print, **overrides):
-    """claim1_check on make_boundary_mixture(D) for each D of the config (CLAIM1_QUICK or
-    CLAIM1_DEFAULT, entries replaced by overrides) -> [claim1_check result per D]."""
-    cfg = dict(CLAIM1_QUICK if quick else CLAIM1_DEFAULT, **overrides)
-    out = []
-    for dim in cfg["dims"]:
-        log(f"claim 1 on the boundary density, D = {dim} ({len(cfg['seeds'])} seeds, BCE and MSE)")
-        out.append(claim1_check(make_boundary_mixture(dim), cfg["sigma"], tuple(cfg["seeds"]), n_train=cfg["n_train"],
-                                n_eval=cfg["n_eval"], hidden=tuple(cfg["hidden"][dim]), epochs=cfg["epochs"],
-                                batch_size=cfg["batch_size"], lr=cfg["lr"], backend=backend))
-    return out
-
-
-def claim1_table(result, at="corrupted"):
-    """Markdown table of one claim1_check result at 'corrupted' or 'clean' points:
-    cosine (mean), slope and median norm ratio, all coordinates and the boundary ones,
-    mean +- sd over seeds."""
-    res = result["results"][at]
-    f = lambda s: f"{s['mean']:.3f} ± {s['sd']:.3f}"  # noqa: E731
-    lines = [f"D = {result['dim']}, sigma = {result['sigma']}, {at} points, {len(result['seeds'])} seeds; boundary "
-             f"coordinates (within 2 sigma of 0 or 1): {result['boundary_fraction'][at]:.0%}", "",
-             "| method | cosine | slope | norm ratio | cosine (boundary) | slope (boundary) | norm ratio (boundary) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for method, by_group in res.items():
-        cells = [f(by_group[g][k]) for g in ("all", "boundary") for k in ("cosine_mean", "slope", "norm_ratio_median")]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------------------
-# Claim 1 where the samplers run: one DAE across the ladder, checked at every level
+# Claim 1: one check, at one noise level or along a ladder of them
 # ----------------------------------------------------------------------------------------
 
-LADDER_DEFAULT = dict(dims=(64,), sigmas=(0.01, 0.03, 0.1, 0.3, 1.0), seeds=(0, 1, 2), n_train=10000, n_eval=2000,
-                      hidden=(256, 256), epochs=15, batch_size=128, lr=1e-3)
-LADDER_QUICK = dict(LADDER_DEFAULT, dims=(8,), sigmas=(0.03, 0.3), seeds=(0, 1), n_train=2000, n_eval=300,
-                    hidden=(64, 64), epochs=2)
+# Presets of run_claim1.  "boundary": the paper's setting, one sigma, D = 2 and 16.  "ladder":
+# where the samplers run, sigma from 0.01 to 1 in D = 64.  "gmm": the easy check of evaluate
+# --theorem (the Gaussian mixture of gmm:D, inside [0.3, 0.7]^D).
+CLAIM1 = dict(
+    boundary=dict(density="boundary", dims=(2, 16), sigmas=(0.1,), seeds=(0, 1, 2), n_train=10000, n_eval=2000,
+                  hidden={2: (64, 64), 16: (128, 128)}, epochs=15, batch_size=128, lr=1e-3),
+    ladder=dict(density="boundary", dims=(64,), sigmas=(0.01, 0.03, 0.1, 0.3, 1.0), seeds=(0, 1, 2), n_train=10000,
+                n_eval=2000, hidden=(256, 256), epochs=15, batch_size=128, lr=1e-3),
+    gmm=dict(density="gmm", dims=(2, 16), sigmas=(0.1,), seeds=(0,), n_train=20000, n_eval=2000,
+             hidden={2: (64, 64)}, hidden_large=(256, 256), epochs=10, batch_size=128, lr=1e-3))
+CLAIM1_QUICK = dict(
+    boundary=dict(CLAIM1["boundary"], dims=(2,), seeds=(0, 1), n_train=2000, n_eval=400, hidden={2: (32, 32)},
+                  epochs=2),
+    ladder=dict(CLAIM1["ladder"], dims=(8,), sigmas=(0.03, 0.3), seeds=(0, 1), n_train=2000, n_eval=300,
+                hidden=(64, 64), epochs=2),
+    gmm=dict(CLAIM1["gmm"], dims=(2,), n_train=4000, n_eval=500, epochs=3))
+POINTS = ("corrupted", "clean")
+CONTROLS = ("kernel_mean", "nearest_mean", "gaussian", "posterior_mean")
 SATURATED = 0.01  # a posterior mean within this of 0 or 1 is "saturated" (the BCE/MSE prediction below)
-LADDER_METHODS = ("bce", "mse", "bce_blind", "kernel_mean", "nearest_mean", "gaussian", "posterior_mean")
+
+
+def claim1_daes(sigmas, losses=("bce", "mse")):
+    """The DAEs claim1_check trains: [(name, loss, told sigma)].  At one sigma, one per loss at
+    that level (the paper's setting).  Along a ladder, one per loss trained across it and told
+    the level (mlp:...,sigma, as the sampling U-Net is), and a noise-blind BCE one (the old
+    annealing DAE): 'bce_blind'."""
+    if len(set(sigmas)) == 1:
+        return [(loss, loss, False) for loss in losses]
+    return [(loss, loss, True) for loss in losses] + ([("bce_blind", "bce", False)] if "bce" in losses else [])
+
+
+def claim1_memory(dim, hidden, n_train=20000, n_eval=2000, batch_size=128):
+    """Bytes claim1_check needs at its peak, on the high side: the draws (float64 and float32),
+    the held-out points and their scores, and one DAE's training."""
+    from tinydae.train import training_memory
+
+    config = dict(input_dim=dim, hidden=list(hidden), dtype="float32", tied=False)
+    return n_train * dim * 12 + n_eval * dim * 8 * 8 + training_memory(config, n_train, batch_size)
 
 
 def _logit_error(r, e, mask):
@@ -397,127 +335,198 @@ def _logit_error(r, e, mask):
     return float(np.mean(np.abs(np.log(r / (1 - r)) - np.log(e / (1 - e)))))
 
 
-def claim1_ladder(density, sigmas=LADDER_DEFAULT["sigmas"], seeds=(0, 1, 2), n_train=10000, n_eval=2000,
-                  hidden=(256, 256), epochs=15, batch_size=128, lr=1e-3, backend="cpu"):
-    """Claim 1 at the levels the samplers use.  Per seed: on n_train draws of `density`, three DAEs
-    trained across the whole ladder (gaussian:min..max, a level per row, log-uniform): BCE and MSE
-    told the level (arch mlp:...,sigma, as the sampling U-Net is), and a noise-blind BCE one (the
-    old annealing DAE).  At each sigma, n_eval held-out points corrupted by that sigma: v =
-    (r(x~) - x~) / sigma^2 against the exact score, beside the controls: kernel_mean (the posterior
-    mean under the empirical law of the same training draws: a DAE that memorised them),
-    nearest_mean, gaussian, posterior_mean (the ideal DAE, a check of the instrument).
+def claim1_check(density, sigmas=(0.1,), seeds=(0, 1, 2), losses=("bce", "mse"), n_train=10000, n_eval=2000,
+                 hidden=(64, 64), activation="relu", epochs=15, batch_size=128, lr=1e-3, backend="cpu", log=None):
+    """Claim 1 on a density with an exact score (BoundaryMixture, or metrics.GaussianMixture).
+    Per seed: the DAEs of claim1_daes(sigmas, losses), trained on n_train draws (clipped to
+    [0, 1]) with gaussian:sigma, or across gaussian:min..max (log-uniform, a level per row).  At
+    each sigma, n_eval held-out points, corrupted (x~ = x + sigma eps: what the DAEs see in
+    training) and clean: v = (r(x) - x) / sigma^2 against the exact score g = grad log p_sigma(x),
+    beside the controls
+      kernel_mean     the posterior mean under the empirical law of the same training draws
+                      (the exact denoiser of a DAE that memorised them: what a DAE must beat to
+                      have learned more than its draws),
+      nearest_mean    pull to the nearest component mean, gaussian: the single-Gaussian score,
+      posterior_mean  the ideal DAE: E[x | x~] (a BoundaryMixture's from a second, coarser
+                      quadrature rule), rounded to float32 like a DAE's output: a check of the
+                      instrument, 1.000 everywhere.
+    Groups: all coordinates; 'boundary', those within 2 sigma of 0 or 1; 'rest', the others.
 
     BCE against MSE: at corrupted points both losses have one minimiser, E[x | x~], so no
     difference is predicted from the losses alone.  One IS predicted from training: where E[x | x~]
     is within SATURATED of 0 or 1 the sigmoid saturates, and MSE's gradient (r - x) r (1 - r) fades
     there while BCE's (r - x) does not, so after equal training BCE should sit closer to E[x | x~]
     in logit terms on those coordinates, and not elsewhere.  Measured: 'saturation', the mean
-    |logit r - logit E[x | x~]| on saturated coordinates and on the rest, per loss and sigma.
+    |logit r - logit E[x | x~]| at corrupted points, on saturated coordinates and on the rest.
 
-    -> {'dim', 'sigmas', 'seeds', ..., 'seconds', 'boundary_fraction': {sigma},
-        'saturated_fraction': {sigma}, 'results': {sigma: {method: {group: {metric: stats}}}},
-        'saturation': {sigma: {loss: {'saturated', 'rest': stats}}}}  (sigma keys as strings)
+    -> {'density', 'dim', 'sigmas', 'seeds', 'daes', 'train_corruption', ..., 'seconds',
+        'boundary_fraction': {at: {sigma}}, 'saturated_fraction': {sigma},
+        'results': {at: {sigma: {method: {group: {metric: {'mean', 'sd', 'per_seed'}}}}}},
+        'saturation': {sigma: {dae: {'saturated', 'rest': stats}}}}
+       at in POINTS, sigma keys as strings ('0.1'), method in the DAEs' names + CONTROLS, group in
+       GROUPS (a group without points, e.g. 'rest' of clean points at sigma >= 0.5, left out), metric
+       in METRICS
     """
-    sigmas = tuple(float(s) for s in sigmas)
-    if len(sigmas) < 1 or not all(s > 0 for s in sigmas) or len(seeds) < 1:
-        raise ConfigError(f"claim1_ladder needs sigmas > 0 and at least one seed, got {sigmas}, {seeds}")
+    sigmas = tuple(float(v) for v in sigmas)
+    if len(sigmas) < 1 or not all(v > 0 and math.isfinite(v) for v in sigmas) or len(seeds) < 1:
+        raise ConfigError(f"claim1_check needs sigmas > 0 and at least one seed, got {sigmas}, {tuple(seeds)}")
     t0 = time.perf_counter()
     lo, hi = min(sigmas), max(sigmas)
-    ladder = gaussian(lo, hi) if hi > lo else gaussian(lo)
+    corruption = gaussian(lo, hi) if hi > lo else gaussian(lo)
+    daes = claim1_daes(sigmas, losses)
     spec = "mlp:" + ",".join(map(str, hidden))
-    ideal = density.with_quadrature(max(1, density.panels // 2))
-    keys = [f"{s:g}" for s in sigmas]
-    rows = {k: {m: {g: {mm: [] for mm in ("cosine_mean", "slope")} for g in ("all", "boundary")}
-                for m in LADDER_METHODS} for k in keys}
-    sat = {k: {loss: {"saturated": [], "rest": []} for loss in ("bce", "mse", "bce_blind")} for k in keys}
-    fractions = {k: {"boundary": [], "saturated": []} for k in keys}
+    ideal = density.with_quadrature(max(1, density.panels // 2)) if hasattr(density, "with_quadrature") else density
+    keys = [f"{v:g}" for v in sigmas]
+    methods = [name for name, _, _ in daes] + list(CONTROLS)
+    rows = {at: {k: {m: {g: {mm: [] for mm in METRICS} for g in GROUPS} for m in methods} for k in keys}
+            for at in POINTS}
+    sat = {k: {name: {"saturated": [], "rest": []} for name, _, _ in daes} for k in keys}
+    boundary_fraction = {at: {k: [] for k in keys} for at in POINTS}
+    saturated_fraction = {k: [] for k in keys}
+    train_seconds = {name: [] for name, _, _ in daes}
     for seed in seeds:
-        train = density.sample(n_train, seed).astype(np.float32)
-        clean = density.sample(n_eval, 2**32 + seed)
+        train = np.clip(density.sample(n_train, seed), 0, 1).astype(np.float32)
+        clean = np.clip(density.sample(n_eval, 2**32 + seed), 0, 1)  # 2**32 + seed: apart from every training stream
         models = {}
-        for name, loss, arch in (("bce", "bce", spec + ",sigma"), ("mse", "mse", spec + ",sigma"),
-                                 ("bce_blind", "bce", spec)):
-            m = DAE(density.dim, loss=loss, seed=seed, backend=backend, arch=arch)
-            fit(m, Dataset(train, None, "boundary density"), None, optimizer=Adam(m, lr=lr), corruption=ladder,
+        for name, loss, told in daes:
+            if log:  # each DAE trains for seconds to minutes: say which is running
+                log(f"D = {density.dim}, seed {seed}: training the {name} DAE ({epochs} epochs on {n_train:,} draws, "
+                    f"{corruption})")
+            t1 = time.perf_counter()
+            m = DAE(density.dim, loss=loss, activation=activation, seed=seed, backend=backend,
+                    arch=spec + (",sigma" if told else ""))
+            fit(m, Dataset(train, None, repr(density)), None, optimizer=Adam(m, lr=lr), corruption=corruption,
                 epochs=epochs, batch_size=batch_size, seed=seed, handle_sigint=False)
-            models[name] = m
+            models[name] = (m, told)
+            train_seconds[name].append(time.perf_counter() - t1)
         for k, sigma in zip(keys, sigmas):
-            noisy = clean + sigma * np.random.default_rng([seed, 0xC1A1, int(sigma * 1e6)]).standard_normal(clean.shape)
-            x = noisy.astype(np.float32).astype(np.float64)  # what every method sees
-            g = density.score(x, sigma)
-            exact = density.posterior_mean(x, sigma)
-            r = {name: m.backend.to_host(m.reconstruct(x.astype(np.float32), sigma=sigma)).astype(np.float64)
-                 for name, m in models.items()}
-            v = {name: (rx - x) / sigma**2 for name, rx in r.items()}
-            v["kernel_mean"] = (kernel_posterior_mean(train, x, sigma) - x) / sigma**2
-            v["nearest_mean"] = nearest_mean_pull(density, x, sigma)
-            v["gaussian"] = gaussian_score(train.astype(np.float64), x, sigma)
-            v["posterior_mean"] = (ideal.posterior_mean(x, sigma).astype(np.float32) - x) / sigma**2
-            boundary = np.minimum(np.abs(x), np.abs(x - 1)) < 2 * sigma
-            saturated = (exact < SATURATED) | (exact > 1 - SATURATED)
-            fractions[k]["boundary"].append(float(boundary.mean()))
-            fractions[k]["saturated"].append(float(saturated.mean()))
-            for method, vm in v.items():
-                for group, mask in (("all", None), ("boundary", boundary)):
-                    agreement = score_agreement(vm, g, mask)
-                    for mm in ("cosine_mean", "slope"):
-                        rows[k][method][group][mm].append(agreement[mm])
-            for name, rx in r.items():
-                sat[k][name]["saturated"].append(_logit_error(rx, exact, saturated))
-                sat[k][name]["rest"].append(_logit_error(rx, exact, ~saturated))
-    return dict(density=repr(density), dim=density.dim, sigmas=list(sigmas), seeds=list(seeds), n_train=n_train,
-                n_eval=n_eval, hidden=list(hidden), epochs=epochs, batch_size=batch_size, lr=lr,
-                train_corruption=str(ladder), saturated_below=SATURATED,
-                boundary_fraction={k: float(np.mean(f["boundary"])) for k, f in fractions.items()},
-                saturated_fraction={k: float(np.mean(f["saturated"])) for k, f in fractions.items()},
-                results={k: {m: {g: {mm: _mean_sd(v) for mm, v in by.items()} for g, by in bg.items()}
-                             for m, bg in bm.items()} for k, bm in rows.items()},
-                saturation={k: {n: {g: _mean_sd(v) for g, v in by.items()} for n, by in bl.items()}
-                            for k, bl in sat.items()},
-                seconds=time.perf_counter() - t0)
+            eps = np.random.default_rng([seed, 0xC1A1, int(round(sigma * 1e6))]).standard_normal(clean.shape)
+            # Points rounded to float32 once: the DAEs, the score and the controls see the same numbers.
+            for at, x in (("corrupted", clean + sigma * eps), ("clean", clean)):
+                x = x.astype(np.float32).astype(np.float64)
+                g = density.score(x, sigma)
+                r = {name: m.backend.to_host(m.reconstruct(x.astype(np.float32), sigma=sigma if told else None))
+                     .astype(np.float64) for name, (m, told) in models.items()}
+                v = {name: (rx - x) / sigma**2 for name, rx in r.items()}
+                v["kernel_mean"] = (kernel_posterior_mean(train, x, sigma) - x) / sigma**2
+                v["nearest_mean"] = nearest_mean_pull(density, x, sigma)
+                v["gaussian"] = gaussian_score(train.astype(np.float64), x, sigma)
+                v["posterior_mean"] = (ideal.posterior_mean(x, sigma).astype(np.float32) - x) / sigma**2
+                boundary = np.minimum(np.abs(x), np.abs(x - 1)) < 2 * sigma
+                boundary_fraction[at][k].append(float(boundary.mean()))
+                for method, vm in v.items():
+                    for group, mask in zip(GROUPS, (None, boundary, ~boundary)):
+                        agreement = score_agreement(vm, g, mask)
+                        for mm in METRICS if agreement["points"] else ():  # an empty group has no figures
+                            rows[at][k][method][group][mm].append(agreement[mm])
+                if at == "corrupted":
+                    exact = density.posterior_mean(x, sigma)
+                    saturated = (exact < SATURATED) | (exact > 1 - SATURATED)
+                    saturated_fraction[k].append(float(saturated.mean()))
+                    for name, rx in r.items():
+                        for part, mask in (("saturated", saturated), ("rest", ~saturated)):
+                            if mask.any():
+                                sat[k][name][part].append(_logit_error(rx, exact, mask))
+    def nest(tree):  # lists of per-seed values -> stats; what no point had is left out (clean points at a
+        # large sigma all lie within 2 sigma of an edge: no 'rest'; gmm:D has no saturated coordinates)
+        if not isinstance(tree, dict):
+            return _mean_sd(tree) if tree else None
+        out = {key: nest(sub) for key, sub in tree.items()}
+        return {key: sub for key, sub in out.items() if sub not in (None, {})} or None
+    return dict(density=repr(density), dim=density.dim, sigmas=list(sigmas), seeds=list(seeds),
+                daes=[dict(name=name, loss=loss, told_sigma=told) for name, loss, told in daes], n_train=n_train,
+                n_eval=n_eval, hidden=list(hidden), activation=activation, epochs=epochs, batch_size=batch_size, lr=lr,
+                train_corruption=str(corruption), saturated_below=SATURATED,
+                boundary_fraction={at: {k: float(np.mean(f)) for k, f in by.items()} for at, by in boundary_fraction.items()},
+                saturated_fraction={k: float(np.mean(f)) for k, f in saturated_fraction.items()},
+                train_seconds={name: float(np.mean(v)) for name, v in train_seconds.items()},
+                results=nest(rows), saturation=nest(sat) or {}, seconds=time.perf_counter() - t0)
 
 
-def run_claim1_ladder(quick=False, backend="cpu", log=print, **overrides):
-    """claim1_ladder on make_boundary_mixture(D) for each D of the config (LADDER_QUICK or
-    LADDER_DEFAULT, entries replaced by overrides) -> [claim1_ladder result per D]."""
-    unknown = set(overrides) - set(LADDER_DEFAULT)
+def claim1_config(preset="boundary", quick=False, **overrides):
+    """run_claim1's settings: the preset (CLAIM1, or CLAIM1_QUICK with quick), entries replaced
+    by overrides; unknown names and malformed entries refused (ConfigError)."""
+    if preset not in CLAIM1:
+        raise ConfigError(f"claim 1 presets: {', '.join(CLAIM1)}; got {preset!r}")
+    unknown = set(overrides) - set(CLAIM1[preset])
     if unknown:
-        raise ConfigError(f"run_claim1_ladder takes {', '.join(sorted(LADDER_DEFAULT))}; got {', '.join(sorted(unknown))}")
-    cfg = dict(LADDER_QUICK if quick else LADDER_DEFAULT, **overrides)
+        raise ConfigError(f"run_claim1 takes {', '.join(sorted(CLAIM1[preset]))}; got {', '.join(sorted(unknown))}")
+    cfg = dict((CLAIM1_QUICK if quick else CLAIM1)[preset], **overrides)
     if not isinstance(cfg["dims"], (tuple, list)) or not isinstance(cfg["sigmas"], (tuple, list)):
         raise ConfigError(f"dims and sigmas are sequences, e.g. dims=(64,), sigmas=(0.01, 0.1, 1); got "
                           f"{cfg['dims']!r}, {cfg['sigmas']!r}")
+    return cfg
+
+
+def claim1_hidden(cfg, dim):
+    """The DAE widths for dimension dim: cfg['hidden'] itself, or its entry for dim (a dict), or
+    cfg['hidden_large'] for a dim it does not name."""
+    h = cfg["hidden"]
+    return tuple(h.get(dim, cfg.get("hidden_large", (256, 256)))) if isinstance(h, dict) else tuple(h)
+
+
+def claim1_density(cfg, dim):
+    from tinydae.metrics import make_gmm
+
+    return make_gmm(dim) if cfg["density"] == "gmm" else make_boundary_mixture(dim)
+
+
+def run_claim1(preset="boundary", quick=False, backend="cpu", log=print, **overrides):
+    """claim1_check on each D of a preset (claim1_config) -> [claim1_check result per D]."""
+    cfg = claim1_config(preset, quick, **overrides)
     out = []
     for dim in cfg["dims"]:
-        log(f"claim 1 along the ladder {', '.join(f'{s:g}' for s in cfg['sigmas'])}, boundary density D = {dim} "
-            f"({len(cfg['seeds'])} seeds)")
-        out.append(claim1_ladder(make_boundary_mixture(dim), cfg["sigmas"], tuple(cfg["seeds"]), cfg["n_train"],
-                                 cfg["n_eval"], tuple(cfg["hidden"]), cfg["epochs"], cfg["batch_size"], cfg["lr"],
-                                 backend))
+        density = claim1_density(cfg, dim)
+        log(f"claim 1 on {'the boundary density' if cfg['density'] == 'boundary' else f'gmm:{dim}'}, D = {dim}, "
+            f"sigma {', '.join(f'{v:g}' for v in cfg['sigmas'])} ({len(cfg['seeds'])} seed{'s' * (len(cfg['seeds']) > 1)})")
+        out.append(claim1_check(density, cfg["sigmas"], tuple(cfg["seeds"]), n_train=cfg["n_train"],
+                                n_eval=cfg["n_eval"], hidden=claim1_hidden(cfg, dim), epochs=cfg["epochs"],
+                                batch_size=cfg["batch_size"], lr=cfg["lr"], backend=backend,
+                                log=lambda m: log(f"  {m}")))
     return out
 
 
-def claim1_ladder_table(result):
-    """Markdown: cosine and slope per sigma and method (all coordinates), and the BCE/MSE
-    saturation check, mean +- sd over seeds."""
+def claim1_table(result):
+    """Markdown for one claim1_check result, mean +- sd over seeds.  At one sigma: per kind of
+    point, cosine, slope and median norm ratio on all and on the boundary coordinates.  Along a
+    ladder: cosine and slope per sigma (corrupted points, all coordinates), then the BCE / MSE
+    saturation check."""
     f = lambda s: f"{s['mean']:.3f} ± {s['sd']:.3f}"  # noqa: E731
-    keys = list(result["results"])
-    L = [f"D = {result['dim']}, one DAE per loss trained across `{result['train_corruption']}` ({result['epochs']} "
-         f"epochs, {result['n_train']:,} draws), {len(result['seeds'])} seeds; {result['n_eval']:,} held-out points "
-         f"corrupted at each sigma.", "",
-         "| method | " + " | ".join(f"cosine σ={k}" for k in keys) + " | " + " | ".join(f"slope σ={k}" for k in keys) + " |",
-         "|" + " --- |" * (1 + 2 * len(keys))]
-    for method in LADDER_METHODS:
-        cells = [f(result["results"][k][method]["all"][mm]) for mm in ("cosine_mean", "slope") for k in keys]
+    keys = [f"{v:g}" for v in result["sigmas"]]
+    L = [f"D = {result['dim']}, DAEs {', '.join(d['name'] for d in result['daes'])} trained with "
+         f"`{result['train_corruption']}` ({result['epochs']} epochs, {result['n_train']:,} draws), "
+         f"{len(result['seeds'])} seeds; {result['n_eval']:,} held-out points.", ""]
+    if len(keys) == 1:
+        (k,) = keys
+        for at in POINTS:
+            L += [f"sigma = {k}, {at} points; boundary coordinates (within 2 sigma of 0 or 1): "
+                  f"{result['boundary_fraction'][at][k]:.0%}", "",
+                  "| method | cosine | slope | norm ratio | cosine (boundary) | slope (boundary) | norm ratio (boundary) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+            for method, by_group in result["results"][at][k].items():
+                cells = [f(by_group[g][m]) if g in by_group else "-" for g in ("all", "boundary")
+                         for m in ("cosine_mean", "slope", "norm_ratio_median")]
+                L.append(f"| {method} | " + " | ".join(cells) + " |")
+            L.append("")
+        return "\n".join(L[:-1])
+    res = result["results"]["corrupted"]
+    L += ["Corrupted points, all coordinates:", "",
+          "| method | " + " | ".join(f"cosine σ={k}" for k in keys) + " | " + " | ".join(f"slope σ={k}" for k in keys)
+          + " |", "|" + " --- |" * (1 + 2 * len(keys))]
+    for method in res[keys[0]]:
+        cells = [f(res[k][method]["all"][mm]) for mm in ("cosine_mean", "slope") for k in keys]
         L.append(f"| {method} | " + " | ".join(cells) + " |")
+    if not result["saturation"]:
+        return "\n".join(L)
+    names = list(dict.fromkeys(n for by in result["saturation"].values() for n in by))
     L += ["", f"Mean |logit r − logit E[x | x~]| on saturated coordinates (E within {result['saturated_below']} of 0 "
           f"or 1; predicted: BCE below MSE there, from MSE's fading gradient) and on the rest (no difference "
           f"predicted):", "",
-          "| sigma | saturated share | BCE saturated | MSE saturated | BCE rest | MSE rest | blind BCE saturated |",
-          "| --- | --- | --- | --- | --- | --- | --- |"]
+          "| sigma | saturated share | " + " | ".join(f"{n} saturated | {n} rest" for n in names) + " |",
+          "|" + " --- |" * (2 + 2 * len(names))]
     for k in keys:
-        s = result["saturation"][k]
-        L.append(f"| {k} | {result['saturated_fraction'][k]:.0%} | {f(s['bce']['saturated'])} | "
-                 f"{f(s['mse']['saturated'])} | {f(s['bce']['rest'])} | {f(s['mse']['rest'])} | "
-                 f"{f(s['bce_blind']['saturated'])} |")
+        s = result["saturation"].get(k, {})
+        L.append(f"| {k} | {result['saturated_fraction'][k]:.0%} | "
+                 + " | ".join(" | ".join(f(s[n][part]) if part in s.get(n, {}) else "-" for part in ("saturated", "rest"))
+                              for n in names) + " |")
     return "\n".join(L)

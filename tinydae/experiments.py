@@ -1,6 +1,6 @@
 """The paper's three claims as experiments a user can run (`evaluate`, `reproduce`).
 
-`evaluate` (evaluate_checkpoint, theorem_check) measures one checkpoint, or claim 1 on the easy
+`evaluate` (evaluate_checkpoint; densities.run_claim1('gmm')) measures one checkpoint, or claim 1 on the easy
 Gaussian mixture `gmm:D`, with the pixel-space figures of old.  `reproduce` regenerates the
 reports (bench/results/reproduce-*/) with instruments that pass sanity checks (issue 11):
 
@@ -49,9 +49,9 @@ import time
 import numpy as np
 
 from tinydae.classifier import train_classifier
-from tinydae.corruption import Corruption, gaussian, none
-from tinydae.data import gmm, is_builtin, load_dataset
-from tinydae.densities import claim1_ladder_table, claim1_table, run_claim1, run_claim1_ladder
+from tinydae.corruption import Corruption, none
+from tinydae.data import is_builtin, load_dataset
+from tinydae.densities import claim1_table, run_claim1
 from tinydae.errors import ConfigError, DataError
 from tinydae.arch import mlp_spec
 from tinydae.features import FIGURES, _figures, box_blur, check_feature_map, family_fids, spearman
@@ -62,49 +62,6 @@ from tinydae.optim import Adam
 from tinydae.safety import check_memory, check_output_dir, dumps
 from tinydae.sampling import PCABaseline, chain, chain_memory, noise_start, start_points
 from tinydae.train import evaluate_reconstruction, fit
-
-
-def _rowwise_cosine(a, b):
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    return (a * b).sum(1) / np.maximum(na * nb, 1e-300)
-
-
-def theorem_memory(dim, hidden, n_train=20000, n_eval=2000, batch_size=128):
-    """Bytes theorem_check needs at its peak, on the high side: the gmm rows (float64 draws and
-    float32 rows), the held-out draws and their scores, and one DAE's training."""
-    from tinydae.train import training_memory
-
-    config = dict(input_dim=dim, hidden=list(hidden), dtype="float32", tied=False)
-    return n_train * dim * 12 + n_eval * dim * 8 * 4 + training_memory(config, n_train, batch_size)
-
-
-def theorem_check(dim=2, sigma=0.1, n_train=20000, n_eval=2000, hidden=(64, 64), activation="relu",
-                  epochs=10, batch_size=128, lr=1e-3, seed=0, losses=("bce", "mse"), backend="cpu", log=None):
-    """Train one DAE per loss on gmm:dim with gaussian:sigma and compare, on held-out draws,
-    v = (r(x) - x) / sigma^2 with the exact score g = grad log p_sigma(x).
-
-    -> {'dim', 'sigma', 'n_eval', 'results': {loss: {'cosine_mean', 'cosine_median',
-        'rel_error_median', 'rel_error_mean', 'seconds'}}}
-    """
-    data = gmm(n_train, dim, seed)
-    held = np.clip(data.density.sample(n_eval, seed + 1), 0, 1)
-    g = data.density.score(held, sigma)
-    results = {}
-    for loss in losses:
-        t0 = time.perf_counter()
-        if log:  # each DAE trains for seconds to minutes: say which is running
-            log(f"gmm:{dim}: training the {loss} DAE ({epochs} epochs on {n_train:,} rows) ...")
-        model = DAE(dim, hidden, activation, loss=loss, seed=seed, backend=backend)
-        fit(model, data, None, optimizer=Adam(model, lr=lr), corruption=gaussian(sigma), epochs=epochs,
-            batch_size=batch_size, seed=seed)
-        r = model.backend.to_host(model.reconstruct(held.astype(np.float32))).astype(np.float64)
-        v = (r - held) / sigma**2
-        cos = _rowwise_cosine(v, g)
-        rel = np.linalg.norm(v - g, axis=1) / np.maximum(np.linalg.norm(g, axis=1), 1e-300)
-        results[loss] = dict(cosine_mean=float(cos.mean()), cosine_median=float(np.median(cos)),
-                             rel_error_median=float(np.median(rel)), rel_error_mean=float(rel.mean()),
-                             seconds=time.perf_counter() - t0)
-    return dict(dim=dim, sigma=sigma, n_eval=n_eval, hidden=list(hidden), epochs=epochs, results=results)
 
 
 def sample_quality(samples, valid, test, k=3):
@@ -166,7 +123,7 @@ FULL = dict(
     # sets does not depend on the seed; the dense classifier of old stays as a second instrument.
     classifier=dict(arch="conv:32,64,fc32", epochs=8), dense_classifier=dict(arch="mlp:256,128", epochs=15),
     feature_checks=dict(blur_ratio=10.0, rank_correlation=0.95), claim1=dict(quick=False),
-    claim1_ladder=dict(quick=False),  # D = 64, sigma 0.01 .. 1 (densities.LADDER_DEFAULT)
+    claim1_ladder=dict(quick=False),  # D = 64, sigma 0.01 .. 1 (densities.CLAIM1['ladder'])
     # The noise-conditional U-Net (issue 21): told sigma, trained on a log-uniform ladder from 5
     # down to 0.01; annealed over `levels` levels (steps / levels steps each) at the step size
     # chosen on validation among `step_sizes`, and the deterministic ddim sampler down the same
@@ -448,12 +405,13 @@ def reproduce(out_dir, quick=False, data="glyphs", labels=None, backend="cpu", s
                             image_shape=list(ds.image_shape), split_seed=seed))
 
     with clock.stage("claim 1", "claim 1: BCE and MSE DAEs against the exact score of the boundary density"):
-        report["claim1"] = run_claim1(backend=backend, log=lambda m: clock.log(f"         {m}"), **cfg["claim1"])
+        report["claim1"] = run_claim1("boundary", backend=backend, log=lambda m: clock.log(f"         {m}"),
+                                      **cfg["claim1"])
     if cfg.get("claim1_ladder"):
         with clock.stage("claim 1", "claim 1 along the samplers' noise ladder: DAEs told sigma, a blind one, "
                                     "and the kernel posterior mean"):
-            report["claim1_ladder"] = run_claim1_ladder(backend=backend, log=lambda m: clock.log(f"         {m}"),
-                                                        **cfg["claim1_ladder"])
+            report["claim1_ladder"] = run_claim1("ladder", backend=backend, log=lambda m: clock.log(f"         {m}"),
+                                                 **cfg["claim1_ladder"])
 
     maps = {}
     for role, (key, offset) in MAPS.items():
@@ -780,7 +738,7 @@ def evaluate_targets(report, targets=TARGETS):
         f"the chain improves the PCA samples by a factor {1 / ratio:.2f} only" if ratio < 1 else
         "the chain makes the PCA samples worse at every step")
     for result in report.get("claim1_ladder") or []:
-        res, d = result["results"], result["dim"]
+        res, d = result["results"]["corrupted"], result["dim"]
         at = [k for k in res if float(k) >= targets["ladder_sigma_min"]]
         slopes = {k: res[k]["bce"]["all"]["slope"]["mean"] for k in at}
         off = {k: v for k, v in slopes.items() if abs(v - 1) > targets["slope_tolerance"]}
@@ -798,7 +756,7 @@ def evaluate_targets(report, targets=TARGETS):
             "the kernel control is at least as good at σ " + ", ".join(lose) + " (at large sigma the kernel mean "
             "of many draws is near the exact posterior mean)")
     for result in report["claim1"]:
-        res = result["results"]["corrupted"]
+        (res,) = result["results"]["corrupted"].values()
         bce = res["bce"]["all"]
         slope, cos = bce["slope"]["mean"], bce["cosine_mean"]["mean"]
         controls = {c: res[c]["all"]["cosine_mean"]["mean"] for c in ("nearest_mean", "gaussian")}
@@ -916,8 +874,7 @@ def render_report(report):
           "of 0 or 1. Controls: nearest_mean (pull to the nearest component mean), gaussian (single-Gaussian "
           "score), posterior_mean (the ideal DAE, a check of the instrument).", ""]
     for result in report["claim1"]:
-        for at in ("corrupted", "clean"):
-            L += [claim1_table(result, at), ""]
+        L += [claim1_table(result), ""]
     if report.get("claim1_ladder"):
         L += ["### Claim 1 where the samplers run: along the noise ladder", "",
               "One DAE per loss trained across the ladder and told the level (as the sampling U-Net is), and a "
@@ -925,7 +882,7 @@ def render_report(report):
               "kernel_mean is the posterior mean under the empirical law of the same training draws (a DAE that "
               "memorised them).", ""]
         for result in report["claim1_ladder"]:
-            L += [claim1_ladder_table(result), ""]
+            L += [claim1_table(result), ""]
 
     L += ["## Claims 2 and 3: headline figures (test rows, pre-registered step)", "",
           f"Each run's step was chosen as the step ≥ 1 with the lowest mean validation FID over the {len(seeds)} "

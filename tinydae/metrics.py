@@ -99,6 +99,15 @@ class GaussianMixture:
         gamma = np.exp(terms - logsumexp(terms, 1)[:, None])               # responsibilities
         return (gamma[:, :, None] * diff).sum(1) / v
 
+    def posterior_mean(self, x, sigma):
+        """E[x | x~] for x~ = x + sigma eps, by Tweedie: x~ + sigma^2 grad log p_sigma(x~): (n, D) -> (n, D)"""
+        x = _rows(x, "points", self.dim)
+        return x + sigma**2 * self.score(x, sigma)
+
+    def factor_moments(self):
+        """Per component, the mean and variance of every coordinate: two (K, D) arrays."""
+        return self.means, np.full_like(self.means, self.std**2)
+
 
 def make_gmm(dim, components=4, std=0.05):
     """The built-in mixture for D = dim: means drawn once (fixed seed) in [0.3, 0.7]^D,
