@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tinydae as td  # noqa: E402
 from tinydae.classifier import train_classifier  # noqa: E402
-from tinydae.features import box_blur, check_feature_map, fid, spearman  # noqa: E402
+from tinydae.science.features import box_blur, check_feature_map, fid, spearman  # noqa: E402
 from tinydae.sampling import start_points  # noqa: E402
 
 MNIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import tinydae as td
-from tinydae import features, metrics
+from tinydae import metrics
+from tinydae.science import features
 from tinydae.backend import as_host_array, get_backend
 from tinydae.classifier import Classifier, train_classifier
 from tinydae.sampling import chain, improve, start_points

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import tinydae as td
 from tinydae.cli import cli
 from tinydae.errors import DataError
-from tinydae.features import box_blur
+from tinydae.science.features import box_blur
 
 from png_reader import read_gray_png
 

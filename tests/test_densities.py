@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tinydae import ConfigError
-from tinydae.densities import (CLAIM1_QUICK, CONTROLS, GROUPS, METRICS, POINTS, BoundaryMixture, beta_rule,
+from tinydae.science.densities import (CLAIM1_QUICK, CONTROLS, GROUPS, METRICS, POINTS, BoundaryMixture, beta_rule,
                                claim1_check, claim1_table, gaussian_score, make_boundary_mixture,
                                nearest_mean_pull, run_claim1, score_agreement)
 
@@ -169,7 +169,7 @@ def test_a_trained_bce_dae_follows_the_score_and_beats_the_controls():
 
 
 def test_claim1_presets_and_their_mistakes():
-    from tinydae.densities import claim1_config, claim1_daes, claim1_hidden
+    from tinydae.science.densities import claim1_config, claim1_daes, claim1_hidden
 
     assert claim1_daes((0.1,)) == [("bce", "bce", False), ("mse", "mse", False)]
     assert claim1_daes((0.01, 1.0)) == [("bce", "bce", True), ("mse", "mse", True), ("bce_blind", "bce", False)]
@@ -189,7 +189,7 @@ def test_claim1_presets_and_their_mistakes():
 def test_kernel_posterior_mean_against_brute_force_and_its_limits():
     """The empirical-law posterior mean, chunked, equals the sum written out; at a tiny sigma it is
     the nearest training draw, at a huge one their mean."""
-    from tinydae.densities import kernel_posterior_mean
+    from tinydae.science.densities import kernel_posterior_mean
 
     rng = np.random.default_rng(4)
     train, x = rng.random((300, 5)), rng.random((37, 5))
@@ -206,7 +206,7 @@ def test_claim1_along_a_ladder_separates_what_it_measures():
     """Structure, and the checks inside: the ideal DAE scores 1 at every level (the instrument), the
     kernel mean of the training draws beats the single-Gaussian score, and the logit error of the
     saturation check is the one written out."""
-    from tinydae.densities import _logit_error
+    from tinydae.science.densities import _logit_error
 
     result = claim1_check(make_boundary_mixture(6), sigmas=(0.05, 0.5), seeds=(0,), n_train=800, n_eval=120,
                           hidden=(16,), epochs=1)

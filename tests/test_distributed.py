@@ -691,7 +691,7 @@ def test_each_rank_reads_only_its_rows(glyph_files):
 def test_sharded_figures_equal_the_whole_set_figures():
     """One process: the figures from sums equal features.fid / inception_score / class_entropy of
     the whole sets (the covariance from sums, float64)."""
-    from tinydae import features
+    from tinydae.science import features
     from tinydae.classifier import Classifier
 
     judge = Classifier(784, hidden=(32, 16), seed=0)

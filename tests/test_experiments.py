@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tinydae import experiments
+from tinydae.science import experiments
 from tinydae.cli import cli
-from tinydae.experiments import (Judge, evaluate_targets, headline_figures, headline_steps, parzen_legacy,
+from tinydae.science.experiments import (Judge, evaluate_targets, headline_figures, headline_steps,
                                  render_report)
-from tinydae.metrics import parzen_evaluate
+from tinydae.metrics import parzen_evaluate, parzen_log_likelihood
 
 
 def invoke(*args):
@@ -19,7 +19,7 @@ def invoke(*args):
 
 
 def _gmm_check(**kw):
-    from tinydae.densities import claim1_check
+    from tinydae.science.densities import claim1_check
     from tinydae.metrics import make_gmm
 
     r = claim1_check(make_gmm(2), (0.1,), seeds=(1,), n_eval=1000, **kw)
@@ -205,7 +205,7 @@ def test_reproduce_saves_each_runs_headline_samples_for_anyone_to_rescore(tiny_r
         assert step == report["headline"][run]["step"]
         assert len(np.unique(samples)) > 2 and not np.array_equal(samples[:200], samples[200:])
         for i in range(2):
-            ll = parzen_legacy(samples[seed == i] / 255.0, val.x, test.x)["mean_ll"]
+            ll = parzen_evaluate(samples[seed == i] / 255.0, val.x, test.x)["mean_ll"]
             assert ll == pytest.approx(report["legacy_parzen"][run]["per_seed"][i], abs=0.2), (run, i)
 
 
@@ -295,13 +295,17 @@ def test_judge_averages_disjoint_chunks_and_its_floor_is_the_holdout():
         judge.figures(samples[:29])
 
 
-def test_parzen_legacy_matches_parzen_evaluate():
+def test_the_one_parzen_matches_its_per_bandwidth_primitive():
+    """parzen_evaluate computes each distance matrix once for all bandwidths; the same figure, one
+    bandwidth at a time, from parzen_log_likelihood."""
     rng = np.random.default_rng(1)
     samples, valid, test = rng.random((40, 5)), rng.random((20, 5)), rng.random((25, 5))
-    ours, theirs = parzen_legacy(samples, valid, test), parzen_evaluate(samples, valid, test)
-    assert ours["bandwidth"] == theirs["bandwidth"]
-    assert ours["mean_ll"] == pytest.approx(theirs["mean_ll"], rel=1e-10)
-    assert ours["stderr"] == pytest.approx(theirs["stderr"], rel=1e-10)
+    ours = parzen_evaluate(samples, valid, test, batch_size=7)  # blocks of 7 rows, the last ones short
+    valid_ll = {h: parzen_log_likelihood(samples, valid, h).mean() for h in ours["valid_ll"]}
+    assert ours["bandwidth"] == max(valid_ll, key=valid_ll.get)
+    ll = parzen_log_likelihood(samples, test, ours["bandwidth"])
+    assert ours["mean_ll"] == pytest.approx(ll.mean(), rel=1e-10)
+    assert ours["stderr"] == pytest.approx(ll.std(ddof=1) / np.sqrt(len(ll)), rel=1e-10)
 
 
 def _stats(mean, sd=0.0):

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tinydae.features
+import tinydae.science.features
 from tinydae import DataError, glyphs, load_dataset
 from tinydae.classifier import Classifier, load_classifier, save_classifier, train_classifier
-from tinydae.features import (box_blur, check_feature_map, class_entropy, feature_report, fid,
+from tinydae.science.features import (box_blur, check_feature_map, class_entropy, feature_report, fid,
                               frechet_distance, inception_score, kid, mmd2_unbiased, nearest_distances,
                               novelty, one_nn_accuracy, prdc, sqrtm_psd)
 from tinydae.metrics import precision_recall
@@ -26,7 +26,7 @@ seeds = st.integers(0, 2**32 - 1)
 
 
 def test_doctests():
-    assert doctest.testmod(tinydae.features).failed == 0
+    assert doctest.testmod(tinydae.science.features).failed == 0
 
 
 def random_spd(rng, F, rank=None):
@@ -212,7 +212,7 @@ def test_batching_changes_nothing(monkeypatch):
     rng = np.random.default_rng(7)
     a, b, t = rng.normal(size=(23, 3)), rng.normal(0.3, 1, size=(23, 3)), rng.normal(size=(40, 3))
     whole = (prdc(a, b, 3), one_nn_accuracy(a, b), novelty(b, t, a), nearest_distances(b, t).tolist())
-    monkeypatch.setattr(tinydae.features, "BATCH", 5)  # blocks of 5 rows, the last one short
+    monkeypatch.setattr(tinydae.science.features, "BATCH", 5)  # blocks of 5 rows, the last one short
     assert (prdc(a, b, 3), one_nn_accuracy(a, b), novelty(b, t, a), nearest_distances(b, t).tolist()) == whole
 
 
@@ -406,7 +406,7 @@ def test_blur_check_separates_a_map_that_sees_blur_from_one_that_does_not():
 
 
 def test_spearman_against_known_rankings():
-    from tinydae.features import spearman
+    from tinydae.science.features import spearman
 
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)

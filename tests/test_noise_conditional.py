@@ -222,9 +222,9 @@ def test_review_findings_stay_fixed(tmp_path):
     built for it), an empty 'mlp:sigma', a classifier told sigma, evaluate and sample of a model
     trained on a range, spearman of a NaN figure, unknown claim-1 options, a string sigma."""
     from tinydae.classifier import Classifier
-    from tinydae.densities import run_claim1
-    from tinydae.experiments import evaluate_checkpoint
-    from tinydae.features import spearman
+    from tinydae.science.densities import run_claim1
+    from tinydae.science.experiments import evaluate_checkpoint
+    from tinydae.science.features import spearman
 
     d = td.load_dataset("glyphs", limit=80)
     m = td.DAE(d.dim, arch="mlp:16,sigma", input_shape=d.image_shape, seed=0)

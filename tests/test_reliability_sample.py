@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 import tinydae
-from tinydae import densities, experiments, safety, sampling
+from tinydae import safety, sampling
+from tinydae.science import densities, experiments
 from tinydae.cli import cli
 
 GiB = 2**30

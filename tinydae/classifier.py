@@ -1,4 +1,4 @@
-"""A small classifier whose penultimate layer is the feature space of tinydae/features.py.
+"""A small classifier whose penultimate layer is the feature space of tinydae/science/features.py.
 
 Legend: B batch, D input width (pixels), H_k hidden widths, C classes.
 

@@ -860,7 +860,8 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
     """Reconstruction BCE, Parzen log-likelihood and precision/recall of chain samples; or --theorem."""
     import numpy as np
 
-    from tinydae import experiments, safety
+    from tinydae import safety
+    from tinydae.science import experiments
     from tinydae.sampling import START_KINDS
 
     if theorem:
@@ -874,7 +875,7 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
             raise ConfigError(f"--sigma must be a finite number > 0 (the Gaussian corruption's level), got {sigma}")
         if epochs < 1 or min(dim_list) < 1:
             raise ConfigError("--epochs and --dims must be >= 1")
-        from tinydae import densities
+        from tinydae.science import densities
 
         cfg = densities.claim1_config("gmm", sigmas=(sigma,), dims=tuple(dim_list), epochs=epochs, seeds=(seed,))
         for d in dim_list:  # every dimension's size before the first one trains
@@ -949,7 +950,8 @@ def reproduce(quick, data, labels, out, seed, backend, overwrite):
     """Measure the paper's three claims (claim 1 on a known density; chains from noise and from PCA
     samples, four samplers, 3 seeds, feature-space figures beside their floor, headline steps chosen
     on validation rows) and write OUT/report.md, OUT/report.json and PNG strips."""
-    from tinydae import experiments, safety
+    from tinydae import safety
+    from tinydae.science import experiments
 
     safety.check_output_dir(out, "--out")  # before claim 1: a bad --out would waste all of it
     found = [name for name in ("report.md", "report.json") if os.path.exists(os.path.join(out, name))]
@@ -1321,7 +1323,7 @@ def classifier_evaluate(classifier_file, samples, samples_key, data, labels, key
     import numpy as np
 
     from tinydae.classifier import load_classifier
-    from tinydae.features import FIGURES, feature_report
+    from tinydae.science.features import FIGURES, feature_report
 
     if not 0 < val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in (0, 1), got {val_fraction}")

@@ -35,7 +35,7 @@ def sq_distances(a, b):
     return np.maximum(d, 0.0)
 
 
-def _rows(x, name, dim=None, min_rows=1):
+def check_rows(x, name, dim=None, min_rows=1):
     """Check a set of rows: (N, D) finite, N >= min_rows -> float64."""
     x = as_host_array(x, name, np.float64)  # any array in host memory, see tinydae.backend
     if x.ndim != 2 or x.shape[0] < min_rows:
@@ -88,20 +88,20 @@ class GaussianMixture:
 
     def log_prob(self, x, sigma=0.0):
         """log p_sigma(x): (n, D) -> (n,)"""
-        x = _rows(x, "points", self.dim)
+        x = check_rows(x, "points", self.dim)
         terms, _, v = self._log_terms(x, sigma)
         return logsumexp(terms, 1) - 0.5 * self.dim * math.log(2 * math.pi * v)
 
     def score(self, x, sigma=0.0):
         """grad_x log p_sigma(x): (n, D) -> (n, D)"""
-        x = _rows(x, "points", self.dim)
+        x = check_rows(x, "points", self.dim)
         terms, diff, v = self._log_terms(x, sigma)
         gamma = np.exp(terms - logsumexp(terms, 1)[:, None])               # responsibilities
         return (gamma[:, :, None] * diff).sum(1) / v
 
     def posterior_mean(self, x, sigma):
         """E[x | x~] for x~ = x + sigma eps, by Tweedie: x~ + sigma^2 grad log p_sigma(x~): (n, D) -> (n, D)"""
-        x = _rows(x, "points", self.dim)
+        x = check_rows(x, "points", self.dim)
         return x + sigma**2 * self.score(x, sigma)
 
     def factor_moments(self):
@@ -127,8 +127,8 @@ def parzen_log_likelihood(samples, data, bandwidth, batch_size=256):
     log p(x) = logsumexp_i(-|x - s_i|^2 / 2h^2) - log M - D/2 log(2 pi h^2)
     samples: (M, D), data: (N, D) -> (N,) float64
     """
-    samples = _rows(samples, "samples")
-    data = _rows(data, "data", samples.shape[1])
+    samples = check_rows(samples, "samples")
+    data = check_rows(data, "data", samples.shape[1])
     if not bandwidth > 0:
         raise ConfigError(f"Parzen bandwidth must be > 0, got {bandwidth}")
     M, D = samples.shape
@@ -143,15 +143,30 @@ def parzen_log_likelihood(samples, data, bandwidth, batch_size=256):
 DEFAULT_BANDWIDTHS = tuple(np.round(np.logspace(-2, 0, 13), 4))
 
 
-def parzen_evaluate(samples, valid, test, bandwidths=DEFAULT_BANDWIDTHS):
+def parzen_evaluate(samples, valid, test, bandwidths=DEFAULT_BANDWIDTHS, batch_size=256):
     """Choose the bandwidth that maximises the mean log-likelihood of `valid`, then report
     the mean (and standard error) log-likelihood of `test` at that bandwidth.
 
     -> {'bandwidth', 'mean_ll', 'stderr', 'valid_ll': {h: mean}}
     """
-    valid_ll = {float(h): float(parzen_log_likelihood(samples, valid, h).mean()) for h in bandwidths}
+    samples = np.asarray(samples, np.float64)
+    M, D = samples.shape
+    valid, test = np.asarray(valid), np.asarray(test)
+    hs = [float(h) for h in bandwidths]
+
+    def log_likelihood(d, h):  # log of (1/M) sum_i N(x; s_i, h^2 I), per row of d
+        return logsumexp(-d / (2 * h * h), 1) - math.log(M) - 0.5 * D * math.log(2 * math.pi * h * h)
+
+    # Each block of rows' distances computed once for every bandwidth; memory bounded by the block.
+    total = dict.fromkeys(hs, 0.0)
+    for start in range(0, len(valid), batch_size):
+        d = sq_distances(valid[start:start + batch_size], samples)
+        for h in hs:
+            total[h] += float(log_likelihood(d, h).sum())
+    valid_ll = {h: total[h] / len(valid) for h in hs}
     best = max(valid_ll, key=valid_ll.get)
-    ll = parzen_log_likelihood(samples, test, best)
+    ll = np.concatenate([log_likelihood(sq_distances(test[start:start + batch_size], samples), best)
+                         for start in range(0, len(test), batch_size)])
     return dict(bandwidth=best, mean_ll=float(ll.mean()), stderr=float(ll.std(ddof=1) / math.sqrt(len(ll)))
                 if len(ll) > 1 else 0.0, valid_ll=valid_ll)
 
@@ -163,7 +178,7 @@ def parzen_evaluate(samples, valid, test, bandwidths=DEFAULT_BANDWIDTHS):
 
 def knn_radii(x, k=3, batch_size=512):
     """Distance from each row to its k-th nearest other row. (n, D) -> (n,)"""
-    x = _rows(x, "points")
+    x = check_rows(x, "points")
     if not 1 <= k < len(x):
         raise ConfigError(f"k must be in [1, {len(x) - 1}] for {len(x)} points, got {k}")
     radii = np.empty(len(x))
@@ -175,7 +190,7 @@ def knn_radii(x, k=3, batch_size=512):
     return radii
 
 
-def _covered(points, centres, radii, batch_size=512):
+def covered(points, centres, radii, batch_size=512):
     """For each point: is it inside any ball (centre_j, radius_j)? -> (n,) bool"""
     inside = np.empty(len(points), bool)
     r2 = radii**2
@@ -192,7 +207,7 @@ def precision_recall(real, fake, k=3):
     recall:    fraction of real points inside the k-NN ball of some fake sample
     real: (N, D), fake: (M, D) -> {'precision', 'recall'}
     """
-    real = _rows(real, "real data")
-    fake = _rows(fake, "samples", real.shape[1])
-    return dict(precision=float(_covered(fake, real, knn_radii(real, k)).mean()),
-                recall=float(_covered(real, fake, knn_radii(fake, k)).mean()))
+    real = check_rows(real, "real data")
+    fake = check_rows(fake, "samples", real.shape[1])
+    return dict(precision=float(covered(fake, real, knn_radii(real, k)).mean()),
+                recall=float(covered(real, fake, knn_radii(fake, k)).mean()))

@@ -185,7 +185,7 @@ def run_chains(checkpoint, start="noise", n=64, steps=50, chain_corruption="mode
                        first_chain=lo, **sampler_opts)
         figures = None
         if judge is not None:  # each rank scores its own chains: one reduction, no gather needed
-            from tinydae.features import sharded_figures
+            from tinydae.science.features import sharded_figures
 
             figures = sharded_figures(judge, result.samples, reference, comm)
         if comm.collective:  # the ranks' chains joined on rank 0, in chain order

@@ -43,9 +43,10 @@ import numpy as np
 from tinydae.corruption import gaussian
 from tinydae.data import Dataset
 from tinydae.errors import ConfigError
-from tinydae.metrics import _rows, logsumexp
+from tinydae.metrics import check_rows, logsumexp
 from tinydae.model import DAE
 from tinydae.optim import Adam
+from tinydae.science.stats import mean_sd
 from tinydae.train import fit
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -163,7 +164,7 @@ class BoundaryMixture:
 
     def _smoothed(self, x, sigma, chunk_elems=1 << 22):
         """x~: (n, D) -> log p_sigma(x~): (n,), E[x | x~]: (n, D)."""
-        x = _rows(x, "points", self.dim)
+        x = check_rows(x, "points", self.dim)
         if not sigma > 0:
             raise ConfigError(f"the smoothed density needs sigma > 0 (p itself has atoms), got {sigma}")
         n, (K, D, J) = len(x), self.atoms.shape
@@ -194,7 +195,7 @@ class BoundaryMixture:
     def score(self, x, sigma):
         """grad log p_sigma(x~): (n, D) -> (n, D), by Tweedie: (E[x | x~] - x~) / sigma^2
         (d/dt log Z(t) = int (x - t)/sigma^2 N(t; x, sigma^2) dF(x) / Z(t), atoms included)."""
-        x = _rows(x, "points", self.dim)
+        x = check_rows(x, "points", self.dim)
         return (self._smoothed(x, sigma)[1] - x) / sigma**2
 
 
@@ -275,11 +276,6 @@ def kernel_posterior_mean(train, x, sigma, chunk=256):
         w = np.exp(logw)
         out[i:i + chunk] = (w @ train) / w.sum(1, keepdims=True)
     return out
-
-
-def _mean_sd(values):
-    a = np.asarray(values, np.float64)
-    return dict(mean=float(a.mean()), sd=float(a.std(ddof=1)) if len(a) > 1 else 0.0, per_seed=a.tolist())
 
 
 # ----------------------------------------------------------------------------------------
@@ -430,7 +426,7 @@ def claim1_check(density, sigmas=(0.1,), seeds=(0, 1, 2), losses=("bce", "mse"),
     def nest(tree):  # lists of per-seed values -> stats; what no point had is left out (clean points at a
         # large sigma all lie within 2 sigma of an edge: no 'rest'; gmm:D has no saturated coordinates)
         if not isinstance(tree, dict):
-            return _mean_sd(tree) if tree else None
+            return mean_sd(tree) if tree else None
         out = {key: nest(sub) for key, sub in tree.items()}
         return {key: sub for key, sub in out.items() if sub not in (None, {})} or None
     return dict(density=repr(density), dim=density.dim, sigmas=list(sigmas), seeds=list(seeds),

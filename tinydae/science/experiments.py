@@ -51,12 +51,13 @@ import numpy as np
 from tinydae.classifier import train_classifier
 from tinydae.corruption import Corruption, none
 from tinydae.data import is_builtin, load_dataset
-from tinydae.densities import claim1_table, run_claim1
+from tinydae.science.densities import claim1_table, run_claim1
 from tinydae.errors import ConfigError, DataError
 from tinydae.arch import mlp_spec
-from tinydae.features import FIGURES, _figures, box_blur, check_feature_map, family_fids, spearman
+from tinydae.science.stats import mean_sd
+from tinydae.science.features import FIGURES, sample_figures, box_blur, check_feature_map, family_fids, spearman
 from tinydae.images import save_grid
-from tinydae.metrics import DEFAULT_BANDWIDTHS, logsumexp, parzen_evaluate, precision_recall, sq_distances
+from tinydae.metrics import parzen_evaluate, precision_recall
 from tinydae.model import DAE
 from tinydae.optim import Adam
 from tinydae.safety import check_memory, check_output_dir, dumps
@@ -179,12 +180,6 @@ def run_label(run):
     return f"{start}: {sampler}, {dae}"
 
 
-def _stats(values):
-    """[value per seed] -> {'mean', 'sd' (ddof 1; 0 for one seed), 'per_seed'}"""
-    a = np.asarray(values, np.float64)
-    return dict(mean=float(a.mean()), sd=float(a.std(ddof=1)) if len(a) > 1 else 0.0, per_seed=a.tolist())
-
-
 def split_three(ds, n_used, n_val, n_test, seed):
     """A seeded permutation of ds's rows, n_used of them, cut into (train, validation, test).
     Never contiguous blocks: MNIST's test file is grouped by writer."""
@@ -222,7 +217,7 @@ class Judge:
             raise DataError(f"need at least {self.n} samples to compare with {self.n} real rows, got {len(samples)}")
         rows = samples[:chunks * self.n]
         f, p = self.feature_map.features(rows), self.feature_map.probs(rows)
-        per_chunk = [_figures(f[i * self.n:(i + 1) * self.n], p[i * self.n:(i + 1) * self.n], self.f_real,
+        per_chunk = [sample_figures(f[i * self.n:(i + 1) * self.n], p[i * self.n:(i + 1) * self.n], self.f_real,
                               self.f_train, self.f_real, self.k, self.seed) for i in range(chunks)]
         return {name: float(np.mean([c[name] for c in per_chunk])) for name in per_chunk[0]}
 
@@ -242,25 +237,6 @@ def save_samples(path, per_seed, seeds, step, image_shape):
     seed = np.repeat(np.asarray(seeds, np.int64), [len(x) for x in per_seed])
     atomic_write(path, lambda f: np.savez_compressed(f, samples=samples, seed=seed, step=np.int64(step),
                                                      image_shape=np.asarray(image_shape, np.int64)))
-
-
-def parzen_legacy(samples, valid, test, bandwidths=DEFAULT_BANDWIDTHS):
-    """metrics.parzen_evaluate's figure: the bandwidth that maximises the mean log-likelihood of
-    `valid` under a Gaussian kernel density on the samples, then the mean log-likelihood (nats) of
-    `test` at it; each distance matrix is computed once for all bandwidths.
-
-    samples: (M, D), valid: (N, D), test: (N', D) -> {'bandwidth', 'mean_ll', 'stderr'}
-    """
-    M, D = np.shape(samples)
-    d_valid, d_test = sq_distances(valid, samples), sq_distances(test, samples)
-
-    def log_likelihood(d, h):  # log of (1/M) sum_i N(x; s_i, h^2 I), per row of d
-        return logsumexp(-d / (2 * h * h), 1) - math.log(M) - 0.5 * D * math.log(2 * math.pi * h * h)
-
-    valid_ll = {float(h): float(log_likelihood(d_valid, h).mean()) for h in bandwidths}
-    best = max(valid_ll, key=valid_ll.get)
-    ll = log_likelihood(d_test, best)
-    return dict(bandwidth=best, mean_ll=float(ll.mean()), stderr=float(ll.std(ddof=1) / math.sqrt(len(ll))))
 
 
 def eligible_steps(run, kept_steps):
@@ -297,8 +273,8 @@ def headline_figures(val_curves, kept_steps, test_figures_at, metric="fid"):
     for run, step in headline_steps(val_curves, kept_steps, metric).items():
         k = kept_steps.index(step)
         per_seed = test_figures_at(run, step)
-        out[run] = dict(step=step, validation={f: _stats(v[k]) for f, v in val_curves[run].items()},
-                        test={f: _stats([p[f] for p in per_seed]) for f in per_seed[0]})
+        out[run] = dict(step=step, validation={f: mean_sd(v[k]) for f, v in val_curves[run].items()},
+                        test={f: mean_sd([p[f] for p in per_seed]) for f in per_seed[0]})
     return out
 
 
@@ -480,7 +456,7 @@ def reproduce(out_dir, quick=False, data="glyphs", labels=None, backend="cpu", s
     # {run: {figure: [[value per seed] per kept step]}}
     val_curves = {run: {f: [[seed_rows[k][f] for seed_rows in per_seed] for k in range(len(kept_steps))]
                         for f in per_seed[0][0]} for run, per_seed in val_seed.items()}
-    report["curves"] = {run: {f: [_stats(v) for v in steps] for f, steps in curves.items()}
+    report["curves"] = {run: {f: [mean_sd(v) for v in steps] for f, steps in curves.items()}
                         for run, curves in val_curves.items()}
 
     def test_figures_at(run, step):
@@ -490,15 +466,15 @@ def reproduce(out_dir, quick=False, data="glyphs", labels=None, backend="cpu", s
     with clock.stage("test figures", "headline steps chosen on the validation FID; test figures at those steps only"):
         report["headline"] = headline_figures(val_curves, kept_steps, test_figures_at)
         first = {start: next(run for run, spec in RUNS.items() if spec[0] == start) for start in STARTS}
-        report["baselines"] = {start: dict(test={f: _stats(v) for f, v in _transpose(
+        report["baselines"] = {start: dict(test={f: mean_sd(v) for f, v in _transpose(
             test_figures_at(run, 0)).items()}) for start, run in first.items()}
         if dense_test is not None:  # the second instrument, at the same steps (chosen by the judge)
             for run, h in report["headline"].items():
                 k = kept_steps.index(h["step"])
-                h["test_dense"] = {f: _stats(v) for f, v in _transpose(
+                h["test_dense"] = {f: mean_sd(v) for f, v in _transpose(
                     [dense_test.figures(traj[:, k]) for traj in states[run]]).items()}
             for start, run in first.items():
-                report["baselines"][start]["test_dense"] = {f: _stats(v) for f, v in _transpose(
+                report["baselines"][start]["test_dense"] = {f: mean_sd(v) for f, v in _transpose(
                     [dense_test.figures(traj[:, 0]) for traj in states[run]]).items()}
             report["floor"]["test_dense"] = dense_test.floor
         # The bar issue 21 sets for samples from noise: 3x3-blurred real rows (the validation rows,
@@ -649,15 +625,15 @@ def _legacy_parzen(states, headline, kept_steps, first, train, val, test, n, ima
     samples at its headline step and the two starts (per seed), and n real training rows, raw and
     3x3 box-blurred (once) -> {name: stats of mean_ll}"""
     def parzen(samples):
-        return parzen_legacy(samples, val.x, test.x)["mean_ll"]
+        return parzen_evaluate(samples, val.x, test.x)["mean_ll"]
 
-    out = {"real training rows": _stats([parzen(train.x[:n])]),
-           "blurred real training rows": _stats([parzen(box_blur(train.x[:n], image_shape))])}
+    out = {"real training rows": mean_sd([parzen(train.x[:n])]),
+           "blurred real training rows": mean_sd([parzen(box_blur(train.x[:n], image_shape))])}
     for start, run in first.items():
-        out[STARTS[start]] = _stats([parzen(traj[:, 0]) for traj in states[run]])
+        out[STARTS[start]] = mean_sd([parzen(traj[:, 0]) for traj in states[run]])
     for run, h in headline.items():
         k = kept_steps.index(h["step"])
-        out[run] = _stats([parzen(traj[:, k]) for traj in states[run]])
+        out[run] = mean_sd([parzen(traj[:, k]) for traj in states[run]])
     return out
 
 
@@ -868,7 +844,7 @@ def render_report(report):
                  for t in report["targets"]])
 
     L += ["", "## Claim 1: (r(x) − x)/σ² follows ∇ log p_σ on a density with mass at the edges", "",
-          "The boundary density (`tinydae/densities.py`): a mixture of spike-and-Beta products with exact 0s and "
+          "The boundary density (`tinydae/science/densities.py`): a mixture of spike-and-Beta products with exact 0s and "
           "1s, where BCE and MSE can differ. v = (r(x) − x)/σ² against the exact score: cosine, least-squares "
           "slope of v on the score (1 = the exact step), median norm ratio; all coordinates and those within 2σ "
           "of 0 or 1. Controls: nearest_mean (pull to the nearest component mean), gaussian (single-Gaussian "

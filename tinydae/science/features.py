@@ -36,14 +36,14 @@ import numpy as np
 
 from tinydae.backend import as_host_array
 from tinydae.errors import ConfigError, DataError
-from tinydae.metrics import _covered, _rows, knn_radii, sq_distances
+from tinydae.metrics import covered, check_rows, knn_radii, sq_distances
 
 BATCH = 512  # rows per block of a distance matrix: BATCH x N float64 at a time
 
 
 def _features(x, name, dim=None):
     """Check a feature (or probability) set: (N, F) finite, N >= 2 -> float64"""
-    return _rows(x, name, dim, min_rows=2)
+    return check_rows(x, name, dim, min_rows=2)
 
 
 # ----------------------------------------------------------------------------------------
@@ -185,15 +185,15 @@ def prdc(real, fake, k=5):
     fake = _features(fake, "sample features", real.shape[1])
     r2 = knn_radii(real, k) ** 2
     inside_count = np.empty(len(fake))
-    covered = np.zeros(len(real), bool)
+    hit = np.zeros(len(real), bool)
     for start in range(0, len(fake), BATCH):
         inside = sq_distances(fake[start:start + BATCH], real) <= r2[None, :]   # (batch, N)
         inside_count[start:start + BATCH] = inside.sum(1)
-        covered |= inside.any(0)
+        hit |= inside.any(0)
     return dict(precision=float((inside_count > 0).mean()),
-                recall=float(_covered(real, fake, knn_radii(fake, k)).mean()),
+                recall=float(covered(real, fake, knn_radii(fake, k)).mean()),
                 density=float(inside_count.sum() / (k * len(fake))),
-                coverage=float(covered.mean()))
+                coverage=float(hit.mean()))
 
 
 def one_nn_accuracy(a, b):
@@ -401,7 +401,7 @@ FIGURES = (
 )
 
 
-def _figures(f, p, f_real, f_train, f_reference, k, seed):
+def sample_figures(f, p, f_real, f_train, f_reference, k, seed):
     """Every figure of one set (features f: (n, F), probs p: (n, C)) against the real set."""
     out = dict(fid=fid(f, f_real), kid=kid(f, f_real, seed=seed)["kid"], inception_score=inception_score(p),
                class_entropy=class_entropy(p), **prdc(f_real, f, k), one_nn_accuracy=one_nn_accuracy(f, f_real))
@@ -443,7 +443,7 @@ def feature_report(samples, real, holdout, feature_map, train=None, seed=0, hold
     f_train = None if train is None else feature_map.features(train)
 
     def figures(rows):
-        return _figures(feature_map.features(rows), feature_map.probs(rows), f_real, f_train, f_real, k, seed)
+        return sample_figures(feature_map.features(rows), feature_map.probs(rows), f_real, f_train, f_real, k, seed)
 
     floor = figures(sets.pop("holdout"))
     judged = {name: figures(rows) for name, rows in sets.items()}
