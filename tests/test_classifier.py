@@ -335,6 +335,15 @@ def test_cli_evaluate_prints_figures_beside_floors(trained_cli, tmp_path):
         f["samples"] = glyphs(40, seed=6).x
         f["kept_steps"] = np.arange(3)
     assert invoke("classifier", "evaluate", out, tmp_path / "chain.h5", "--json").exit_code == 0
+    # so does reproduce's .npz (uint8 samples beside seed, step, image_shape): the same figures as
+    # the float rows it holds, which a wrong key (an error) or a wrong scale (other figures) would not give
+    x = np.round(glyphs(40, seed=6).x * 255).astype(np.uint8)
+    np.savez(tmp_path / "run.npz", samples=x, seed=np.zeros(40, np.int64), step=np.int64(3),
+             image_shape=np.array([28, 28]))
+    np.savez(tmp_path / "plain.npz", x=x.astype(np.float32) / 255)
+    r, want = (invoke("classifier", "evaluate", out, tmp_path / name, "--json") for name in ("run.npz", "plain.npz"))
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["samples"]["fid"] == pytest.approx(json.loads(want.stdout)["samples"]["fid"], rel=1e-6)
 
 
 def test_cli_evaluate_user_mistakes(trained_cli, tmp_path):

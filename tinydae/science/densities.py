@@ -315,11 +315,13 @@ def claim1_daes(sigmas, losses=("bce", "mse")):
 
 def claim1_memory(dim, hidden, n_train=20000, n_eval=2000, batch_size=128):
     """Bytes claim1_check needs at its peak, on the high side: the draws (float64 and float32),
-    the held-out points and their scores, and one DAE's training."""
+    the held-out points and their scores, one DAE's training, and kernel_posterior_mean's
+    (256, n_train) float64 blocks (three temporaries at a time)."""
     from tinydae.train import training_memory
 
     config = dict(input_dim=dim, hidden=list(hidden), dtype="float32", tied=False)
-    return n_train * dim * 12 + n_eval * dim * 8 * 8 + training_memory(config, n_train, batch_size)
+    return (n_train * dim * 12 + n_eval * dim * 8 * 8 + 3 * 256 * n_train * 8
+            + training_memory(config, n_train, batch_size))
 
 
 def _logit_error(r, e, mask):
