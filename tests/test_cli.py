@@ -47,6 +47,22 @@ def test_resume_continues_the_run(tmp_path):
     assert len(load_checkpoint(tmp_path / "checkpoint.h5").history) == 3
 
 
+def test_cosine_schedule_is_recorded_and_resume_keeps_its_epochs(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert invoke("train", *TINY, "--out", a).exit_code == 0
+    r = invoke("train", *TINY, "--lr-schedule", "cosine", "--out", b)
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(b / "checkpoint.h5")
+    assert ck.train_config["lr_schedule"] == "cosine" and ck.train_config["epochs"] == 2
+    assert load_checkpoint(a / "checkpoint.h5").train_config["lr_schedule"] == "constant"
+    assert not np.array_equal(ck.params, load_checkpoint(a / "checkpoint.h5").params)
+    assert ck.optimizer["hyper"]["lr"] < 1e-4  # the rate of the last step: decayed
+    assert_user_error(invoke("train", "--resume", b / "checkpoint.h5", "--epochs", "3", "--out", b),
+                      "resume it with --epochs 2")
+    # a constant run extends as before
+    assert invoke("train", "--resume", a / "checkpoint.h5", "--epochs", "3", "--out", a).exit_code == 0
+
+
 def assert_user_error(result, fragment):
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output

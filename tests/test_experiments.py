@@ -101,7 +101,8 @@ def test_cli_science_errors(checkpoint, tmp_path):
 TINY = dict(experiments.QUICK, mode="test", n_data=900, n_val=100, n_test=100, seeds=2, hidden=(32,), epochs=1,
             n_samples=200, steps=4, keep_steps=(0, 1, 2, 4), levels=2, classifier=dict(arch="conv:4,8,fc16", epochs=2),
             dense_classifier=dict(arch="mlp:32,16", epochs=2),
-            nc=dict(arch="unet:4,8,sigma", corruption="gaussian:0.01..1", epochs=1, levels=2, step_sizes=(0.1, 0.2)),
+            nc=dict(arch="unet:4,8,sigma", corruption="gaussian:0.01..1", epochs=1, lr_schedule="cosine", levels=(2, 3),
+                    step_sizes=(0.1, 0.2)),
             claim1=dict(quick=True, n_train=600, n_eval=100, epochs=1),
             claim1_ladder=dict(quick=True, n_train=300, n_eval=50, epochs=1),
             sweep_corruptions=("gaussian:0.1", "gaussian:0.3"), sweep_step_sizes=(0.5, 1.0), strip_chains=3)
@@ -170,12 +171,15 @@ def test_reproduce_writes_the_documented_report_with_finite_figures(tiny_report)
     (ladder,) = report["claim1_ladder"]
     assert ladder["dim"] == 8 and list(ladder["results"]["corrupted"]) == ["0.03", "0.3"] and ladder["seeds"] == [0, 1]
     assert ladder["results"]["corrupted"]["0.3"]["posterior_mean"]["all"]["cosine_mean"]["mean"] > 0.99  # the instrument
-    sweep = report["nc_sweep"]  # the annealing step size, chosen on validation where the ladder ends
-    assert set(sweep["step_size"]) == {"0.1", "0.2"} and sweep["chosen"] in (0.1, 0.2)
-    final = {size: curves["fid"][-1] for size, curves in sweep["step_size"].items()}
-    assert final[str(sweep["chosen"])] == min(final.values())
-    seed0 = [stats["per_seed"][0] for stats in report["curves"]["noise_annealed_nc"]["fid"]]
-    assert seed0 == pytest.approx(sweep["step_size"][str(sweep["chosen"])]["fid"])  # seed 0's run is the sweep's
+    sweep = report["nc_sweep"]  # the annealing's step size, then its ladder length, chosen on validation at the end
+    settings = sweep["settings"]
+    first = [v for v in settings.values() if v["levels"] == 2]
+    size = min(first, key=lambda v: (v["fid"][-1], v["step_size"]))["step_size"]
+    assert list(settings) == ["2 levels, size 0.1", "2 levels, size 0.2", f"3 levels, size {size:g}"]
+    final = {name: v["fid"][-1] for name, v in settings.items()}
+    best = settings[min(final, key=final.get)]
+    assert sweep["chosen"] == dict(levels=best["levels"], step_size=best["step_size"])
+    assert sweep["chains"] == 100 and len(settings["2 levels, size 0.1"]["fid"]) == len(report["kept_steps"])
     assert all(isinstance(t["met"], bool) and (t["met"] or t["why"]) for t in report["targets"])
     md = (out / "report.md").read_text()
     for section in ("TEST MODE", "## Feature maps", "FID, dense map", "judge vs twin", "## Targets", "## Claim 1", "## Claims 2 and 3",

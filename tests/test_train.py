@@ -38,7 +38,7 @@ def test_training_lowers_validation_bce_on_mnist(mnist_path):
     assert state.history[-1]["val_bce_denoise"] < 150  # nats/example; untrained is ~540
 
 
-def _run(checkpoint, interrupt_at=None, state=None, model=None, opt=None, epochs=3):
+def _run(checkpoint, interrupt_at=None, state=None, model=None, opt=None, epochs=3, lr_schedule=None):
     data = glyphs(700, seed=3)
     train, val = data.split(0.15, seed=1)
     if model is None:
@@ -51,7 +51,7 @@ def _run(checkpoint, interrupt_at=None, state=None, model=None, opt=None, epochs
 
     return fit(model, train, val, optimizer=opt, corruption="salt_pepper:0.2", epochs=epochs,
                batch_size=50, seed=7, state=state, checkpoint_path=checkpoint,
-               checkpoint_every=5, progress=progress), model
+               checkpoint_every=5, progress=progress, lr_schedule=lr_schedule), model
 
 
 @pytest.fixture
@@ -81,6 +81,34 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, default_sigint):
         for k in ("train_loss", "val_bce_denoise", "val_bce_clean", "step"):
             assert a[k] == b[k]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_cosine_schedule_decays_and_resumes_bit_identically(tmp_path, default_sigint):
+    from tinydae.errors import ConfigError
+    from tinydae.train import named_lr_schedule
+
+    cosine = named_lr_schedule("cosine", 2e-3)
+    assert named_lr_schedule("constant", 2e-3) is None
+    assert cosine(0, 36) == 2e-3 and cosine(18, 36) == pytest.approx(1e-3)
+    rates = [cosine(s, 36) for s in range(36)]
+    assert all(a > b > 0 for a, b in zip(rates, rates[1:]))  # down all the way, never 0
+    for name, lr, message in (("step", 1e-3, "unknown learning-rate schedule 'step'"),
+                              ("cosine", 0.0, "finite lr > 0"), ("cosine", float("nan"), "finite lr > 0")):
+        with pytest.raises(ConfigError, match=message):
+            named_lr_schedule(name, lr)
+
+    straight, m1 = _run(str(tmp_path / "a.h5"), lr_schedule=cosine)
+    constant, m0 = _run(str(tmp_path / "c.h5"))
+    assert not np.array_equal(m0.params, m1.params)  # the schedule reached the updates
+    with pytest.raises(TrainingInterrupted):
+        _run(str(tmp_path / "b.h5"), interrupt_at=17, lr_schedule=cosine)
+    ck = load_checkpoint(tmp_path / "b.h5")
+    model = restore_model(ck)
+    opt = Adam(model, lr=1e-3)
+    opt.load_state_dict(ck.optimizer)
+    _run(str(tmp_path / "b.h5"), state=TrainState.from_checkpoint(ck), model=model, opt=opt, lr_schedule=cosine)
+    np.testing.assert_array_equal(model.params, m1.params)  # the rate is a function of (step, total) alone
+    assert opt.hyper["lr"] == 1e-3  # put back
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):

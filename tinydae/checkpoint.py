@@ -459,6 +459,7 @@ TRAIN_CONFIG_FIELDS = {
     "corruption": (_text, "a corruption spec such as 'gaussian:0.3'"),
     "optimizer": (lambda v: v in ("adam", "adamw", "sgd"), "adam, adamw or sgd"),
     "lr": (_number(positive=True), "a finite number > 0"),
+    "lr_schedule": (lambda v: v in ("constant", "cosine"), "constant or cosine"),
     "momentum": (_number(0), "a finite number >= 0"),
     "weight_decay": (_number(0), "a finite number >= 0"),
     "batch_size": (_integer(1), "an integer >= 1"),

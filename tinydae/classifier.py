@@ -333,7 +333,7 @@ def train_classifier(data, labels=None, *, hidden=None, epochs=15, batch_size=12
     """
     from tinydae.data import Dataset
     from tinydae.optim import Adam
-    from tinydae.train import fit
+    from tinydae.train import fit, named_lr_schedule
 
     x, y, name, image_shape = _labelled(data, labels)
     if not isinstance(epochs, int) or epochs < 1 or not isinstance(batch_size, int) or batch_size < 1:
@@ -354,9 +354,6 @@ def train_classifier(data, labels=None, *, hidden=None, epochs=15, batch_size=12
     def shifted(batch, seed_, step):  # shifts drawn from (seed, step) only: any batch order, any resume
         return shift_images(batch, image_shape, np.random.default_rng([seed_, step, 0xC1A55]))
 
-    def cosine(step, total_steps):  # large steps early, small ones to settle at the end
-        return 0.5 * lr * (1 + math.cos(math.pi * step / total_steps))
-
     def epoch_done(event, info):
         if event == "epoch" and progress:
             progress(info["epoch"], dict(epoch=info["epoch"], train_loss=info["train_loss"],
@@ -365,7 +362,7 @@ def train_classifier(data, labels=None, *, hidden=None, epochs=15, batch_size=12
     # tinydae's one training loop (train.fit), as the DAE's: its order, divergence guard, progress
     state = fit(model, train, held, optimizer=Adam(model, lr=lr), corruption="none", epochs=epochs,
                 batch_size=batch_size, seed=seed, progress=epoch_done, handle_sigint=False,
-                lr_schedule=cosine, augment=shifted if augment else None)
+                lr_schedule=named_lr_schedule("cosine", lr), augment=shifted if augment else None)
     history = [dict(epoch=r["epoch"], train_loss=r["train_loss"], accuracy=r["val_accuracy"]) for r in state.history]
     n = len(train)
     model.info = dict(accuracy=history[-1]["accuracy"], chance=float(np.bincount(held.labels).max() / len(held)),

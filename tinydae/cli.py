@@ -26,7 +26,7 @@ SEED = click.IntRange(0, 2**64 - 1)  # Philox keys are 64-bit
 
 ARCH_OPTIONS = {"arch": "arch_spec", "activation": "activation", "tied": "tied", "loss": "loss", "dtype": "dtype"}
 TRAIN_OPTIONS = ("data", "key", "limit", "rescale", "val_fraction", "corruption", "optimizer",
-                 "lr", "momentum", "weight_decay", "batch_size", "seed")
+                 "lr", "lr_schedule", "momentum", "weight_decay", "batch_size", "seed")
 
 
 # The commands that run on several processes (mpiexec -n R python cli.py COMMAND ...)
@@ -249,6 +249,8 @@ def _restore_aside(out, aside):
                    "sample --sampler annealed) | masking:P | salt_pepper:P | none")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="cosine: --lr decayed to 0 over all --epochs (fixed at the start: a resume keeps --epochs).")
 @click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD only.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
@@ -277,7 +279,7 @@ def _restore_aside(out, aside):
                    "processes, off for one]")
 @click.pass_context
 def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arch_spec, hidden, activation, tied, loss,
-          dtype, corruption, optimizer, lr, momentum, weight_decay, batch_size, epochs, seed, out,
+          dtype, corruption, optimizer, lr, lr_schedule, momentum, weight_decay, batch_size, epochs, seed, out,
           overwrite, checkpoint_every, resume, as_json, lazy, deterministic, bucket_mb):
     """Train a DAE; writes OUT/checkpoint.h5, OUT/history.json and OUT/samples.png.
 
@@ -289,7 +291,7 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arc
     comm.check_same("the command's options", ctx.params, "; start every rank with the same command")
     opts = dict(data=_data_source(data), key=key, limit=limit, rescale=rescale, val_fraction=val_fraction,
                 corruption=str(tinydae.Corruption.parse(corruption)), optimizer=optimizer, lr=lr,
-                momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
+                lr_schedule=lr_schedule, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
     if arch_spec is not None and hidden is not None:
         raise ConfigError("give --arch or --hidden (shorthand for --arch mlp:WIDTHS), not both")
     spec = (tinydae.arch.canonical(arch_spec) if arch_spec is not None
@@ -303,6 +305,9 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arc
         saved, state = runs.resume_settings(ckpt, model_options, {k: opts[k] for k in _explicit(ctx, TRAIN_OPTIONS)},
                                             epochs)
         opts.update({k: saved[k] for k in TRAIN_OPTIONS if k in saved})
+        if opts["lr_schedule"] != "constant" and saved.get("epochs", epochs) != epochs:
+            raise ConfigError(f"{resume} decays its learning rate ({opts['lr_schedule']}) over {saved['epochs']} "
+                              f"epochs; resume it with --epochs {saved['epochs']} (a new total would jump the rate)")
     if epochs < 1 or opts["batch_size"] < 1:
         raise ConfigError("--epochs and --batch-size must be >= 1")
     if checkpoint_every < 0:
@@ -374,7 +379,7 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
     """The rest of `train`, with `out` checked and locked (by rank 0 of a distributed run, which
     alone writes files; every rank trains)."""
     from tinydae import safety
-    from tinydae.train import training_memory
+    from tinydae.train import named_lr_schedule, training_memory
 
     dataset = comm.agree(lambda: tinydae.load_dataset(opts["data"], limit=opts["limit"], rescale=opts["rescale"],
                                                       key=opts["key"], seed=opts["seed"], lazy=lazy))
@@ -434,6 +439,7 @@ def _train_locked(opts, arch, ckpt, state, backend, epochs, out, replace, checkp
             state = tinydae.fit(model, train_set, val_set if len(val_set) else None, optimizer=opt,
                                 corruption=opts["corruption"], epochs=epochs,
                                 batch_size=opts["batch_size"], seed=opts["seed"], state=state,
+                                lr_schedule=named_lr_schedule(opts["lr_schedule"], opts["lr"]),
                                 checkpoint_path=ckpt_path, checkpoint_every=checkpoint_every,
                                 train_config=dict(opts, epochs=epochs), progress=progress, comm=comm,
                                 deterministic=deterministic, bucket_mb=bucket_mb)
