@@ -9,9 +9,11 @@ from click.testing import CliRunner
 
 from tinydae.science import experiments
 from tinydae.cli import cli
-from tinydae.science.experiments import (Judge, evaluate_targets, headline_figures, headline_steps,
-                                 render_report)
+from tinydae.science.experiments import Judge, evaluate_targets, headline_figures, headline_steps
+from tinydae.science.report import render_report
 from tinydae.metrics import parzen_evaluate, parzen_log_likelihood
+
+from png_reader import read_gray_png
 
 
 def invoke(*args):
@@ -211,6 +213,22 @@ def test_reproduce_saves_each_runs_headline_samples_for_anyone_to_rescore(tiny_r
         for i in range(2):
             ll = parzen_evaluate(samples[seed == i] / 255.0, val.x, test.x)["mean_ll"]
             assert ll == pytest.approx(report["legacy_parzen"][run]["per_seed"][i], abs=0.2), (run, i)
+        # the grid a person looks at: the first 100 rows of this file, 10 to a row
+        grid = read_gray_png((out / report["sample_grids"][run]).read_bytes())
+        assert grid.shape == (2 * (10 * 30 + 2), 2 * (10 * 30 + 2))
+        tile = grid[2 * (2 + 30 * 3):2 * (2 + 30 * 3 + 28):2, 2 * (2 + 30 * 4):2 * (2 + 30 * 4 + 28):2]
+        np.testing.assert_array_equal(tile, samples[34].reshape(28, 28))  # row 3, column 4
+    md = (out / "report.md").read_text()
+    assert f"![{report['best_from_noise']}]({report['sample_grids'][report['best_from_noise']]})" in md
+
+
+def test_the_report_renders_again_from_its_json_alone(tiny_report):
+    """report.md is a function of report.json: a reader can re-render it (and render_report reads
+    nothing else: lists where the run had tuples, no config objects)."""
+    out = tiny_report[0]
+    again = render_report(json.loads((out / "report.json").read_text()))
+    assert again == (out / "report.md").read_text()
+    assert "## Targets" in again and "levels, step size" in again
 
 
 def test_to_uint8_rounds_and_clips():
