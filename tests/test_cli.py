@@ -57,8 +57,23 @@ def test_cosine_schedule_is_recorded_and_resume_keeps_its_epochs(tmp_path):
     assert load_checkpoint(a / "checkpoint.h5").train_config["lr_schedule"] == "constant"
     assert not np.array_equal(ck.params, load_checkpoint(a / "checkpoint.h5").params)
     assert ck.optimizer["hyper"]["lr"] < 1e-4  # the rate of the last step: decayed
-    assert_user_error(invoke("train", "--resume", b / "checkpoint.h5", "--epochs", "3", "--out", b),
-                      "resume it with --epochs 2")
+    # finished: no --epochs, its own total or another all say it cannot be extended (no circle of hints)
+    for more in ([], ["--epochs", "2"], ["--epochs", "3"]):
+        assert_user_error(invoke("train", "--resume", b / "checkpoint.h5", *more, "--out", b),
+                          "start a new run")
+    # a checkpoint from before the option trained at a constant rate: cosine is a difference
+    from tinydae import Adam, restore_model
+    from tinydae.checkpoint import save_checkpoint
+
+    old = load_checkpoint(a / "checkpoint.h5")
+    model = restore_model(old)
+    opt = Adam(model)
+    opt.load_state_dict(old.optimizer)
+    config = {k: v for k, v in old.train_config.items() if k != "lr_schedule"}
+    save_checkpoint(a / "checkpoint.h5", model, opt, dict(old.state), config, old.history)
+    assert "lr_schedule" not in load_checkpoint(a / "checkpoint.h5").train_config
+    assert_user_error(invoke("train", "--resume", a / "checkpoint.h5", "--lr-schedule", "cosine", "--epochs", "3",
+                             "--out", a), "lr_schedule: checkpoint 'constant' vs requested 'cosine'")
     # a constant run extends as before
     assert invoke("train", "--resume", a / "checkpoint.h5", "--epochs", "3", "--out", a).exit_code == 0
 
@@ -161,3 +176,20 @@ def test_library_rejects_negative_seeds():
         glyphs(10).split(0.2, seed=-3)
     with pytest.raises(ConfigError):
         fit(DAE(784, hidden=(4,)), glyphs(20), epochs=1, seed=-1)
+
+
+def test_a_scheduled_resume_trains_to_the_total_it_started_with():
+    """An interrupted cosine run resumed with no --epochs goes on to its own total, not the
+    default 10; another total is refused with the one that works."""
+    from types import SimpleNamespace
+
+    from tinydae.errors import ConfigError
+    from tinydae.runs import scheduled_epochs
+
+    cut = SimpleNamespace(path="c.h5", train_config=dict(lr_schedule="cosine", epochs=20), state=dict(epoch=12))
+    assert scheduled_epochs(cut, None, 10) == 20 and scheduled_epochs(cut, 20, 10) == 20
+    with pytest.raises(ConfigError, match="resume it with --epochs 20"):
+        scheduled_epochs(cut, 30, 10)
+    for config in (dict(lr_schedule="constant", epochs=20), dict(epochs=20)):  # the second: before the option
+        plain = SimpleNamespace(path="c.h5", train_config=config, state=dict(epoch=12))
+        assert scheduled_epochs(plain, None, 10) == 10 and scheduled_epochs(plain, 30, 10) == 30

@@ -250,7 +250,8 @@ def _restore_aside(out, aside):
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
-              help="cosine: --lr decayed to 0 over all --epochs (fixed at the start: a resume keeps --epochs).")
+              help="cosine: --lr decayed to 0 over all --epochs, fixed when the run starts: its resume "
+                   "continues to that total (and cannot extend it).")
 @click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD only.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
@@ -302,12 +303,10 @@ def train(ctx, data, key, limit, rescale, val_fraction, backend, kernel_set, arc
         ckpt = _load_checkpoint(resume)
         model_options = {k: arch[k] for k, param in ARCH_OPTIONS.items()
                          if _explicit(ctx, [param, "hidden"] if k == "arch" else [param])}
+        epochs = runs.scheduled_epochs(ckpt, epochs if _explicit(ctx, ["epochs"]) else None, epochs)
         saved, state = runs.resume_settings(ckpt, model_options, {k: opts[k] for k in _explicit(ctx, TRAIN_OPTIONS)},
                                             epochs)
         opts.update({k: saved[k] for k in TRAIN_OPTIONS if k in saved})
-        if opts["lr_schedule"] != "constant" and saved.get("epochs", epochs) != epochs:
-            raise ConfigError(f"{resume} decays its learning rate ({opts['lr_schedule']}) over {saved['epochs']} "
-                              f"epochs; resume it with --epochs {saved['epochs']} (a new total would jump the rate)")
     if epochs < 1 or opts["batch_size"] < 1:
         raise ConfigError("--epochs and --batch-size must be >= 1")
     if checkpoint_every < 0:

@@ -39,6 +39,24 @@ def moved_data_error(ckpt, path):
                      f"--data to say where that data is now")
 
 
+def scheduled_epochs(ckpt, requested, default):
+    """The --epochs a resume of `ckpt` trains to.  A run whose learning rate follows a schedule
+    over its total (cosine) keeps that total: a new one would jump the rate mid-run.
+    requested: the total asked for explicitly, or None (then: the recorded total of a scheduled
+    run, else `default`).  Raises ConfigError for a scheduled run asked for another total."""
+    schedule = ckpt.train_config.get("lr_schedule", "constant")  # checkpoints before the option: constant
+    total = ckpt.train_config.get("epochs")
+    if schedule == "constant" or total is None:
+        return default if requested is None else requested
+    if requested is not None and requested != total:
+        done = ckpt.state.get("epoch", 0)
+        hint = (f"resume it with --epochs {total} (or leave --epochs out)" if done < total else
+                "it is complete; start a new run (e.g. train with more --epochs from scratch) to train longer")
+        raise ConfigError(f"{ckpt.path} decays its learning rate ({schedule}) over the {total} epochs it was started "
+                          f"with, and cannot train to {requested}: {hint}")
+    return total
+
+
 def resume_settings(ckpt, model_options=None, train_options=None, epochs=None):
     """What resuming `ckpt` trains with, by train --resume's rules: the checkpoint's own settings,
     checked against the ones the caller gave explicitly.
@@ -67,6 +85,7 @@ def resume_settings(ckpt, model_options=None, train_options=None, epochs=None):
     if "arch" in model_options:
         model_options["arch"] = arch.canonical(model_options["arch"])
     saved = dict(ckpt.train_config)
+    saved.setdefault("lr_schedule", "constant")  # checkpoints written before the option trained at a constant rate
     if "data" in saved:
         saved["data"], gone = recorded_data(ckpt)
         if gone and "data" not in train_options:
@@ -79,6 +98,10 @@ def resume_settings(ckpt, model_options=None, train_options=None, epochs=None):
         raise ConfigError(f"cannot resume {ckpt.path}: it differs from the options given: " + "; ".join(diffs))
     state = TrainState.from_checkpoint(ckpt)
     if epochs is not None and state.epoch >= epochs:  # fit() would do nothing; say so instead of exiting 0
+        if saved["lr_schedule"] != "constant":
+            raise ConfigError(f"{ckpt.path} already has its {state.epoch} completed epoch(s) (step {state.step}), the "
+                              f"total its {saved['lr_schedule']} learning rate decays over: it cannot be extended; "
+                              f"start a new run with more --epochs to train longer")
         raise ConfigError(f"{ckpt.path} already has {state.epoch} completed epoch(s) (step {state.step}); "
                           f"--epochs counts the total: pass --epochs {state.epoch + 1} or more to train further")
     return saved, state

@@ -46,6 +46,7 @@ reports (bench/results/reproduce-*/) with instruments that pass sanity checks (i
 """
 import contextlib
 import math
+import numbers
 import os
 import time
 
@@ -147,7 +148,8 @@ QUICK = dict(FULL, mode="quick", n_data=4_000, n_val=400, n_test=400, seeds=2, h
              n_samples=800, steps=50, keep_steps=(0, 1, 2, 5, 10, 20, 50),
              classifier=dict(arch="conv:16,32,fc32", epochs=3), dense_classifier=dict(arch="mlp:128,64", epochs=4),
              claim1=dict(quick=True), claim1_ladder=dict(quick=True), nc=dict(arch="unet:8,16,sigma", corruption="gaussian:0.01..5", epochs=3, lr=1e-3,
-                                               lr_schedule="cosine", levels=(5, 10), step_sizes=(0.1,)),
+                                               # 3 epochs: a decay would leave it untrained (grey)
+                                               lr_schedule="constant", levels=(5, 10), step_sizes=(0.1,)),
              sweep_corruptions=("gaussian:0.1", "gaussian:0.3", "gaussian:0.5"), sweep_step_sizes=())
 
 # The DAEs each seed trains: name -> (loss, the config key of its training corruption)
@@ -338,7 +340,7 @@ def nc_levels(cfg):
     """The ladder lengths the noise-conditional annealing sweeps (cfg['nc']['levels']: an int or a
     tuple, the first the default) -> tuple"""
     levels = cfg["nc"]["levels"]
-    return (levels,) if isinstance(levels, int) else tuple(levels)
+    return (int(levels),) if isinstance(levels, numbers.Integral) else tuple(int(v) for v in levels)
 
 
 def _sampler_options(sampler, cfg, step_size=None, model="bce", levels=None):
@@ -386,9 +388,12 @@ def reproduce(out_dir, quick=False, data="glyphs", labels=None, backend="cpu", s
        headline {run: {step, validation, test}}, baselines {start: {test: {figure: stats}}},
        best_from_noise, legacy_parzen {set: stats}, sweep {seed, chain_corruption, annealed_step_size},
        targets [{name, target, value, met, why}], strips {run: png}, samples {run: npz: the
-       headline samples, uint8 (save_samples), sample_grids: {run: PNG of its first 100}}
+       headline samples, uint8 (save_samples)}, sample_grids {run: PNG of its first 100}
     """
     cfg = dict(config or (QUICK if quick else FULL))
+    if cfg.get("nc") and not (cfg["nc"].get("step_sizes") and nc_levels(cfg)):
+        raise ConfigError("reproduce's nc settings need at least one annealing step size and one ladder length "
+                          f"(step_sizes, levels), got {cfg['nc'].get('step_sizes')!r} and {cfg['nc'].get('levels')!r}")
     # Every check before any work: the output folder, the data and its labels, the memory.
     check_output_dir(out_dir, "reproduce's output folder")
     ds = _load_labelled(data, labels, cfg, seed)
@@ -652,8 +657,10 @@ def _nc_sweep(model, x0, judge_val, cfg, seed, kept_steps, clock):
             rows = [judge_val.figures(r.trajectory[:, k]) for k in range(len(kept_steps))]
         out["settings"][name] = dict(levels=levels, step_size=size, **{f: [row[f] for row in rows] for f in rows[0]})
 
-    def best():
-        chosen = min(out["settings"].values(), key=lambda v: (v["fid"][-1], v["levels"], v["step_size"]))
+    def best():  # a NaN FID (chains that overflowed) is never chosen over a number
+        chosen = min(out["settings"].values(),
+                     key=lambda v: (not math.isfinite(v["fid"][-1]), v["fid"][-1] if math.isfinite(v["fid"][-1])
+                                    else 0.0, v["levels"], v["step_size"]))
         return dict(levels=chosen["levels"], step_size=chosen["step_size"])
 
     for size in nc["step_sizes"]:

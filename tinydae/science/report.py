@@ -1,8 +1,9 @@
 """The reproduce report as markdown: render_report(report) -> report.md's text.
 
 Reads only the report dict (report.json's content, as reproduce returns it), so a report can be
-re-rendered from its JSON without rerunning anything:
-render_report(json.load(open("bench/results/reproduce-mnist/report.json"))) (tested).  The tables'
+re-rendered from its JSON without rerunning anything: render_report(json.load(open(path))) gives
+report.md again (tested on a fresh report; reports written by older versions of reproduce lack
+fields it reads).  The tables'
 digits per figure are in DIGITS; a figure's label is features.FIGURES'.
 """
 from tinydae.science.densities import claim1_table
@@ -79,7 +80,11 @@ def render_report(report):
           f"{data['n_val']:,} validation / {data['n_test']:,} test rows. DAEs: {data['image_shape'][0] ** 2}-"
           f"{'-'.join(map(str, cfg['hidden']))}-{data['image_shape'][0] ** 2} relu, untied, Adam 1e-3, batch "
           f"{cfg['batch_size']}, {cfg['epochs']} epochs; BCE and MSE with `{cfg['corruption']}`, one BCE DAE with "
-          f"`{cfg['anneal_corruption']}` for the annealed sampler. Seeds {', '.join(map(str, seeds))}: each seed "
+          f"`{cfg['anneal_corruption']}` for the annealed sampler"
+          + (f"; the noise-conditional U-Net `{cfg['nc']['arch']}` with `{cfg['nc']['corruption']}`, "
+             f"{cfg['nc']['epochs']} epochs, Adam {cfg['nc'].get('lr', 1e-3):g} "
+             f"({cfg['nc'].get('lr_schedule', 'constant')})" if cfg.get("nc") else "")
+          + f". Seeds {', '.join(map(str, seeds))}: each seed "
           f"trains its own DAEs and runs its own {cfg['n_samples']:,} chains of {cfg['steps']} steps per run. "
           f"Langevin and annealed: step size {cfg['step_size']}, annealed over {cfg['levels']} levels. "
           f"Backend {report['backend']}; {report['seconds']:.0f} s in all ({timings}).", ""]
@@ -192,8 +197,9 @@ def render_report(report):
         chosen = nc["chosen"]
         L += [f"The noise-conditional U-Net's annealed sampler (`{cfg['nc']['arch']}`, trained with "
               f"`{cfg['nc']['corruption']}`), always {steps[-1]} steps (steps per level = {steps[-1]} / levels; "
-              f"η = step size × σ²): first each step size at {nc_levels(cfg)[0]} levels, then the other ladder "
-              f"lengths at the size chosen; seed {nc['seed']}, the first {nc['chains']:,} chains. Chosen on the "
+              f"η = step size × σ²): each step size at {nc_levels(cfg)[0]} levels"
+              + (", then the other ladder lengths at the size chosen" if len(nc_levels(cfg)) > 1 else "")
+              + f"; seed {nc['seed']}, the first {nc['chains']:,} chains. Chosen on the "
               f"validation FID where the ladder ends (step {steps[-1]}), before any test figure: "
               f"**{chosen['levels']} levels, step size {chosen['step_size']:g}**; every seed's run uses it. "
               f"Earlier columns are mid-ladder states, shown, never chosen.", ""]
