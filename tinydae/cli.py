@@ -939,8 +939,8 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
 
 @cli.command()
 @click.option("--quick", is_flag=True, help="Smaller everything (2 seeds, small DAEs, 800 samples, 50 steps; "
-                                            "labelled QUICK in the report): about 3 min instead of about 50 min for the "
-                                            "full run on 2 CPU cores (measured, 2026-12-02).")
+                                            "labelled QUICK in the report): about 1 min instead of about 60 min for the "
+                                            "full MNIST run on 2 CPU cores (measured, 2026-12-03).")
 @click.option("--data", default="glyphs", show_default=True,
               help="Image data: glyphs (built-in, labelled) or an image file (e.g. MNIST IDX) with --labels.")
 @click.option("--labels", default=None, help="Labels file of --data, one class per row (e.g. t10k-labels-idx1-ubyte.gz); "
