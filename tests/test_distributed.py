@@ -581,19 +581,27 @@ def test_sharded_chains_are_one_process_chains(sampler, one_process, tmp_path):
 @pytest.mark.mpi
 def test_sharded_improve_of_a_samples_file(one_process, tmp_path):
     """improve --from FILE under mpiexec -n 2: the file's rows split between the ranks; the
-    result is one process's."""
+    result is one process's: bit for bit when each rank's share makes the one process's batches
+    (8 rows, 4 a rank, --batch-size 4), to float32 rounding when it does not (7 rows: 3 and 4 a
+    rank against batches of 4 and 3; a GEMM's rows round differently with the batch's row count
+    on some CPUs, e.g. OpenBLAS's AVX-512 kernels)."""
     import h5py
 
     ckpt = str(one_process["float32"] / "checkpoint.h5")
-    start = tmp_path / "start.npz"
-    np.savez(start, x=np.random.default_rng(4).uniform(0, 1, (7, 784)).astype(np.float32))
-    for ranks, name in ((None, "one"), (2, "two")):
-        r = _run(ranks, "improve", ckpt, "--from", str(start), "--n", "100", "--steps", "3", "--batch-size", "4",
-                 "--out", str(tmp_path / f"{name}.png"), "--h5", str(tmp_path / f"{name}.h5"))
-        assert r.returncode == 0, r.stderr
-    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "two.h5") as b:
-        assert a["samples"].shape == (7, 784)
-        np.testing.assert_array_equal(b["samples"][()], a["samples"][()])
+    for rows in (8, 7):
+        start = tmp_path / f"start{rows}.npz"
+        np.savez(start, x=np.random.default_rng(4).uniform(0, 1, (rows, 784)).astype(np.float32))
+        for ranks, name in ((None, f"one{rows}"), (2, f"two{rows}")):
+            r = _run(ranks, "improve", ckpt, "--from", str(start), "--n", "100", "--steps", "3", "--batch-size", "4",
+                     "--out", str(tmp_path / f"{name}.png"), "--h5", str(tmp_path / f"{name}.h5"))
+            assert r.returncode == 0, r.stderr
+        with h5py.File(tmp_path / f"one{rows}.h5") as a, h5py.File(tmp_path / f"two{rows}.h5") as b:
+            assert a["samples"].shape == (rows, 784)
+            assert np.abs(np.diff(a["samples"][()], axis=0)).max() > 0.01  # the rows stay distinct
+            if rows == 8:
+                np.testing.assert_array_equal(b["samples"][()], a["samples"][()])
+            else:
+                np.testing.assert_allclose(b["samples"][()], a["samples"][()], rtol=0, atol=1e-5)
     r = _run(3, "sample", ckpt, "--n", "2", "--out", str(tmp_path / "x.png"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --n 2 gives fewer chains than the 3 processes: ask for at least 3"], r.stderr
@@ -698,7 +706,11 @@ def test_sharded_figures_equal_the_whole_set_figures():
     rows = tinydae.glyphs(700, seed=3).x
     samples, reference = rows[:300], rows[300:]
     got = features.sharded_figures(judge, samples, reference, batch=128)  # several blocks per set
-    fs, fr, ps = judge.features(samples), judge.features(reference), judge.probs(samples)
+
+    def blocks(f, rows):  # the same 128-row blocks: float32 GEMM rows can round differently in
+        return np.concatenate([f(rows[i:i + 128]) for i in range(0, len(rows), 128)])  # other sizes
+
+    fs, fr, ps = blocks(judge.features, samples), blocks(judge.features, reference), blocks(judge.probs, samples)
     assert got["fid"] == pytest.approx(features.fid(fs, fr), rel=1e-8) and got["fid"] > 0.01
     assert got["inception_score"] == pytest.approx(features.inception_score(ps), rel=1e-10)
     assert got["inception_score"] > 1.001
@@ -727,8 +739,11 @@ def test_sample_scores_with_one_reduction_as_one_process_does(one_process, tmp_p
         scores.append(json.loads(r.stdout)["score"])
     one, three = scores
     assert one["n_samples"] == three["n_samples"] == 30 and one["n_reference"] == three["n_reference"] == 300
+    # Each rank computes its share's features in blocks of other sizes than one process's, and a
+    # float32 GEMM's rows can round differently with the row count (OpenBLAS's AVX-512 kernels:
+    # ~1e-7 relative), so the figures agree to float32 rounding, not to the float64 sums' 1e-12.
     for key in ("fid", "inception_score", "class_entropy"):
-        assert three[key] == pytest.approx(one[key], rel=1e-9, abs=1e-12), key
+        assert three[key] == pytest.approx(one[key], rel=1e-6, abs=1e-12), key
     assert one["fid"] > 0
 
 
