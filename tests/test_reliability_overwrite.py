@@ -108,6 +108,12 @@ def test_classifier_reproduce_and_build_cuda_refuse_to_replace(tmp_path):
     (report / "report.md").write_text("an earlier report")
     assert_refused(invoke("reproduce", "--quick", "--out", report), "already holds a report (report.md)")
     assert (report / "report.md").read_text() == "an earlier report"
+    samples = tmp_path / "samples"  # no report, but a file of the same name as one reproduce writes
+    samples.mkdir()
+    (samples / "noise_ddim_nc.npz").write_bytes(b"someone's samples")
+    assert_refused(invoke("reproduce", "--quick", "--out", samples), "already holds files reproduce writes "
+                   "(noise_ddim_nc.npz)")
+    assert (samples / "noise_ddim_nc.npz").read_bytes() == b"someone's samples"
     build = tmp_path / "bundle"
     build.mkdir()
     (build / "manifest.json").write_text("{}")

@@ -954,15 +954,17 @@ def evaluate(checkpoint, data, key, limit, n_samples, steps, start, seed, theore
 def reproduce(quick, data, labels, out, seed, backend, overwrite):
     """Measure the paper's three claims (claim 1 on a known density; chains from noise and from PCA
     samples, four samplers, 3 seeds, feature-space figures beside their floor, headline steps chosen
-    on validation rows) and write OUT/report.md, OUT/report.json and PNG strips."""
+    on validation rows) and write OUT/report.md, OUT/report.json, PNG strips, and each run's headline
+    samples (.npz) with a grid of them."""
     from tinydae import safety
     from tinydae.science import experiments
 
     safety.check_output_dir(out, "--out")  # before claim 1: a bad --out would waste all of it
-    found = [name for name in ("report.md", "report.json") if os.path.exists(os.path.join(out, name))]
-    if found and not overwrite:
-        raise ConfigError(f"--out {out} already holds a report ({', '.join(found)}); pass --overwrite to replace "
-                          f"it, or choose another --out")
+    found = [name for name in experiments.output_files() if os.path.lexists(os.path.join(out, name))]
+    if found and not overwrite:  # the strips, samples and grids too: any of them would be replaced
+        what = "a report" if {"report.md", "report.json"} & set(found) else "files reproduce writes"
+        raise ConfigError(f"--out {out} already holds {what} ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}); "
+                          f"pass --overwrite to replace them, or choose another --out")
     command = ("python cli.py reproduce" + (" --quick" if quick else "") + (f" --data {data}" if data != "glyphs" else "")
                + (f" --labels {labels}" if labels else "") + (f" --seed {seed}" if seed else ""))
     experiments.reproduce(out, quick=quick, data=data, labels=labels, backend=backend, seed=seed,

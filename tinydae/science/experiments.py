@@ -143,7 +143,7 @@ FULL = dict(
             levels=(10, 5, 20), step_sizes=(0.1, 0.2)),
     sweep_corruptions=("gaussian:0.1", "gaussian:0.2", "gaussian:0.3", "gaussian:0.5"),
     sweep_step_sizes=(0.1, 0.5, 1.0), strip_chains=8)
-# Smaller everything, for a look in about 3 minutes: not the reported results.
+# Smaller everything, for a look in about a minute (52 s for glyphs on 2 cores): not the reported results.
 QUICK = dict(FULL, mode="quick", n_data=4_000, n_val=400, n_test=400, seeds=2, hidden=(256,), epochs=3,
              n_samples=800, steps=50, keep_steps=(0, 1, 2, 5, 10, 20, 50),
              classifier=dict(arch="conv:16,32,fc32", epochs=3), dense_classifier=dict(arch="mlp:128,64", epochs=4),
@@ -174,6 +174,13 @@ LADDER_SAMPLERS = ("annealed", "ddim")  # samplers whose sample exists only at t
 # every sigma >= ladder_sigma_min, D = 64)
 TARGETS = dict(class_entropy=2.25, inception_score=8.5, pca_fid_ratio=1 / 3, slope_tolerance=0.05,
                ladder_sigma_min=0.05)
+
+
+def output_files():
+    """Every file name reproduce writes into its out_dir: the report, and per run its chain strip,
+    its headline samples (.npz) and their grid (the CLI refuses to replace any of them without
+    --overwrite)."""
+    return ["report.md", "report.json"] + [f"{run}{ext}" for run in RUNS for ext in (".png", ".npz", "_samples.png")]
 
 
 def run_parts(run):
